@@ -1,0 +1,59 @@
+// Package backend defines what the agent asks of a datapath. Each backend
+// (vxlan, host-gw, udp) lives in its own package: pure code that computes
+// the desired kernel state from the lease set, and a _linux.go applier that
+// converges the kernel to it.
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// ExternalInterface is the underlay interface this node reaches the others by.
+type ExternalInterface struct {
+	Name  string
+	Index int
+	MTU   int
+	// Addr is the interface's own IPv4 address: the tunnel source.
+	Addr netip.Addr
+	// PublicIP is what other nodes send to: Addr unless --public-ip says otherwise.
+	PublicIP netip.Addr
+	// Subnet is the interface's on-link prefix (for DirectRouting and
+	// host-gw adjacency checks); invalid if unknown.
+	Subnet netip.Prefix
+}
+
+// Params is what every backend is built from.
+type Params struct {
+	Network *config.Network
+	Ext     ExternalInterface
+}
+
+// Backend is one datapath on this node. Calls come from one goroutine.
+type Backend interface {
+	// LeaseAttrs prepares what must exist before this node's lease is
+	// acquired (the vxlan device and its MAC) and returns the BackendType
+	// and BackendData to publish. Called once at start; keeps an existing
+	// device so that a restart publishes the same data.
+	LeaseAttrs(ctx context.Context) (typ string, data json.RawMessage, err error)
+
+	// Configure sets the datapath up for this node's own lease and returns
+	// the MTU pods must use.
+	Configure(ctx context.Context, own lease.Lease) (mtu int, err error)
+
+	// Reconcile converges the datapath to what the lease set asks for:
+	// device present and configured for own, one route (and neighbour, FDB
+	// entry) per remote lease, none for leases that are gone. leases holds
+	// every lease, own included. With full it compares against the kernel
+	// and repairs anything changed behind its back; without, it may apply
+	// just the difference from its previous call. Idempotent.
+	Reconcile(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool) error
+
+	// Close stops goroutines the backend runs (the udp datapath). It leaves
+	// kernel state in place so that pods keep talking across a restart.
+	Close() error
+}

@@ -1,0 +1,391 @@
+// Package config parses and validates the network configuration JSON that
+// flannel users keep at <etcd-prefix>/config or in net-conf.json. Semantics
+// (defaults, limits, case-insensitive keys) follow flannel's exactly so that a
+// flannel config works unchanged.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/netip"
+	"sort"
+	"strings"
+)
+
+// Backend types.
+const (
+	BackendVXLAN  = "vxlan"
+	BackendHostGW = "host-gw"
+	BackendUDP    = "udp"
+)
+
+// Default UDP ports per backend (flannel's).
+const (
+	DefaultVXLANPort = 8472
+	DefaultUDPPort   = 8285
+	DefaultVNI       = 1
+)
+
+// Network is a parsed, validated and defaulted network config.
+type Network struct {
+	EnableIPv4     bool
+	EnableIPv6     bool
+	EnableNFTables bool
+
+	Network   netip.Prefix // IPv4 cluster network; valid when EnableIPv4
+	SubnetLen int
+	SubnetMin netip.Addr
+	SubnetMax netip.Addr
+
+	IPv6Network   netip.Prefix // valid when EnableIPv6
+	IPv6SubnetLen int
+	IPv6SubnetMin netip.Addr
+	IPv6SubnetMax netip.Addr
+
+	Backend Backend
+}
+
+// Backend is the "Backend" object. Only the keys weft's backends read are
+// decoded; Raw keeps the object as written.
+type Backend struct {
+	Type          string
+	VNI           int
+	Port          int
+	MTU           int
+	GBP           bool
+	DirectRouting bool
+	Learning      bool
+	MacPrefix     string
+	Raw           json.RawMessage
+}
+
+// FieldError says which key was wrong and why. Every validation error is one.
+type FieldError struct {
+	Field  string
+	Value  string // as written, or "" when the key is missing
+	Reason string
+}
+
+func (e *FieldError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("network config: %s: %s", e.Field, e.Reason)
+	}
+	return fmt.Sprintf("network config: %s %s: %s", e.Field, e.Value, e.Reason)
+}
+
+func fieldErr(field, value, format string, args ...any) error {
+	return &FieldError{Field: field, Value: value, Reason: fmt.Sprintf(format, args...)}
+}
+
+// wire is the JSON shape; pointers tell "absent" from zero.
+type wire struct {
+	EnableIPv4     *bool
+	EnableIPv6     bool
+	EnableNFTables bool
+	Network        *string
+	SubnetLen      *int
+	SubnetMin      *string
+	SubnetMax      *string
+	IPv6Network    *string
+	IPv6SubnetLen  *int
+	IPv6SubnetMin  *string
+	IPv6SubnetMax  *string
+	Backend        json.RawMessage
+}
+
+type backendWire struct {
+	Type          *string
+	VNI           *int
+	Port          *int
+	MTU           *int
+	GBP           bool
+	DirectRouting bool
+	Learning      bool
+	MacPrefix     string
+}
+
+var (
+	knownKeys = keySet("EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "Networks",
+		"SubnetLen", "SubnetMin", "SubnetMax", "IPv6Network", "IPv6Networks", "IPv6SubnetLen",
+		"IPv6SubnetMin", "IPv6SubnetMax", "Backend")
+	knownBackendKeys = keySet("Type", "VNI", "Port", "MTU", "GBP", "DirectRouting",
+		"Learning", "MacPrefix")
+)
+
+func keySet(keys ...string) map[string]bool {
+	m := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		m[strings.ToLower(k)] = true
+	}
+	return m
+}
+
+// Parse decodes, defaults and validates a network config. Warnings name keys
+// that were ignored and defaults a user may not expect (the udp backend when
+// Backend.Type is absent).
+func Parse(data []byte) (*Network, []string, error) {
+	var w wire
+	if err := json.Unmarshal(data, &w); err != nil {
+		return nil, nil, fmt.Errorf("network config: not valid JSON: %w", describeJSONError(data, err))
+	}
+	var warnings []string
+	warnings = append(warnings, unknownKeys(data, knownKeys, "")...)
+
+	n := &Network{EnableIPv4: true, EnableIPv6: w.EnableIPv6, EnableNFTables: w.EnableNFTables}
+	if w.EnableIPv4 != nil {
+		n.EnableIPv4 = *w.EnableIPv4
+	}
+	if !n.EnableIPv4 && !n.EnableIPv6 {
+		return nil, warnings, fieldErr("EnableIPv4", "false", "at least one of EnableIPv4 and EnableIPv6 must be true")
+	}
+	if n.EnableIPv4 {
+		if err := parseFamily(&n.Network, &n.SubnetLen, &n.SubnetMin, &n.SubnetMax, family{
+			prefix: "", bits: 32, defaultLen: defaultLen4, maxLen: 30,
+		}, w.Network, w.SubnetLen, w.SubnetMin, w.SubnetMax); err != nil {
+			return nil, warnings, err
+		}
+	}
+	if n.EnableIPv6 {
+		if err := parseFamily(&n.IPv6Network, &n.IPv6SubnetLen, &n.IPv6SubnetMin, &n.IPv6SubnetMax, family{
+			prefix: "IPv6", bits: 128, defaultLen: defaultLen6, maxLen: 126,
+		}, w.IPv6Network, w.IPv6SubnetLen, w.IPv6SubnetMin, w.IPv6SubnetMax); err != nil {
+			return nil, warnings, err
+		}
+	}
+	b, bw, err := parseBackend(w.Backend)
+	if err != nil {
+		return nil, warnings, err
+	}
+	warnings = append(warnings, bw...)
+	n.Backend = b
+	return n, warnings, nil
+}
+
+type family struct {
+	prefix     string // "" or "IPv6", prepended to field names
+	bits       int
+	defaultLen func(netLen int) (int, error)
+	maxLen     int
+}
+
+// defaultLen4 is flannel's rule: /24 per node when the network is /22 or
+// larger, else four subnets; a network smaller than /28 cannot be split.
+func defaultLen4(netLen int) (int, error) {
+	switch {
+	case netLen > 28:
+		return 0, errors.New("network is too small: the smallest usable network is /28")
+	case netLen <= 22:
+		return 24, nil
+	default:
+		return netLen + 2, nil
+	}
+}
+
+func defaultLen6(netLen int) (int, error) {
+	switch {
+	case netLen > 124:
+		return 0, errors.New("network is too small: the smallest usable IPv6 network is /124")
+	case netLen <= 62:
+		return 64, nil
+	default:
+		return netLen + 2, nil
+	}
+}
+
+func parseFamily(network *netip.Prefix, subnetLen *int, subnetMin, subnetMax *netip.Addr, f family,
+	wNet *string, wLen *int, wMin, wMax *string) error {
+	netKey := f.prefix + "Network"
+	if wNet == nil || *wNet == "" {
+		return fieldErr(netKey, "", "missing; it is required (for example \"10.244.0.0/16\")")
+	}
+	p, err := netip.ParsePrefix(*wNet)
+	if err != nil {
+		return fieldErr(netKey, quote(*wNet), "not a CIDR: %v", err)
+	}
+	if (f.bits == 32) != p.Addr().Is4() || p.Addr().Is4In6() {
+		want := "IPv4"
+		if f.bits == 128 {
+			want = "IPv6"
+		}
+		return fieldErr(netKey, quote(*wNet), "must be an %s CIDR", want)
+	}
+	p = p.Masked()
+	*network = p
+
+	if wLen != nil {
+		l := *wLen
+		val := fmt.Sprint(l)
+		switch {
+		case l > f.maxLen:
+			return fieldErr(f.prefix+"SubnetLen", val, "must be at most %d (each node needs room for its gateway and pods)", f.maxLen)
+		case l < p.Bits()+2:
+			return fieldErr(f.prefix+"SubnetLen", val, "%s %s must hold at least four subnets, so SubnetLen must be at least %d", netKey, p, p.Bits()+2)
+		}
+		*subnetLen = l
+	} else {
+		l, err := f.defaultLen(p.Bits())
+		if err != nil {
+			return fieldErr(netKey, p.String(), "%v", err)
+		}
+		*subnetLen = l
+	}
+
+	step := subnetSize(f.bits, *subnetLen)
+	first := addrToInt(p.Addr())
+	last := new(big.Int).Add(first, new(big.Int).Lsh(big.NewInt(1), uint(f.bits-p.Bits())))
+	last.Sub(last, step)
+
+	parseBound := func(key string, w *string, def *big.Int) (netip.Addr, error) {
+		if w == nil || *w == "" {
+			return intToAddr(def, f.bits), nil
+		}
+		a, err := netip.ParseAddr(*w)
+		if err != nil {
+			return netip.Addr{}, fieldErr(key, quote(*w), "not an IP address")
+		}
+		if !p.Contains(a) {
+			return netip.Addr{}, fieldErr(key, quote(*w), "outside %s %s", netKey, p)
+		}
+		if new(big.Int).Mod(new(big.Int).Sub(addrToInt(a), first), step).Sign() != 0 {
+			return netip.Addr{}, fieldErr(key, quote(*w), "not on a /%d boundary (SubnetLen)", *subnetLen)
+		}
+		return a, nil
+	}
+	// flannel skips the first subnet: its network address would clash with the
+	// cluster network's own.
+	lo, err := parseBound(f.prefix+"SubnetMin", wMin, new(big.Int).Add(first, step))
+	if err != nil {
+		return err
+	}
+	hi, err := parseBound(f.prefix+"SubnetMax", wMax, last)
+	if err != nil {
+		return err
+	}
+	if hi.Less(lo) {
+		return fieldErr(f.prefix+"SubnetMax", quote(hi.String()), "below %sSubnetMin %s", f.prefix, lo)
+	}
+	*subnetMin, *subnetMax = lo, hi
+	return nil
+}
+
+func parseBackend(raw json.RawMessage) (Backend, []string, error) {
+	b := Backend{Raw: raw}
+	var warnings []string
+	if len(bytes.TrimSpace(raw)) == 0 || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		b.Type = BackendUDP
+		warnings = append(warnings, `Backend.Type not set: using "udp" as flannel does; set "vxlan" for the kernel datapath`)
+		return b, warnings, b.defaults()
+	}
+	var w backendWire
+	if err := json.Unmarshal(raw, &w); err != nil {
+		return b, nil, fmt.Errorf("network config: Backend: %w", describeJSONError(raw, err))
+	}
+	warnings = append(warnings, unknownKeys(raw, knownBackendKeys, "Backend.")...)
+	if w.Type == nil || *w.Type == "" {
+		b.Type = BackendUDP
+		warnings = append(warnings, `Backend.Type not set: using "udp" as flannel does; set "vxlan" for the kernel datapath`)
+	} else {
+		b.Type = strings.ToLower(*w.Type)
+	}
+	switch b.Type {
+	case BackendVXLAN, BackendHostGW, BackendUDP:
+	default:
+		return b, warnings, fieldErr("Backend.Type", quote(*w.Type), "unknown backend; weft supports %q, %q and %q", BackendVXLAN, BackendHostGW, BackendUDP)
+	}
+	if w.VNI != nil {
+		b.VNI = *w.VNI
+	}
+	if w.Port != nil {
+		b.Port = *w.Port
+	}
+	if w.MTU != nil {
+		b.MTU = *w.MTU
+	}
+	b.GBP, b.DirectRouting, b.Learning, b.MacPrefix = w.GBP, w.DirectRouting, w.Learning, w.MacPrefix
+	return b, warnings, b.defaults()
+}
+
+// defaults fills per-backend defaults and checks ranges.
+func (b *Backend) defaults() error {
+	switch b.Type {
+	case BackendVXLAN:
+		if b.VNI == 0 {
+			b.VNI = DefaultVNI
+		}
+		if b.Port == 0 {
+			b.Port = DefaultVXLANPort
+		}
+	case BackendUDP:
+		if b.Port == 0 {
+			b.Port = DefaultUDPPort
+		}
+	}
+	if b.VNI < 0 || b.VNI > 1<<24-1 {
+		return fieldErr("Backend.VNI", fmt.Sprint(b.VNI), "must be between 0 and 16777215")
+	}
+	if b.Port < 0 || b.Port > 65535 {
+		return fieldErr("Backend.Port", fmt.Sprint(b.Port), "must be between 1 and 65535")
+	}
+	if b.MTU != 0 && (b.MTU < 576 || b.MTU > 65535) {
+		return fieldErr("Backend.MTU", fmt.Sprint(b.MTU), "must be between 576 and 65535 (0 derives it from the underlay)")
+	}
+	return nil
+}
+
+// unknownKeys lists top-level keys of obj that are not in known. JSON keys
+// are case-insensitive, as encoding/json (and flannel) treat them.
+func unknownKeys(obj []byte, known map[string]bool, prefix string) []string {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(obj, &m) != nil {
+		return nil
+	}
+	var out []string
+	for k := range m {
+		if !known[strings.ToLower(k)] {
+			out = append(out, fmt.Sprintf("unknown key %q ignored", prefix+k))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// describeJSONError adds the line and column to a syntax error.
+func describeJSONError(data []byte, err error) error {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		line, col := 1, 1
+		for _, c := range data[:min(int(se.Offset), len(data))] {
+			if c == '\n' {
+				line, col = line+1, 1
+			} else {
+				col++
+			}
+		}
+		return fmt.Errorf("line %d column %d: %w", line, col, err)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Errorf("key %s: %s is not a %s", te.Field, te.Value, te.Type)
+	}
+	return err
+}
+
+func quote(s string) string { return fmt.Sprintf("%q", s) }
+
+func subnetSize(bits, subnetLen int) *big.Int {
+	return new(big.Int).Lsh(big.NewInt(1), uint(bits-subnetLen))
+}
+
+func addrToInt(a netip.Addr) *big.Int {
+	return new(big.Int).SetBytes(a.AsSlice())
+}
+
+func intToAddr(i *big.Int, bits int) netip.Addr {
+	b := make([]byte, bits/8)
+	i.FillBytes(b)
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
