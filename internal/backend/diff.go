@@ -1,0 +1,83 @@
+package backend
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+)
+
+// Diff says how to take the entries in current to those in desired, for
+// kernel tables whose entries are identified by key (routes by destination,
+// neighbours by IP, FDB entries by MAC). put holds the desired entries that
+// are missing or differ: a replace writes each in place. del holds the
+// current entries that are not desired and whose key is not being put (a
+// replace already overwrites those), limited to the ones owned allows
+// removing; nil owned allows all. No entry may appear twice in one slice.
+func Diff[T comparable, K comparable](current, desired []T, key func(T) K, owned func(T) bool) (put, del []T) {
+	// Incremental callers pass two outputs of one deterministic computation,
+	// which share a long prefix and suffix; skip those before hashing.
+	for len(current) > 0 && len(desired) > 0 && current[0] == desired[0] {
+		current, desired = current[1:], desired[1:]
+	}
+	for len(current) > 0 && len(desired) > 0 && current[len(current)-1] == desired[len(desired)-1] {
+		current, desired = current[:len(current)-1], desired[:len(desired)-1]
+	}
+	have := make(map[T]bool, len(current))
+	for _, c := range current {
+		have[c] = true
+	}
+	want := make(map[T]bool, len(desired))
+	putKeys := make(map[K]bool)
+	for _, d := range desired {
+		want[d] = true
+		if !have[d] {
+			put = append(put, d)
+			putKeys[key(d)] = true
+		}
+	}
+	for _, c := range current {
+		if want[c] || putKeys[key(c)] || (owned != nil && !owned(c)) {
+			continue
+		}
+		del = append(del, c)
+	}
+	return put, del
+}
+
+// Manages reports whether a route to dst is one a backend may change: a
+// subnet strictly inside the cluster network other than this node's own.
+// Routes to anything else belong to someone else.
+func Manages(network, own, dst netip.Prefix) bool {
+	return network.IsValid() && dst.Bits() > network.Bits() && network.Contains(dst.Addr()) &&
+		dst.Masked() != own.Masked()
+}
+
+// LeaseError says why a backend did not program a remote lease.
+type LeaseError struct {
+	Subnet netip.Prefix
+	Err    error
+}
+
+func (e *LeaseError) Error() string { return fmt.Sprintf("lease %s: %v", e.Subnet, e.Err) }
+func (e *LeaseError) Unwrap() error { return e.Err }
+
+// SkipLog logs leases a backend skips, each once per distinct reason, so
+// that a periodic resync does not repeat the same warning forever. Not safe
+// for concurrent use (backends are called from one goroutine).
+type SkipLog struct {
+	last map[netip.Prefix]string
+}
+
+// Report logs the errors in errs not reported by the previous call, and
+// forgets leases no longer skipped.
+func (s *SkipLog) Report(log *slog.Logger, errs []*LeaseError) {
+	next := make(map[netip.Prefix]string, len(errs))
+	for _, e := range errs {
+		msg := e.Err.Error()
+		next[e.Subnet] = msg
+		if s.last[e.Subnet] != msg {
+			log.Warn("lease not programmed", "subnet", e.Subnet, "reason", msg)
+		}
+	}
+	s.last = next
+}

@@ -1,0 +1,73 @@
+// Package hostgw is the flannel-compatible host-gw backend: no device and no
+// encapsulation, just a route per remote node's subnet via that node's
+// PublicIP. It needs every node on one L2 segment. desired.go computes the
+// routes (pure); hostgw_linux.go converges the kernel to them.
+package hostgw
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netlinkx"
+)
+
+// ErrNotAdjacent marks a remote lease refused because its node is not on
+// this node's L2 segment.
+var ErrNotAdjacent = errors.New("host-gw needs nodes on one L2 segment")
+
+// Params is what Desired needs besides the leases.
+type Params struct {
+	Network  netip.Prefix // cluster network: remote subnets must lie inside it
+	Own      netip.Prefix // this node's subnet
+	PublicIP netip.Addr   // this node's: a lease naming it is not a remote node
+
+	Underlay     int
+	UnderlayName string
+	// UnderlaySubnet is the underlay's on-link prefix. A remote PublicIP
+	// outside it is refused; when invalid (unknown) the kernel judges.
+	UnderlaySubnet netip.Prefix
+}
+
+// Desired computes `<subnet> via <PublicIP> dev <underlay>` for every remote
+// lease (all but own). Leases it cannot use are returned as errors, one per
+// lease, and left out; those refused for lack of L2 adjacency wrap
+// ErrNotAdjacent.
+func Desired(p Params, leases []lease.Lease) ([]netlinkx.Route, []*backend.LeaseError) {
+	sorted := slices.Clone(leases)
+	slices.SortFunc(sorted, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	var routes []netlinkx.Route
+	var skipped []*backend.LeaseError
+	for _, l := range sorted {
+		if l.Subnet == p.Own || !l.Subnet.IsValid() {
+			continue // ourselves, or an IPv6-only lease
+		}
+		if err := checkRemote(p, l); err != nil {
+			skipped = append(skipped, &backend.LeaseError{Subnet: l.Subnet, Err: err})
+			continue
+		}
+		routes = append(routes, netlinkx.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: p.Underlay})
+	}
+	return routes, skipped
+}
+
+func checkRemote(p Params, l lease.Lease) error {
+	pub := l.Attrs.PublicIP
+	switch {
+	case !backend.Manages(p.Network, p.Own, l.Subnet):
+		return fmt.Errorf("subnet is not inside the cluster network %s", p.Network)
+	case l.Attrs.BackendType != config.BackendHostGW:
+		return fmt.Errorf("backend type %q, not %q: this node cannot reach it", l.Attrs.BackendType, config.BackendHostGW)
+	case !pub.Is4() || pub.IsUnspecified():
+		return fmt.Errorf("PublicIP %v is not a usable IPv4 address", pub)
+	case pub == p.PublicIP:
+		return fmt.Errorf("PublicIP %s is this node's own (a stale lease of this node?)", pub)
+	case p.UnderlaySubnet.IsValid() && !p.UnderlaySubnet.Contains(pub):
+		return fmt.Errorf("%w: %s is not on %s's %s; use vxlan or DirectRouting", ErrNotAdjacent, pub, p.UnderlayName, p.UnderlaySubnet)
+	}
+	return nil
+}

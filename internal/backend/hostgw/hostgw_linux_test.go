@@ -1,0 +1,159 @@
+package hostgw_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/backend/backendtest"
+	"github.com/weft-net/weft/internal/backend/hostgw"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netlinkx"
+)
+
+var pfx = netip.MustParsePrefix
+
+func TestThreeNodes(t *testing.T) {
+	nodes := backendtest.Cluster(t, pfx("10.244.1.0/24"), pfx("10.244.2.0/24"), pfx("10.244.3.0/24"))
+	nw := backendtest.Network(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`)
+	ctx := context.Background()
+	var bs []*hostgw.Backend
+	var leases []lease.Lease
+	for _, n := range nodes {
+		b, err := hostgw.New(n.Params(nw), n.NS.H, backendtest.Logger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		typ, data, err := b.LeaseAttrs(ctx)
+		if err != nil || typ != "host-gw" || data != nil {
+			t.Fatalf("LeaseAttrs = %q %s %v", typ, data, err)
+		}
+		own := n.Lease(typ, data)
+		if mtu, err := b.Configure(ctx, own); err != nil || mtu != n.Ext.MTU {
+			t.Fatalf("Configure = %d, %v; want %d", mtu, err, n.Ext.MTU)
+		}
+		bs = append(bs, b)
+		leases = append(leases, own)
+	}
+	// A node on another segment: refused with a reason, the others programmed.
+	far := lease.Lease{Subnet: pfx("10.244.9.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("203.0.113.9"), BackendType: "host-gw"}}
+	all := append(slices.Clone(leases), far)
+	for i, b := range bs {
+		err := b.Reconcile(ctx, leases[i], all, true)
+		if !errors.Is(err, hostgw.ErrNotAdjacent) || !strings.Contains(err.Error(), "203.0.113.9 is not on eth0's 192.0.2.0/24; use vxlan or DirectRouting") {
+			t.Fatalf("node %d: Reconcile error %v, want the far lease refused", i, err)
+		}
+		if b.Refused() != 1 {
+			t.Errorf("Refused() = %d", b.Refused())
+		}
+	}
+	a := nodes[0]
+	want := []netlinkx.Route{
+		{Dst: pfx("10.244.2.0/24"), Gw: nodes[1].Ext.PublicIP, LinkIndex: a.Ext.Index},
+		{Dst: pfx("10.244.3.0/24"), Gw: nodes[2].Ext.PublicIP, LinkIndex: a.Ext.Index},
+	}
+	if got := managed(t, a); !slices.Equal(got, want) {
+		t.Fatalf("routes %v, want %v", got, want)
+	}
+	for i := range nodes {
+		for j := range nodes {
+			if i != j {
+				if err := nodes[i].Pod.Ping(nodes[i].PodIP, nodes[j].PodIP); err != nil {
+					t.Fatalf("pod %d -> pod %d: %v", i, j, err)
+				}
+			}
+		}
+	}
+
+	// Lease of node 2 goes: incrementally, then its route is gone.
+	if err := bs[0].Reconcile(ctx, leases[0], leases[:2], false); err != nil {
+		t.Fatal(err)
+	}
+	if got := managed(t, a); !slices.Equal(got, want[:1]) {
+		t.Fatalf("after removal routes %v, want %v", got, want[:1])
+	}
+
+	// Hand-made damage, repaired by a full pass; foreign routes stay.
+	h := a.NS.H
+	stale := netlinkx.Route{Dst: pfx("10.244.77.0/24"), Gw: nodes[2].Ext.PublicIP, LinkIndex: a.Ext.Index}
+	foreign := netlinkx.Route{Dst: pfx("198.51.100.0/24"), Gw: nodes[2].Ext.PublicIP, LinkIndex: a.Ext.Index}
+	for _, r := range []netlinkx.Route{stale, foreign} {
+		if err := h.RouteReplace(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.RouteDel(want[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := bs[0].Reconcile(ctx, leases[0], leases, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := managed(t, a); !slices.Equal(got, want) {
+		t.Fatalf("after repair routes %v, want %v", got, want)
+	}
+	if !slices.Contains(backendtest.Routes(t, h, a.Ext.Index), foreign) {
+		t.Fatal("a route outside the cluster network was removed")
+	}
+	if err := nodes[0].Pod.Ping(nodes[0].PodIP, nodes[1].PodIP); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// managed lists the node's underlay routes inside 10.244.0.0/16.
+func managed(t *testing.T, n *backendtest.Node) []netlinkx.Route {
+	t.Helper()
+	var out []netlinkx.Route
+	for _, r := range backendtest.Routes(t, n.NS.H, n.Ext.Index) {
+		if pfx("10.244.0.0/16").Contains(r.Dst.Addr()) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func TestThousandLeases(t *testing.T) {
+	nodes := backendtest.Cluster(t, pfx("10.255.255.0/24"))
+	n := nodes[0]
+	nw := backendtest.Network(t, `{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}`)
+	// A /16 underlay so that 1000 gateways are on-link.
+	if err := n.NS.H.AddrReplace(n.NS.Link(t, "eth0"), pfx("192.0.2.1/16")); err != nil {
+		t.Fatal(err)
+	}
+	n.Ext.Subnet = pfx("192.0.0.0/16")
+	b, err := hostgw.New(n.Params(nw), n.NS.H, backendtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := n.Lease("host-gw", nil)
+	leases := []lease.Lease{own}
+	for i := range 1001 {
+		leases = append(leases, lease.Lease{
+			Subnet: pfx(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256)),
+			Attrs:  lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 0, byte(10 + i/250), byte(1 + i%250)}), BackendType: "host-gw"},
+		})
+	}
+	ctx := context.Background()
+	if err := b.Reconcile(ctx, own, leases[:1001], true); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(backendtest.Routes(t, n.NS.H, n.Ext.Index)); got != 1000+2 { // + 192.0.2.0/24 and 192.0.0.0/16 connected
+		t.Fatalf("%d routes on eth0, want 1002", got)
+	}
+	dumps := n.NS.H.Dumps()
+	t0 := time.Now()
+	if err := b.Reconcile(ctx, own, leases, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("one new lease with 1000 present, incremental: %v", time.Since(t0))
+	if n.NS.H.Dumps() != dumps {
+		t.Error("incremental reconcile dumped the routing table")
+	}
+	if got := len(backendtest.Routes(t, n.NS.H, n.Ext.Index)); got != 1001+2 {
+		t.Fatalf("%d routes on eth0, want 1003", got)
+	}
+}

@@ -1,0 +1,433 @@
+package vxlan_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/backend/backendtest"
+	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netlinkx"
+)
+
+var pfx = netip.MustParsePrefix
+
+type vnode struct {
+	*backendtest.Node
+	b   *vxlan.Backend
+	own lease.Lease
+}
+
+// start runs the agent's sequence on each node: LeaseAttrs, Configure.
+func start(t *testing.T, netconf string, nodes []*backendtest.Node) []*vnode {
+	t.Helper()
+	nw := backendtest.Network(t, netconf)
+	var out []*vnode
+	for _, n := range nodes {
+		b, err := vxlan.New(n.Params(nw), n.NS.H, backendtest.Logger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		typ, data, err := b.LeaseAttrs(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf(`{"VNI":%d,"VtepMAC":"%s"}`, nw.Backend.VNI, b.MAC())
+		if typ != "vxlan" || string(data) != want {
+			t.Fatalf("LeaseAttrs = %q %s, want vxlan %s", typ, data, want)
+		}
+		v := &vnode{Node: n, b: b, own: n.Lease(typ, data)}
+		mtu, err := b.Configure(context.Background(), v.own)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := n.Ext.MTU - 50; nw.Backend.MTU == 0 && mtu != want {
+			t.Fatalf("MTU %d, want %d", mtu, want)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func leasesOf(vs []*vnode) []lease.Lease {
+	var ls []lease.Lease
+	for _, v := range vs {
+		ls = append(ls, v.own)
+	}
+	return ls
+}
+
+func reconcileAll(t *testing.T, vs []*vnode, full bool) {
+	t.Helper()
+	for _, v := range vs {
+		if err := v.b.Reconcile(context.Background(), v.own, leasesOf(vs), full); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func ping(t *testing.T, from, to *vnode) {
+	t.Helper()
+	if err := from.Pod.Ping(from.PodIP, to.PodIP); err != nil {
+		t.Fatalf("pod %s -> pod %s: %v", from.PodIP, to.PodIP, err)
+	}
+}
+
+func device(t testing.TB, v *vnode) *netlinkx.Vxlan {
+	t.Helper()
+	l, err := v.NS.H.LinkByName(v.b.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.(*netlinkx.Vxlan)
+}
+
+// entries returns what the kernel holds on flannel.N for the given subnet.
+func entries(t *testing.T, v *vnode, sn netip.Prefix) (routes []netlinkx.Route, neighs []netlinkx.Neigh, fdb []netlinkx.FDB) {
+	t.Helper()
+	idx := device(t, v).Index
+	for _, r := range backendtest.Routes(t, v.NS.H, idx) {
+		if r.Dst == sn {
+			routes = append(routes, r)
+		}
+	}
+	ns, err := v.NS.H.NeighList(idx, netlinkx.FamilyV4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range ns {
+		if n.IP == sn.Addr() {
+			neighs = append(neighs, n)
+		}
+	}
+	fs, err := v.NS.H.FDBList(idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return routes, neighs, fs
+}
+
+func TestTwoNodes(t *testing.T) {
+	nodes := backendtest.Cluster(t, pfx("10.244.1.0/24"), pfx("10.244.2.0/24"))
+	vs := start(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`, nodes)
+	a, b := vs[0], vs[1]
+	reconcileAll(t, vs, true)
+
+	// Device as flannel makes it.
+	dev := device(t, a)
+	if dev.VxlanId != 1 || dev.Port != 8472 || dev.Learning || dev.MTU != a.Ext.MTU-50 ||
+		dev.VtepDevIndex != a.Ext.Index || dev.SrcAddr.String() != a.Ext.Addr.String() {
+		t.Errorf("device: %+v", dev)
+	}
+	if addrs, _ := a.NS.H.AddrList(dev, netlinkx.FamilyV4); !slices.Equal(addrs, []netip.Prefix{pfx("10.244.1.0/32")}) {
+		t.Errorf("device addresses %v, want [10.244.1.0/32]", addrs)
+	}
+	routes, neighs, fdb := entries(t, a, b.Subnet)
+	bmac := b.b.MAC()
+	wantR := netlinkx.Route{Dst: b.Subnet, Gw: b.Subnet.Addr(), LinkIndex: dev.Index, OnLink: true}
+	if !slices.Equal(routes, []netlinkx.Route{wantR}) ||
+		!slices.Equal(neighs, []netlinkx.Neigh{{LinkIndex: dev.Index, IP: b.Subnet.Addr(), MAC: bmac, State: netlinkx.NUDPermanent}}) ||
+		!slices.Equal(fdb, []netlinkx.FDB{{LinkIndex: dev.Index, MAC: bmac, Dst: b.Ext.PublicIP}}) {
+		t.Fatalf("node a holds routes %v neighs %v fdb %v", routes, neighs, fdb)
+	}
+	ping(t, a, b)
+	ping(t, b, a)
+
+	t.Run("restart keeps the MAC", func(t *testing.T) {
+		again := start(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`, nodes[:1])[0]
+		if again.b.MAC() != a.b.MAC() || device(t, again).Index != dev.Index {
+			t.Fatalf("restart: MAC %s (was %s), ifindex %d (was %d)", again.b.MAC(), a.b.MAC(), device(t, again).Index, dev.Index)
+		}
+		if err := again.b.Reconcile(context.Background(), again.own, leasesOf(vs), true); err != nil {
+			t.Fatal(err)
+		}
+		ping(t, a, b)
+	})
+
+	t.Run("deleted device comes back with its MAC", func(t *testing.T) {
+		if err := a.NS.H.LinkDel(device(t, a)); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.b.Reconcile(context.Background(), a.own, leasesOf(vs), true); err != nil {
+			t.Fatal(err)
+		}
+		d := device(t, a)
+		if d.Index == dev.Index {
+			t.Fatalf("device was not recreated")
+		}
+		if got, _ := netlinkx.MACFrom(d.HardwareAddr); got != a.b.MAC() {
+			t.Fatalf("recreated with MAC %s, published %s", got, a.b.MAC())
+		}
+		ping(t, a, b)
+		ping(t, b, a)
+	})
+
+	t.Run("full reconcile repairs and leaves foreign routes", func(t *testing.T) {
+		h, idx := a.NS.H, device(t, a).Index
+		if err := h.RouteDel(netlinkx.Route{Dst: b.Subnet, Gw: b.Subnet.Addr(), LinkIndex: idx, OnLink: true}); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.NeighDel(netlinkx.Neigh{LinkIndex: idx, IP: b.Subnet.Addr()}); err != nil {
+			t.Fatal(err)
+		}
+		stale := netlinkx.Route{Dst: pfx("10.244.9.0/24"), Gw: pfx("10.244.9.0/32").Addr(), LinkIndex: idx, OnLink: true}
+		foreign := netlinkx.Route{Dst: pfx("172.31.0.0/24"), Gw: pfx("172.31.0.1/32").Addr(), LinkIndex: idx, OnLink: true}
+		ownRoute := netlinkx.Route{Dst: a.Subnet, Gw: pfx("10.244.1.77/32").Addr(), LinkIndex: idx, OnLink: true, Priority: 50}
+		for _, r := range []netlinkx.Route{stale, foreign, ownRoute} {
+			if err := h.RouteReplace(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		staleFDB := netlinkx.FDB{LinkIndex: idx, MAC: netlinkx.MAC{2, 9, 9, 9, 9, 9}, Dst: pfx("192.0.2.99/32").Addr()}
+		if err := h.FDBSet(staleFDB); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.b.Reconcile(context.Background(), a.own, leasesOf(vs), true); err != nil {
+			t.Fatal(err)
+		}
+		got := backendtest.Routes(t, h, idx)
+		if slices.Contains(got, stale) || !slices.Contains(got, foreign) || !slices.Contains(got, ownRoute) ||
+			!slices.ContainsFunc(got, func(r netlinkx.Route) bool { return r.Dst == b.Subnet }) {
+			t.Fatalf("after repair routes %v", got)
+		}
+		if fs, _ := h.FDBList(idx); slices.Contains(fs, staleFDB) || len(fs) != 1 {
+			t.Fatalf("after repair fdb %v", fs)
+		}
+		ping(t, a, b)
+	})
+
+	t.Run("lease removed and back, incrementally", func(t *testing.T) {
+		before := a.NS.H.Dumps()
+		if err := a.b.Reconcile(context.Background(), a.own, []lease.Lease{a.own}, false); err != nil {
+			t.Fatal(err)
+		}
+		if n := a.NS.H.Dumps() - before; n != 0 {
+			t.Errorf("incremental reconcile made %d dumps", n)
+		}
+		if r, n, f := entries(t, a, b.Subnet); len(r)+len(n)+len(f) != 0 {
+			t.Fatalf("lease gone but kernel holds routes %v neighs %v fdb %v", r, n, f)
+		}
+		if err := a.b.Reconcile(context.Background(), a.own, leasesOf(vs), false); err != nil {
+			t.Fatal(err)
+		}
+		ping(t, a, b)
+	})
+
+	t.Run("remote MAC change", func(t *testing.T) {
+		// b's device is recreated by someone who lost its MAC (a new node
+		// on the same subnet): a must follow the new lease data.
+		if err := b.NS.H.LinkDel(device(t, b)); err != nil {
+			t.Fatal(err)
+		}
+		fresh := start(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`, nodes[1:])[0]
+		if fresh.b.MAC() == b.b.MAC() {
+			t.Fatal("expected a new MAC")
+		}
+		vs2 := []*vnode{a, fresh}
+		reconcileAll(t, vs2, false)
+		if err := fresh.b.Reconcile(context.Background(), fresh.own, leasesOf(vs2), true); err != nil {
+			t.Fatal(err)
+		}
+		_, _, fdb := entries(t, a, b.Subnet)
+		if !slices.Equal(fdb, []netlinkx.FDB{{LinkIndex: device(t, a).Index, MAC: fresh.b.MAC(), Dst: b.Ext.PublicIP}}) {
+			t.Fatalf("fdb %v", fdb)
+		}
+		ping(t, a, fresh)
+	})
+}
+
+func TestDirectRouting(t *testing.T) {
+	nodes := backendtest.Cluster(t, pfx("10.244.1.0/24"), pfx("10.244.2.0/24"))
+	vs := start(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true,"VNI":4,"Port":4789}}`, nodes)
+	a, b := vs[0], vs[1]
+	// A stale vxlan route for b, as left by a run without DirectRouting.
+	dev := device(t, a)
+	if dev.VxlanId != 4 || dev.Port != 4789 || dev.Name != "flannel.4" {
+		t.Fatalf("device %s vni %d port %d", dev.Name, dev.VxlanId, dev.Port)
+	}
+	if err := a.NS.H.RouteReplace(netlinkx.Route{Dst: b.Subnet, Gw: b.Subnet.Addr(), LinkIndex: dev.Index, OnLink: true}); err != nil {
+		t.Fatal(err)
+	}
+	reconcileAll(t, vs, true)
+	if got := backendtest.Routes(t, a.NS.H, a.Ext.Index); !slices.Contains(got, netlinkx.Route{Dst: b.Subnet, Gw: b.Ext.PublicIP, LinkIndex: a.Ext.Index}) {
+		t.Fatalf("underlay routes %v", got)
+	}
+	if r, n, f := entries(t, a, b.Subnet); len(r)+len(n)+len(f) != 0 {
+		t.Fatalf("direct remote has vxlan state: routes %v neighs %v fdb %v", r, n, f)
+	}
+	ping(t, a, b)
+	ping(t, b, a)
+
+	// A lease that goes away loses its direct route on a full reconcile too.
+	if err := a.b.Reconcile(context.Background(), a.own, []lease.Lease{a.own}, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range backendtest.Routes(t, a.NS.H, a.Ext.Index) {
+		if r.Dst == b.Subnet {
+			t.Fatalf("route %v left after lease removal", r)
+		}
+	}
+}
+
+func TestRecreateOnConfigChange(t *testing.T) {
+	nodes := backendtest.Cluster(t, pfx("10.244.1.0/24"))
+	v := start(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`, nodes)[0]
+	idx := device(t, v).Index
+	v2 := start(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":4789,"MTU":1400}}`, nodes)[0]
+	d := device(t, v2)
+	if d.Index == idx || d.Port != 4789 || d.MTU != 1400 || v2.b.MAC() != v.b.MAC() {
+		t.Fatalf("after port change: ifindex %d (was %d) port %d mtu %d mac %s (was %s)", d.Index, idx, d.Port, d.MTU, v2.b.MAC(), v.b.MAC())
+	}
+}
+
+// manyLeases returns n vxlan leases numbered from first, inside 10.0.0.0/8
+// (lease i: 10.(1+i/256).(i%256).0/24), with PublicIPs in 198.18.0.0/15.
+// No traffic is sent to them; they only fill the tables.
+func manyLeases(first, n int) []lease.Lease {
+	out := make([]lease.Lease, n)
+	for k := range out {
+		i := first + k
+		out[k] = lease.Lease{
+			Subnet: pfx(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256)),
+			Attrs: lease.Attrs{
+				PublicIP:    netip.MustParseAddr(fmt.Sprintf("198.%d.%d.%d", 18+i/(250*256), i/250%256, i%250+1)),
+				BackendType: "vxlan",
+				BackendData: json.RawMessage(fmt.Sprintf(`{"VNI":1,"VtepMAC":"02:42:00:%02x:%02x:%02x"}`, i>>16&255, i>>8&255, i&255)),
+			},
+		}
+	}
+	return out
+}
+
+// scaleNode is one vxlan node in network 10.0.0.0/8 with subnet
+// 10.255.255.0/24, outside manyLeases' range. It returns the node and a
+// reconcile taking the remote leases.
+func scaleNode(t testing.TB) (*vnode, func(ls []lease.Lease, full bool) error) {
+	nodes := backendtest.Cluster(t, pfx("10.255.255.0/24"))
+	nw := backendtest.Network(t, `{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}`)
+	n := nodes[0]
+	b, err := vxlan.New(n.Params(nw), n.NS.H, backendtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	typ, data, err := b.LeaseAttrs(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &vnode{Node: n, b: b, own: n.Lease(typ, data)}
+	if _, err := b.Configure(context.Background(), v.own); err != nil {
+		t.Fatal(err)
+	}
+	return v, func(ls []lease.Lease, full bool) error {
+		return b.Reconcile(context.Background(), v.own, append([]lease.Lease{v.own}, ls...), full)
+	}
+}
+
+func count(t testing.TB, v *vnode) (routes, neighs, fdb int) {
+	t.Helper()
+	idx := device(t, v).Index
+	ns, _ := v.NS.H.NeighList(idx, netlinkx.FamilyV4)
+	fs, _ := v.NS.H.FDBList(idx)
+	return len(backendtest.Routes(t, v.NS.H, idx)), len(ns), len(fs)
+}
+
+func TestThousandLeases(t *testing.T) {
+	v, reconcile := scaleNode(t)
+	leases := manyLeases(0, 1000)
+	t0 := time.Now()
+	if err := reconcile(leases, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("full reconcile programming 1000 leases: %v", time.Since(t0))
+	if r, n, f := count(t, v); r != 1000 || n != 1000 || f != 1000 {
+		t.Fatalf("programmed %d routes, %d neighbours, %d fdb entries; want 1000 each", r, n, f)
+	}
+	t0 = time.Now()
+	if err := reconcile(leases, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("full reconcile with nothing to change: %v", time.Since(t0))
+
+	more := append(leases, manyLeases(1000, 1)...)
+	dumps := v.NS.H.Dumps()
+	t0 = time.Now()
+	if err := reconcile(more, false); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(t0)
+	t.Logf("one new lease with 1000 present, incremental: %v", took)
+	if n := v.NS.H.Dumps() - dumps; n != 0 {
+		t.Errorf("incremental reconcile dumped kernel tables %d times", n)
+	}
+	if r, n, f := count(t, v); r != 1001 || n != 1001 || f != 1001 {
+		t.Fatalf("after one more: %d routes, %d neighbours, %d fdb entries; want 1001 each", r, n, f)
+	}
+	// The target is 10 ms; allow for a loaded shared machine, but catch a
+	// fast path that has become a full pass (~100x slower).
+	if took > 100*time.Millisecond {
+		t.Errorf("incremental reconcile took %v, target 10ms", took)
+	}
+	if err := reconcile(leases[1:], false); err != nil {
+		t.Fatal(err)
+	}
+	if r, n, f := count(t, v); r != 999 || n != 999 || f != 999 {
+		t.Fatalf("after removing two: %d routes, %d neighbours, %d fdb entries; want 999 each", r, n, f)
+	}
+}
+
+// BenchmarkReconcile1000 is a full reconcile of 1000 remote leases: "resync"
+// when the kernel already matches (three dumps and a diff), "program" when
+// every entry changes (the lease set alternates between two disjoint sets of
+// 1000, so each op removes 1000 leases' entries and adds 1000).
+func BenchmarkReconcile1000(b *testing.B) {
+	b.Run("resync", func(b *testing.B) {
+		_, reconcile := scaleNode(b)
+		leases := manyLeases(0, 1000)
+		if err := reconcile(leases, true); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if err := reconcile(leases, true); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("program", func(b *testing.B) {
+		_, reconcile := scaleNode(b)
+		sets := [2][]lease.Lease{manyLeases(0, 1000), manyLeases(1000, 1000)}
+		i := 0
+		for b.Loop() {
+			if err := reconcile(sets[i%2], true); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+}
+
+// BenchmarkAddOneLease is the fast path: one new lease arrives while 1000
+// are programmed, reconciled incrementally (neighbour, FDB entry, route).
+func BenchmarkAddOneLease(b *testing.B) {
+	_, reconcile := scaleNode(b)
+	leases := manyLeases(0, 1000)
+	if err := reconcile(leases, true); err != nil {
+		b.Fatal(err)
+	}
+	more := append(slices.Clone(leases), manyLeases(1000, 1)...)
+	b.ResetTimer()
+	for range b.N {
+		if err := reconcile(more, false); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := reconcile(leases, false); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}

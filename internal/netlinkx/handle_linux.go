@@ -1,0 +1,457 @@
+package netlinkx
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Link types callers build and inspect. They are the library's own, so that
+// a caller can create a VXLAN or veth without importing it.
+type (
+	Link      = netlink.Link
+	LinkAttrs = netlink.LinkAttrs
+	Vxlan     = netlink.Vxlan
+	Veth      = netlink.Veth
+	Bridge    = netlink.Bridge
+	// NsFd names a namespace by an open file descriptor (Veth.PeerNamespace).
+	NsFd = netlink.NsFd
+)
+
+// NewLinkAttrs returns LinkAttrs with the library's defaults (TxQLen -1 lets
+// the kernel choose).
+func NewLinkAttrs() LinkAttrs { return netlink.NewLinkAttrs() }
+
+// Handle talks to one network namespace. Its sockets live in that namespace,
+// so no thread has to switch into it. Safe for concurrent use.
+type Handle struct {
+	nh    *netlink.Handle
+	dumps atomic.Uint64
+}
+
+// New returns a handle on the calling process's network namespace.
+func New() (*Handle, error) {
+	nh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	return &Handle{nh: nh}, nil
+}
+
+// NewAt returns a handle on the namespace bind-mounted (or /proc/PID/ns/net)
+// at nsPath.
+func NewAt(nsPath string) (*Handle, error) {
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", nsPath, err)
+	}
+	// The sockets keep the namespace alive; the descriptor is not needed.
+	defer ns.Close()
+	nh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket in %s: %w", nsPath, err)
+	}
+	return &Handle{nh: nh}, nil
+}
+
+// Close releases the handle's sockets.
+func (h *Handle) Close() { h.nh.Close() }
+
+// Dumps counts the dump requests made through h (retries included). It lets
+// callers and tests see that a fast path stayed off the full-table dumps.
+func (h *Handle) Dumps() uint64 { return h.dumps.Load() }
+
+// dumpAttempts bounds retries of a dump the kernel keeps interrupting
+// (NLM_F_DUMP_INTR: the table changed while it was being read).
+const dumpAttempts = 5
+
+// dump is retry for a dump request, counted in Dumps.
+func dump[T any](h *Handle, what string, f func() (T, error)) (T, error) {
+	return retry(what, func() (T, error) {
+		h.dumps.Add(1)
+		return f()
+	})
+}
+
+// retry runs f until it returns without netlink.ErrDumpInterrupted, whose
+// partial results must not be used, at most dumpAttempts times.
+func retry[T any](what string, f func() (T, error)) (T, error) {
+	var zero T
+	var err error
+	for range dumpAttempts {
+		var v T
+		v, err = f()
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return zero, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	return zero, fmt.Errorf("%s: still interrupted after %d attempts: %w", what, dumpAttempts, err)
+}
+
+// IsNotFound reports whether err says the link, route, neighbour or address
+// does not exist.
+func IsNotFound(err error) bool {
+	var lnf netlink.LinkNotFoundError
+	return errors.As(err, &lnf) ||
+		errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) ||
+		errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EADDRNOTAVAIL)
+}
+
+// ignoreNotFound makes deletes idempotent: removing what is gone is success.
+func ignoreNotFound(err error) error {
+	if err != nil && IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// LinkByName is `ip link show NAME`. A missing link gives an error for which
+// IsNotFound is true.
+func (h *Handle) LinkByName(name string) (Link, error) {
+	// Older kernels answer a by-name lookup with a dump, hence the retry.
+	return retry("link "+name, func() (Link, error) { return h.nh.LinkByName(name) })
+}
+
+// LinkByIndex is `ip link show` for one ifindex.
+func (h *Handle) LinkByIndex(index int) (Link, error) {
+	l, err := h.nh.LinkByIndex(index)
+	if err != nil {
+		return nil, fmt.Errorf("link #%d: %w", index, err)
+	}
+	return l, nil
+}
+
+// LinkList is `ip link show`.
+func (h *Handle) LinkList() ([]Link, error) {
+	return dump(h, "list links", h.nh.LinkList)
+}
+
+// LinkAdd is `ip link add …` for the given link; it fills in the new
+// link's index.
+func (h *Handle) LinkAdd(l Link) error {
+	if err := h.nh.LinkAdd(l); err != nil {
+		return fmt.Errorf("add link %s (%s): %w", l.Attrs().Name, l.Type(), err)
+	}
+	return nil
+}
+
+// LinkDel is `ip link del NAME`. A link already gone is not an error.
+func (h *Handle) LinkDel(l Link) error {
+	if err := ignoreNotFound(h.nh.LinkDel(l)); err != nil {
+		return fmt.Errorf("delete link %s: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// LinkSetUp is `ip link set NAME up`.
+func (h *Handle) LinkSetUp(l Link) error {
+	if err := h.nh.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set link %s up: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// LinkSetMTU is `ip link set NAME mtu MTU`.
+func (h *Handle) LinkSetMTU(l Link, mtu int) error {
+	if err := h.nh.LinkSetMTU(l, mtu); err != nil {
+		return fmt.Errorf("set link %s mtu %d: %w", l.Attrs().Name, mtu, err)
+	}
+	return nil
+}
+
+// LinkSetHardwareAddr is `ip link set NAME address MAC`.
+func (h *Handle) LinkSetHardwareAddr(l Link, mac MAC) error {
+	if err := h.nh.LinkSetHardwareAddr(l, mac.HardwareAddr()); err != nil {
+		return fmt.Errorf("set link %s address %s: %w", l.Attrs().Name, mac, err)
+	}
+	return nil
+}
+
+// LinkSetNsFd is `ip link set NAME netns NS` with NS an open descriptor.
+func (h *Handle) LinkSetNsFd(l Link, fd int) error {
+	if err := h.nh.LinkSetNsFd(l, fd); err != nil {
+		return fmt.Errorf("move link %s to netns: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// LinkSetMaster is `ip link set NAME master MASTER`.
+func (h *Handle) LinkSetMaster(l, master Link) error {
+	if err := h.nh.LinkSetMaster(l, master); err != nil {
+		return fmt.Errorf("set link %s master %s: %w", l.Attrs().Name, master.Attrs().Name, err)
+	}
+	return nil
+}
+
+func toIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func fromIPNet(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := n.Mask.Size()
+	a = a.Unmap()
+	if bits != a.BitLen() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones), true
+}
+
+func fromIP(ip net.IP) netip.Addr {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+// AddrReplace is `ip addr replace P dev NAME`: P's address with P's prefix
+// length (10.244.1.0/32).
+func (h *Handle) AddrReplace(l Link, p netip.Prefix) error {
+	if err := h.nh.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(p)}); err != nil {
+		return fmt.Errorf("replace address %s on %s: %w", p, l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// AddrDel is `ip addr del P dev NAME`. An address already gone is not an error.
+func (h *Handle) AddrDel(l Link, p netip.Prefix) error {
+	if err := ignoreNotFound(h.nh.AddrDel(l, &netlink.Addr{IPNet: toIPNet(p)})); err != nil {
+		return fmt.Errorf("delete address %s from %s: %w", p, l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// AddrList is `ip addr show dev NAME` for one family (FamilyAll for both).
+func (h *Handle) AddrList(l Link, f Family) ([]netip.Prefix, error) {
+	addrs, err := dump(h, "list addresses of "+l.Attrs().Name, func() ([]netlink.Addr, error) {
+		return h.nh.AddrList(l, int(f))
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Prefix, 0, len(addrs))
+	for _, a := range addrs {
+		if p, ok := fromIPNet(a.IPNet); ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func toNLRoute(r Route) *netlink.Route {
+	nr := &netlink.Route{
+		Dst:       toIPNet(r.Dst),
+		LinkIndex: r.LinkIndex,
+		Priority:  r.Priority,
+		Table:     r.Table,
+	}
+	if r.Gw.IsValid() {
+		nr.Gw = r.Gw.AsSlice()
+	} else {
+		// As `ip route add P dev D` does: a route without gateway is on-link.
+		nr.Scope = netlink.SCOPE_LINK
+	}
+	if r.OnLink {
+		nr.Flags |= int(netlink.FLAG_ONLINK)
+	}
+	return nr
+}
+
+// RouteReplace is `ip route replace` (see Route).
+func (h *Handle) RouteReplace(r Route) error {
+	if err := h.nh.RouteReplace(toNLRoute(r)); err != nil {
+		return fmt.Errorf("replace route %s: %w", r, err)
+	}
+	return nil
+}
+
+// RouteDel is `ip route del` of exactly r. A route already gone is not an
+// error.
+func (h *Handle) RouteDel(r Route) error {
+	if err := ignoreNotFound(h.nh.RouteDel(toNLRoute(r))); err != nil {
+		return fmt.Errorf("delete route %s: %w", r, err)
+	}
+	return nil
+}
+
+// RouteList is `ip route show [table T] [dev D]`. It returns unicast
+// single-path routes only: weft makes no others, and so never changes them.
+func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
+	filter := &netlink.Route{LinkIndex: f.LinkIndex}
+	var mask uint64
+	if f.LinkIndex != 0 {
+		mask |= netlink.RT_FILTER_OIF
+	}
+	switch {
+	case f.Table == TableAll:
+		filter.Table = unix.RT_TABLE_UNSPEC
+		mask |= netlink.RT_FILTER_TABLE
+	case f.Table != 0:
+		filter.Table = f.Table
+		mask |= netlink.RT_FILTER_TABLE
+	}
+	nrs, err := dump(h, "list routes", func() ([]netlink.Route, error) {
+		return h.nh.RouteListFiltered(int(f.Family), filter, mask)
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Route, 0, len(nrs))
+	for _, nr := range nrs {
+		if nr.Type != unix.RTN_UNICAST || len(nr.MultiPath) > 0 {
+			continue
+		}
+		r := Route{
+			Gw:        fromIP(nr.Gw),
+			LinkIndex: nr.LinkIndex,
+			OnLink:    nr.Flags&int(netlink.FLAG_ONLINK) != 0,
+			Priority:  nr.Priority,
+			Table:     nr.Table,
+		}
+		if r.Table == unix.RT_TABLE_MAIN {
+			r.Table = 0
+		}
+		if d, ok := fromIPNet(nr.Dst); ok {
+			r.Dst = d
+		} else if nr.Dst == nil && nr.Family == unix.AF_INET {
+			r.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		} else if nr.Dst == nil && nr.Family == unix.AF_INET6 {
+			r.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		} else {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func neighFamily(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+// NeighSet is `ip neigh replace IP lladdr MAC nud STATE dev D` (see Neigh).
+func (h *Handle) NeighSet(n Neigh) error {
+	state := n.State
+	if state == 0 {
+		state = NUDPermanent
+	}
+	err := h.nh.NeighSet(&netlink.Neigh{
+		LinkIndex:    n.LinkIndex,
+		Family:       neighFamily(n.IP),
+		State:        state,
+		Type:         unix.RTN_UNICAST,
+		IP:           n.IP.AsSlice(),
+		HardwareAddr: n.MAC.HardwareAddr(),
+	})
+	if err != nil {
+		return fmt.Errorf("replace neighbour %s: %w", n, err)
+	}
+	return nil
+}
+
+// NeighDel is `ip neigh del IP dev D`. An entry already gone is not an error.
+func (h *Handle) NeighDel(n Neigh) error {
+	err := h.nh.NeighDel(&netlink.Neigh{
+		LinkIndex: n.LinkIndex,
+		Family:    neighFamily(n.IP),
+		IP:        n.IP.AsSlice(),
+	})
+	if err := ignoreNotFound(err); err != nil {
+		return fmt.Errorf("delete neighbour %s: %w", n, err)
+	}
+	return nil
+}
+
+// NeighList is `ip neigh show dev D` for one family (FamilyV4 or FamilyV6).
+// Entries without a link-layer address (incomplete, failed) have a zero MAC.
+func (h *Handle) NeighList(linkIndex int, f Family) ([]Neigh, error) {
+	ns, err := dump(h, fmt.Sprintf("list neighbours of #%d", linkIndex), func() ([]netlink.Neigh, error) {
+		return h.nh.NeighList(linkIndex, int(f))
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Neigh, 0, len(ns))
+	for _, n := range ns {
+		ip := fromIP(n.IP)
+		if !ip.IsValid() {
+			continue
+		}
+		mac, _ := MACFrom(n.HardwareAddr) // zero when absent
+		out = append(out, Neigh{LinkIndex: n.LinkIndex, IP: ip, MAC: mac, State: n.State})
+	}
+	return out, nil
+}
+
+// FDBSet is `bridge fdb replace MAC dev D dst DST self permanent`.
+func (h *Handle) FDBSet(e FDB) error {
+	err := h.nh.NeighSet(&netlink.Neigh{
+		LinkIndex:    e.LinkIndex,
+		Family:       unix.AF_BRIDGE,
+		Flags:        netlink.NTF_SELF,
+		State:        netlink.NUD_PERMANENT,
+		IP:           e.Dst.AsSlice(),
+		HardwareAddr: e.MAC.HardwareAddr(),
+	})
+	if err != nil {
+		return fmt.Errorf("replace fdb entry %s: %w", e, err)
+	}
+	return nil
+}
+
+// FDBDel is `bridge fdb del MAC dev D dst DST self`: it removes that one
+// destination of MAC's entry. An entry already gone is not an error.
+func (h *Handle) FDBDel(e FDB) error {
+	err := h.nh.NeighDel(&netlink.Neigh{
+		LinkIndex:    e.LinkIndex,
+		Family:       unix.AF_BRIDGE,
+		Flags:        netlink.NTF_SELF,
+		IP:           e.Dst.AsSlice(),
+		HardwareAddr: e.MAC.HardwareAddr(),
+	})
+	if err := ignoreNotFound(err); err != nil {
+		return fmt.Errorf("delete fdb entry %s: %w", e, err)
+	}
+	return nil
+}
+
+// FDBList is `bridge fdb show dev D`, restricted to what FDBSet makes:
+// unicast MACs with a destination IP. (The all-zero flood entries and the
+// device's multicast addresses are left out.)
+func (h *Handle) FDBList(linkIndex int) ([]FDB, error) {
+	ns, err := dump(h, fmt.Sprintf("list fdb of #%d", linkIndex), func() ([]netlink.Neigh, error) {
+		return h.nh.NeighList(linkIndex, unix.AF_BRIDGE)
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]FDB, 0, len(ns))
+	for _, n := range ns {
+		mac, err := MACFrom(n.HardwareAddr)
+		dst := fromIP(n.IP)
+		if err != nil || !mac.IsUnicast() || !dst.IsValid() || n.LinkIndex != linkIndex {
+			continue
+		}
+		out = append(out, FDB{LinkIndex: n.LinkIndex, MAC: mac, Dst: dst})
+	}
+	return out, nil
+}

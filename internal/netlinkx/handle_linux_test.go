@@ -1,0 +1,164 @@
+package netlinkx_test
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/weft-net/weft/internal/netlinkx"
+	"github.com/weft-net/weft/internal/netlinkx/nstest"
+)
+
+var mustPrefix = netip.MustParsePrefix
+var mustAddr = netip.MustParseAddr
+
+// TestHandle drives every call the backends use against a fresh namespace:
+// a veth to a second namespace as underlay and a VXLAN device over it.
+func TestHandle(t *testing.T) {
+	a, b := nstest.New(t), nstest.New(t)
+	h := a.H
+	under, _ := nstest.Veth(t, a, "ul0", mustPrefix("192.0.2.1/24"), b, "ul0", mustPrefix("192.0.2.2/24"))
+
+	if _, err := h.LinkByName("nonesuch0"); !netlinkx.IsNotFound(err) {
+		t.Fatalf("LinkByName(missing) = %v, want a not-found error", err)
+	}
+
+	mac, _ := netlinkx.ParseMAC("02:11:22:33:44:55")
+	la := netlinkx.NewLinkAttrs()
+	la.Name, la.HardwareAddr = "vx7", mac.HardwareAddr()
+	vx := &netlinkx.Vxlan{LinkAttrs: la, VxlanId: 7, Port: 8472, SrcAddr: net.ParseIP("192.0.2.1"), VtepDevIndex: under.Attrs().Index}
+	if err := h.LinkAdd(vx); err != nil {
+		t.Fatal(err)
+	}
+	l, err := h.LinkByName("vx7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := l.(*netlinkx.Vxlan)
+	if !ok || got.VxlanId != 7 || got.Port != 8472 || got.Learning || !got.SrcAddr.Equal(net.ParseIP("192.0.2.1")) || got.HardwareAddr.String() != mac.String() {
+		t.Fatalf("vxlan read back as %#v", l)
+	}
+	if err := h.LinkSetMTU(l, 1450); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ = h.LinkByIndex(l.Attrs().Index); l.Attrs().MTU != 1450 || l.Attrs().Flags&net.FlagUp == 0 {
+		t.Fatalf("mtu %d flags %v, want 1450 and up", l.Attrs().MTU, l.Attrs().Flags)
+	}
+	links, err := h.LinkList()
+	if err != nil || len(links) != 3 { // lo, ul0, vx7
+		t.Fatalf("LinkList = %d links, %v", len(links), err)
+	}
+
+	// Addresses.
+	own := mustPrefix("10.244.1.0/32")
+	for range 2 { // replace is idempotent
+		if err := h.AddrReplace(l, own); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if addrs, err := h.AddrList(l, netlinkx.FamilyV4); err != nil || !slices.Equal(addrs, []netip.Prefix{own}) {
+		t.Fatalf("AddrList = %v, %v", addrs, err)
+	}
+	for range 2 {
+		if err := h.AddrDel(l, own); err != nil {
+			t.Fatalf("AddrDel: %v", err)
+		}
+	}
+
+	// Neighbour and FDB entries, then a route through them.
+	idx := l.Attrs().Index
+	remote, _ := netlinkx.ParseMAC("c6:d2:32:6f:8f:44")
+	n := netlinkx.Neigh{LinkIndex: idx, IP: mustAddr("10.244.2.0"), MAC: remote, State: netlinkx.NUDPermanent}
+	f := netlinkx.FDB{LinkIndex: idx, MAC: remote, Dst: mustAddr("192.0.2.2")}
+	if err := h.NeighSet(n); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.FDBSet(f); err != nil {
+		t.Fatal(err)
+	}
+	if ns, err := h.NeighList(idx, netlinkx.FamilyV4); err != nil || !slices.Contains(ns, n) {
+		t.Fatalf("NeighList = %v, %v; want %v in it", ns, err, n)
+	}
+	if fs, err := h.FDBList(idx); err != nil || !slices.Equal(fs, []netlinkx.FDB{f}) {
+		t.Fatalf("FDBList = %v, %v; want [%v]", fs, err, f)
+	}
+	f2 := f
+	f2.Dst = mustAddr("192.0.2.3")
+	if err := h.FDBSet(f2); err != nil {
+		t.Fatal(err)
+	}
+	if fs, err := h.FDBList(idx); err != nil || !slices.Equal(fs, []netlinkx.FDB{f2}) {
+		t.Fatalf("after replace FDBList = %v, %v; want [%v]", fs, err, f2)
+	}
+
+	r := netlinkx.Route{Dst: mustPrefix("10.244.2.0/24"), Gw: mustAddr("10.244.2.0"), LinkIndex: idx, OnLink: true}
+	if err := h.RouteReplace(r); err != nil {
+		t.Fatal(err)
+	}
+	dev := netlinkx.Route{Dst: mustPrefix("10.244.3.0/24"), LinkIndex: under.Attrs().Index, Table: 100}
+	if err := h.RouteReplace(dev); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: idx}); err != nil || !slices.Equal(rs, []netlinkx.Route{r}) {
+		t.Fatalf("RouteList(dev vx7) = %v, %v; want [%v]", rs, err, r)
+	}
+	if rs, err := h.RouteList(netlinkx.RouteFilter{Table: 100}); err != nil || !slices.Equal(rs, []netlinkx.Route{dev}) {
+		t.Fatalf("RouteList(table 100) = %v, %v; want [%v]", rs, err, dev)
+	}
+	all, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, Table: netlinkx.TableAll})
+	if err != nil || !slices.Contains(all, r) || !slices.Contains(all, dev) {
+		t.Fatalf("RouteList(all tables) = %v, %v", all, err)
+	}
+	// Main table only by default: the connected route of ul0 and ours.
+	main, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
+	if err != nil || slices.Contains(main, dev) || !slices.Contains(main, r) {
+		t.Fatalf("RouteList(main) = %v, %v", main, err)
+	}
+	r.Gw = mustAddr("10.244.2.1")
+	if err := h.RouteReplace(r); err != nil {
+		t.Fatal(err)
+	}
+	if rs, _ := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: idx}); !slices.Equal(rs, []netlinkx.Route{r}) {
+		t.Fatalf("after replace RouteList = %v, want [%v]", rs, r)
+	}
+
+	// Deletes are idempotent.
+	for range 2 {
+		for _, err := range []error{h.RouteDel(r), h.RouteDel(dev), h.NeighDel(n), h.FDBDel(f2)} {
+			if err != nil {
+				t.Fatalf("delete: %v", err)
+			}
+		}
+	}
+	rs, _ := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: idx})
+	fs, _ := h.FDBList(idx)
+	ns, _ := h.NeighList(idx, netlinkx.FamilyV4)
+	if len(rs)+len(fs) != 0 || slices.ContainsFunc(ns, func(x netlinkx.Neigh) bool { return x.IP == n.IP }) {
+		t.Fatalf("left after delete: routes %v fdb %v neigh %v", rs, fs, ns)
+	}
+
+	if err := h.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		t.Fatalf("second LinkDel: %v", err)
+	}
+	if _, err := h.LinkByName("vx7"); !netlinkx.IsNotFound(err) {
+		t.Fatalf("after delete LinkByName = %v", err)
+	}
+}
+
+func TestNewCurrentNamespace(t *testing.T) {
+	h, err := netlinkx.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if _, err := h.LinkByName("lo"); err != nil {
+		t.Fatalf("lo in the current namespace: %v", err)
+	}
+}
