@@ -1,0 +1,675 @@
+// Package daemon is weftd: it chooses the underlay interface, gets the
+// network config, leases a subnet, builds the backend and then keeps the
+// datapath converged to the lease set, renewing its lease and serving
+// health and metrics, until its context ends. It leaves the datapath in
+// place on exit so that pods keep talking across a restart.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/lease/etcdstore"
+	"github.com/weft-net/weft/internal/masq"
+	"github.com/weft-net/weft/internal/netif"
+	"github.com/weft-net/weft/internal/netlinkx"
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// Options is everything weftd is told. cmd/weftd fills it from flags and
+// FLANNELD_* variables; zero durations take the defaults.
+type Options struct {
+	Etcd       etcdstore.ClientOptions
+	EtcdPrefix string
+	// LeaseTTL is the lifetime of a lease between renewals (etcd's 24 h
+	// when zero, as flannel).
+	LeaseTTL time.Duration
+
+	Iface      netif.Spec // --iface, --iface-regex, --iface-can-reach, --public-ip
+	PublicIPv6 netip.Addr // --public-ipv6
+
+	SubnetFile    string // --subnet-file
+	NetConfigPath string // --net-config-path: read the config from this file instead of the store
+
+	IPMasq         bool          // --ip-masq
+	ForwardRules   bool          // --iptables-forward-rules
+	IPTablesResync time.Duration // --iptables-resync
+
+	HealthzIP   string // --healthz-ip
+	HealthzPort int    // --healthz-port; 0 = no health server
+
+	RenewMargin  time.Duration // --subnet-lease-renew-margin
+	ResyncPeriod time.Duration // --resync-period: full reconcile interval
+	// ConfigRetry is how often a missing or invalid network config is read
+	// again (5 s when zero).
+	ConfigRetry time.Duration
+
+	Version string
+	Logger  *slog.Logger
+	// Netlink is the namespace to program; nil means the process's own.
+	Netlink *netlinkx.Handle
+}
+
+// Defaults.
+const (
+	DefaultSubnetFile     = subnetenv.DefaultPath
+	DefaultRenewMargin    = 60 * time.Minute
+	DefaultResyncPeriod   = 10 * time.Second
+	DefaultIPTablesResync = 5 * time.Second
+	DefaultConfigRetry    = 5 * time.Second
+
+	storeTimeout = 30 * time.Second // bound on one store call
+)
+
+func (o Options) withDefaults() Options {
+	if o.EtcdPrefix == "" {
+		o.EtcdPrefix = etcdstore.DefaultPrefix
+	}
+	if o.SubnetFile == "" {
+		o.SubnetFile = DefaultSubnetFile
+	}
+	if o.RenewMargin <= 0 {
+		o.RenewMargin = DefaultRenewMargin
+	}
+	if o.ResyncPeriod <= 0 {
+		o.ResyncPeriod = DefaultResyncPeriod
+	}
+	if o.IPTablesResync <= 0 {
+		o.IPTablesResync = DefaultIPTablesResync
+	}
+	if o.ConfigRetry <= 0 {
+		o.ConfigRetry = DefaultConfigRetry
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// daemon is one run of weftd.
+type daemon struct {
+	o       Options
+	log     *slog.Logger
+	store   lease.Store
+	h       *netlinkx.Handle
+	ext     backend.ExternalInterface
+	health  *health
+	metrics *metrics
+	start   time.Time
+
+	net   *config.Network
+	be    backend.Backend
+	attrs lease.Attrs
+	keep  *masq.Keeper
+
+	own        lease.Lease
+	gotOwn     time.Time // when own was acquired or last renewed
+	leases     leaseSet
+	leaseHeld  bool // own is ours: acquired, not lost or expired since
+	configured bool // Configure and subnet.env done for own
+	ready      bool // lease held and a full reconcile succeeded since
+	everReady  bool
+}
+
+// Run runs weftd until ctx ends, then returns nil. It returns an error for
+// what retrying cannot fix: no usable interface, a health port in use, a
+// backend that cannot be built.
+func Run(ctx context.Context, o Options) error {
+	o = o.withDefaults()
+	d := &daemon{
+		o: o, log: o.Logger, start: time.Now(), leases: leaseSet{},
+		health:  newHealth(max(3*o.ResyncPeriod, 2*time.Minute)),
+		metrics: newMetrics(),
+	}
+	// Shut down in order: stop the goroutines, then close what they use.
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var closers []func()
+	defer func() {
+		cancel()
+		wg.Wait()
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+
+	if o.HealthzPort != 0 {
+		_, wait, err := serveHealth(ctx, o.HealthzIP, o.HealthzPort, d.health, d.metrics, d.log)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, wait)
+	}
+
+	d.h = o.Netlink
+	if d.h == nil {
+		h, err := netlinkx.New()
+		if err != nil {
+			return err
+		}
+		closers = append(closers, h.Close)
+		d.h = h
+	}
+	ext, err := netif.SelectOn(d.h, o.Iface)
+	if err != nil {
+		return fmt.Errorf("choose the external interface: %w", err)
+	}
+	d.ext = ext
+	d.log.Info("using interface", "iface", ext.Name, "addr", ext.Addr, "public_ip", ext.PublicIP, "mtu", ext.MTU, "subnet", ext.Subnet)
+
+	cli, err := etcdstore.Connect(ctx, o.Etcd)
+	if err != nil {
+		return err
+	}
+	closers = append(closers, func() { cli.Close() })
+	d.store = etcdstore.New(cli, etcdstore.Options{Prefix: o.EtcdPrefix, TTL: o.LeaseTTL, Logger: d.log})
+
+	err = d.run(ctx, &wg)
+	if d.be != nil {
+		cancel()
+		wg.Wait()
+		if cerr := d.be.Close(); cerr != nil {
+			d.log.Warn("backend close", "err", cerr)
+		}
+	}
+	return err
+}
+
+func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
+	n, ok := d.waitConfig(ctx)
+	if !ok {
+		return nil
+	}
+	d.net = n
+	d.metrics.info.WithLabelValues(n.Backend.Type, d.o.Version).Set(1)
+
+	be, err := newBackend(n.Backend.Type, backend.Params{Network: n, Ext: d.ext}, d.h, d.log)
+	if err != nil {
+		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
+	}
+	d.be = be // closed by Run
+	typ, data, err := be.LeaseAttrs(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("backend %s: prepare: %w", n.Backend.Type, err)
+	}
+	d.attrs = lease.Attrs{PublicIP: d.ext.PublicIP, BackendType: typ, BackendData: data}
+	if n.EnableIPv6 && d.o.PublicIPv6.IsValid() {
+		v6 := d.o.PublicIPv6
+		d.attrs.PublicIPv6 = &v6
+	}
+	d.log.Info("backend ready", "type", n.Backend.Type, "backend_data", string(data))
+
+	// Watch first: the snapshot tells whether our lease already exists,
+	// and the lease set is complete when the lease is in hand.
+	events := make(chan batch, 64)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.watch(ctx, events)
+	}()
+	d.health.notReady("listing leases")
+	if !d.waitSnapshot(ctx, events) {
+		return nil
+	}
+
+	if d.o.IPMasq || d.o.ForwardRules {
+		m, err := masq.New(n.EnableNFTables)
+		switch {
+		case err != nil && d.o.IPMasq:
+			return fmt.Errorf("--ip-masq: %w", err)
+		case err != nil:
+			d.log.Warn("forward rules disabled: no usable firewall tool", "err", err)
+		default:
+			d.keep = masq.NewKeeper(m, d.o.IPTablesResync, d.log)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d.keep.Run(ctx)
+			}()
+		}
+	}
+
+	hint := d.readHint()
+	d.health.notReady("acquiring a lease")
+	if !d.acquireBlocking(ctx, hint) {
+		return nil
+	}
+	return d.loop(ctx, events)
+}
+
+// configSource names where the config is read from, for logs.
+func (d *daemon) configSource() string {
+	if d.o.NetConfigPath != "" {
+		return d.o.NetConfigPath
+	}
+	return "etcd key " + d.o.EtcdPrefix + "/config"
+}
+
+// waitConfig reads and parses the network config until it is valid. A
+// missing or invalid config is logged (once per distinct error) and read
+// again every ConfigRetry: weftd never exits over it.
+func (d *daemon) waitConfig(ctx context.Context) (*config.Network, bool) {
+	lastErr := ""
+	for {
+		d.health.alive()
+		n, warnings, err := d.readConfig(ctx)
+		if err == nil {
+			for _, w := range warnings {
+				d.log.Warn("network config: "+w, "source", d.configSource())
+			}
+			d.log.Info("network config", "source", d.configSource(), "network", n.Network, "subnet_len", n.SubnetLen,
+				"ipv6_network", n.IPv6Network, "backend", n.Backend.Type)
+			return n, true
+		}
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		d.metrics.configErrs.Inc()
+		d.health.notReady("waiting for a valid network config: " + err.Error())
+		if msg := err.Error(); msg != lastErr {
+			lastErr = msg
+			if errors.Is(err, lease.ErrNoConfig) || errors.Is(err, os.ErrNotExist) {
+				d.log.Warn("no network config yet; waiting for one", "source", d.configSource(), "err", err, "retry_every", d.o.ConfigRetry)
+			} else {
+				d.log.Error("network config unusable; waiting for a corrected one", "source", d.configSource(), "err", err, "retry_every", d.o.ConfigRetry)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-time.After(d.o.ConfigRetry):
+		}
+	}
+}
+
+func (d *daemon) readConfig(ctx context.Context) (*config.Network, []string, error) {
+	var raw []byte
+	var err error
+	if d.o.NetConfigPath != "" {
+		raw, err = os.ReadFile(d.o.NetConfigPath)
+	} else {
+		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		raw, err = d.store.NetworkConfig(sctx)
+		cancel()
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return config.Parse(raw)
+}
+
+// watch runs the store's watch until ctx ends, restarting it if it fails.
+// The first call of each Watch is its snapshot.
+func (d *daemon) watch(ctx context.Context, out chan<- batch) {
+	for attempt := 0; ; attempt++ {
+		first := true
+		err := d.store.Watch(ctx, func(evs []lease.Event) {
+			b := batch{events: evs, snapshot: first}
+			first = false
+			select {
+			case out <- b:
+			case <-ctx.Done():
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		wait := backoff(attempt, time.Second, 30*time.Second)
+		d.log.Error("lease watch failed; starting it again", "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// waitSnapshot takes the watch's first batch into the lease set.
+func (d *daemon) waitSnapshot(ctx context.Context, events <-chan batch) bool {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			d.health.alive() // the store watch retries on its own
+		case b := <-events:
+			d.applyBatches(drain(events, b))
+			return true
+		}
+	}
+}
+
+// readHint returns the subnets of the previous run's subnet.env.
+func (d *daemon) readHint() lease.Hint {
+	env, err := subnetenv.Read(d.o.SubnetFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return lease.Hint{}
+	case err != nil:
+		d.log.Warn("ignoring the previous subnet file", "err", err)
+		return lease.Hint{}
+	}
+	h := lease.Hint{Subnet: env.Subnet.Masked(), IPv6Subnet: env.IPv6Subnet.Masked()}
+	d.log.Debug("previous subnet file", "path", d.o.SubnetFile, "subnet", h.Subnet, "ipv6_subnet", h.IPv6Subnet)
+	return h
+}
+
+// acquireBlocking acquires the lease at start, retrying until it succeeds
+// or ctx ends.
+func (d *daemon) acquireBlocking(ctx context.Context, hint lease.Hint) bool {
+	for attempt := 0; ; attempt++ {
+		d.health.alive()
+		wait, err := d.acquire(ctx, hint, attempt)
+		if err == nil {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
+	}
+}
+
+// acquire makes one attempt to get our lease. On failure it logs and
+// returns how long to wait before the next attempt.
+func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (time.Duration, error) {
+	prev, reused := d.leases.holder(d.attrs)
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	l, err := d.store.Acquire(sctx, d.net, d.attrs, hint)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, err
+		}
+		if errors.Is(err, lease.ErrPoolExhausted) {
+			d.log.Error("cannot acquire a lease: the subnet pool is exhausted; retrying", "err", err,
+				"network", d.net.Network, "subnet_min", d.net.SubnetMin, "subnet_max", d.net.SubnetMax, "retry_in", time.Minute)
+			d.notReadyUnlessHeld("subnet pool exhausted: " + err.Error())
+			return backoff(0, time.Minute, time.Minute), err
+		}
+		wait := backoff(attempt, time.Second, 30*time.Second)
+		d.log.Warn("cannot acquire a lease; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
+		d.notReadyUnlessHeld("acquiring a lease: " + err.Error())
+		return wait, err
+	}
+	how := "new"
+	switch {
+	case reused && prev.Key() == l.Key():
+		how = "reused"
+	case hint.Subnet.IsValid() && hint.Subnet == l.Subnet || !hint.Subnet.IsValid() && hint.IPv6Subnet.IsValid() && hint.IPv6Subnet == l.IPv6Subnet:
+		how = "hint"
+	}
+	if d.own.Key() != l.Key() {
+		if d.configured {
+			d.log.Warn("lease moved to another subnet; pods on the old one lose connectivity", "old", leaseName(d.own), "new", leaseName(l))
+		}
+		d.configured = false
+	}
+	d.own, d.gotOwn, d.leaseHeld = l, time.Now(), true
+	d.leases[l.Key()] = l
+	d.log.Info(fmt.Sprintf("subnet %s (%s)", leaseName(l), how), "expires", expiry(l))
+	d.metrics.leaseExpiry.Set(unixSeconds(l.Expiration))
+	return 0, nil
+}
+
+// notReadyUnlessHeld reports reason on /readyz unless a lease is still
+// held: a store that is briefly unreachable does not stop a node whose
+// lease has not expired from serving pods.
+func (d *daemon) notReadyUnlessHeld(reason string) {
+	if !d.leaseHeld {
+		d.health.notReady(reason)
+	}
+}
+
+// dropLease marks own as no longer ours.
+func (d *daemon) dropLease(reason string) {
+	d.leaseHeld, d.ready = false, false
+	d.health.notReady(reason)
+}
+
+func leaseName(l lease.Lease) string {
+	switch {
+	case l.Subnet.IsValid() && l.IPv6Subnet.IsValid():
+		return l.Subnet.String() + " and " + l.IPv6Subnet.String()
+	case l.Subnet.IsValid():
+		return l.Subnet.String()
+	default:
+		return l.IPv6Subnet.String()
+	}
+}
+
+func expiry(l lease.Lease) string {
+	if l.Reservation() {
+		return "never (reservation)"
+	}
+	return l.Expiration.Format(time.RFC3339)
+}
+
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
+}
+
+// setUp configures the datapath for our lease and writes subnet.env.
+func (d *daemon) setUp(ctx context.Context) error {
+	mtu, err := d.be.Configure(ctx, d.own)
+	if err != nil {
+		return fmt.Errorf("configure %s for %s: %w", d.net.Backend.Type, leaseName(d.own), err)
+	}
+	env := subnetenv.Env{MTU: mtu, IPMasq: d.o.IPMasq}
+	if d.net.EnableIPv4 && d.own.Subnet.IsValid() {
+		env.Network = d.net.Network
+		env.Subnet = netip.PrefixFrom(lease.FirstIP(d.own.Subnet), d.own.Subnet.Bits())
+	}
+	if d.net.EnableIPv6 && d.own.IPv6Subnet.IsValid() {
+		env.IPv6Network = d.net.IPv6Network
+		env.IPv6Subnet = netip.PrefixFrom(lease.FirstIP(d.own.IPv6Subnet), d.own.IPv6Subnet.Bits())
+	}
+	if err := subnetenv.Write(d.o.SubnetFile, env); err != nil {
+		return err
+	}
+	d.log.Info("datapath configured", "backend", d.net.Backend.Type, "mtu", mtu, "subnet_file", d.o.SubnetFile)
+	if d.keep != nil {
+		d.keep.Set(masq.Config{
+			Network: env.Network, Subnet: maskedOr(env.Subnet),
+			IPv6Network: env.IPv6Network, IPv6Subnet: maskedOr(env.IPv6Subnet),
+			Masquerade: d.o.IPMasq, Forward: d.o.ForwardRules,
+		})
+	}
+	d.configured = true
+	return nil
+}
+
+func maskedOr(p netip.Prefix) netip.Prefix {
+	if !p.IsValid() {
+		return p
+	}
+	return p.Masked()
+}
+
+// applyBatches folds watch batches into the lease set and reports whether
+// our own lease was lost. A snapshot replaces the set.
+func (d *daemon) applyBatches(bs []batch) (full, lost bool) {
+	for _, b := range bs {
+		if b.snapshot {
+			d.leases = leaseSet{}
+			full = true
+		}
+		for _, ev := range b.events {
+			d.log.Debug("lease "+ev.Type.String(), "subnet", leaseName(ev.Lease), "public_ip", ev.Lease.Attrs.PublicIP, "backend", ev.Lease.Attrs.BackendType)
+		}
+		if d.leases.apply(b.events, d.own) {
+			lost = true
+		}
+	}
+	d.metrics.leases.Set(float64(len(d.leases)))
+	return full, lost
+}
+
+// loop is the steady state: events, periodic full reconciles, renewals.
+func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
+	resync := time.NewTicker(d.o.ResyncPeriod)
+	defer resync.Stop()
+	// retry fires a full reconcile (or set-up) sooner than resync after
+	// an error; lease fires renewal or re-acquisition.
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	leaseT := time.NewTimer(time.Hour)
+	defer leaseT.Stop()
+	schedule := func(t *time.Timer, in time.Duration) {
+		t.Stop()
+		select {
+		case <-t.C:
+		default:
+		}
+		t.Reset(max(in, 0))
+	}
+	noRenew := func() { schedule(leaseT, 1<<62) }
+	scheduleRenew := func() {
+		at := renewAt(d.gotOwn, d.own.Expiration, d.o.RenewMargin)
+		if at.IsZero() {
+			noRenew()
+			return
+		}
+		d.log.Debug("lease renewal scheduled", "at", at.Format(time.RFC3339))
+		schedule(leaseT, time.Until(at))
+	}
+	scheduleRenew()
+
+	needFull, failures := true, 0
+	needAcquire, leaseAttempt := false, 0
+	// The datapath keeps being reconciled while the lease is being
+	// re-acquired: the other nodes' routes stay right, and own is kept as
+	// last held until a new lease replaces it.
+	reconcile := func(full bool) {
+		if err := d.reconcile(ctx, full || needFull); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			needFull = true
+			wait := backoff(failures, 500*time.Millisecond, d.o.ResyncPeriod)
+			failures++
+			schedule(retry, wait)
+			return
+		}
+		needFull, failures = false, 0
+	}
+	reacquire := func() {
+		wait, err := d.acquire(ctx, lease.Hint{Subnet: d.own.Subnet, IPv6Subnet: d.own.IPv6Subnet}, leaseAttempt)
+		if err != nil {
+			leaseAttempt++
+			needAcquire = true
+			schedule(leaseT, wait)
+			return
+		}
+		needAcquire, leaseAttempt = false, 0
+		scheduleRenew()
+		reconcile(true)
+	}
+
+	for {
+		d.health.alive()
+		select {
+		case <-ctx.Done():
+			d.log.Info("stopping; the datapath stays in place")
+			return nil
+		case b := <-events:
+			full, lost := d.applyBatches(drain(events, b))
+			if lost && !needAcquire {
+				d.log.Warn("our lease was removed or taken; acquiring again", "subnet", leaseName(d.own))
+				d.dropLease("lease " + leaseName(d.own) + " lost; acquiring again")
+				reacquire()
+				continue
+			}
+			reconcile(full)
+		case <-resync.C:
+			reconcile(true)
+		case <-retry.C:
+			reconcile(true)
+		case <-leaseT.C:
+			if d.leaseHeld && !d.own.Reservation() && time.Now().After(d.own.Expiration) {
+				d.log.Error("lease expired without renewal", "subnet", leaseName(d.own), "expired", expiry(d.own))
+				d.dropLease("lease " + leaseName(d.own) + " expired; acquiring again")
+			}
+			if needAcquire {
+				reacquire()
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+			l, err := d.store.Renew(sctx, d.own)
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					continue
+				}
+				d.log.Warn("lease renewal failed; acquiring again", "subnet", leaseName(d.own), "err", err)
+				reacquire()
+				continue
+			}
+			d.own, d.gotOwn = l, time.Now()
+			d.metrics.leaseExpiry.Set(unixSeconds(l.Expiration))
+			d.log.Info("lease renewed", "subnet", leaseName(l), "expires", expiry(l))
+			scheduleRenew()
+		}
+	}
+}
+
+// reconcile sets the datapath up for our lease if needed, then converges
+// it to the lease set.
+func (d *daemon) reconcile(ctx context.Context, full bool) error {
+	m := mode(full)
+	if !d.configured {
+		full, m = true, modeFull
+		if err := d.setUp(ctx); err != nil {
+			d.metrics.reconcileErrs.WithLabelValues(m).Inc()
+			d.log.Error("set-up failed; retrying", "err", err)
+			d.ready = false
+			d.health.notReady(err.Error())
+			return err
+		}
+	}
+	leases := d.leases.list(d.own)
+	t0 := time.Now()
+	err := d.be.Reconcile(ctx, d.own, leases, full)
+	took := time.Since(t0)
+	d.metrics.reconcileDur.WithLabelValues(m).Observe(took.Seconds())
+	if err != nil {
+		d.metrics.reconcileErrs.WithLabelValues(m).Inc()
+		if ctx.Err() == nil {
+			d.log.Error("reconcile failed; the next one is full", "mode", m, "leases", len(leases), "err", err)
+		}
+		if !d.ready {
+			d.health.notReady("reconcile failed: " + err.Error())
+		}
+		return err
+	}
+	d.metrics.lastReconcile.Set(unixSeconds(time.Now()))
+	d.log.Debug("reconciled", "mode", m, "leases", len(leases), "took", took)
+	if full && !d.ready && d.leaseHeld {
+		d.ready = true
+		d.health.setReady()
+		if !d.everReady {
+			d.everReady = true
+			d.log.Info(fmt.Sprintf("programmed %d leases in %s", len(leases), time.Since(d.start).Round(time.Millisecond)))
+		}
+		d.log.Info("ready", "subnet", leaseName(d.own), "leases", len(leases))
+	}
+	return nil
+}

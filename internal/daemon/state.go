@@ -1,0 +1,116 @@
+package daemon
+
+import (
+	"math/rand/v2"
+	"sort"
+	"time"
+
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// leaseSet is the lease set as the watch reported it, by key.
+type leaseSet map[string]lease.Lease
+
+// apply folds events into s. It reports whether own was lost: its key
+// removed, or now held by another node.
+func (s leaseSet) apply(evs []lease.Event, own lease.Lease) (lost bool) {
+	ownKey := ""
+	if own.Subnet.IsValid() || own.IPv6Subnet.IsValid() {
+		ownKey = own.Key()
+	}
+	for _, ev := range evs {
+		key := ev.Lease.Key()
+		switch ev.Type {
+		case lease.Removed:
+			delete(s, key)
+			if key == ownKey {
+				lost = true
+			}
+		default:
+			s[key] = ev.Lease
+			if key == ownKey && !sameNode(ev.Lease.Attrs, own.Attrs) {
+				lost = true
+			}
+		}
+	}
+	return lost
+}
+
+// list returns every lease, ordered by key, with own in it as this node
+// last wrote it (the watch may not have reported it yet).
+func (s leaseSet) list(own lease.Lease) []lease.Lease {
+	out := make([]lease.Lease, 0, len(s)+1)
+	ownKey := own.Key()
+	for k, l := range s {
+		if k != ownKey {
+			out = append(out, l)
+		}
+	}
+	out = append(out, own)
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
+}
+
+// holder returns the lease naming publicIP, if the set has one.
+func (s leaseSet) holder(a lease.Attrs) (lease.Lease, bool) {
+	for _, l := range s {
+		if sameNode(l.Attrs, a) {
+			return l, true
+		}
+	}
+	return lease.Lease{}, false
+}
+
+// sameNode tells whether two attribute sets name one node (by PublicIP, or
+// PublicIPv6 on an IPv6-only network), as the store does.
+func sameNode(a, b lease.Attrs) bool {
+	if a.PublicIP.IsValid() && !a.PublicIP.IsUnspecified() {
+		return a.PublicIP == b.PublicIP
+	}
+	return a.PublicIPv6 != nil && b.PublicIPv6 != nil && *a.PublicIPv6 == *b.PublicIPv6
+}
+
+// batch is one call of the watch callback. snapshot marks the first call
+// of a Watch, which lists the whole set.
+type batch struct {
+	events   []lease.Event
+	snapshot bool
+}
+
+// drain collects first and every batch already queued on ch, without
+// waiting, so that a burst of events costs one reconcile.
+func drain(ch <-chan batch, first batch) []batch {
+	out := []batch{first}
+	for {
+		select {
+		case b := <-ch:
+			out = append(out, b)
+		default:
+			return out
+		}
+	}
+}
+
+// renewAt is when to renew a lease obtained at got that expires at exp:
+// margin before expiry, or at half its life when the margin is not shorter
+// than the lifetime. A reservation (zero exp) is never renewed: zero.
+func renewAt(got, exp time.Time, margin time.Duration) time.Time {
+	if exp.IsZero() {
+		return time.Time{}
+	}
+	ttl := exp.Sub(got)
+	if margin >= ttl {
+		return got.Add(ttl / 2)
+	}
+	return exp.Add(-margin)
+}
+
+// backoff grows from lo, doubling per attempt, to hi, with jitter (half to
+// full) so that nodes restarted together do not retry in step.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	d := hi
+	if attempt < 30 && lo<<attempt < hi {
+		d = lo << attempt
+	}
+	return d/2 + rand.N(d/2+1)
+}

@@ -1,0 +1,276 @@
+package masq
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and firewall rules")
+	}
+}
+
+// lab is a node namespace with three neighbours:
+//
+//	pod    10.244.1.2/24 -- node vp 10.244.1.1   (a pod on this node)
+//	remote 10.244.2.2/24 -- node vr 10.244.2.1   (a pod of another node)
+//	out    192.0.2.2/24  -- node vo 192.0.2.1    (outside the cluster; no
+//	                                               route back to pods)
+type lab struct {
+	t                      *testing.T
+	node, pod, remote, out string // namespace names
+}
+
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func newLab(t *testing.T) *lab {
+	t.Helper()
+	requireRoot(t)
+	b := make([]byte, 3)
+	rand.Read(b)
+	id := hex.EncodeToString(b)
+	l := &lab{t: t, node: "wmq-" + id + "-node", pod: "wmq-" + id + "-pod", remote: "wmq-" + id + "-rem", out: "wmq-" + id + "-out"}
+	for _, n := range []string{l.node, l.pod, l.remote, l.out} {
+		run(t, "ip", "netns", "add", n)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", n).Run() })
+	}
+	link := func(nodeDev, nodeAddr, peerNS, peerAddr, gw string) {
+		run(t, "ip", "-n", l.node, "link", "add", nodeDev, "type", "veth", "peer", "name", "eth0", "netns", peerNS)
+		run(t, "ip", "-n", l.node, "addr", "add", nodeAddr, "dev", nodeDev)
+		run(t, "ip", "-n", l.node, "link", "set", nodeDev, "up")
+		run(t, "ip", "-n", peerNS, "addr", "add", peerAddr, "dev", "eth0")
+		run(t, "ip", "-n", peerNS, "link", "set", "eth0", "up")
+		run(t, "ip", "-n", peerNS, "link", "set", "lo", "up")
+		if gw != "" {
+			run(t, "ip", "-n", peerNS, "route", "add", "default", "via", gw)
+		}
+	}
+	link("vp", "10.244.1.1/24", l.pod, "10.244.1.2/24", "10.244.1.1")
+	link("vr", "10.244.2.1/24", l.remote, "10.244.2.2/24", "10.244.2.1")
+	link("vo", "192.0.2.1/24", l.out, "192.0.2.2/24", "")
+	run(t, "ip", "netns", "exec", l.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	return l
+}
+
+// in runs fn with the calling goroutine's thread inside namespace name, so
+// that sockets fn opens and commands it starts live there.
+func (l *lab) in(name string, fn func() error) error {
+	netns, err := ns.GetNS("/var/run/netns/" + name)
+	if err != nil {
+		return err
+	}
+	defer netns.Close()
+	return netns.Do(func(ns.NetNS) error { return fn() })
+}
+
+// peer connects from namespace from to addr:port, served in namespace to,
+// and returns the source address the server saw.
+func (l *lab) peer(from, to, addr string) (netip.Addr, error) {
+	var ln net.Listener
+	if err := l.in(to, func() (err error) { ln, err = net.Listen("tcp", net.JoinHostPort(addr, "0")); return err }); err != nil {
+		return netip.Addr{}, err
+	}
+	defer ln.Close()
+	seen := make(chan netip.Addr, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		seen <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		io.Copy(io.Discard, c)
+	}()
+	err := l.in(from, func() error {
+		c, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	select {
+	case a := <-seen:
+		return a, nil
+	case <-time.After(2 * time.Second):
+		return netip.Addr{}, fmt.Errorf("server in %s saw no connection", to)
+	}
+}
+
+// checkTraffic asserts the masquerade semantics with real connections.
+func (l *lab) checkTraffic() {
+	t := l.t
+	t.Helper()
+	cases := []struct {
+		what, from, to, addr, wantSrc string
+	}{
+		{"pod -> outside is masqueraded", l.pod, l.out, "192.0.2.2", "192.0.2.1"},
+		{"pod -> pod of another node keeps its source", l.pod, l.remote, "10.244.2.2", "10.244.1.2"},
+		{"other node's pod -> local pod keeps its source", l.remote, l.pod, "10.244.1.2", "10.244.2.2"},
+	}
+	for _, c := range cases {
+		got, err := l.peer(c.from, c.to, c.addr)
+		if err != nil {
+			t.Errorf("%s: %v", c.what, err)
+			continue
+		}
+		if got.String() != c.wantSrc {
+			t.Errorf("%s: server saw source %s, want %s", c.what, got, c.wantSrc)
+		}
+	}
+}
+
+var labConfig = Config{
+	Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.1.0/24"),
+	Masquerade: true, Forward: true,
+}
+
+func ensure(t *testing.T, l *lab, m Manager, c Config, wantChanged bool) {
+	t.Helper()
+	var changed bool
+	err := l.in(l.node, func() (err error) { changed, err = m.Ensure(context.Background(), c); return err })
+	if err != nil {
+		t.Fatalf("Ensure: %v", err)
+	}
+	if changed != wantChanged {
+		t.Fatalf("Ensure changed = %v, want %v", changed, wantChanged)
+	}
+}
+
+func TestIPTablesInNamespace(t *testing.T) {
+	l := newLab(t)
+	// A DROP policy proves that WEFT-FWD is what lets the pod network through.
+	run(t, "ip", "netns", "exec", l.node, "iptables", "-P", "FORWARD", "DROP")
+	if _, err := l.peer(l.pod, l.remote, "10.244.2.2"); err == nil {
+		t.Fatal("forwarding works before any rule; the test cannot show anything")
+	}
+
+	var m *IPTables
+	if err := l.in(l.node, func() (err error) { m, err = NewIPTables(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ensure(t, l, m, labConfig, true)
+	ensure(t, l, m, labConfig, false)
+	l.checkTraffic()
+
+	nat := run(t, "ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-S")
+	if !strings.Contains(nat, "-A POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG") {
+		t.Errorf("no jump to WEFT-POSTRTG:\n%s", nat)
+	}
+	// What this iptables lists is what we render: a fresh weftd adopts the
+	// rules a previous one left without rewriting them.
+	fresh := &IPTables{v4: m.v4, v6: m.v6, built: map[string][]string{}}
+	ensure(t, l, fresh, labConfig, false)
+
+	// Damage: a rule deleted, the jump deleted. Both are repaired.
+	run(t, "ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-D", "WEFT-POSTRTG", "5")
+	run(t, "ip", "netns", "exec", l.node, "iptables", "-D", "FORWARD", "-m", "comment", "--comment", "weft forward", "-j", "WEFT-FWD")
+	ensure(t, l, m, labConfig, true)
+	ensure(t, l, m, labConfig, false)
+	l.checkTraffic()
+
+	// Turning both off removes the chains.
+	ensure(t, l, m, Config{Network: labConfig.Network, Subnet: labConfig.Subnet}, true)
+	for _, table := range []string{"nat", "filter"} {
+		if s := run(t, "ip", "netns", "exec", l.node, "iptables", "-t", table, "-S"); strings.Contains(s, "WEFT") {
+			t.Errorf("table %s still has weft rules:\n%s", table, s)
+		}
+	}
+}
+
+func TestNFTablesInNamespace(t *testing.T) {
+	l := newLab(t)
+	var m *NFTables
+	if err := l.in(l.node, func() (err error) { m, err = NewNFTables(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ensure(t, l, m, labConfig, true)
+	ensure(t, l, m, labConfig, false)
+	l.checkTraffic()
+
+	// Damage: one rule deleted; the forward chain flushed.
+	listing := run(t, "ip", "netns", "exec", l.node, "nft", "-a", "list", "chain", "inet", "weft", "postrouting")
+	handle := ""
+	for _, line := range strings.Split(listing, "\n") {
+		if strings.Contains(line, "to outside masquerade") {
+			handle = line[strings.LastIndex(line, " ")+1:]
+		}
+	}
+	if handle == "" {
+		t.Fatalf("masquerade rule not listed:\n%s", listing)
+	}
+	run(t, "ip", "netns", "exec", l.node, "nft", "delete", "rule", "inet", "weft", "postrouting", "handle", handle)
+	run(t, "ip", "netns", "exec", l.node, "nft", "flush", "chain", "inet", "weft", "forward")
+	ensure(t, l, m, labConfig, true)
+	ensure(t, l, m, labConfig, false)
+	l.checkTraffic()
+
+	ensure(t, l, m, Config{Network: labConfig.Network, Subnet: labConfig.Subnet}, true)
+	if out, err := exec.Command("ip", "netns", "exec", l.node, "nft", "list", "table", "inet", "weft").CombinedOutput(); err == nil {
+		t.Errorf("table inet weft still there:\n%s", out)
+	}
+	ensure(t, l, m, Config{Network: labConfig.Network, Subnet: labConfig.Subnet}, false)
+}
+
+// TestKeeperRepairs runs the Keeper as weftd does and damages the rules
+// behind its back.
+func TestKeeperRepairs(t *testing.T) {
+	l := newLab(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- l.in(l.node, func() error {
+			m, err := NewIPTables()
+			if err != nil {
+				return err
+			}
+			k := NewKeeper(m, 50*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			k.Set(labConfig)
+			k.Run(ctx)
+			return nil
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if ok() {
+				return
+			}
+		}
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	hasMasq := func() bool {
+		out, _ := exec.Command("ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-S", "WEFT-POSTRTG").CombinedOutput()
+		return strings.Contains(string(out), "MASQUERADE")
+	}
+	waitFor("rules installed", hasMasq)
+	run(t, "ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-F", "WEFT-POSTRTG")
+	waitFor("rules repaired", hasMasq)
+	l.checkTraffic()
+}
