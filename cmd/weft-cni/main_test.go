@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// The plugin is exec'd for every pod; it must stay free of the heavy
+// clients (start-up time, size).
+func TestNoHeavyImports(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if !slices.Contains(deps, "github.com/containernetworking/cni/pkg/skel") {
+		t.Fatalf("go list -deps gave %d packages without cni/pkg/skel: not the plugin's list", len(deps))
+	}
+	for _, d := range deps {
+		for _, banned := range []string{"k8s.io/client-go", "go.etcd.io/etcd"} {
+			if strings.HasPrefix(d, banned) {
+				t.Errorf("weft-cni depends on %s", d)
+			}
+		}
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func plugin(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "weft-cni-test-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "flannel")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New(string(out))
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build weft-cni: %v", buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+type cniError struct {
+	CNIVersion string `json:"cniVersion"`
+	Code       uint   `json:"code"`
+	Msg        string `json:"msg"`
+}
+
+// run execs the plugin as a runtime would and returns its stdout and exit
+// status.
+func run(t *testing.T, command, stdin string) ([]byte, error) {
+	t.Helper()
+	cmd := exec.Command(plugin(t))
+	cmd.Env = []string{
+		"CNI_COMMAND=" + command,
+		"CNI_CONTAINERID=c1",
+		"CNI_NETNS=/var/run/netns/none",
+		"CNI_IFNAME=eth0",
+		"CNI_PATH=/nonexistent",
+	}
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	err := cmd.Run()
+	return stdout.Bytes(), err
+}
+
+func wantError(t *testing.T, command, stdin string, code uint, msg string) {
+	t.Helper()
+	out, err := run(t, command, stdin)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Errorf("%s: exit %v, want non-zero; stdout %s", command, err, out)
+	}
+	var e cniError
+	if jerr := json.Unmarshal(out, &e); jerr != nil {
+		t.Fatalf("%s: stdout is not a CNI error object: %v: %q", command, jerr, out)
+	}
+	if e.Code != code || !strings.Contains(e.Msg, msg) {
+		t.Errorf("%s: got code %d %q, want code %d containing %q", command, e.Code, e.Msg, code, msg)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	subnetFile := filepath.Join(dir, "subnet.env")
+	dataDir := filepath.Join(dir, "data")
+	conf := func(v, extra string) string {
+		return `{"cniVersion":"` + v + `","name":"cbr0","type":"flannel","subnetFile":"` + subnetFile +
+			`","dataDir":"` + dataDir + `"` + extra + `}`
+	}
+
+	wantError(t, "ADD", `this is not JSON`, 6, "")
+	wantError(t, "ADD", conf("0.3.1", ""), 11,
+		"subnet file "+subnetFile+" not found: is weftd running on this node?")
+	wantError(t, "STATUS", conf("1.1.0", ""), 50, "is weftd running on this node?")
+
+	env := subnetenv.Env{
+		Network: netip.MustParsePrefix("10.244.0.0/16"),
+		Subnet:  netip.MustParsePrefix("10.244.3.1/24"),
+		MTU:     1450,
+		IPMasq:  true,
+	}
+	if err := subnetenv.Write(subnetFile, env); err != nil {
+		t.Fatal(err)
+	}
+	wantError(t, "ADD", conf("0.3.1", `,"delegate":{"name":"x"}`), 7, `delegate must not set "name"`)
+	wantError(t, "ADD", conf("1.0.0", `,"delegate":{"ipam":{}}`), 7, `delegate must not set "ipam"`)
+	// The delegate cannot be found: nothing may be left behind.
+	wantError(t, "ADD", conf("1.0.0", ""), 999, "delegate bridge ADD")
+	if ents, _ := os.ReadDir(dataDir); len(ents) != 0 {
+		t.Errorf("failed ADDs left %d saved configs", len(ents))
+	}
+	wantError(t, "CHECK", conf("0.3.1", ""), 1, "")
+	wantError(t, "STATUS", conf("1.1.0", ""), 50, `delegate plugin "bridge" is not installed`)
+	// DEL of a container never added succeeds, even when the delegate
+	// cannot run.
+	if out, err := run(t, "DEL", conf("1.0.0", "")); err != nil {
+		t.Errorf("DEL of an unknown container: %v %s", err, out)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, err := run(t, "VERSION", `{"cniVersion":"1.1.0"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		SupportedVersions []string `json:"supportedVersions"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+	if !slices.Equal(v.SupportedVersions, want) {
+		t.Errorf("supported versions %v, want %v", v.SupportedVersions, want)
+	}
+}

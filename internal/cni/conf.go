@@ -1,0 +1,191 @@
+// Package cni is the CNI plugin: flannel's meta-plugin, which reads
+// subnet.env, renders a config for a delegate (bridge + host-local by
+// default), keeps it on disk for DEL and hands the work to the delegate. On
+// top of flannel it implements CHECK (the pod's interface, address, MTU and
+// routes are verified) and STATUS.
+//
+// The package must stay light: the plugin binary is exec'd for every pod, so
+// nothing here may import client-go or the etcd client.
+package cni
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// Defaults are flannel's.
+const (
+	DefaultSubnetFile = subnetenv.DefaultPath
+	DefaultDataDir    = "/var/lib/cni/flannel"
+)
+
+// NetConf is the plugin's own configuration, as found in a flannel conflist.
+type NetConf struct {
+	types.NetConf
+
+	// IPAM shadows types.NetConf's: flannel lets a top-level ipam object
+	// (e.g. a host-local dataDir) through into the delegate's ipam.
+	IPAM          map[string]any `json:"ipam,omitempty"`
+	SubnetFile    string         `json:"subnetFile"`
+	DataDir       string         `json:"dataDir"`
+	Delegate      map[string]any `json:"delegate"`
+	RuntimeConfig map[string]any `json:"runtimeConfig,omitempty"`
+
+	// ReadyFile (weft's addition, optional) names a file the agent keeps
+	// while it is ready; when set, STATUS also requires it.
+	ReadyFile string `json:"readyFile,omitempty"`
+}
+
+// LoadNetConf decodes the plugin's stdin and fills in flannel's defaults.
+func LoadNetConf(data []byte) (*NetConf, error) {
+	n := &NetConf{SubnetFile: DefaultSubnetFile, DataDir: DefaultDataDir}
+	if err := json.Unmarshal(data, n); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure,
+			fmt.Sprintf("decoding network config: %v", err), "")
+	}
+	if n.SubnetFile == "" {
+		n.SubnetFile = DefaultSubnetFile
+	}
+	if n.DataDir == "" {
+		n.DataDir = DefaultDataDir
+	}
+	return n, nil
+}
+
+// checkDelegate refuses what flannel refuses: the delegate's name and ipam
+// are the plugin's to set.
+func (n *NetConf) checkDelegate() error {
+	if t, ok := n.Delegate["type"]; ok {
+		if _, isString := t.(string); !isString {
+			return types.NewError(types.ErrInvalidNetworkConfig,
+				"delegate must have a string \"type\" (e.g. \"bridge\")", "")
+		}
+	}
+	for _, k := range []string{"name", "ipam"} {
+		if _, ok := n.Delegate[k]; ok {
+			return types.NewError(types.ErrInvalidNetworkConfig,
+				fmt.Sprintf("delegate must not set %q: the flannel plugin sets it; remove it from the delegate object", k), "")
+		}
+	}
+	return nil
+}
+
+// RenderDelegate builds the delegate's config from the plugin config and the
+// node's subnet.env, exactly as flannel does: name, type bridge, ipMasq (the
+// bridge masquerades only when the agent does not), mtu, isGateway for a
+// bridge, cniVersion, and host-local IPAM over the node's subnet with a route
+// to the cluster network. Keys the user set in the delegate win.
+func RenderDelegate(n *NetConf, env subnetenv.Env) (map[string]any, error) {
+	if err := n.checkDelegate(); err != nil {
+		return nil, err
+	}
+	d := make(map[string]any, len(n.Delegate)+8)
+	for k, v := range n.Delegate {
+		d[k] = v
+	}
+	if n.RuntimeConfig != nil {
+		d["runtimeConfig"] = n.RuntimeConfig
+	}
+	d["name"] = n.Name
+	if _, ok := d["type"]; !ok {
+		d["type"] = "bridge"
+	}
+	if _, ok := d["ipMasq"]; !ok {
+		d["ipMasq"] = !env.IPMasq
+	}
+	if _, ok := d["mtu"]; !ok {
+		d["mtu"] = env.MTU
+	}
+	if d["type"] == "bridge" {
+		if _, ok := d["isGateway"]; !ok {
+			d["isGateway"] = true
+		}
+	}
+	if n.CNIVersion != "" {
+		d["cniVersion"] = n.CNIVersion
+	}
+	ipam, err := renderIPAM(n.IPAM, env)
+	if err != nil {
+		return nil, err
+	}
+	d["ipam"] = ipam
+	return d, nil
+}
+
+func renderIPAM(base map[string]any, env subnetenv.Env) (map[string]any, error) {
+	ipam := make(map[string]any, len(base)+3)
+	for k, v := range base {
+		ipam[k] = v
+	}
+	if _, ok := ipam["type"]; !ok {
+		ipam["type"] = "host-local"
+	}
+	// flannel's range is the subnet's network address (10.244.1.0/24), not
+	// the host address subnet.env carries.
+	ranges := []any{}
+	for _, sn := range []netip.Prefix{env.Subnet, env.IPv6Subnet} {
+		if sn.IsValid() {
+			ranges = append(ranges, []any{map[string]any{"subnet": sn.Masked().String()}})
+		}
+	}
+	ipam["ranges"] = ranges
+
+	routes := []any{}
+	if r, ok := ipam["routes"]; ok && r != nil {
+		list, isList := r.([]any)
+		if !isList {
+			return nil, types.NewError(types.ErrInvalidNetworkConfig,
+				"ipam.routes must be a list of {\"dst\": CIDR} objects", "")
+		}
+		routes = append(routes, list...)
+	}
+	for _, nw := range []netip.Prefix{env.Network, env.IPv6Network} {
+		if nw.IsValid() {
+			routes = append(routes, map[string]any{"dst": nw.Masked().String()})
+		}
+	}
+	ipam["routes"] = routes
+	return ipam, nil
+}
+
+// delegated is the part of a saved delegate config the plugin reads back.
+type delegated struct {
+	Type       string `json:"type"`
+	CNIVersion string `json:"cniVersion"`
+	MTU        int    `json:"mtu"`
+	IPAM       struct {
+		Routes []struct {
+			Dst string `json:"dst"`
+		} `json:"routes"`
+	} `json:"ipam"`
+}
+
+func parseDelegated(data []byte) (delegated, error) {
+	var d delegated
+	if err := json.Unmarshal(data, &d); err != nil {
+		return d, fmt.Errorf("decoding delegate config: %w", err)
+	}
+	if d.Type == "" {
+		return d, fmt.Errorf("delegate config has no type")
+	}
+	return d, nil
+}
+
+// routeDsts are the IPAM routes the pod must have (the cluster networks,
+// plus any the user added).
+func (d delegated) routeDsts() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, r := range d.IPAM.Routes {
+		p, err := netip.ParsePrefix(r.Dst)
+		if err != nil {
+			return nil, fmt.Errorf("delegate ipam route %q: %w", r.Dst, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}

@@ -1,0 +1,443 @@
+package cni_test
+
+// These tests run the plugin as a runtime does: the weft-cni binary,
+// installed as "flannel" beside the real bridge, host-local, portmap and
+// loopback, driven through libcni and through cnitool, in a node namespace
+// and pod namespaces the test creates.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/weft-net/weft/internal/cni/cnirig"
+	"github.com/weft-net/weft/internal/netlinkx"
+	"github.com/weft-net/weft/internal/netlinkx/nstest"
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// The plugins are built once per run, on first use.
+var plugins struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if plugins.dir != "" {
+		os.RemoveAll(plugins.dir)
+	}
+	os.Exit(code)
+}
+
+func binDir(t *testing.T) string {
+	t.Helper()
+	nstest.RequireRoot(t)
+	plugins.once.Do(func() {
+		plugins.dir, plugins.err = os.MkdirTemp("", "weft-cni-bin-")
+		if plugins.err == nil {
+			plugins.err = cnirig.Build(context.Background(), plugins.dir)
+		}
+	})
+	if plugins.err != nil {
+		t.Fatalf("build CNI plugins: %v", plugins.err)
+	}
+	return plugins.dir
+}
+
+// The node's subnet.env: an MTU other than the 1500 default, so that the
+// pod's MTU shows it came from the file.
+var nodeEnv = subnetenv.Env{
+	Network: netip.MustParsePrefix("10.244.0.0/16"),
+	Subnet:  netip.MustParsePrefix("10.244.5.1/24"),
+	MTU:     1400,
+	IPMasq:  true, // the agent masquerades; the bridge adds no rules
+}
+
+func newNode(t *testing.T, cniVersion string) *cnirig.Node {
+	t.Helper()
+	bins := binDir(t)
+	n, err := cnirig.NewNode(t.TempDir(), bins, nodeEnv, cniVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("remove node netns: %v", err)
+		}
+	})
+	return n
+}
+
+func newPod(t *testing.T) *cnirig.Pod {
+	t.Helper()
+	p, err := cnirig.NewPod()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("remove pod netns: %v", err)
+		}
+	})
+	return p
+}
+
+// podView is what the pod's namespace holds, read independently of the
+// plugin's own CHECK code.
+type podView struct {
+	found  bool
+	mtu    int
+	addrs  []netip.Prefix
+	routes []netlinkx.Route
+}
+
+func viewPod(t *testing.T, p *cnirig.Pod) podView {
+	t.Helper()
+	h, err := netlinkx.NewAt(p.NS.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(p.IfName)
+	if netlinkx.IsNotFound(err) {
+		return podView{}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := podView{found: true, mtu: l.Attrs().MTU}
+	if v.addrs, err = h.AddrList(l, netlinkx.FamilyV4); err != nil {
+		t.Fatal(err)
+	}
+	if v.routes, err = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: l.Attrs().Index}); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func (v podView) route(dst netip.Prefix) (netlinkx.Route, bool) {
+	for _, r := range v.routes {
+		if r.Dst == dst {
+			return r, true
+		}
+	}
+	return netlinkx.Route{}, false
+}
+
+// wantPodWired checks the pod as ADD must leave it and returns its address.
+func wantPodWired(t *testing.T, p *cnirig.Pod) netip.Prefix {
+	t.Helper()
+	v := viewPod(t, p)
+	if !v.found {
+		t.Fatalf("pod %s: no %s after ADD", p.ID, p.IfName)
+	}
+	if v.mtu != nodeEnv.MTU {
+		t.Errorf("pod %s: MTU %d, want FLANNEL_MTU %d", p.ID, v.mtu, nodeEnv.MTU)
+	}
+	if len(v.addrs) != 1 || !nodeEnv.Subnet.Masked().Contains(v.addrs[0].Addr()) ||
+		v.addrs[0].Addr() == nodeEnv.Subnet.Addr() || v.addrs[0].Bits() != nodeEnv.Subnet.Bits() {
+		t.Fatalf("pod %s: addresses %v, want one in %s other than the gateway", p.ID, v.addrs, nodeEnv.Subnet.Masked())
+	}
+	r, ok := v.route(nodeEnv.Network)
+	if !ok || r.Gw != nodeEnv.Subnet.Addr() {
+		t.Errorf("pod %s: routes %v, want %s via %s", p.ID, v.routes, nodeEnv.Network, nodeEnv.Subnet.Addr())
+	}
+	return v.addrs[0]
+}
+
+func wantNodeClean(t *testing.T, n *cnirig.Node) {
+	t.Helper()
+	if err := n.CheckEmpty(); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestAddCheckDelLibcni(t *testing.T) {
+	ctx := context.Background()
+	node := newNode(t, "1.0.0")
+	pod := newPod(t)
+
+	res, err := node.Add(ctx, pod)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	addr := wantPodWired(t, pod)
+	if len(res.IPs) != 1 || res.IPs[0].Address.IP.String() != addr.Addr().String() {
+		t.Errorf("ADD result IPs %v, pod has %s", res.IPs, addr)
+	}
+	if ips, _ := node.AllocatedIPs(); !slices.Equal(ips, []netip.Addr{addr.Addr()}) {
+		t.Errorf("host-local holds %v, want [%s]", ips, addr.Addr())
+	}
+	st, err := os.Stat(filepath.Join(node.DataDir, pod.ID))
+	if err != nil {
+		t.Fatalf("saved delegate config: %v", err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("saved delegate config mode %v, want 0600", st.Mode().Perm())
+	}
+
+	if err := node.Check(ctx, pod); err != nil {
+		t.Fatalf("CHECK of a healthy pod: %v", err)
+	}
+
+	// Take the cluster route away: CHECK must say so.
+	h, err := netlinkx.NewAt(pod.NS.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	r, ok := viewPod(t, pod).route(nodeEnv.Network)
+	if !ok {
+		t.Fatal("no cluster route to delete")
+	}
+	if err := h.RouteDel(r); err != nil {
+		t.Fatal(err)
+	}
+	err = node.Check(ctx, pod)
+	var te *types.Error
+	if !errors.As(err, &te) {
+		t.Fatalf("CHECK without the cluster route: got %v, want a CNI error", err)
+	}
+	if want := "route to 10.244.0.0/16 missing"; te.Code != 100 || !strings.Contains(te.Msg, want) || !strings.Contains(te.Msg, "eth0") {
+		t.Errorf("CHECK without the cluster route: code %d %q, want code 100 naming eth0 and %q", te.Code, te.Msg, want)
+	}
+
+	if err := node.Del(ctx, pod); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if viewPod(t, pod).found {
+		t.Error("pod interface still there after DEL")
+	}
+	wantNodeClean(t, node)
+	// DEL again (runtimes retry): still fine.
+	if err := node.Del(ctx, pod); err != nil {
+		t.Errorf("second DEL: %v", err)
+	}
+}
+
+// cnitool runs cnitool in the node's namespace, as an operator would by hand.
+func cnitool(t *testing.T, n *cnirig.Node, args ...string) (string, error) {
+	t.Helper()
+	var out []byte
+	err := n.Do(func() error {
+		cmd := exec.Command(filepath.Join(n.BinDir, "cnitool"), args...)
+		cmd.Env = append(os.Environ(), "NETCONFPATH="+n.ConfDir, "CNI_PATH="+n.BinDir)
+		var err error
+		out, err = cmd.CombinedOutput()
+		return err
+	})
+	return string(out), err
+}
+
+func TestCNITool(t *testing.T) {
+	node := newNode(t, "1.1.0")
+	pod := newPod(t)
+	nsPath := pod.NS.Path()
+	// cnitool caches results under /var/lib/cni; a DEL removes its entry,
+	// also when the test fails half-way.
+	t.Cleanup(func() { cnitool(t, node, "del", cnirig.NetworkName, nsPath) })
+
+	if out, err := cnitool(t, node, "status", cnirig.NetworkName, nsPath); err != nil {
+		t.Fatalf("cnitool status: %v\n%s", err, out)
+	}
+	out, err := cnitool(t, node, "add", cnirig.NetworkName, nsPath)
+	if err != nil {
+		t.Fatalf("cnitool add: %v\n%s", err, out)
+	}
+	var res struct {
+		CNIVersion string `json:"cniVersion"`
+		IPs        []struct {
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("cnitool add printed %q: %v", out, err)
+	}
+	addr := wantPodWired(t, pod)
+	if res.CNIVersion != "1.1.0" || len(res.IPs) != 1 || res.IPs[0].Address != addr.String() {
+		t.Errorf("cnitool add result %+v, pod has %s", res, addr)
+	}
+	if out, err := cnitool(t, node, "check", cnirig.NetworkName, nsPath); err != nil {
+		t.Fatalf("cnitool check of a healthy pod: %v\n%s", err, out)
+	}
+
+	// An MTU that is not FLANNEL_MTU is reported as such.
+	h, err := netlinkx.NewAt(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(pod.IfName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetMTU(l, 1300); err != nil {
+		t.Fatal(err)
+	}
+	out, err = cnitool(t, node, "check", cnirig.NetworkName, nsPath)
+	if err == nil || !strings.Contains(out, "MTU is 1300, want 1400") {
+		t.Errorf("cnitool check with a wrong MTU: %v\n%s", err, out)
+	}
+
+	if out, err := cnitool(t, node, "del", cnirig.NetworkName, nsPath); err != nil {
+		t.Fatalf("cnitool del: %v\n%s", err, out)
+	}
+	if viewPod(t, pod).found {
+		t.Error("pod interface still there after cnitool del")
+	}
+	wantNodeClean(t, node)
+
+	// Without subnet.env the plugin is not ready.
+	if err := os.Remove(node.SubnetFile); err != nil {
+		t.Fatal(err)
+	}
+	out, err = cnitool(t, node, "status", cnirig.NetworkName, nsPath)
+	if err == nil || !strings.Contains(out, "is weftd running on this node?") {
+		t.Errorf("cnitool status without subnet.env: %v\n%s", err, out)
+	}
+}
+
+// flannel's conflist version (0.3.1), as deployed: 100 pods in, 100 out,
+// nothing left.
+func TestHundredPods(t *testing.T) {
+	ctx := context.Background()
+	node := newNode(t, "0.3.1")
+	const n = 100
+	pods := make([]*cnirig.Pod, n)
+	seen := map[netip.Addr]bool{}
+	for i := range pods {
+		pods[i] = newPod(t)
+		if _, err := node.Add(ctx, pods[i]); err != nil {
+			t.Fatalf("ADD pod %d: %v", i, err)
+		}
+		a := wantPodWired(t, pods[i]).Addr()
+		if seen[a] {
+			t.Fatalf("pod %d got %s twice", i, a)
+		}
+		seen[a] = true
+	}
+	if ips, _ := node.AllocatedIPs(); len(ips) != n {
+		t.Errorf("host-local holds %d addresses, want %d", len(ips), n)
+	}
+	if veths, _ := node.Veths(); len(veths) != n {
+		t.Errorf("node has %d veths, want %d", len(veths), n)
+	}
+	for i, p := range pods {
+		if err := node.Del(ctx, p); err != nil {
+			t.Fatalf("DEL pod %d: %v", i, err)
+		}
+	}
+	wantNodeClean(t, node)
+}
+
+// DEL uses the saved delegate config, so it works after subnet.env is gone
+// (the agent stopped, the node is being drained).
+func TestDelAfterSubnetFileGone(t *testing.T) {
+	ctx := context.Background()
+	node := newNode(t, "1.0.0")
+	pod := newPod(t)
+	if _, err := node.Add(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(node.SubnetFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Del(ctx, pod); err != nil {
+		t.Fatalf("DEL without subnet.env: %v", err)
+	}
+	if viewPod(t, pod).found {
+		t.Error("pod interface still there after DEL")
+	}
+	wantNodeClean(t, node)
+}
+
+// Without a saved config (lost data dir) DEL renders the config again from
+// subnet.env and still frees the address.
+func TestDelWithoutSavedConfig(t *testing.T) {
+	ctx := context.Background()
+	node := newNode(t, "1.0.0")
+	pod := newPod(t)
+	if _, err := node.Add(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(node.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Del(ctx, pod); err != nil {
+		t.Fatalf("DEL without saved config: %v", err)
+	}
+	wantNodeClean(t, node)
+
+	// And DEL of a container this node never saw succeeds.
+	if err := node.Del(ctx, newPod(t)); err != nil {
+		t.Errorf("DEL of an unknown container: %v", err)
+	}
+}
+
+// A delegate ADD that fails half-way (after host-local allocated an address
+// and the veth exists) leaves nothing behind.
+func TestFailedAddLeavesNothing(t *testing.T) {
+	ctx := context.Background()
+	node := newNode(t, "1.0.0")
+	conf := fmt.Sprintf(`{"name":%q,"cniVersion":"1.0.0","plugins":[{"type":"flannel","subnetFile":%q,"dataDir":%q,
+		"ipam":{"dataDir":%q,"routes":[{"dst":"10.99.0.0/16","gw":"192.0.2.77"}]},
+		"delegate":{"hairpinMode":true,"isDefaultGateway":true}}]}`,
+		cnirig.NetworkName, node.SubnetFile, node.DataDir, node.IPAMDir)
+	if err := node.SetConflist([]byte(conf)); err != nil {
+		t.Fatal(err)
+	}
+	pod := newPod(t)
+	_, err := node.Add(ctx, pod)
+	var te *types.Error
+	if !errors.As(err, &te) || !strings.Contains(te.Msg, "delegate bridge ADD") {
+		t.Fatalf("ADD with an unreachable gateway: got %v, want a CNI error from the delegate", err)
+	}
+	t.Logf("ADD failed as intended: code %d: %s", te.Code, te.Msg)
+	if viewPod(t, pod).found {
+		t.Error("pod interface left after a failed ADD")
+	}
+	wantNodeClean(t, node)
+}
+
+func TestBadDelegateThroughLibcni(t *testing.T) {
+	ctx := context.Background()
+	node := newNode(t, "1.0.0")
+	conf := fmt.Sprintf(`{"name":%q,"cniVersion":"1.0.0","plugins":[{"type":"flannel","subnetFile":%q,"dataDir":%q,
+		"delegate":{"name":"mine"}}]}`, cnirig.NetworkName, node.SubnetFile, node.DataDir)
+	if err := node.SetConflist([]byte(conf)); err != nil {
+		t.Fatal(err)
+	}
+	pod := newPod(t)
+	_, err := node.Add(ctx, pod)
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, `delegate must not set "name"`) {
+		t.Fatalf("ADD with delegate.name: got %v", err)
+	}
+	wantNodeClean(t, node)
+}
+
+// The `make bench` measurement, small: it must run clean and give sane
+// figures. (make bench runs 100 pods.)
+func TestBenchAdd(t *testing.T) {
+	r, err := cnirig.BenchAdd(context.Background(), binDir(t), 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(r)
+	if r.Pods != 20 || r.Median <= 0 || r.P99 < r.Median || r.Max < r.P99 || r.PluginSize < 1<<20 {
+		t.Errorf("implausible result %+v", r)
+	}
+}

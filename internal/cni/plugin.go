@@ -1,0 +1,268 @@
+package cni
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// Versions are the CNI spec versions the plugin speaks.
+var Versions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+// CodeCheckFailed is the error code of a CHECK that found the pod's network
+// not as ADD left it (codes from 100 are the plugin's own, per the spec).
+const CodeCheckFailed uint = 100
+
+// Plugin implements the CNI commands. The zero value is ready to use.
+type Plugin struct {
+	// Exec runs delegates; nil means the real one (found in CNI_PATH).
+	Exec invoke.Exec
+}
+
+// Funcs is what skel.PluginMainFuncs dispatches to.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, Status: p.Status}
+}
+
+// readEnv reads subnet.env, turning a missing file into the error an
+// operator can act on.
+func readEnv(path string, missingCode uint) (subnetenv.Env, *types.Error) {
+	env, err := subnetenv.Read(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return env, types.NewError(missingCode,
+			fmt.Sprintf("subnet file %s not found: is weftd running on this node?", path), "")
+	}
+	if err != nil {
+		return env, types.NewError(types.ErrIOFailure,
+			fmt.Sprintf("reading subnet file: %v", err), "")
+	}
+	return env, nil
+}
+
+// delegateError keeps a delegate's error code and says which step failed.
+func delegateError(step string, err error) *types.Error {
+	var te *types.Error
+	if errors.As(err, &te) {
+		return types.NewError(te.Code, step+": "+te.Msg, te.Details)
+	}
+	return types.NewError(types.ErrInternal, step+": "+err.Error(), "")
+}
+
+// Add renders the delegate config, saves it (before anything is created,
+// so a DEL always finds it) and delegates ADD. When the delegate fails, its
+// partial work is undone with a delegate DEL and the saved config removed:
+// a failed ADD leaves nothing.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	ctx := context.Background()
+	n, err := LoadNetConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if err := n.checkDelegate(); err != nil {
+		return err
+	}
+	env, terr := readEnv(n.SubnetFile, types.ErrTryAgainLater)
+	if terr != nil {
+		return terr
+	}
+	d, err := RenderDelegate(n, env)
+	if err != nil {
+		return err
+	}
+	conf, err := json.Marshal(d)
+	if err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("encoding delegate config: %v", err), "")
+	}
+	typ := d["type"].(string) // checkDelegate or the default made it a string
+	if err := saveDelegate(n.DataDir, args.ContainerID, conf); err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	res, err := invoke.DelegateAdd(ctx, typ, conf, p.Exec)
+	if err != nil {
+		addErr := delegateError("delegate "+typ+" ADD", err)
+		// Undo what the delegate did before failing. Should that fail too,
+		// the runtime's DEL renders the config again from subnet.env.
+		if delErr := invoke.DelegateDel(ctx, typ, conf, p.Exec); delErr != nil {
+			addErr.Details = fmt.Sprintf("cleanup by delegate DEL also failed: %v", delErr)
+		}
+		_ = removeDelegate(n.DataDir, args.ContainerID)
+		return addErr
+	}
+	if n.CNIVersion != "" {
+		if res, err = res.GetAsVersion(n.CNIVersion); err != nil {
+			return types.NewError(types.ErrIncompatibleCNIVersion,
+				fmt.Sprintf("converting delegate result to %s: %v", n.CNIVersion, err), "")
+		}
+	}
+	return res.Print()
+}
+
+// Del delegates DEL with the config ADD saved, then removes it. Without a
+// saved config (ADD saves it before creating anything, so the container was
+// never added or is already deleted, unless the data dir was lost) it
+// renders the config again from subnet.env and delegates DEL on a
+// best-effort basis, as flannel's DEL would have nothing to do: DEL of
+// something unknown succeeds.
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	ctx := context.Background()
+	n, err := LoadNetConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	conf, err := loadDelegate(n.DataDir, args.ContainerID)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := p.delUnsaved(ctx, n); err != nil {
+			fmt.Fprintf(os.Stderr, "weft-cni: DEL %s without saved config: %v (ignored)\n", args.ContainerID, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, fmt.Sprintf("reading saved delegate config: %v", err), "")
+	}
+	d, err := parseDelegated(conf)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure,
+			fmt.Sprintf("saved delegate config for %s: %v", args.ContainerID, err), "")
+	}
+	if err := invoke.DelegateDel(ctx, d.Type, conf, p.Exec); err != nil {
+		// Keep the saved config, so the runtime's retry can finish the job.
+		return delegateError("delegate "+d.Type+" DEL", err)
+	}
+	if err := removeDelegate(n.DataDir, args.ContainerID); err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	return nil
+}
+
+func (p *Plugin) delUnsaved(ctx context.Context, n *NetConf) error {
+	env, err := subnetenv.Read(n.SubnetFile)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // nothing to render from, nothing to undo
+		}
+		return err
+	}
+	d, err := RenderDelegate(n, env)
+	if err != nil {
+		return err // a config ADD refuses created nothing
+	}
+	conf, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	return invoke.DelegateDel(ctx, d["type"].(string), conf, p.Exec)
+}
+
+// Check verifies the pod itself (interface up, address, MTU, routes), so a
+// failure names what is missing, then lets the delegate check its part.
+func (p *Plugin) Check(args *skel.CmdArgs) error {
+	ctx := context.Background()
+	n, err := LoadNetConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	conf, err := loadDelegate(n.DataDir, args.ContainerID)
+	if errors.Is(err, fs.ErrNotExist) {
+		return types.NewError(types.ErrUnknownContainer,
+			fmt.Sprintf("container %s unknown: no saved delegate config in %s (was ADD run on this node?)", args.ContainerID, n.DataDir), "")
+	}
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, fmt.Sprintf("reading saved delegate config: %v", err), "")
+	}
+	d, err := parseDelegated(conf)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure,
+			fmt.Sprintf("saved delegate config for %s: %v", args.ContainerID, err), "")
+	}
+	if n.RawPrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult in the network config", "")
+	}
+	rawPrev := n.RawPrevResult // ParsePrevResult consumes it
+	if err := version.ParsePrevResult(&n.NetConf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("parsing prevResult: %v", err), "")
+	}
+	prev, err := current.NewResultFromResult(n.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("converting prevResult: %v", err), "")
+	}
+	routes, err := d.routeDsts()
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, err.Error(), "")
+	}
+	want := podExpect{IfName: args.IfName, MTU: d.MTU, Addrs: expectFromResult(prev, args.IfName), Routes: routes}
+	got, err := inspectPod(args.Netns, args.IfName)
+	if err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("inspecting pod network: %v", err), "")
+	}
+	if err := want.compare(args.Netns, got); err != nil {
+		return types.NewError(CodeCheckFailed, err.Error(), "")
+	}
+
+	// The delegate checks with the config it was added with, and with the
+	// runtime's prevResult in the runtime's version.
+	var dconf map[string]any
+	if err := json.Unmarshal(conf, &dconf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("saved delegate config: %v", err), "")
+	}
+	dconf["prevResult"] = rawPrev
+	dconf["cniVersion"] = n.CNIVersion
+	if n.RuntimeConfig != nil {
+		dconf["runtimeConfig"] = n.RuntimeConfig
+	}
+	checkConf, err := json.Marshal(dconf)
+	if err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("encoding delegate config: %v", err), "")
+	}
+	if err := invoke.DelegateCheck(ctx, d.Type, checkConf, p.Exec); err != nil {
+		return delegateError("delegate "+d.Type+" CHECK", err)
+	}
+	return nil
+}
+
+// Status reports the plugin ready when subnet.env exists and parses (the
+// agent writes it once it holds a lease and its backend is up), the config
+// names a readyFile and that file exists (if it does name one), the delegate
+// config renders, and the delegate and its IPAM plugin are in CNI_PATH.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	n, err := LoadNetConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	env, terr := readEnv(n.SubnetFile, types.ErrPluginNotAvailable)
+	if terr != nil {
+		// A file that does not parse leaves the node as unready as none.
+		terr.Code = types.ErrPluginNotAvailable
+		return terr
+	}
+	if n.ReadyFile != "" {
+		if _, err := os.Stat(n.ReadyFile); err != nil {
+			return types.NewError(types.ErrPluginNotAvailable,
+				fmt.Sprintf("weftd is not ready on this node (%v)", err), "")
+		}
+	}
+	d, err := RenderDelegate(n, env)
+	if err != nil {
+		return err
+	}
+	// The delegate and its IPAM must be installed for an ADD to work.
+	ipamType, _ := d["ipam"].(map[string]any)["type"].(string)
+	for _, plugin := range []string{d["type"].(string), ipamType} {
+		if _, err := invoke.FindInPath(plugin, filepath.SplitList(args.Path)); err != nil {
+			return types.NewError(types.ErrPluginNotAvailable,
+				fmt.Sprintf("delegate plugin %q is not installed: %v", plugin, err), "")
+		}
+	}
+	return nil
+}

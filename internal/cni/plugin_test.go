@@ -1,0 +1,135 @@
+package cni
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// wantCNIError checks that err is a CNI error object with code and a
+// message containing msg.
+func wantCNIError(t *testing.T, err error, code uint, msg string) {
+	t.Helper()
+	var te *types.Error
+	if !errors.As(err, &te) {
+		t.Fatalf("got %v (%T), want a CNI error with code %d", err, err, code)
+	}
+	if te.Code != code || !strings.Contains(te.Msg, msg) {
+		t.Fatalf("got code %d %q, want code %d containing %q", te.Code, te.Msg, code, msg)
+	}
+}
+
+func testArgs(conf string) *skel.CmdArgs {
+	return &skel.CmdArgs{ContainerID: "c1", Netns: "/var/run/netns/none", IfName: "eth0", StdinData: []byte(conf)}
+}
+
+func confIn(dir, extra string) string {
+	return `{"cniVersion":"1.1.0","name":"cbr0","type":"flannel","subnetFile":"` + filepath.Join(dir, "subnet.env") +
+		`","dataDir":"` + filepath.Join(dir, "data") + `"` + extra + `}`
+}
+
+func dataDirEmpty(t *testing.T, dir string) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(dir, "data"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if len(ents) != 0 {
+		t.Errorf("data dir holds %d files after a failed command", len(ents))
+	}
+}
+
+func TestAddRefusesWithoutSubnetFile(t *testing.T) {
+	dir := t.TempDir()
+	p := &Plugin{}
+	err := p.Add(testArgs(confIn(dir, "")))
+	wantCNIError(t, err, types.ErrTryAgainLater,
+		"subnet file "+filepath.Join(dir, "subnet.env")+" not found: is weftd running on this node?")
+	dataDirEmpty(t, dir)
+}
+
+func TestAddRefusesBadDelegate(t *testing.T) {
+	dir := t.TempDir()
+	if err := subnetenv.Write(filepath.Join(dir, "subnet.env"), testEnv); err != nil {
+		t.Fatal(err)
+	}
+	p := &Plugin{}
+	for _, k := range []string{"name", "ipam"} {
+		err := p.Add(testArgs(confIn(dir, `,"delegate":{"`+k+`":{}}`)))
+		wantCNIError(t, err, types.ErrInvalidNetworkConfig, `delegate must not set "`+k+`"`)
+	}
+	dataDirEmpty(t, dir)
+}
+
+func TestAddBadSubnetFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "subnet.env"), []byte("FLANNEL_MTU=abc\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := (&Plugin{}).Add(testArgs(confIn(dir, "")))
+	wantCNIError(t, err, types.ErrIOFailure, "FLANNEL_MTU")
+	dataDirEmpty(t, dir)
+}
+
+func TestDelUnknownSucceeds(t *testing.T) {
+	dir := t.TempDir()
+	// No saved config and no subnet.env: nothing was, or can be, created.
+	if err := (&Plugin{}).Del(testArgs(confIn(dir, ""))); err != nil {
+		t.Errorf("DEL of an unknown container: %v", err)
+	}
+}
+
+func TestCheckUnknownContainer(t *testing.T) {
+	dir := t.TempDir()
+	err := (&Plugin{}).Check(testArgs(confIn(dir, "")))
+	wantCNIError(t, err, types.ErrUnknownContainer, "container c1 unknown")
+}
+
+func TestStatus(t *testing.T) {
+	dir := t.TempDir()
+	p := &Plugin{}
+	err := p.Status(testArgs(confIn(dir, "")))
+	wantCNIError(t, err, types.ErrPluginNotAvailable, "is weftd running on this node?")
+
+	if err := subnetenv.Write(filepath.Join(dir, "subnet.env"), testEnv); err != nil {
+		t.Fatal(err)
+	}
+	args := testArgs(confIn(dir, ""))
+	args.Path = filepath.Join(dir, "bin")
+	wantCNIError(t, p.Status(args), types.ErrPluginNotAvailable, `delegate plugin "bridge" is not installed`)
+	// STATUS looks the delegates up in CNI_PATH; it does not run them.
+	for _, name := range []string{"bridge", "host-local"} {
+		if err := os.MkdirAll(args.Path, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(args.Path, name), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Status(args); err != nil {
+		t.Errorf("STATUS with subnet.env: %v", err)
+	}
+
+	ready := filepath.Join(dir, "weftd.ready")
+	withReady := testArgs(confIn(dir, `,"readyFile":"`+ready+`"`))
+	withReady.Path = args.Path
+	wantCNIError(t, p.Status(withReady), types.ErrPluginNotAvailable, "weftd is not ready")
+	if err := os.WriteFile(ready, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Status(withReady); err != nil {
+		t.Errorf("STATUS with subnet.env and ready file: %v", err)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, "subnet.env"), []byte("garbage\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wantCNIError(t, p.Status(testArgs(confIn(dir, ""))), types.ErrPluginNotAvailable, "subnet")
+}
