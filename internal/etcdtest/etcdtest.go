@@ -19,31 +19,56 @@ import (
 type Server struct {
 	Endpoint string // http://127.0.0.1:<port>
 	Etcd     *embed.Etcd
+
+	dir          string
+	client, peer url.URL
 }
 
 // Start runs a fresh etcd in t's temp dir and stops it when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	client, peer := freeURL(t), freeURL(t)
+	s := &Server{Endpoint: client.String(), dir: t.TempDir(), client: client, peer: peer}
+	s.start(t)
+	t.Cleanup(func() {
+		if s.Etcd != nil {
+			s.Etcd.Close()
+		}
+	})
+	return s
+}
+
+// Restart stops the server and starts it again on the same data and
+// ports, as a member restart in production would. Clients see their
+// connections break and must reconnect.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Etcd.Close()
+	s.Etcd = nil // Close must not run twice
+	s.start(t)
+}
+
+func (s *Server) start(t testing.TB) {
+	t.Helper()
 	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
+	cfg.Dir = s.dir
 	cfg.Name = "etcdtest"
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, peer := freeURL(t), freeURL(t)
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-	cfg.InitialCluster = fmt.Sprintf("%s=%s", cfg.Name, peer.String())
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{s.client}, []url.URL{s.client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{s.peer}, []url.URL{s.peer}
+	cfg.InitialCluster = fmt.Sprintf("%s=%s", cfg.Name, s.peer.String())
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
 	}
-	t.Cleanup(e.Close)
 	select {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(30 * time.Second):
+		e.Close()
 		t.Fatal("etcd did not become ready in 30s")
 	}
-	return &Server{Endpoint: client.String(), Etcd: e}
+	s.Etcd = e
 }
 
 // Client returns a client for s, closed when t ends.

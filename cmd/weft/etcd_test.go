@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+func etcdTestURL(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return "http://" + l.Addr().String()
+}
+
+const etcdTestNetConf = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
+
+// startEtcdCommand runs `weft etcd args...` until the returned cancel.
+func startEtcdCommand(t *testing.T, args ...string) (client string, cancel func() error) {
+	t.Helper()
+	client = etcdTestURL(t)
+	args = append([]string{"--listen-client-urls", client, "--listen-peer-urls", etcdTestURL(t)}, args...)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runEtcd(ctx, args) }()
+	stopped := false
+	cancel = func() error {
+		stopped = true
+		stop()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatal("weft etcd did not exit after cancel")
+			return nil
+		}
+	}
+	t.Cleanup(func() {
+		if !stopped {
+			cancel()
+		}
+	})
+	return client, cancel
+}
+
+func TestEtcdCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	client, cancel := startEtcdCommand(t, "--name", "lab", "--data-dir", dir,
+		"--network-config", etcdTestNetConf, "--etcd-prefix", "/weft/test")
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{client}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, ctxCancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer ctxCancel()
+
+	// The config is written right after start; wait for it.
+	var got string
+	for got == "" && ctx.Err() == nil {
+		if resp, err := cli.Get(ctx, "/weft/test/config"); err == nil && len(resp.Kvs) == 1 {
+			got = string(resp.Kvs[0].Value)
+		} else {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if got != etcdTestNetConf {
+		t.Fatalf("config key = %q, want %q", got, etcdTestNetConf)
+	}
+	if _, err := cli.Put(ctx, "/weft/test/subnets/10.244.1.0-24", `{"PublicIP":"192.0.2.1","PublicIPv6":null}`); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := cli.Get(ctx, "/weft/test/subnets/10.244.1.0-24"); err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("get: %v %v", resp, err)
+	}
+	// An operator's edit survives a restart with --network-config.
+	if _, err := cli.Put(ctx, "/weft/test/config", `{"Network":"10.99.0.0/16"}`); err != nil {
+		t.Fatal(err)
+	}
+	if err := cancel(); err != nil {
+		t.Fatalf("weft etcd after cancel: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "member")); err != nil {
+		t.Errorf("no member data under --data-dir: %v", err)
+	}
+
+	confFile := filepath.Join(t.TempDir(), "net-conf.json")
+	if err := os.WriteFile(confFile, []byte(etcdTestNetConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	client, cancel = startEtcdCommand(t, "--name", "lab", "--data-dir", dir,
+		"--network-config", "@"+confFile, "--etcd-prefix", "/weft/test")
+	cli2, err := clientv3.New(clientv3.Config{Endpoints: []string{client}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli2.Close()
+	resp, err := cli2.Get(ctx, "/weft/test/config")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != `{"Network":"10.99.0.0/16"}` {
+		t.Fatalf("config after restart: %v %v; want the operator's edit kept", resp, err)
+	}
+	if resp, err := cli2.Get(ctx, "/weft/test/subnets/10.244.1.0-24"); err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("lease after restart: %v %v", resp, err)
+	}
+	if err := cancel(); err != nil {
+		t.Fatalf("weft etcd after cancel: %v", err)
+	}
+}
+
+func TestEtcdCommandRejectsBadInput(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--network-config", `{"Network":"10.244.0.0/33"}`}, "Network"},
+		{[]string{"--network-config", "@" + filepath.Join(dir, "missing.json")}, "no such file"},
+		{[]string{"--listen-client-urls", "127.0.0.1:2379"}, "listen client URL"},
+		{[]string{"--listen-peer-urls", "ftp://127.0.0.1:2380"}, "http://host:port"},
+		{[]string{"--bogus"}, "bogus"},
+		{[]string{"extra"}, "unexpected arguments"},
+	} {
+		args := append([]string{"--data-dir", filepath.Join(dir, "data")}, tc.args...)
+		err := runEtcd(context.Background(), args)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("weft etcd %q: %v, want an error mentioning %q", tc.args, err, tc.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
+		t.Errorf("bad input still started etcd (data dir created)")
+	}
+}

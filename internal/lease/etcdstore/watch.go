@@ -1,0 +1,245 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// Reconnect backoff bounds.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 10 * time.Second
+)
+
+// ttlLookups bounds concurrent TimeToLive calls when a listing is large.
+const ttlLookups = 8
+
+// Watch implements lease.Store. It lists the subnets at revision R, reports
+// them all (fn is called even when there are none, so the caller knows the
+// snapshot is complete), then follows changes from R+1. A lost connection
+// resumes from the last revision seen; a compacted revision is recovered by
+// listing again and reporting the difference. It returns ctx.Err() when ctx
+// ends.
+func (s *Store) Watch(ctx context.Context, fn func([]lease.Event)) error {
+	return s.newWatcher(fn).run(ctx)
+}
+
+// watcher holds what the caller has been told: known is the lease set as
+// of revision rev. rev 0 means nothing has been listed yet.
+type watcher struct {
+	s     *Store
+	fn    func([]lease.Event)
+	known map[string]lease.Lease // by full etcd key
+	rev   int64
+	// relist is set when the watch cannot resume from rev+1 (compaction).
+	relist bool
+}
+
+func (s *Store) newWatcher(fn func([]lease.Event)) *watcher {
+	return &watcher{s: s, fn: fn, known: map[string]lease.Lease{}}
+}
+
+func (w *watcher) run(ctx context.Context) error {
+	// Without a leader a member serves stale data and never sends events;
+	// this makes it cancel our watch instead, so we reconnect elsewhere.
+	ctx = clientv3.WithRequireLeader(ctx)
+	attempt := 0
+	for {
+		var err error
+		if w.rev == 0 || w.relist {
+			err = w.list(ctx)
+		}
+		if err == nil {
+			err = w.follow(ctx, func() { attempt = 0 })
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d := backoff(attempt)
+		attempt++
+		w.s.log.Warn("lease watch interrupted; resuming", "err", err, "revision", w.rev, "retry_in", d.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+	}
+}
+
+// backoff is exponential from minBackoff to maxBackoff, with jitter so
+// that many agents do not reconnect in step.
+func backoff(attempt int) time.Duration {
+	d := maxBackoff
+	if attempt < 16 {
+		d = min(minBackoff<<attempt, maxBackoff)
+	}
+	return max(minBackoff, d/2+rand.N(d/2+1))
+}
+
+// list reads the whole lease set, reports how it differs from known and
+// makes it the new known set.
+func (w *watcher) list(ctx context.Context) error {
+	resp, err := w.s.cli.Get(ctx, w.s.subnets, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list %s: %w", w.s.subnets, err)
+	}
+	fresh := make(map[string]lease.Lease, len(resp.Kvs))
+	var changed []*mvccpb.KeyValue
+	for _, kv := range resp.Kvs {
+		l, err := w.s.parse(kv)
+		if err != nil {
+			w.s.log.Warn("ignoring bad lease", "key", string(kv.Key), "err", err)
+			continue
+		}
+		key := string(kv.Key)
+		if old, ok := w.known[key]; ok && old.Equal(l) {
+			fresh[key] = old
+			continue
+		}
+		fresh[key] = l
+		changed = append(changed, kv)
+	}
+	w.fillExpirations(ctx, fresh, changed)
+
+	var events []lease.Event
+	for _, kv := range changed {
+		events = append(events, lease.Event{Type: lease.Added, Lease: fresh[string(kv.Key)]})
+	}
+	for key, l := range w.known {
+		if _, ok := fresh[key]; !ok {
+			events = append(events, lease.Event{Type: lease.Removed, Lease: l})
+		}
+	}
+	sort.SliceStable(events, func(i, j int) bool { return events[i].Lease.Key() < events[j].Lease.Key() })
+	initial := w.rev == 0
+	w.known, w.rev, w.relist = fresh, resp.Header.Revision, false
+	w.s.log.Debug("listed leases", "count", len(fresh), "revision", w.rev, "changes", len(events))
+	if initial || len(events) > 0 {
+		w.emit(events)
+	}
+	return nil
+}
+
+// fillExpirations looks up the etcd lease of each changed key.
+func (w *watcher) fillExpirations(ctx context.Context, leases map[string]lease.Lease, kvs []*mvccpb.KeyValue) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, ttlLookups)
+	for _, kv := range kvs {
+		if kv.Lease == 0 {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			exp := w.expiration(ctx, kv)
+			mu.Lock()
+			l := leases[string(kv.Key)]
+			l.Expiration = exp
+			leases[string(kv.Key)] = l
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+}
+
+// expiration never returns zero for a key bound to an etcd lease, so that
+// Reservation() stays truthful even when the lookup fails.
+func (w *watcher) expiration(ctx context.Context, kv *mvccpb.KeyValue) time.Time {
+	exp, err := w.s.expiration(ctx, kv.Lease)
+	if err != nil {
+		w.s.log.Debug("could not read lease TTL", "key", string(kv.Key), "err", err)
+		return time.Now()
+	}
+	return exp
+}
+
+// follow watches from rev+1 until the watch ends. progress is called
+// whenever the watch delivers, to reset the reconnect backoff.
+func (w *watcher) follow(ctx context.Context, progress func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := w.s.cli.Watch(ctx, w.s.subnets, clientv3.WithPrefix(), clientv3.WithPrevKV(),
+		clientv3.WithRev(w.rev+1), clientv3.WithProgressNotify())
+	for wr := range wch {
+		if wr.CompactRevision != 0 {
+			w.relist = true
+			return fmt.Errorf("resume at revision %d: %w (compacted to %d)", w.rev+1, rpctypes.ErrCompacted, wr.CompactRevision)
+		}
+		if err := wr.Err(); err != nil {
+			return err
+		}
+		progress()
+		if wr.IsProgressNotify() {
+			// Everything up to this revision has been delivered.
+			w.rev = max(w.rev, wr.Header.GetRevision())
+			continue
+		}
+		var events []lease.Event
+		for _, ev := range wr.Events {
+			if e, ok := w.apply(ctx, ev); ok {
+				events = append(events, e...)
+			}
+			w.rev = ev.Kv.ModRevision
+		}
+		if len(events) > 0 {
+			w.emit(events)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.New("watch channel closed")
+}
+
+// apply folds one etcd event into known and returns what the caller must
+// be told. A value that stops parsing removes the lease it replaced, which
+// is also what a re-list would conclude.
+func (w *watcher) apply(ctx context.Context, ev *clientv3.Event) ([]lease.Event, bool) {
+	key := string(ev.Kv.Key)
+	old, had := w.known[key]
+	if ev.Type == clientv3.EventTypeDelete {
+		if !had {
+			return nil, false
+		}
+		delete(w.known, key)
+		w.s.log.Debug("lease removed", "key", key)
+		return []lease.Event{{Type: lease.Removed, Lease: old}}, true
+	}
+	l, err := w.s.parse(ev.Kv)
+	if err != nil {
+		w.s.log.Warn("ignoring bad lease", "key", key, "err", err)
+		if !had {
+			return nil, false
+		}
+		delete(w.known, key)
+		return []lease.Event{{Type: lease.Removed, Lease: old}}, true
+	}
+	if had && old.Equal(l) {
+		// A renewal that rewrote the same value (flannel renews this way).
+		return nil, false
+	}
+	l.Expiration = w.expiration(ctx, ev.Kv)
+	w.known[key] = l
+	w.s.log.Debug("lease added", "key", key, "public_ip", l.Attrs.PublicIP)
+	return []lease.Event{{Type: lease.Added, Lease: l}}, true
+}
+
+func (w *watcher) emit(events []lease.Event) {
+	if events == nil {
+		events = []lease.Event{}
+	}
+	w.fn(events)
+}
