@@ -15,6 +15,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/weft-net/weft/internal/readyfile"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -36,8 +37,8 @@ type NetConf struct {
 	Delegate      map[string]any `json:"delegate"`
 	RuntimeConfig map[string]any `json:"runtimeConfig,omitempty"`
 
-	// ReadyFile (weft's addition, optional) names a file the agent keeps
-	// while it is ready; when set, STATUS also requires it.
+	// ReadyFile (weft's addition) is the agent's readiness marker that
+	// STATUS requires; default weftd.ready beside SubnetFile.
 	ReadyFile string `json:"readyFile,omitempty"`
 }
 
@@ -53,6 +54,9 @@ func LoadNetConf(data []byte) (*NetConf, error) {
 	}
 	if n.DataDir == "" {
 		n.DataDir = DefaultDataDir
+	}
+	if n.ReadyFile == "" {
+		n.ReadyFile = readyfile.Path(n.SubnetFile)
 	}
 	return n, nil
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -15,6 +16,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/weft-net/weft/internal/readyfile"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -232,9 +234,9 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 }
 
 // Status reports the plugin ready when subnet.env exists and parses (the
-// agent writes it once it holds a lease and its backend is up), the config
-// names a readyFile and that file exists (if it does name one), the delegate
-// config renders, and the delegate and its IPAM plugin are in CNI_PATH.
+// agent writes it once it holds a lease and its backend is up), the delegate
+// config renders, the delegate and its IPAM plugin are in CNI_PATH, and the
+// agent's readiness marker is fresh (the agent is running and ready).
 func (p *Plugin) Status(args *skel.CmdArgs) error {
 	n, err := LoadNetConf(args.StdinData)
 	if err != nil {
@@ -245,12 +247,6 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		// A file that does not parse leaves the node as unready as none.
 		terr.Code = types.ErrPluginNotAvailable
 		return terr
-	}
-	if n.ReadyFile != "" {
-		if _, err := os.Stat(n.ReadyFile); err != nil {
-			return types.NewError(types.ErrPluginNotAvailable,
-				fmt.Sprintf("weftd is not ready on this node (%v)", err), "")
-		}
 	}
 	d, err := RenderDelegate(n, env)
 	if err != nil {
@@ -263,6 +259,9 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 			return types.NewError(types.ErrPluginNotAvailable,
 				fmt.Sprintf("delegate plugin %q is not installed: %v", plugin, err), "")
 		}
+	}
+	if err := readyfile.Check(n.ReadyFile, time.Now()); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "weftd is not ready: "+err.Error(), "")
 	}
 	return nil
 }

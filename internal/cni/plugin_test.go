@@ -6,10 +6,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/weft-net/weft/internal/readyfile"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -113,19 +115,18 @@ func TestStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := p.Status(args); err != nil {
-		t.Errorf("STATUS with subnet.env: %v", err)
-	}
-
-	ready := filepath.Join(dir, "weftd.ready")
-	withReady := testArgs(confIn(dir, `,"readyFile":"`+ready+`"`))
-	withReady.Path = args.Path
-	wantCNIError(t, p.Status(withReady), types.ErrPluginNotAvailable, "weftd is not ready")
-	if err := os.WriteFile(ready, nil, 0o644); err != nil {
+	// Everything is installed, but the agent has not vouched for the node.
+	wantCNIError(t, p.Status(args), types.ErrPluginNotAvailable, "weftd is not ready")
+	ready := readyfile.Path(filepath.Join(dir, "subnet.env"))
+	if err := readyfile.Mark(ready, time.Now().Add(-time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Status(withReady); err != nil {
-		t.Errorf("STATUS with subnet.env and ready file: %v", err)
+	wantCNIError(t, p.Status(args), types.ErrPluginNotAvailable, "stale")
+	if err := readyfile.Mark(ready, time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Status(args); err != nil {
+		t.Errorf("STATUS with subnet.env and a fresh marker: %v", err)
 	}
 
 	if err := os.WriteFile(filepath.Join(dir, "subnet.env"), []byte("garbage\n"), 0o644); err != nil {

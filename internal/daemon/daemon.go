@@ -22,6 +22,7 @@ import (
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
+	"github.com/weft-net/weft/internal/readyfile"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -130,6 +131,10 @@ func Run(ctx context.Context, o Options) error {
 		health:  newHealth(max(3*o.ResyncPeriod, 2*time.Minute)),
 		metrics: newMetrics(),
 	}
+	d.health.log = o.Logger
+	d.health.marker = readyfile.Path(o.SubnetFile)
+	// Three missed resyncs make the marker stale.
+	d.health.markFor = max(3*o.ResyncPeriod, 30*time.Second)
 	// Shut down in order: stop the goroutines, then close what they use.
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -662,6 +667,9 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	}
 	d.metrics.lastReconcile.Set(unixSeconds(time.Now()))
 	d.log.Debug("reconciled", "mode", m, "leases", len(leases), "took", took)
+	if full && d.ready {
+		d.health.vouch()
+	}
 	if full && !d.ready && d.leaseHeld {
 		d.ready = true
 		d.health.setReady()

@@ -23,6 +23,7 @@ import (
 	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/netlinkx/nstest"
+	"github.com/weft-net/weft/internal/readyfile"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -156,6 +157,9 @@ func TestDaemon(t *testing.T) {
 		code, body := httpGet(base + "/readyz")
 		return code == 503 && strings.Contains(body, "Network") && strings.Contains(body, "10.244.0.0/33")
 	})
+	if err := readyfile.Check(readyfile.Path(subnetFile), time.Now()); err == nil {
+		t.Error("readiness marker vouches for a node waiting for its config")
+	}
 	if code, _ := httpGet(base + "/healthz"); code != 200 {
 		t.Errorf("/healthz while waiting for config: %d", code)
 	}
@@ -166,6 +170,10 @@ func TestDaemon(t *testing.T) {
 	// The corrected config is picked up.
 	put(prefix+"/config", goodConf)
 	waitFor(t, "/readyz 200", 10*time.Second, func() bool { code, _ := httpGet(base + "/readyz"); return code == 200 })
+	// The CNI plugin's STATUS reads the same readiness from disk.
+	if err := readyfile.Check(readyfile.Path(subnetFile), time.Now()); err != nil {
+		t.Errorf("readiness marker once ready: %v", err)
+	}
 
 	env, err := subnetenv.Read(subnetFile)
 	if err != nil {

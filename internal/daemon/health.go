@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weft-net/weft/internal/readyfile"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -24,10 +26,16 @@ type health struct {
 	reason string // why not ready
 	stale  time.Duration
 	now    func() time.Time
+
+	// marker is the readiness file the CNI plugin's STATUS reads; each
+	// vouch keeps it valid for markFor. Empty: no marker.
+	marker  string
+	markFor time.Duration
+	log     *slog.Logger
 }
 
 func newHealth(stale time.Duration) *health {
-	return &health{stale: stale, now: time.Now, beat: time.Now(), reason: "starting"}
+	return &health{stale: stale, now: time.Now, beat: time.Now(), reason: "starting", log: slog.Default()}
 }
 
 // alive records that the daemon's loop is turning.
@@ -40,14 +48,32 @@ func (h *health) alive() {
 // notReady records why the node cannot serve pods yet (or any more).
 func (h *health) notReady(reason string) {
 	h.mu.Lock()
+	was := h.ready
 	h.ready, h.reason, h.beat = false, reason, h.now()
 	h.mu.Unlock()
+	if was && h.marker != "" {
+		if err := readyfile.Clear(h.marker); err != nil {
+			h.log.Warn("clearing readiness marker", "err", err)
+		}
+	}
 }
 
 func (h *health) setReady() {
 	h.mu.Lock()
 	h.ready, h.reason, h.beat = true, "", h.now()
 	h.mu.Unlock()
+	h.vouch()
+}
+
+// vouch renews the readiness marker while ready; called after every
+// successful full reconcile, so the marker of a dead agent goes stale.
+func (h *health) vouch() {
+	if h.marker == "" || !h.isReady() {
+		return
+	}
+	if err := readyfile.Mark(h.marker, h.now().Add(h.markFor)); err != nil {
+		h.log.Warn("writing readiness marker", "err", err)
+	}
 }
 
 func (h *health) isReady() bool {

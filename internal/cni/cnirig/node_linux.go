@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -17,6 +18,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 
 	"github.com/weft-net/weft/internal/netlinkx"
+	"github.com/weft-net/weft/internal/readyfile"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -77,6 +79,10 @@ func NewNode(dir, binDir string, env subnetenv.Env, cniVersion string) (*Node, e
 		Env:        env,
 	}
 	if err := subnetenv.Write(n.SubnetFile, env); err != nil {
+		return nil, err
+	}
+	// Stand in for a ready agent, as weftd vouches for its node.
+	if err := readyfile.Mark(readyfile.Path(n.SubnetFile), time.Now().Add(time.Hour)); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(n.ConfDir, 0o755); err != nil {
