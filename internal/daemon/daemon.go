@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
@@ -202,6 +203,9 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
 	d.be = be // closed by Run
+	if u, ok := be.(*udp.Backend); ok {
+		d.metrics.reg.MustRegister(newUDPCollector(u.Stats))
+	}
 	typ, data, err := be.LeaseAttrs(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
