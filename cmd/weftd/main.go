@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/weft-net/weft/internal/agentflags"
 	"github.com/weft-net/weft/internal/daemon"
 )
 
@@ -30,26 +31,26 @@ func versionString() string {
 }
 
 func main() {
-	s, err := parseFlags(os.Args[1:], os.LookupEnv, os.Stderr)
+	s, err := agentflags.Parse(os.Args[1:], os.LookupEnv, os.Stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		os.Exit(0)
-	case errors.Is(err, errVersion):
+	case errors.Is(err, agentflags.ErrVersion):
 		fmt.Println(versionString())
 		os.Exit(0)
 	case err != nil:
 		fmt.Fprintf(os.Stderr, "weftd: %v\n", err)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: s.logLevel}))
-	s.opts.Logger = log
-	s.opts.Version = versionString()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: s.LogLevel}))
+	s.Options.Logger = log
+	s.Options.Version = versionString()
 
 	// SIGINT and SIGTERM end the run cleanly; the datapath stays so that
 	// pods keep talking until the next weftd takes over.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	log.Info("weftd starting", "version", s.opts.Version)
-	err = daemon.Run(ctx, s.opts)
+	log.Info("weftd starting", "version", s.Options.Version)
+	err = daemon.Run(ctx, s.Options)
 	stop()
 	if err != nil {
 		log.Error("weftd stopped", "err", err)

@@ -74,6 +74,10 @@ func New(cli *clientv3.Client, opts Options) *Store {
 // ConfigKey is where the network config JSON lives.
 func (s *Store) ConfigKey() string { return s.prefix + "/config" }
 
+// SubnetsPrefix is the prefix every lease key starts with, <prefix>/subnets/
+// (for tools that list the raw keys, such as weft doctor).
+func (s *Store) SubnetsPrefix() string { return s.subnets }
+
 // LeaseKey is the etcd key of l.
 func (s *Store) LeaseKey(l lease.Lease) string { return s.subnets + l.Key() }
 

@@ -1,4 +1,4 @@
-package main
+package agentflags
 
 import (
 	"errors"
@@ -25,7 +25,7 @@ func env(kv ...string) func(string) (string, bool) {
 }
 
 func TestDefaults(t *testing.T) {
-	s, err := parseFlags(nil, env(), io.Discard)
+	s, err := Parse(nil, env(), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,11 +39,11 @@ func TestDefaults(t *testing.T) {
 		RenewMargin:    60 * time.Minute,
 		ResyncPeriod:   10 * time.Second,
 	}
-	if !reflect.DeepEqual(s.opts, want) {
-		t.Errorf("got  %+v\nwant %+v", s.opts, want)
+	if !reflect.DeepEqual(s.Options, want) {
+		t.Errorf("got  %+v\nwant %+v", s.Options, want)
 	}
-	if s.logLevel != slog.LevelInfo {
-		t.Errorf("log level %v", s.logLevel)
+	if s.LogLevel != slog.LevelInfo {
+		t.Errorf("log level %v", s.LogLevel)
 	}
 }
 
@@ -71,11 +71,11 @@ func TestFlagsAndEnv(t *testing.T) {
 		"FLANNELD_NET_CONFIG_PATH", "/etc/kube-flannel/net-conf.json",
 		"FLANNELD_HEALTHZ_PORT", "1", // the flag wins
 	)
-	s, err := parseFlags(args, lookup, io.Discard)
+	s, err := Parse(args, lookup, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := s.opts
+	o := s.Options
 	want := daemon.Options{
 		Etcd: etcdstore.ClientOptions{
 			Endpoints: []string{"https://10.0.0.1:2379", "https://10.0.0.2:2379"},
@@ -100,18 +100,18 @@ func TestFlagsAndEnv(t *testing.T) {
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("got  %+v\nwant %+v", o, want)
 	}
-	if s.logLevel != slog.LevelDebug {
-		t.Errorf("log level %v", s.logLevel)
+	if s.LogLevel != slog.LevelDebug {
+		t.Errorf("log level %v", s.LogLevel)
 	}
 }
 
 func TestEnvOnly(t *testing.T) {
-	s, err := parseFlags(nil, env("FLANNELD_IFACE", "eth3", "FLANNELD_IP_MASQ", "true", "FLANNELD_ETCD_ENDPOINTS", "http://e:2379"), io.Discard)
+	s, err := Parse(nil, env("FLANNELD_IFACE", "eth3", "FLANNELD_IP_MASQ", "true", "FLANNELD_ETCD_ENDPOINTS", "http://e:2379"), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(s.opts.Iface.Ifaces, []string{"eth3"}) || !s.opts.IPMasq || s.opts.Etcd.Endpoints[0] != "http://e:2379" {
-		t.Errorf("env not applied: %+v", s.opts)
+	if !reflect.DeepEqual(s.Options.Iface.Ifaces, []string{"eth3"}) || !s.Options.IPMasq || s.Options.Etcd.Endpoints[0] != "http://e:2379" {
+		t.Errorf("env not applied: %+v", s.Options)
 	}
 }
 
@@ -136,7 +136,7 @@ func TestErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var out strings.Builder
-		_, err := parseFlags(tt.args, env(tt.env...), &out)
+		_, err := Parse(tt.args, env(tt.env...), &out)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v %v: err = %v, want %q", tt.args, tt.env, err, tt.want)
 		}
@@ -148,7 +148,7 @@ func TestErrors(t *testing.T) {
 
 func TestHelpAndVersion(t *testing.T) {
 	var out strings.Builder
-	if _, err := parseFlags([]string{"--help"}, env(), &out); !errors.Is(err, flag.ErrHelp) {
+	if _, err := Parse([]string{"--help"}, env(), &out); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("--help: err = %v", err)
 	}
 	for _, name := range []string{"etcd-endpoints", "iface-regex", "subnet-lease-renew-margin", "healthz-port", "resync-period"} {
@@ -157,7 +157,7 @@ func TestHelpAndVersion(t *testing.T) {
 		}
 	}
 	// --version works even when the environment has a bad value.
-	if _, err := parseFlags([]string{"--version"}, env("FLANNELD_IP_MASQ", "maybe"), io.Discard); !errors.Is(err, errVersion) {
+	if _, err := Parse([]string{"--version"}, env("FLANNELD_IP_MASQ", "maybe"), io.Discard); !errors.Is(err, ErrVersion) {
 		t.Errorf("--version: err = %v", err)
 	}
 }
@@ -165,5 +165,30 @@ func TestHelpAndVersion(t *testing.T) {
 func TestEnvName(t *testing.T) {
 	if got := EnvName("subnet-lease-renew-margin"); got != "FLANNELD_SUBNET_LEASE_RENEW_MARGIN" {
 		t.Error(got)
+	}
+}
+
+// TestRegisterBeside checks that another tool's flag set can hold weftd's
+// flags beside its own, and that only weftd's are read from FLANNELD_*.
+func TestRegisterBeside(t *testing.T) {
+	fs := flag.NewFlagSet("weft doctor", flag.ContinueOnError)
+	jsonOut := fs.Bool("json", false, "")
+	f := Register(fs)
+	if err := fs.Parse([]string{"--subnet-file=/tmp/a.env", "--iface", "eth1"}); err != nil {
+		t.Fatal(err)
+	}
+	err := f.ApplyEnv(fs, env("FLANNELD_JSON", "true", "FLANNELD_SUBNET_FILE", "/tmp/b.env", "FLANNELD_HEALTHZ_PORT", "8471"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := f.Settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *jsonOut {
+		t.Error("FLANNELD_JSON set doctor's own --json")
+	}
+	if s.Options.SubnetFile != "/tmp/a.env" || s.Options.HealthzPort != 8471 || !reflect.DeepEqual(s.Options.Iface.Ifaces, []string{"eth1"}) {
+		t.Errorf("settings %+v", s.Options)
 	}
 }

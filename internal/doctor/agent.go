@@ -1,0 +1,148 @@
+package doctor
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/weft-net/weft/internal/agentflags"
+	"github.com/weft-net/weft/internal/daemon"
+)
+
+// ---- 2. agent ----
+
+func (e *eval) agent() {
+	a := e.f.Agent
+	var here, elsewhere []string
+	var mine []Process
+	for _, p := range a.Procs {
+		if p.SameNetNS {
+			here = append(here, fmt.Sprint(p.PID))
+			mine = append(mine, p)
+		} else {
+			elsewhere = append(elsewhere, fmt.Sprint(p.PID))
+		}
+	}
+	others := ""
+	if len(elsewhere) > 0 {
+		others = fmt.Sprintf(" (%s in other network namespaces: pid %s)", plural(len(elsewhere), "weftd", "weftds"), strings.Join(firstN(elsewhere), ", "))
+	}
+	switch {
+	case a.ScanErr != nil && len(a.Procs) == 0:
+		e.add("agent", Warn, fmt.Sprintf("cannot look for weftd: %v", a.ScanErr), "run doctor as root")
+	case len(mine) == 0:
+		e.add("agent", Fail, "no weftd process in this network namespace"+others,
+			"start weftd (systemd unit or DaemonSet pod); to diagnose a lab node run doctor inside it: ip netns exec <node-ns> weft doctor, or weft lab doctor <node>")
+	case len(mine) > 1:
+		e.add("agent", Warn, fmt.Sprintf("%d weftd processes in this network namespace: pid %s", len(mine), strings.Join(here, ", ")),
+			"two agents fight over one node's datapath and lease: stop all but one")
+	default:
+		p := mine[0]
+		msg := fmt.Sprintf("weftd pid %d runs in this network namespace", p.PID) + others
+		if diffs := settingsDiff(e.f.Options, p); len(diffs) > 0 {
+			e.add("agent", Warn, msg+", but with other settings than doctor was given",
+				"rerun doctor with weftd's flags: weft doctor "+strings.Join(quoteArgs(p.Args[1:]), " "), diffs...)
+		} else {
+			e.add("agent", OK, msg, "")
+		}
+	}
+	e.health()
+	switch {
+	case a.MarkerErr != nil:
+		e.add("ready-marker", Fail, a.MarkerErr.Error(),
+			"the CNI plugin refuses new pods (STATUS) until weftd vouches for the node again: check weftd's log")
+	case len(mine) == 0 && a.ScanErr == nil:
+		e.add("ready-marker", Warn, a.MarkerPath+" is fresh, but no weftd runs here: it goes stale within a few resync periods",
+			"until then the CNI plugin still accepts pods on this node: start weftd")
+	default:
+		e.add("ready-marker", OK, a.MarkerPath+" is fresh", "")
+	}
+}
+
+// settingsDiff lists where the agent's settings differ from doctor's, in
+// what doctor checks with them.
+func settingsDiff(doc daemon.Options, p Process) []string {
+	if len(p.Args) == 0 {
+		return nil
+	}
+	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	af := agentflags.Register(fs)
+	if err := fs.Parse(p.Args[1:]); err != nil {
+		return []string{fmt.Sprintf("cannot read weftd's command line: %v", err)}
+	}
+	env := map[string]string{}
+	for _, kv := range p.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	if err := af.ApplyEnv(fs, lookup); err != nil {
+		return []string{fmt.Sprintf("cannot read weftd's environment: %v", err)}
+	}
+	s, err := af.Settings()
+	if err != nil {
+		return []string{fmt.Sprintf("cannot read weftd's settings: %v", err)}
+	}
+	ag := s.Options
+	var out []string
+	cmp := func(name, agent, doctor string) {
+		if agent != doctor {
+			out = append(out, fmt.Sprintf("--%s: weftd has %q, doctor %q", name, agent, doctor))
+		}
+	}
+	cmp("etcd-endpoints", strings.Join(ag.Etcd.Endpoints, ","), strings.Join(doc.Etcd.Endpoints, ","))
+	cmp("etcd-prefix", ag.EtcdPrefix, doc.EtcdPrefix)
+	cmp("subnet-file", ag.SubnetFile, doc.SubnetFile)
+	cmp("net-config-path", ag.NetConfigPath, doc.NetConfigPath)
+	cmp("healthz-port", fmt.Sprint(ag.HealthzPort), fmt.Sprint(doc.HealthzPort))
+	cmp("iface", strings.Join(ag.Iface.Ifaces, ","), strings.Join(doc.Iface.Ifaces, ","))
+	cmp("iface-regex", strings.Join(ag.Iface.Regexes, ","), strings.Join(doc.Iface.Regexes, ","))
+	cmp("public-ip", ag.Iface.PublicIP.String(), doc.Iface.PublicIP.String())
+	return out
+}
+
+// quoteArgs quotes arguments a shell would split.
+func quoteArgs(args []string) []string {
+	out := slices.Clone(args)
+	for i, a := range out {
+		if a == "" || strings.ContainsAny(a, " \t'\"$\\*?[]{}()<>|&;") {
+			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return out
+}
+
+func (e *eval) health() {
+	a := e.f.Agent
+	if a.Healthz == nil && a.Readyz == nil {
+		e.add("readyz", Skip, "no --healthz-port: the health server is not checked", "")
+		return
+	}
+	hint := fmt.Sprintf("is weftd serving health on %s:%d (--healthz-ip, --healthz-port)?", e.f.Options.HealthzIP, e.f.Options.HealthzPort)
+	if p := a.Healthz; p != nil {
+		switch {
+		case p.Err != nil:
+			e.add("healthz", Fail, fmt.Sprintf("GET %s: %v", p.URL, p.Err), hint)
+		case p.Code != http.StatusOK:
+			e.add("healthz", Fail, fmt.Sprintf("GET %s: %d %s", p.URL, p.Code, strings.TrimSpace(p.Body)),
+				"weftd's loop is stuck: see its log; restarting it is safe (the datapath stays)")
+		default:
+			e.add("healthz", OK, fmt.Sprintf("GET %s: %s", p.URL, strings.TrimSpace(p.Body)), "")
+		}
+	}
+	if p := a.Readyz; p != nil {
+		switch {
+		case p.Err != nil:
+			e.add("readyz", Fail, fmt.Sprintf("GET %s: %v", p.URL, p.Err), hint)
+		case p.Code != http.StatusOK:
+			e.add("readyz", Fail, fmt.Sprintf("GET %s: %d %s", p.URL, p.Code, strings.TrimSpace(p.Body)),
+				"weftd is not ready: see its log for why (no lease, config, backend error)")
+		default:
+			e.add("readyz", OK, fmt.Sprintf("GET %s: %s", p.URL, strings.TrimSpace(p.Body)), "")
+		}
+	}
+}

@@ -1,0 +1,188 @@
+package doctor_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/doctor"
+	"github.com/weft-net/weft/internal/lab"
+)
+
+// binaries returns a directory with weft, weftd and cni/ holding the CNI
+// plugins: $WEFT_BIN_DIR (make test builds it) or a fresh build.
+func binaries(t *testing.T) (bin, cni string) {
+	t.Helper()
+	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
+		return d, filepath.Join(d, "cni")
+	}
+	dir := t.TempDir()
+	cni = filepath.Join(dir, "cni")
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	run := func(env []string, args ...string) {
+		cmd := exec.Command("go", args...)
+		cmd.Dir, cmd.Env = root, append(os.Environ(), env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	run(nil, "build", "-o", dir+"/", "./cmd/weft", "./cmd/weftd")
+	run(nil, "build", "-o", filepath.Join(cni, "flannel"), "./cmd/weft-cni")
+	ver, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/containernetworking/plugins").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"install"}
+	for _, p := range []string{"main/bridge", "ipam/host-local", "meta/portmap", "main/loopback"} {
+		args = append(args, "github.com/containernetworking/plugins/plugins/"+p+"@"+strings.TrimSpace(string(ver)))
+	}
+	run([]string{"GOBIN=" + cni}, args...)
+	return dir, cni
+}
+
+type jsonReport struct {
+	OK      bool
+	Results []struct {
+		Check, Status, Message, Hint string
+		Details                      []string
+	}
+}
+
+// runDoctor runs `weft doctor --json` inside the node's namespace with
+// args and returns the report and whether it exited 0.
+func runDoctor(t *testing.T, ctx context.Context, bin, ns string, args []string) (jsonReport, bool) {
+	t.Helper()
+	argv := append([]string{"netns", "exec", ns, filepath.Join(bin, "weft"), "doctor", "--json"}, args...)
+	cmd := exec.CommandContext(ctx, "ip", argv...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("weft doctor: %v\n%s", err, stderr.String())
+	}
+	var r jsonReport
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		t.Fatalf("weft doctor output: %v\n%s\n%s", jerr, out, stderr.String())
+	}
+	return r, err == nil
+}
+
+func (r jsonReport) String() string {
+	var b strings.Builder
+	for _, x := range r.Results {
+		fmt.Fprintf(&b, "%-5s %-13s %s | %s\n", x.Status, x.Check, x.Message, x.Hint)
+		for _, d := range x.Details {
+			fmt.Fprintf(&b, "                    %s\n", d)
+		}
+	}
+	return b.String()
+}
+
+// TestLab brings up a two-node vxlan lab and runs weft doctor inside a
+// node: all ok; then, with the agent stopped and a route deleted by hand,
+// doctor names the missing route and exits non-zero.
+func TestLab(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds a lab in network namespaces")
+	}
+	bin, cni := binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	var suffix [3]byte
+	_, _ = rand.Read(suffix[:])
+	l, err := lab.Up(ctx, lab.Options{
+		Name: "doctest-" + hex.EncodeToString(suffix[:]), Root: t.TempDir(),
+		Nodes: 2, PodsPerNode: 1, Backend: config.BackendVXLAN,
+		BinDir: bin, CNIBinDir: cni,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+		defer dcancel()
+		if err := l.Down(dctx, lab.DownOptions{}); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	n1, n2 := l.Node(1), l.Node(2)
+	pid, err := l.AgentPID(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Doctor with exactly the agent's flags, as `weft lab doctor` runs it.
+	args, err := doctor.AgentArgs(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	r, ok := runDoctor(t, ctx, bin, n1.NS, args)
+	t.Logf("doctor on a healthy node took %s", time.Since(start).Round(time.Millisecond))
+	if !ok || !r.OK {
+		t.Fatalf("healthy lab: doctor failed:\n%s", r)
+	}
+	for _, x := range r.Results {
+		if x.Status != "ok" {
+			t.Errorf("healthy lab: %s is %s: %s", x.Check, x.Status, x.Message)
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("report:\n%s", r)
+	}
+
+	// Break the node: stop its agent (nothing repairs the kernel now) and
+	// delete the route to node 2's subnet.
+	if err := l.StopAgent(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	remote := n2.Subnet.Masked()
+	if out, err := l.Exec(ctx, n1.NS, "ip", "route", "del", remote.String()); err != nil {
+		t.Fatalf("ip route del: %v %s", err, out)
+	}
+	r, ok = runDoctor(t, ctx, bin, n1.NS, args)
+	if ok || r.OK {
+		t.Fatalf("broken node: doctor exited 0:\n%s", r)
+	}
+	want := map[string]string{
+		"routes":     "missing: " + remote.String() + " via " + remote.Addr().String() + " dev flannel.1 onlink",
+		"agent":      "no weftd process in this network namespace",
+		"readyz":     "connection refused",
+		"store":      "",
+		"device":     "",
+		"leases":     "",
+		"masquerade": "",
+	}
+	for _, x := range r.Results {
+		w, checked := want[x.Check]
+		if !checked {
+			continue
+		}
+		text := strings.Join(append([]string{x.Message}, x.Details...), "\n")
+		switch {
+		case w == "" && x.Status != "ok":
+			t.Errorf("broken node: %s is %s, want ok: %s", x.Check, x.Status, text)
+		case w != "" && (x.Status != "fail" || !strings.Contains(text, w)):
+			t.Errorf("broken node: %s is %s (%s), want fail with %q", x.Check, x.Status, text, w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", r)
+	}
+}

@@ -1,0 +1,743 @@
+package doctor
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/backend/hostgw"
+	"github.com/weft-net/weft/internal/backend/udp"
+	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/masq"
+	"github.com/weft-net/weft/internal/netlinkx"
+)
+
+// DeviceName is the backend's device: flannel.<VNI> for vxlan, flannel0
+// for udp, none for host-gw.
+func DeviceName(n *config.Network) string {
+	switch n.Backend.Type {
+	case config.BackendVXLAN:
+		vni := n.Backend.VNI
+		if vni == 0 {
+			vni = config.DefaultVNI
+		}
+		return "flannel." + strconv.Itoa(vni)
+	case config.BackendUDP:
+		return udp.DeviceName
+	}
+	return ""
+}
+
+func (e *eval) link(name string) *Link {
+	for i := range e.f.Node.Links {
+		if e.f.Node.Links[i].Name == name {
+			return &e.f.Node.Links[i]
+		}
+	}
+	return nil
+}
+
+func (e *eval) linkName(index int) string {
+	for _, l := range e.f.Node.Links {
+		if l.Index == index {
+			return l.Name
+		}
+	}
+	return "#" + strconv.Itoa(index)
+}
+
+func (e *eval) linkHolding(ip netip.Addr) *Link {
+	for i, l := range e.f.Node.Links {
+		for _, a := range l.Addrs {
+			if a.Addr() == ip {
+				return &e.f.Node.Links[i]
+			}
+		}
+	}
+	return nil
+}
+
+// ---- 3. subnet file ----
+
+func (e *eval) subnetFile() {
+	sf := e.f.SubnetFile
+	if sf.Err == nil {
+		env := sf.Env
+		e.env = &env
+		if env.Subnet.IsValid() {
+			e.own = env.Subnet.Masked()
+		}
+	}
+	e.underlay()
+	if e.net != nil {
+		if name := DeviceName(e.net); name != "" {
+			e.dev = e.link(name)
+		}
+	}
+
+	switch {
+	case errors.Is(sf.Err, fs.ErrNotExist):
+		e.add("subnet-file", Fail, sf.Path+" not found",
+			"weftd writes it once it holds a lease: is weftd running, with this --subnet-file?")
+	case sf.Err != nil:
+		e.add("subnet-file", Fail, sf.Err.Error(), "weftd rewrites it at start: restart weftd")
+	default:
+		env := sf.Env
+		msg := fmt.Sprintf("%s: network %s, subnet %s, MTU %d, ipmasq %v", sf.Path, env.Network, env.Subnet, env.MTU, env.IPMasq)
+		switch {
+		case e.net != nil && e.net.EnableIPv4 && env.Network != e.net.Network:
+			e.add("subnet-file", Fail, fmt.Sprintf("%s: FLANNEL_NETWORK %s, but the config's network is %s", sf.Path, env.Network, e.net.Network),
+				"the config changed under a running cluster: restart weftd to rewrite the file, then the pods")
+		case e.net != nil && e.net.EnableIPv4 && !e.net.Network.Contains(env.Subnet.Addr()):
+			e.add("subnet-file", Fail, fmt.Sprintf("%s: FLANNEL_SUBNET %s is outside the network %s", sf.Path, env.Subnet, e.net.Network),
+				"restart weftd to acquire a subnet of the current network")
+		default:
+			e.add("subnet-file", OK, msg, "")
+		}
+	}
+	e.subnetLease()
+	e.subnetMTU()
+}
+
+// underlay finds this node's PublicIP and underlay interface: the one
+// weftd's interface rules pick, or failing that (no --iface given and no
+// default route, as in a lab) the interface holding the PublicIP of the
+// lease the subnet file names.
+func (e *eval) underlay() {
+	n := e.f.Node
+	if n.ExtErr == nil && n.Ext.Index > 0 {
+		e.pubIP, e.ulName, e.ulIndex, e.ulMTU, e.ulNet = n.Ext.PublicIP, n.Ext.Name, n.Ext.Index, n.Ext.MTU, n.Ext.Subnet
+		return
+	}
+	if !e.own.IsValid() {
+		return
+	}
+	if l, ok := e.leaseFor(e.own); ok {
+		if ln := e.linkHolding(l.Attrs.PublicIP); ln != nil {
+			e.pubIP, e.ulName, e.ulIndex, e.ulMTU = l.Attrs.PublicIP, ln.Name, ln.Index, ln.MTU
+			for _, a := range ln.Addrs {
+				if a.Addr() == l.Attrs.PublicIP {
+					e.ulNet = a.Masked()
+				}
+			}
+		}
+	}
+}
+
+func (e *eval) subnetLease() {
+	switch {
+	case e.env == nil || !e.own.IsValid():
+		e.add("subnet-lease", Skip, "no subnet to look up: the subnet file is unusable", "")
+		return
+	case !e.leasesOK:
+		e.add("subnet-lease", Skip, "leases not available: see store", "")
+		return
+	}
+	l, ok := e.leaseFor(e.own)
+	var mine []string
+	if e.pubIP.IsValid() {
+		for _, o := range e.leasesOf(e.pubIP) {
+			if o.Subnet != e.own {
+				mine = append(mine, o.Key())
+			}
+		}
+	}
+	switch {
+	case !ok && len(mine) > 0:
+		e.add("subnet-lease", Fail, fmt.Sprintf("no lease for %s, the subnet file's; this node (%s) holds %s", e.own, e.pubIP, strings.Join(mine, ", ")),
+			"the subnet file is stale: restart weftd to rewrite it, then restart the pods (they have addresses of the old subnet)")
+	case !ok:
+		e.add("subnet-lease", Fail, fmt.Sprintf("no lease for %s in the store", e.own),
+			"the lease expired or was deleted: weftd acquires one again on its next renewal; if it does not, its log says why")
+	case e.pubIP.IsValid() && l.Attrs.PublicIP != e.pubIP:
+		e.add("subnet-lease", Fail, fmt.Sprintf("lease %s names %s, not this node's %s", l.Key(), l.Attrs.PublicIP, e.pubIP),
+			"two nodes claim one subnet (a cloned disk's subnet file?): delete this node's subnet file and restart its weftd")
+	case !e.pubIP.IsValid():
+		e.add("subnet-lease", Warn, fmt.Sprintf("lease %s names %s; this node's PublicIP is unknown (see underlay)", l.Key(), l.Attrs.PublicIP),
+			"pass weftd's --iface / --public-ip to doctor")
+	default:
+		exp := "a reservation (no expiry)"
+		if !l.Reservation() {
+			exp = "expires in " + l.Expiration.Sub(e.f.Now).Round(time.Minute).String()
+		}
+		msg := fmt.Sprintf("lease %s names this node (%s), %s", l.Key(), l.Attrs.PublicIP, exp)
+		if len(mine) > 0 {
+			e.add("subnet-lease", Warn, msg+"; this node also holds "+strings.Join(mine, ", "),
+				"a stale lease of this node wastes a subnet and confuses its peers: delete it with etcdctl del")
+			return
+		}
+		e.add("subnet-lease", OK, msg, "")
+	}
+}
+
+// podMTU is the MTU pods should have: the device's, or for host-gw the
+// underlay's (Backend.MTU overriding).
+func (e *eval) podMTU() (int, string) {
+	if e.net != nil && e.net.Backend.Type == config.BackendHostGW {
+		if e.net.Backend.MTU != 0 {
+			return e.net.Backend.MTU, "Backend.MTU"
+		}
+		if e.ulIndex > 0 {
+			return e.ulMTU, e.ulName
+		}
+		return 0, ""
+	}
+	if e.dev != nil {
+		return e.dev.MTU, e.dev.Name
+	}
+	return 0, ""
+}
+
+func (e *eval) subnetMTU() {
+	if e.env == nil {
+		e.add("subnet-mtu", Skip, "no subnet file", "")
+		return
+	}
+	want, of := e.podMTU()
+	switch {
+	case want == 0:
+		e.add("subnet-mtu", Skip, fmt.Sprintf("FLANNEL_MTU %d not compared: the device is unknown", e.env.MTU), "")
+	case e.env.MTU > want:
+		e.add("subnet-mtu", Fail, fmt.Sprintf("FLANNEL_MTU %d exceeds %s's MTU %d: pods send packets the overlay drops", e.env.MTU, of, want),
+			"restart weftd to rewrite the subnet file, then recreate the pods")
+	case e.env.MTU < want:
+		e.add("subnet-mtu", Warn, fmt.Sprintf("FLANNEL_MTU %d is below %s's MTU %d: works, but wastes bandwidth", e.env.MTU, of, want),
+			"restart weftd to rewrite the subnet file")
+	default:
+		e.add("subnet-mtu", OK, fmt.Sprintf("FLANNEL_MTU %d = %s's MTU", e.env.MTU, of), "")
+	}
+}
+
+// ---- 4. datapath ----
+
+func (e *eval) datapath() {
+	n := e.f.Node
+	switch {
+	case n.ExtErr == nil && n.Ext.Index > 0:
+		e.add("underlay", OK, fmt.Sprintf("%s (MTU %d, %s), public IP %s", e.ulName, e.ulMTU, e.ulNet, e.pubIP), "")
+	case e.ulIndex > 0:
+		e.add("underlay", Warn, fmt.Sprintf("weftd's interface rules choose none (%v); took %s (MTU %d), which holds %s, the PublicIP of this node's lease", n.ExtErr, e.ulName, e.ulMTU, e.pubIP),
+			"pass weftd's --iface / --iface-regex / --public-ip to doctor")
+	default:
+		e.add("underlay", Fail, fmt.Sprintf("no underlay interface: %v", n.ExtErr),
+			"pass weftd's --iface / --iface-regex / --public-ip; without them weftd uses the default route's interface")
+	}
+	if e.net == nil {
+		e.add("device", Skip, "backend unknown: no valid config", "")
+		e.add("routes", Skip, "backend unknown: no valid config", "")
+		return
+	}
+	e.device()
+	e.routes()
+}
+
+func (e *eval) device() {
+	name := DeviceName(e.net)
+	if name == "" {
+		e.add("device", OK, fmt.Sprintf("%s uses no device: routes go via %s", e.net.Backend.Type, orUnknown(e.ulName)), "")
+		return
+	}
+	if e.f.Node.LinksErr != nil {
+		e.add("device", Fail, fmt.Sprintf("listing links: %v", e.f.Node.LinksErr), "run doctor as root")
+		return
+	}
+	d := e.dev
+	if d == nil {
+		e.add("device", Fail, name+" not found",
+			"weftd creates it at start and re-creates it on its next resync: is weftd running? see its log")
+		return
+	}
+	var problems []string
+	status := OK
+	if !d.Up {
+		problems = append(problems, "is down")
+		status = Fail
+	}
+	if e.own.IsValid() {
+		want := netip.PrefixFrom(lease.SubnetIP(e.own), 32)
+		if !slices.Contains(d.Addrs, want) {
+			problems = append(problems, fmt.Sprintf("lacks address %s (has %s)", want, prefixes(ipv4(d.Addrs))))
+			status = Fail
+		}
+	}
+	overhead := vxlanOverhead
+	if e.net.Backend.Type == config.BackendUDP {
+		overhead = udpOverhead
+	}
+	wantMTU, why := e.net.Backend.MTU, "Backend.MTU"
+	if wantMTU == 0 && e.ulMTU > 0 {
+		wantMTU, why = e.ulMTU-overhead, fmt.Sprintf("%s %d − %d", e.ulName, e.ulMTU, overhead)
+	}
+	switch {
+	case wantMTU == 0:
+	case d.MTU > wantMTU:
+		problems = append(problems, fmt.Sprintf("MTU %d exceeds %d (%s): encapsulated packets exceed the underlay", d.MTU, wantMTU, why))
+		status = Fail
+	case d.MTU < wantMTU:
+		problems = append(problems, fmt.Sprintf("MTU %d is below %d (%s)", d.MTU, wantMTU, why))
+		status = max(status, Warn)
+	}
+	if len(problems) > 0 {
+		e.add("device", status, name+" "+strings.Join(problems, "; "),
+			"weftd repairs its device on every resync (--resync-period): if this stays, see weftd's log")
+		return
+	}
+	mtu := fmt.Sprintf("MTU %d", d.MTU)
+	if wantMTU != 0 {
+		mtu += " (" + why + ")"
+	}
+	e.add("device", OK, fmt.Sprintf("%s up, %s, %s", name, prefixes(ipv4(d.Addrs)), mtu), "")
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "the underlay (unknown)"
+	}
+	return s
+}
+
+func ipv4(ps []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is4() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func prefixes(ps []netip.Prefix) string {
+	if len(ps) == 0 {
+		return "none"
+	}
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+func (e *eval) routeString(r netlinkx.Route) string {
+	s := r.Dst.String()
+	if r.Gw.IsValid() {
+		s += " via " + r.Gw.String()
+	}
+	s += " dev " + e.linkName(r.LinkIndex)
+	if r.OnLink {
+		s += " onlink"
+	}
+	if r.Priority != 0 {
+		s += fmt.Sprintf(" metric %d", r.Priority)
+	}
+	return s
+}
+
+func (e *eval) routes() {
+	n := e.f.Node
+	typ := e.net.Backend.Type
+	switch {
+	case !e.own.IsValid():
+		e.add("routes", Skip, "this node's subnet is unknown: see subnet-file", "")
+		return
+	case !e.leasesOK && typ != config.BackendUDP:
+		e.add("routes", Skip, "leases not available: see store", "")
+		return
+	case n.RoutesErr != nil:
+		e.add("routes", Fail, fmt.Sprintf("listing routes: %v", n.RoutesErr), "run doctor as root")
+		return
+	case typ != config.BackendHostGW && e.dev == nil:
+		e.add("routes", Skip, "no device: see device", "")
+		return
+	case typ != config.BackendUDP && e.ulIndex == 0:
+		e.add("routes", Skip, "no underlay: see underlay", "")
+		return
+	}
+	network := e.net.Network
+	owned := func(r netlinkx.Route) bool { return backend.Manages(network, e.own, r.Dst) }
+	on := func(idx ...int) []netlinkx.Route {
+		var out []netlinkx.Route
+		for _, r := range n.Routes {
+			if slices.Contains(idx, r.LinkIndex) {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+
+	var want, have []netlinkx.Route
+	var skipped []*backend.LeaseError
+	var vx vxlan.State
+	switch typ {
+	case config.BackendUDP:
+		// One route to the whole network; the peers live in weftd's table.
+		r := netlinkx.Route{Dst: network.Masked(), LinkIndex: e.dev.Index}
+		for _, h := range on(e.dev.Index) {
+			if h.Dst == r.Dst && !h.Gw.IsValid() {
+				e.add("routes", OK, fmt.Sprintf("%s dev %s (udp routes the whole network into weftd)", r.Dst, e.dev.Name), "")
+				return
+			}
+		}
+		e.routeMissing = 1
+		e.add("routes", Fail, fmt.Sprintf("missing route %s dev %s", r.Dst, e.dev.Name),
+			"weftd adds it on its next resync: is weftd running? see its log")
+		return
+	case config.BackendHostGW:
+		want, skipped = hostgw.Desired(hostgw.Params{
+			Network: network, Own: e.own, PublicIP: e.pubIP,
+			Underlay: e.ulIndex, UnderlayName: e.ulName, UnderlaySubnet: e.ulNet,
+		}, e.leases)
+		have = on(e.ulIndex)
+	default:
+		p := vxlan.Params{
+			Network: network, Own: e.own, PublicIP: e.pubIP, VNI: e.net.Backend.VNI, Link: e.dev.Index,
+			DirectRouting: e.net.Backend.DirectRouting, Underlay: e.ulIndex, UnderlaySubnet: e.ulNet,
+		}
+		vx, skipped = vxlan.Desired(p, e.leases)
+		want = vx.Routes
+		if p.DirectRouting {
+			have = on(e.dev.Index, e.ulIndex)
+		} else {
+			have = on(e.dev.Index)
+		}
+	}
+	missing, wrong, extra := e.diffRoutes(have, want, owned)
+	e.routeMissing = len(missing) + len(wrong)
+	var details []string
+	details = append(details, prefixAll("missing: ", missing)...)
+	details = append(details, prefixAll("differs: ", wrong)...)
+	details = append(details, prefixAll("extra: ", extra)...)
+	for _, s := range skipped {
+		details = append(details, "not programmed: "+s.Error())
+	}
+	msg := fmt.Sprintf("%d of %d routes to remote subnets present", len(want)-len(missing)-len(wrong), len(want))
+	var problems []string
+	if len(missing) > 0 {
+		problems = append(problems, fmt.Sprintf("%d missing", len(missing)))
+	}
+	if len(wrong) > 0 {
+		problems = append(problems, fmt.Sprintf("%d differ", len(wrong)))
+	}
+	if len(extra) > 0 {
+		problems = append(problems, fmt.Sprintf("%d extra", len(extra)))
+	}
+	if len(skipped) > 0 {
+		problems = append(problems, fmt.Sprintf("%d leases not programmable", len(skipped)))
+	}
+	if len(problems) > 0 {
+		msg += ": " + strings.Join(problems, ", ")
+	}
+	switch {
+	case len(missing)+len(wrong) > 0:
+		e.add("routes", Fail, msg, "weftd repairs routes on every resync (--resync-period): if they stay wrong, weftd is stopped or failing, see its log", firstN(details)...)
+	case len(extra)+len(skipped) > 0:
+		e.add("routes", Warn, msg, "extra routes to the network are removed by a running weftd; unprogrammable leases name their reason", firstN(details)...)
+	default:
+		e.add("routes", OK, msg, "")
+	}
+	if typ == config.BackendVXLAN {
+		e.vxlanTables(vx)
+	}
+}
+
+func prefixAll(p string, items []string) []string {
+	out := make([]string, len(items))
+	for i, s := range items {
+		out[i] = p + s
+	}
+	return out
+}
+
+// diffRoutes compares the routes with what the backend would program, as
+// the backend itself does (backend.Diff), and names the differences.
+func (e *eval) diffRoutes(have, want []netlinkx.Route, owned func(netlinkx.Route) bool) (missing, wrong, extra []string) {
+	put, del := backend.Diff(have, want, netlinkx.Route.Key, owned)
+	haveKey := map[netlinkx.RouteKey]netlinkx.Route{}
+	for _, h := range have {
+		haveKey[h.Key()] = h
+	}
+	for _, r := range put {
+		if h, ok := haveKey[r.Key()]; ok {
+			wrong = append(wrong, fmt.Sprintf("%s (want %s)", e.routeString(h), e.routeString(r)))
+		} else {
+			missing = append(missing, e.routeString(r))
+		}
+	}
+	for _, r := range del {
+		extra = append(extra, e.routeString(r))
+	}
+	return missing, wrong, extra
+}
+
+// vxlanTables checks the neighbour and FDB entries of flannel.<VNI>.
+func (e *eval) vxlanTables(want vxlan.State) {
+	n := e.f.Node
+	dev := e.dev.Name
+	network := e.net.Network
+	if n.NeighErr != nil {
+		e.add("neighbours", Fail, fmt.Sprintf("listing neighbours of %s: %v", dev, n.NeighErr), "run doctor as root")
+	} else {
+		put, del := backend.Diff(n.Neighs, want.Neighs, netlinkx.Neigh.Key, func(x netlinkx.Neigh) bool { return network.Contains(x.IP) })
+		have := map[netlinkx.NeighKey]bool{}
+		for _, x := range n.Neighs {
+			have[x.Key()] = true
+		}
+		var missing, wrong, extra []string
+		for _, x := range put {
+			s := fmt.Sprintf("%s lladdr %s", x.IP, x.MAC)
+			if have[x.Key()] {
+				wrong = append(wrong, s)
+			} else {
+				missing = append(missing, s)
+			}
+		}
+		for _, x := range del {
+			extra = append(extra, fmt.Sprintf("%s lladdr %s", x.IP, x.MAC))
+		}
+		e.tableResult("neighbours", dev, len(want.Neighs), "permanent neighbour entries", missing, wrong, extra)
+	}
+	if n.FDBErr != nil {
+		e.add("fdb", Fail, fmt.Sprintf("listing the FDB of %s: %v", dev, n.FDBErr), "run doctor as root")
+		return
+	}
+	put, del := backend.Diff(n.FDB, want.FDB, netlinkx.FDB.Key, nil)
+	have := map[netlinkx.FDBKey]bool{}
+	for _, x := range n.FDB {
+		have[x.Key()] = true
+	}
+	var missing, wrong, extra []string
+	for _, x := range put {
+		s := fmt.Sprintf("%s dst %s", x.MAC, x.Dst)
+		if have[x.Key()] {
+			wrong = append(wrong, s)
+		} else {
+			missing = append(missing, s)
+		}
+	}
+	for _, x := range del {
+		extra = append(extra, fmt.Sprintf("%s dst %s", x.MAC, x.Dst))
+	}
+	e.tableResult("fdb", dev, len(want.FDB), "FDB entries", missing, wrong, extra)
+}
+
+func (e *eval) tableResult(check, dev string, total int, what string, missing, wrong, extra []string) {
+	msg := fmt.Sprintf("%d of %d %s on %s present", total-len(missing)-len(wrong), total, what, dev)
+	details := append(append(prefixAll("missing: ", missing), prefixAll("differs (want): ", wrong)...), prefixAll("extra: ", extra)...)
+	var problems []string
+	for _, p := range []struct {
+		n    int
+		what string
+	}{{len(missing), "missing"}, {len(wrong), "differ"}, {len(extra), "extra"}} {
+		if p.n > 0 {
+			problems = append(problems, fmt.Sprintf("%d %s", p.n, p.what))
+		}
+	}
+	if len(problems) > 0 {
+		msg += ": " + strings.Join(problems, ", ")
+	}
+	hint := "weftd repairs them on every resync: if they stay wrong, weftd is stopped or failing, see its log"
+	switch {
+	case len(missing)+len(wrong) > 0:
+		e.add(check, Fail, msg, hint, firstN(details)...)
+	case len(extra) > 0:
+		e.add(check, Warn, msg, hint, firstN(details)...)
+	default:
+		e.add(check, OK, msg, "")
+	}
+}
+
+// ---- 5. forwarding ----
+
+func (e *eval) forwarding() {
+	sys := e.f.Node.Sysctls
+	switch v, ok := sys["net/ipv4/ip_forward"]; {
+	case !ok:
+		e.add("ip-forward", Warn, "cannot read /proc/sys/net/ipv4/ip_forward", "run doctor as root, in the node's network namespace")
+	case v == "1":
+		e.add("ip-forward", OK, "net.ipv4.ip_forward = 1", "")
+	default:
+		e.add("ip-forward", Fail, "net.ipv4.ip_forward = "+v+": this node drops the pod traffic it should route",
+			"sysctl -w net.ipv4.ip_forward=1, and persist it in /etc/sysctl.d/")
+	}
+	e.rpFilter()
+	e.bridge()
+}
+
+func (e *eval) rpFilter() {
+	sys := e.f.Node.Sysctls
+	all, ok := sys["net/ipv4/conf/all/rp_filter"]
+	if !ok {
+		e.add("rp-filter", Skip, "cannot read net.ipv4.conf.all.rp_filter", "")
+		return
+	}
+	parts := []string{"all=" + all}
+	strict := false
+	for _, ifc := range []string{e.devName(), e.ulName} {
+		if ifc == "" {
+			continue
+		}
+		v, ok := sys["net/ipv4/conf/"+ifc+"/rp_filter"]
+		if !ok {
+			continue
+		}
+		parts = append(parts, ifc+"="+v)
+		// The kernel uses the larger of all and the interface's value.
+		if max(atoi(all), atoi(v)) == 1 {
+			strict = true
+		}
+	}
+	msg := "rp_filter " + strings.Join(parts, ", ")
+	switch {
+	case strict && e.routeMissing > 0:
+		e.add("rp-filter", Warn, msg+": strict reverse-path filtering drops packets from remote subnets this node has no route back to (see routes)",
+			"fix the routes; or set rp_filter=2 (loose)")
+	case strict:
+		e.add("rp-filter", OK, msg+" (strict, fine while every remote subnet is routed back the way it arrives)", "")
+	default:
+		e.add("rp-filter", OK, msg, "")
+	}
+}
+
+func (e *eval) devName() string {
+	if e.dev != nil {
+		return e.dev.Name
+	}
+	return ""
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(strings.TrimSpace(s))
+	return n
+}
+
+// bridgeName is the pod bridge of flannel's CNI conflist.
+const bridgeName = "cni0"
+
+func (e *eval) bridge() {
+	br := e.link(bridgeName)
+	if br == nil {
+		e.add("cni0", OK, "no cni0 bridge: no pod has started on this node yet", "")
+		return
+	}
+	mtu, of := e.podMTU()
+	var problems []string
+	status := OK
+	if mtu > 0 && br.MTU > mtu {
+		problems = append(problems, fmt.Sprintf("MTU %d exceeds %s's %d: pods' full-size packets are dropped in the overlay", br.MTU, of, mtu))
+		status = Fail
+	}
+	if e.own.IsValid() && len(br.Addrs) > 0 {
+		want := netip.PrefixFrom(lease.FirstIP(e.own), e.own.Bits())
+		var v4 []netip.Prefix
+		for _, a := range br.Addrs {
+			if a.Addr().Is4() {
+				v4 = append(v4, a)
+			}
+		}
+		if len(v4) > 0 && !slices.Contains(v4, want) {
+			problems = append(problems, fmt.Sprintf("has %s, not %s (this node's subnet changed; old pods keep old addresses)", prefixes(v4), want))
+			status = Fail
+		}
+	}
+	if len(problems) > 0 {
+		e.add("cni0", status, "cni0 "+strings.Join(problems, "; "),
+			"delete the bridge (ip link del cni0) and recreate the pods: the bridge plugin rebuilds it from the subnet file")
+		return
+	}
+	msg := fmt.Sprintf("cni0 MTU %d", br.MTU)
+	if mtu > 0 {
+		msg += fmt.Sprintf(" ≤ %s's %d", of, mtu)
+	}
+	e.add("cni0", OK, msg+", "+prefixes(ipv4(br.Addrs)), "")
+}
+
+// ---- 6. masquerade ----
+
+func (e *eval) masquerade() {
+	m := e.f.Node.Masq
+	switch {
+	case e.env == nil:
+		e.add("masquerade", Skip, "no subnet file: FLANNEL_IPMASQ unknown", "")
+		return
+	case !e.env.IPMasq:
+		e.add("masquerade", OK, "FLANNEL_IPMASQ=false: weftd does not masquerade (the bridge plugin does, per pod)", "")
+		return
+	case !m.Checked || !e.own.IsValid():
+		e.add("masquerade", Skip, "rules not read: needs the config and this node's subnet", "")
+		return
+	case m.Err != nil:
+		e.add("masquerade", Fail, fmt.Sprintf("listing %s rules: %v", m.Tool, m.Err), "is "+m.Tool+" installed? run doctor as root")
+		return
+	}
+	network := e.env.Network.Masked()
+	if e.net != nil {
+		network = e.net.Network
+	}
+	hint := "weftd --ip-masq installs them within --iptables-resync (5 s): is weftd running with --ip-masq?"
+	if m.Tool == "nftables" {
+		e.nftMasq(m, network, hint)
+		return
+	}
+	switch {
+	case !m.ChainExists:
+		e.add("masquerade", Fail, "FLANNEL_IPMASQ=true but the nat chain "+masq.ChainPostrouting+" is missing", hint)
+		return
+	case !m.Jump:
+		e.add("masquerade", Fail, "POSTROUTING does not jump to "+masq.ChainPostrouting+": its rules never run", hint)
+		return
+	}
+	norm := func(s string) string { return strings.Join(strings.Fields(strings.ReplaceAll(s, `"`, "")), " ") }
+	have := map[string]bool{}
+	var haveList []string
+	for _, r := range m.Rules {
+		if strings.HasPrefix(r, "-A ") {
+			have[norm(r)] = true
+			haveList = append(haveList, norm(r))
+		}
+	}
+	// weftd adds --random-fully where iptables knows it: accept either.
+	var bestMissing []string
+	for i, rf := range []bool{true, false} {
+		mr, _ := masq.IPTablesRules(network, e.own, rf)
+		var missing []string
+		for _, r := range mr.Rules {
+			if !have[norm(r.String())] {
+				missing = append(missing, r.String())
+			}
+		}
+		if i == 0 || len(missing) < len(bestMissing) {
+			bestMissing = missing
+		}
+	}
+	if len(bestMissing) > 0 {
+		e.add("masquerade", Fail, fmt.Sprintf("%s lacks %s for %s", masq.ChainPostrouting, plural(len(bestMissing), "rule", "rules"), network), hint, firstN(bestMissing)...)
+		return
+	}
+	e.add("masquerade", OK, fmt.Sprintf("%s: %d rules for %s, jumped to from POSTROUTING", masq.ChainPostrouting, len(haveList), network), "")
+}
+
+func (e *eval) nftMasq(m MasqFacts, network netip.Prefix, hint string) {
+	if !m.TableExists {
+		e.add("masquerade", Fail, "FLANNEL_IPMASQ=true but the nftables table inet "+masq.NFTTable+" is missing", hint)
+		return
+	}
+	post, _ := masq.NFTRules(masq.Config{Network: network, Subnet: e.own, Masquerade: true})
+	var missing []string
+	for _, r := range post {
+		if !slices.Contains(m.Comments, r.Comment) {
+			missing = append(missing, r.Rule)
+		}
+	}
+	if len(missing) > 0 {
+		e.add("masquerade", Fail, fmt.Sprintf("table inet %s lacks %s for %s", masq.NFTTable, plural(len(missing), "rule", "rules"), network), hint, firstN(missing)...)
+		return
+	}
+	e.add("masquerade", OK, fmt.Sprintf("table inet %s: %d postrouting rules for %s", masq.NFTTable, len(m.Comments), network), "")
+}
