@@ -18,7 +18,10 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"etcd": {"run a single-member embedded etcd server", runEtcd},
+		"etcd":        {"run a single-member embedded etcd server", runEtcd},
+		"doctor":      {"diagnose this node: store, agent, config, subnet file, datapath", runDoctor},
+		"install-cni": {"install the CNI plugin and conflist", runInstallCNI},
+		"lab":         {"run a multi-node lab in network namespaces", runLab},
 	}
 }
 

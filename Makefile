@@ -1,0 +1,64 @@
+# weft: build, test, demo and benchmark. Every target that runs something
+# first installs what it needs (make deps): a fresh Debian machine needs only
+# `make demo` and `make test`.
+
+GO      ?= go
+BIN     := $(CURDIR)/bin
+CNI_BIN := $(BIN)/cni
+
+# The reference CNI plugins the lab's pods are wired with, at the version
+# go.mod already requires.
+CNI_PLUGINS_MODULE  := github.com/containernetworking/plugins
+CNI_PLUGINS_VERSION := $(shell $(GO) list -m -f '{{.Version}}' $(CNI_PLUGINS_MODULE) 2>/dev/null)
+CNI_PLUGINS         := main/bridge ipam/host-local meta/portmap main/loopback
+# cnitool (bin/cnitool) runs a conflist by hand, for manual checks of weft-cni.
+CNI_MODULE  := github.com/containernetworking/cni
+CNI_VERSION := $(shell $(GO) list -m -f '{{.Version}}' $(CNI_MODULE) 2>/dev/null)
+
+# Labs of `make demo` and `make bench` live under their own roots, so that
+# the trap that cleans up after them touches no other lab.
+DEMO_ROOT  ?= /tmp/weft-demo
+BENCH_ROOT ?= /tmp/weft-bench
+
+.PHONY: all deps build cni-plugins test vet demo bench clean
+
+all: build
+
+deps:
+	scripts/deps.sh
+
+# weft's CNI plugin goes beside the reference plugins, under both of the
+# names it is installed as.
+build: cni-plugins
+	$(GO) build -o $(BIN)/ ./cmd/...
+	@if [ -x $(BIN)/weft-cni ]; then ln -sf ../weft-cni $(CNI_BIN)/weft; ln -sf ../weft-cni $(CNI_BIN)/flannel; fi
+
+# A stamp per version: `go install` is cached, but linking four binaries on
+# every build is not free.
+cni-plugins: $(CNI_BIN)/.version-$(CNI_PLUGINS_VERSION)-$(CNI_VERSION)
+
+$(CNI_BIN)/.version-$(CNI_PLUGINS_VERSION)-$(CNI_VERSION):
+	@test -n "$(CNI_PLUGINS_VERSION)" || { echo "cannot find $(CNI_PLUGINS_MODULE) in go.mod" >&2; exit 1; }
+	mkdir -p $(CNI_BIN)
+	GOBIN=$(CNI_BIN) $(GO) install $(foreach p,$(CNI_PLUGINS),$(CNI_PLUGINS_MODULE)/plugins/$(p)@$(CNI_PLUGINS_VERSION))
+	GOBIN=$(BIN) $(GO) install $(CNI_MODULE)/cnitool@$(CNI_VERSION)
+	rm -f $(CNI_BIN)/.version-*
+	touch $@
+
+vet:
+	$(GO) vet ./...
+
+# Root-only tests (namespaces) run too: they skip, saying so, without root.
+test: deps build vet
+	WEFT_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 14m ./...
+
+demo: deps build
+	@trap '$(BIN)/weft lab down --all --root $(DEMO_ROOT) >/dev/null' EXIT; \
+	$(BIN)/weft lab demo --root $(DEMO_ROOT) --backends vxlan,host-gw --nodes 3
+
+bench: deps build
+	@trap '$(BIN)/weft lab down --all --root $(BENCH_ROOT) >/dev/null' EXIT; \
+	$(BIN)/weft lab bench --all --root $(BENCH_ROOT)
+
+clean:
+	rm -rf $(BIN)

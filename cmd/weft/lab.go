@@ -1,0 +1,336 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/weft-net/weft/internal/lab"
+)
+
+const labUsage = `usage: weft lab <command> [flags]
+
+commands:
+  up      build a lab: underlay, etcd, one weftd per node, pods via CNI
+  check   ping every pod from every pod; non-zero exit if any fails
+  bench   iperf3 throughput, bare underlay vs pod to pod (--all: every
+          benchmark, each in fresh labs)
+  down    kill the lab's processes, delete its namespaces and directory
+  status  list labs
+  demo    up, check, a short bench and down, for each backend
+  doctor  run weft doctor in a node's namespace with its agent's flags
+
+Run 'weft lab <command> -h' for its flags. Needs root.
+`
+
+func runLab(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(os.Stderr, labUsage)
+		if len(args) == 0 {
+			return errors.New("no lab command")
+		}
+		return nil
+	}
+	sub := map[string]func(context.Context, []string) error{
+		"up":     labUp,
+		"check":  labCheck,
+		"bench":  labBench,
+		"down":   labDown,
+		"status": labStatus,
+		"demo":   labDemo,
+		"doctor": labDoctor,
+	}
+	run, ok := sub[args[0]]
+	if !ok {
+		fmt.Fprint(os.Stderr, labUsage)
+		return fmt.Errorf("unknown lab command %q", args[0])
+	}
+	if os.Geteuid() != 0 && args[0] != "status" {
+		return errors.New("the lab creates network namespaces and needs root")
+	}
+	return run(ctx, args[1:])
+}
+
+// labFlags are the flags that say how to build a lab.
+type labFlags struct {
+	name, root, backend, binDir, cniBinDir, logLevel string
+	nodes, pods                                      int
+	ipMasq                                           bool
+	timeout                                          time.Duration
+	weftdArgs                                        stringList
+}
+
+func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
+	if withName {
+		fs.StringVar(&f.name, "name", "", "lab name (default weft-<6 hex>)")
+		fs.StringVar(&f.backend, "backend", lab.DefaultBackend, "backend: vxlan, host-gw or udp")
+	}
+	fs.StringVar(&f.root, "root", lab.DefaultRoot, "directory holding the labs")
+	fs.IntVar(&f.nodes, "nodes", lab.DefaultNodes, "number of nodes")
+	fs.IntVar(&f.pods, "pods", lab.DefaultPodsPerNode, "pods per node")
+	fs.StringVar(&f.binDir, "bin-dir", "", "directory with weft and weftd (default: this binary's)")
+	fs.StringVar(&f.cniBinDir, "cni-bin-dir", "", "directory with the CNI plugins (default: <bin-dir>/cni)")
+	fs.BoolVar(&f.ipMasq, "ip-masq", true, "run weftd with --ip-masq, as flannel is deployed")
+	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "how long to wait for the store and the agents")
+	fs.Var(&f.weftdArgs, "weftd-arg", "extra weftd flag (repeatable)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "progress log level: debug, info, warn, error")
+}
+
+func (f *labFlags) options() (lab.Options, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return lab.Options{}, fmt.Errorf("--log-level: %w", err)
+	}
+	ipMasq := f.ipMasq
+	return lab.Options{
+		Name:         f.name,
+		Root:         f.root,
+		Nodes:        f.nodes,
+		PodsPerNode:  f.pods,
+		Backend:      f.backend,
+		IPMasq:       &ipMasq,
+		BinDir:       f.binDir,
+		CNIBinDir:    f.cniBinDir,
+		WeftdArgs:    f.weftdArgs,
+		ReadyTimeout: f.timeout,
+		Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})),
+	}, nil
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, " ") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	return nil
+}
+
+func labUp(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("lab up", flag.ContinueOnError)
+	var f labFlags
+	f.register(fs, true)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	o, err := f.options()
+	if err != nil {
+		return err
+	}
+	l, err := lab.Up(ctx, o)
+	if err != nil {
+		return err
+	}
+	l.Describe(os.Stdout)
+	return nil
+}
+
+// openFlags select an existing lab.
+func openFlags(fs *flag.FlagSet) (root, ref *string) {
+	root = fs.String("root", lab.DefaultRoot, "directory holding the labs")
+	ref = fs.String("lab", "", "lab name or directory (default: the most recent)")
+	return root, ref
+}
+
+func labCheck(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("lab check", flag.ContinueOnError)
+	root, ref := openFlags(fs)
+	nodes := fs.Bool("from-nodes", false, "also ping every pod from every node")
+	parallel := fs.Int("parallel", 8, "pings in flight")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	l, err := lab.Open(*root, *ref, nil)
+	if err != nil {
+		return err
+	}
+	return check(ctx, l, lab.CheckOptions{Parallel: *parallel, NodeToPod: *nodes}, os.Stdout)
+}
+
+func check(ctx context.Context, l *lab.Lab, o lab.CheckOptions, w io.Writer) error {
+	fmt.Fprintf(w, "lab %s (%s): ping every pod from every pod\n", l.Name, l.Backend)
+	m, err := l.Check(ctx, o)
+	if err != nil {
+		return err
+	}
+	m.Render(w)
+	if n := m.Failures(); n > 0 {
+		return fmt.Errorf("%d of %d pings failed", n, m.Tested())
+	}
+	return nil
+}
+
+func labBench(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("lab bench", flag.ContinueOnError)
+	root, ref := openFlags(fs)
+	var f labFlags
+	f.register(flag.NewFlagSet("", flag.ContinueOnError), false) // defaults
+	all := fs.Bool("all", false, "run every benchmark, each in fresh labs it brings up and takes down")
+	only := fs.String("only", "", "comma-separated benchmarks to run (default: all)")
+	quick := fs.Bool("quick", false, "short measurements (2 s)")
+	dur := fs.Duration("time", 0, "length of each throughput measurement (default 5s, 2s with --quick)")
+	fs.IntVar(&f.nodes, "nodes", lab.DefaultNodes, "nodes per lab (with --all)")
+	fs.StringVar(&f.binDir, "bin-dir", "", "directory with weft and weftd (with --all)")
+	fs.StringVar(&f.cniBinDir, "cni-bin-dir", "", "directory with the CNI plugins (with --all)")
+	fs.StringVar(&f.logLevel, "log-level", "warn", "progress log level (with --all)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	benches, err := lab.Select(lab.Benchmarks(), *only)
+	if err != nil {
+		return err
+	}
+	bo := lab.BenchOptions{Duration: *dur, Quick: *quick, Progress: os.Stderr}
+	var results []lab.Result
+	if *all {
+		f.root = *root
+		if bo.Lab, err = f.options(); err != nil {
+			return err
+		}
+		results, err = lab.RunSuite(ctx, bo, benches)
+	} else {
+		l, oerr := lab.Open(*root, *ref, nil)
+		if oerr != nil {
+			return oerr
+		}
+		results, err = l.Bench(ctx, bo, benches)
+	}
+	fmt.Println()
+	lab.RenderResults(os.Stdout, results)
+	return err
+}
+
+func labDown(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("lab down", flag.ContinueOnError)
+	root, ref := openFlags(fs)
+	keep := fs.Bool("keep-logs", false, "keep the logs in the lab directory")
+	all := fs.Bool("all", false, "take down every lab under --root")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var dirs []string
+	if *all {
+		labs, err := lab.List(*root)
+		if err != nil {
+			return err
+		}
+		for _, s := range labs {
+			dirs = append(dirs, s.Dir)
+		}
+	} else {
+		dirs = []string{*ref}
+	}
+	var errs []error
+	for _, d := range dirs {
+		l, err := lab.Open(*root, d, nil)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := l.Down(ctx, lab.DownOptions{KeepLogs: *keep}); err != nil {
+			errs = append(errs, fmt.Errorf("lab %s: %w", l.Name, err))
+			continue
+		}
+		fmt.Printf("lab %s down\n", l.Name)
+	}
+	return errors.Join(errs...)
+}
+
+func labStatus(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("lab status", flag.ContinueOnError)
+	root := fs.String("root", lab.DefaultRoot, "directory holding the labs")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	labs, err := lab.List(*root)
+	if err != nil {
+		return err
+	}
+	if len(labs) == 0 {
+		fmt.Printf("no labs in %s\n", *root)
+		return nil
+	}
+	cur := lab.CurrentName(*root)
+	for _, s := range labs {
+		l, err := lab.Open(*root, s.Dir, nil)
+		if err != nil {
+			return err
+		}
+		mark := " "
+		if s.Name == cur {
+			mark = "*"
+		}
+		fmt.Printf("%s %s  %-7s %d nodes  created %s  %s\n", mark, s.Name, s.Backend, len(s.Nodes),
+			s.Created.Local().Format(time.DateTime), l.Health())
+	}
+	return nil
+}
+
+func labDemo(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("lab demo", flag.ContinueOnError)
+	var f labFlags
+	f.register(fs, false)
+	backends := fs.String("backends", "vxlan,host-gw", "comma-separated backends, one lab each")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var errs []error
+	for _, be := range strings.Split(*backends, ",") {
+		f.backend = strings.TrimSpace(be)
+		if err := demoOne(ctx, f); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f.backend, err))
+			fmt.Printf("\n%s lab FAILED: %v\n", f.backend, err)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	fmt.Println("\ndemo passed")
+	return nil
+}
+
+func demoOne(ctx context.Context, f labFlags) (err error) {
+	o, err := f.options()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n=== %s: %d nodes, %d pods each ===\n", o.Backend, o.Nodes, o.PodsPerNode)
+	l, err := lab.Up(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Always down, even when interrupted.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if derr := l.Down(dctx, lab.DownOptions{}); derr != nil {
+			err = errors.Join(err, fmt.Errorf("down: %w", derr))
+		} else {
+			fmt.Printf("lab %s down; nothing left behind\n", l.Name)
+		}
+	}()
+	l.Describe(os.Stdout)
+	fmt.Println()
+	if err := check(ctx, l, lab.CheckOptions{NodeToPod: true}, os.Stdout); err != nil {
+		return err
+	}
+	fmt.Println("\nstreaming pod to pod across nodes (iperf3):")
+	results, err := l.Bench(ctx, lab.BenchOptions{Quick: true, Progress: os.Stdout}, lab.Benchmarks())
+	lab.RenderResults(os.Stdout, results)
+	return err
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+
+	"github.com/weft-net/weft/internal/doctor"
+	"github.com/weft-net/weft/internal/lab"
+)
+
+// labDoctor is `weft lab doctor [node]`: weft doctor inside each node's
+// namespace (or the one given), with the flags that node's weftd runs with.
+func labDoctor(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("lab doctor", flag.ContinueOnError)
+	root, ref := openFlags(fs)
+	jsonOut := fs.Bool("json", false, "print each node's results as JSON")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: weft lab doctor [flags] [node]\n\nRuns weft doctor in a lab node's namespace (every node's without [node]).\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	l, err := lab.Open(*root, *ref, nil)
+	if err != nil {
+		return err
+	}
+	nodes := make([]int, 0, len(l.Nodes))
+	switch fs.NArg() {
+	case 0:
+		for _, n := range l.Nodes {
+			nodes = append(nodes, n.Index)
+		}
+	case 1:
+		i, err := strconv.Atoi(fs.Arg(0))
+		if err != nil || i < 1 || i > len(l.Nodes) {
+			return fmt.Errorf("node %q: want 1..%d", fs.Arg(0), len(l.Nodes))
+		}
+		nodes = append(nodes, i)
+	default:
+		return fmt.Errorf("unexpected arguments: %v", fs.Args()[1:])
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for _, i := range nodes {
+		n := l.Node(i)
+		dargs := labDoctorArgs(l, i)
+		if *jsonOut {
+			dargs = append([]string{"--json"}, dargs...)
+		} else {
+			fmt.Printf("== node %d (%s)\n", i, n.NS)
+		}
+		cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.NS, self, "doctor"}, dargs...)...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) {
+				return fmt.Errorf("node %d: %w", i, err)
+			}
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("checks failed on %d of %d nodes", failed, len(nodes))
+	}
+	return nil
+}
+
+// labDoctorArgs are the flags node i's weftd runs with; with the agent
+// stopped, those the lab starts every weftd with (underlay eth0), less the
+// health port, which the lab does not publish.
+func labDoctorArgs(l *lab.Lab, i int) []string {
+	if pid, err := l.AgentPID(i); err == nil {
+		if args, err := doctor.AgentArgs(pid); err == nil {
+			return args
+		}
+	}
+	args := []string{"--etcd-endpoints=" + l.EtcdEndpoint(), "--iface=eth0", "--subnet-file=" + l.Node(i).SubnetFile}
+	if l.IPMasq {
+		args = append(args, "--ip-masq")
+	}
+	return append(args, l.WeftdArgs...)
+}

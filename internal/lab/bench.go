@@ -1,0 +1,196 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Result is one figure of a benchmark run.
+type Result struct {
+	Section string  `json:"section"` // the benchmark's name
+	Metric  string  `json:"metric"`
+	Value   float64 `json:"value"`
+	Unit    string  `json:"unit"`
+	Note    string  `json:"note,omitempty"`
+	Err     string  `json:"error,omitempty"` // the measurement failed
+}
+
+// BenchOptions tune a benchmark run.
+type BenchOptions struct {
+	// Duration of each throughput measurement; default 5s (2s when Quick).
+	Duration time.Duration
+	Quick    bool
+	// Lab is the template for the labs RunSuite brings up (bin dirs, root,
+	// nodes, log); Backend and Name are set per lab.
+	Lab Options
+	// Progress, when set, receives one line per step.
+	Progress io.Writer
+}
+
+func (o BenchOptions) duration() time.Duration {
+	switch {
+	case o.Duration > 0:
+		return o.Duration
+	case o.Quick:
+		return 2 * time.Second
+	default:
+		return 5 * time.Second
+	}
+}
+
+// rounds is how many times each throughput figure is measured (the best
+// counts): 2 when Quick, else 3.
+func (o BenchOptions) rounds() int {
+	if o.Quick {
+		return 2
+	}
+	return 3
+}
+
+// interleave orders rounds measurements of "bare" and "pod" so that each
+// kind is as often first as second in a pair: bare pod pod bare bare pod ...
+func interleave(rounds int) []string {
+	var out []string
+	for i := 0; i < rounds; i++ {
+		if i%2 == 0 {
+			out = append(out, "bare", "pod")
+		} else {
+			out = append(out, "pod", "bare")
+		}
+	}
+	return out
+}
+
+func (o BenchOptions) progress(format string, args ...any) {
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, format+"\n", args...)
+	}
+}
+
+// Benchmark is one section of `weft lab bench`. To add one, write its Run
+// function and list it in Benchmarks.
+type Benchmark struct {
+	Name string
+	// Backends are the backends of the labs the benchmark runs in: the
+	// suite brings up one lab per backend and runs in it every benchmark
+	// that lists that backend. Empty means the benchmark needs no lab and
+	// runs once, with l == nil.
+	Backends []string
+	Run      func(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error)
+}
+
+// wants reports whether b runs in a lab with backend.
+func (b Benchmark) wants(backend string) bool {
+	for _, x := range b.Backends {
+		if x == backend {
+			return true
+		}
+	}
+	return false
+}
+
+// Select returns the benchmarks named in names (comma-separated), or all of
+// them when names is empty.
+func Select(all []Benchmark, names string) ([]Benchmark, error) {
+	if names == "" {
+		return all, nil
+	}
+	var out []Benchmark
+	for _, n := range strings.Split(names, ",") {
+		found := false
+		for _, b := range all {
+			if b.Name == strings.TrimSpace(n) {
+				out = append(out, b)
+				found = true
+			}
+		}
+		if !found {
+			var known []string
+			for _, b := range all {
+				known = append(known, b.Name)
+			}
+			return nil, fmt.Errorf("no benchmark %q (have %s)", n, strings.Join(known, ", "))
+		}
+	}
+	return out, nil
+}
+
+// suiteBackends is the order in which RunSuite visits backends: every
+// backend some benchmark wants, in the order first wanted.
+func suiteBackends(benches []Benchmark) []string {
+	var out []string
+	for _, b := range benches {
+		for _, be := range b.Backends {
+			if !slices.Contains(out, be) {
+				out = append(out, be)
+			}
+		}
+	}
+	return out
+}
+
+// RenderResults writes results as one aligned table.
+func RenderResults(w io.Writer, results []Result) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SECTION\tMETRIC\tVALUE\tUNIT\tNOTE")
+	for _, r := range results {
+		value := formatValue(r.Value)
+		note := r.Note
+		if r.Err != "" {
+			value, note = "FAILED", r.Err
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Section, r.Metric, value, r.Unit, note)
+	}
+	_ = tw.Flush()
+}
+
+func formatValue(v float64) string {
+	switch {
+	case v == 0:
+		return "0"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+// iperfResult is what the bench reads from `iperf3 -J`.
+type iperfResult struct {
+	Bps         float64
+	Retransmits int
+}
+
+// parseIperf reads a TCP client's JSON report.
+func parseIperf(data []byte) (iperfResult, error) {
+	var rep struct {
+		Error string `json:"error"`
+		End   struct {
+			SumSent struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+				Retransmits   int     `json:"retransmits"`
+			} `json:"sum_sent"`
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(data, &rep); err != nil {
+		return iperfResult{}, fmt.Errorf("iperf3 report: %w", err)
+	}
+	if rep.Error != "" {
+		return iperfResult{}, fmt.Errorf("iperf3: %s", rep.Error)
+	}
+	if rep.End.SumReceived.BitsPerSecond <= 0 {
+		return iperfResult{}, fmt.Errorf("iperf3 report has no received throughput")
+	}
+	return iperfResult{Bps: rep.End.SumReceived.BitsPerSecond, Retransmits: rep.End.SumSent.Retransmits}, nil
+}

@@ -1,0 +1,223 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/weft-net/weft/internal/cni/cnirig"
+	"github.com/weft-net/weft/internal/config"
+)
+
+// Benchmarks lists every benchmark, in the order their sections print.
+func Benchmarks() []Benchmark {
+	return []Benchmark{
+		{
+			Name:     "throughput",
+			Backends: []string{config.BackendVXLAN, config.BackendHostGW, config.BackendUDP},
+			Run:      benchThroughput,
+		},
+		{Name: "cni", Run: benchCNI},
+		agentBenchmark(), udpBenchmark(),
+	}
+}
+
+// benchCNI times the CNI ADD of 100 pods, one at a time, through flannel's
+// conflist run by weft's plugin (flannel -> bridge + host-local, portmap) in
+// a node namespace of its own, and reports the plugin's size.
+func benchCNI(ctx context.Context, _ *Lab, o BenchOptions) ([]Result, error) {
+	lo, err := o.Lab.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	r, err := cnirig.BenchAdd(ctx, lo.CNIBinDir, 100)
+	if err != nil {
+		return nil, err
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	note := fmt.Sprintf("%d pods, one at a time", r.Pods)
+	return []Result{
+		{Section: "cni", Metric: "ADD median", Value: ms(r.Median), Unit: "ms", Note: note},
+		{Section: "cni", Metric: "ADD p99", Value: ms(r.P99), Unit: "ms", Note: note},
+		{Section: "cni", Metric: "plugin binary", Value: float64(r.PluginSize) / (1 << 20), Unit: "MiB", Note: "weft-cni"},
+	}, nil
+}
+
+// Bench runs, in this lab, the benchmarks that want its backend.
+func (l *Lab) Bench(ctx context.Context, o BenchOptions, benches []Benchmark) ([]Result, error) {
+	var results []Result
+	var errs []error
+	for _, b := range benches {
+		if !b.wants(l.Backend) {
+			continue
+		}
+		o.progress("bench %s in lab %s (%s)", b.Name, l.Name, l.Backend)
+		rs, err := b.Run(ctx, l, o)
+		results = append(results, rs...)
+		if err != nil {
+			results = append(results, Result{Section: b.Name, Metric: l.Backend, Err: err.Error()})
+			errs = append(errs, fmt.Errorf("%s (%s): %w", b.Name, l.Backend, err))
+		}
+	}
+	return results, errors.Join(errs...)
+}
+
+// RunSuite runs benches: those needing no lab once, then, for each backend
+// some benchmark wants, brings up a lab, runs every benchmark that wants it
+// and takes the lab down.
+func RunSuite(ctx context.Context, o BenchOptions, benches []Benchmark) ([]Result, error) {
+	var results []Result
+	var errs []error
+	for _, b := range benches {
+		if len(b.Backends) != 0 {
+			continue
+		}
+		o.progress("bench %s", b.Name)
+		rs, err := b.Run(ctx, nil, o)
+		results = append(results, rs...)
+		if err != nil {
+			results = append(results, Result{Section: b.Name, Err: err.Error()})
+			errs = append(errs, fmt.Errorf("%s: %w", b.Name, err))
+		}
+	}
+	for _, backend := range suiteBackends(benches) {
+		lo := o.Lab
+		lo.Backend = backend
+		lo.Name, lo.Dir = "", ""
+		o.progress("lab up: %s", backend)
+		l, err := Up(ctx, lo)
+		if err != nil {
+			results = append(results, Result{Section: "lab", Metric: backend, Err: err.Error()})
+			errs = append(errs, err)
+			continue
+		}
+		rs, err := l.Bench(ctx, o, benches)
+		results = append(results, rs...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		if err := l.Down(dctx, DownOptions{}); err != nil {
+			errs = append(errs, fmt.Errorf("lab %s down: %w", l.Name, err))
+		}
+		cancel()
+	}
+	return results, errors.Join(errs...)
+}
+
+// benchThroughput measures one TCP stream from node 1 to node 2: over the
+// bare underlay (eth0 to eth0) and pod to pod through the fabric. Both use
+// the same iperf3 settings, alternate (bare, pod, pod, bare, ...) and keep
+// the best of each, so that a burst of load elsewhere on the machine does
+// not decide the ratio.
+func benchThroughput(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
+	if len(l.Nodes) < 2 || len(l.Nodes[0].Pods) == 0 || len(l.Nodes[1].Pods) == 0 {
+		return nil, fmt.Errorf("needs 2 nodes with a pod each")
+	}
+	n1, n2 := l.Nodes[0], l.Nodes[1]
+	p1, p2 := n1.Pods[0], n2.Pods[0]
+	d := o.duration()
+	var bare, pod []iperfResult
+	rounds := o.rounds()
+	for _, step := range interleave(rounds) {
+		var r iperfResult
+		var err error
+		if step == "bare" {
+			r, err = iperf(ctx, n1.NS, n2.NS, n2.PublicIP.String(), d)
+			bare = append(bare, r)
+		} else {
+			r, err = iperf(ctx, p1.NS, p2.NS, p2.IP.String(), d)
+			pod = append(pod, r)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", step, err)
+		}
+		o.progress("  %-4s %6.2f Gbit/s (%d retransmits)", step, r.Bps/1e9, r.Retransmits)
+	}
+	b, p := best(bare), best(pod)
+	settings := fmt.Sprintf("iperf3 1 stream, -t %s, best of %d", strconv.Itoa(int(d.Seconds())), rounds)
+	ratio := p.Bps / b.Bps
+	target := map[string]float64{config.BackendVXLAN: 0.7, config.BackendHostGW: 0.95}[l.Backend]
+	ratioNote := ""
+	if target > 0 {
+		verdict := "meets"
+		if ratio < target {
+			verdict = "BELOW"
+		}
+		ratioNote = fmt.Sprintf("%s target ≥ %.2f", verdict, target)
+	}
+	return []Result{
+		{Section: "throughput", Metric: fmt.Sprintf("bare underlay n1→n2 (%s lab)", l.Backend), Value: b.Bps / 1e9, Unit: "Gbit/s", Note: settings},
+		{Section: "throughput", Metric: fmt.Sprintf("%s pod→pod n1→n2", l.Backend), Value: p.Bps / 1e9, Unit: "Gbit/s", Note: fmt.Sprintf("%d retransmits", p.Retransmits)},
+		{Section: "throughput", Metric: fmt.Sprintf("%s / bare", l.Backend), Value: ratio, Unit: "×", Note: ratioNote},
+	}, nil
+}
+
+func best(rs []iperfResult) iperfResult {
+	var b iperfResult
+	for _, r := range rs {
+		if r.Bps > b.Bps {
+			b = r
+		}
+	}
+	return b
+}
+
+const iperfPort = 5201
+
+// iperf runs a one-shot iperf3 server in serverNS and a client in clientNS
+// against addr for d, and returns the received throughput.
+func iperf(ctx context.Context, clientNS, serverNS, addr string, d time.Duration) (iperfResult, error) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		return iperfResult{}, fmt.Errorf("bench needs iperf3 (`make deps` installs it): %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	port := strconv.Itoa(iperfPort)
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", serverNS, "iperf3", "-s", "-1", "-p", port)
+	srv.WaitDelay = time.Second
+	var srvOut strings.Builder
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
+	if err := srv.Start(); err != nil {
+		return iperfResult{}, fmt.Errorf("iperf3 server in %s: %w", serverNS, err)
+	}
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Wait() }()
+	defer func() {
+		cancel() // stops the server if the client never came
+		<-srvDone
+	}()
+	err := poll(ctx, 20*time.Millisecond, func() error {
+		select {
+		case err := <-srvDone:
+			srvDone <- err
+			return permanent(fmt.Errorf("iperf3 server in %s exited: %v: %s", serverNS, err, srvOut.String()))
+		default:
+		}
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", serverNS,
+			"ss", "-Hltn", "sport = :"+port).Output()
+		if err != nil {
+			return err
+		}
+		if len(strings.TrimSpace(string(out))) == 0 {
+			return fmt.Errorf("iperf3 server in %s not listening", serverNS)
+		}
+		return nil
+	})
+	if err != nil {
+		return iperfResult{}, err
+	}
+	secs := strconv.Itoa(max(1, int(d.Round(time.Second).Seconds())))
+	// -O 1: leave slow start out of the figure.
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", clientNS,
+		"iperf3", "-c", addr, "-p", port, "-t", secs, "-O", "1", "-J").Output()
+	r, perr := parseIperf(out)
+	if perr != nil {
+		return iperfResult{}, fmt.Errorf("iperf3 %s -> %s: %w", clientNS, addr, errors.Join(err, perr))
+	}
+	return r, nil
+}

@@ -1,0 +1,61 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"text/tabwriter"
+)
+
+// Describe writes where everything of the lab is, and commands to try.
+func (s *State) Describe(w io.Writer) {
+	fmt.Fprintf(w, "lab %s (%s, %d nodes) in %s\n", s.Name, s.Backend, len(s.Nodes), s.Dir)
+	fmt.Fprintf(w, "  store     %s  (namespace %s, log %s)\n", s.EtcdEndpoint, s.ControlNS, s.EtcdLog)
+	fmt.Fprintf(w, "  underlay  bridge br0 in namespace %s, 192.0.2.0/24\n", s.UnderlayNS)
+	fmt.Fprintf(w, "  network   %s\n\n", s.Network)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tNAMESPACE\tPUBLIC IP\tSUBNET\tSUBNET FILE\tLOG")
+	for _, n := range s.Nodes {
+		sub := "-"
+		if n.Subnet.IsValid() {
+			sub = n.Subnet.String()
+		}
+		fmt.Fprintf(tw, "n%d\t%s\t%s\t%s\t%s\t%s\n", n.Index, n.NS, n.PublicIP, sub, n.SubnetFile, n.Log)
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "POD\tNAMESPACE\tIP\tNODE")
+	var first, last *Pod
+	for i := range s.Nodes {
+		for j := range s.Nodes[i].Pods {
+			p := &s.Nodes[i].Pods[j]
+			addr := "-"
+			if p.IP.IsValid() {
+				addr = p.IP.String()
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\tn%d\n", p.Name, p.NS, addr, p.Node)
+			if first == nil {
+				first = p
+			}
+			last = p
+		}
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w, "\ntry:")
+	if first != nil && last != nil && first != last {
+		fmt.Fprintf(w, "  ip netns exec %s ping -c 3 %s\n", first.NS, last.IP)
+	}
+	if len(s.Nodes) > 0 {
+		n := s.Nodes[0]
+		fmt.Fprintf(w, "  ip -n %s route\n", n.NS)
+		fmt.Fprintf(w, "  ip -n %s -d link show\n", n.NS)
+		fmt.Fprintf(w, "  cat %s\n", n.SubnetFile)
+		fmt.Fprintf(w, "  tail -f %s\n", n.Log)
+	}
+	lab := " --lab " + s.Name
+	if filepath.Dir(s.Dir) != DefaultRoot {
+		lab = " --lab " + s.Dir
+	}
+	fmt.Fprintf(w, "  weft lab check%s; weft lab bench%s; weft lab down%s\n", lab, lab, lab)
+}

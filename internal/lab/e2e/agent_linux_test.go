@@ -1,0 +1,401 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/netlinkx"
+)
+
+// The agents' resync period in these labs, and the slack a heal may take
+// beyond it on a busy machine.
+const (
+	resync = 3 * time.Second
+	slack  = 3 * time.Second
+	// configRetry is the daemon's default re-read interval of a bad config.
+	configRetry = 5 * time.Second
+)
+
+// TestVXLANScenarios runs the agent's failure scenarios one after another
+// in one three-node vxlan lab; each leaves the lab whole for the next.
+func TestVXLANScenarios(t *testing.T) {
+	requireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e := upLab(t, ctx, lab.Options{
+		Nodes: 3, PodsPerNode: 1, Backend: "vxlan",
+		WeftdArgs: []string{"--resync-period=" + resync.String()},
+	})
+	e.converged(ctx, 10*time.Second)
+
+	for _, s := range []struct {
+		name string
+		run  func(*testing.T, context.Context, *env)
+	}{
+		{"RestartKeepsSubnetAndTraffic", testRestart},
+		{"DeletedDeviceAndRouteHeal", testHeal},
+		{"DeletedLease", testDeletedLease},
+		{"GarbageLease", testGarbageLease},
+		{"BadConfig", testBadConfig},
+		{"PoolExhausted", testPoolExhausted},
+	} {
+		ok := t.Run(s.name, func(t *testing.T) {
+			parent := e.t
+			e.t = t
+			defer func() { e.t = parent }()
+			s.run(t, ctx, e)
+			e.mesh(ctx)
+		})
+		if !ok {
+			// The lab may be left broken; later scenarios would only
+			// report that.
+			t.Fatalf("scenario %s failed; skipping the rest", s.name)
+		}
+	}
+}
+
+// An agent stopped with SIGTERM exits 0 and, started again, keeps its
+// subnet; pods on its node keep talking to other nodes throughout, since
+// the datapath stays in the kernel.
+func testRestart(t *testing.T, ctx context.Context, e *env) {
+	const i = 2
+	n := e.l.Node(i)
+	envBefore, err := os.ReadFile(n.SubnetFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := e.leaseKey(i)
+	if a, ok, err := e.getLease(ctx, key); err != nil || !ok || a.PublicIP != n.PublicIP {
+		t.Fatalf("lease %s before: %+v, %v, %v", key, a, ok, err)
+	}
+	pid, err := e.l.AgentPID(i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv, err := cmdline(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p := e.startPing(ctx, n.Pods[0].NS, e.l.Node(1).Pods[0].IP)
+
+	// First round: the lab stops the agent it started; the exit is
+	// visible in the log (main logs "weftd stopped" at INFO only on the
+	// way to exit status 0).
+	m := e.mark(i)
+	if err := e.l.StopAgent(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	if out := m.since(); !strings.Contains(out, `level=INFO msg="weftd stopped"`) || strings.Contains(out, "level=ERROR") {
+		t.Fatalf("agent's last words:\n%s", out)
+	}
+	time.Sleep(time.Second) // pods talk with the agent down
+	own := e.startOwnAgent(i, argv)
+	if err := e.l.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Second round on a process of our own: SIGTERM, exit status 0.
+	time.Sleep(500 * time.Millisecond)
+	code, err := own.terminate(15 * time.Second)
+	if err != nil || code != 0 {
+		t.Fatalf("weftd after SIGTERM: exit %d, %v; last lines:\n%s", code, err, tailFile(n.Log, 10))
+	}
+	time.Sleep(time.Second)
+	if err := e.l.StartAgent(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+
+	sent, received, unanswered, err := p.stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("ping every 50 ms across two stops and starts: %d sent, %d received, %d reported unanswered", sent, received, unanswered)
+	// The echo in flight when ping is interrupted may go uncounted; any
+	// earlier loss shows as "no answer yet".
+	if unanswered != 0 || sent-received > 1 || sent < 40 {
+		t.Errorf("packets lost while the agent restarted: %d sent, %d received, %d unanswered", sent, received, unanswered)
+	}
+
+	envAfter, err := os.ReadFile(n.SubnetFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(envBefore, envAfter) {
+		t.Errorf("subnet.env changed across restarts:\n%s\nnow:\n%s", envBefore, envAfter)
+	}
+	if a, ok, err := e.getLease(ctx, key); err != nil || !ok || a.PublicIP != n.PublicIP {
+		t.Errorf("lease %s after restarts: %+v, %v, %v", key, a, ok, err)
+	}
+}
+
+// The agent puts back, within one resync period, a VXLAN device and a
+// route deleted by hand.
+func testHeal(t *testing.T, ctx context.Context, e *env) {
+	const i = 1
+	n := e.l.Node(i)
+	peers := e.others(i)
+	within := resync + slack
+
+	if _, err := e.l.Exec(ctx, n.NS, "ip", "link", "del", vxlanDevice); err != nil {
+		t.Fatal(err)
+	}
+	took, err := waitFor(ctx, within, func() error { return e.fabricErr(i, peers) })
+	if err != nil {
+		t.Fatalf("%s not back with its address, routes, neighbours and FDB: %v", vxlanDevice, err)
+	}
+	t.Logf("%s deleted: back, with everything on it, in %s", vxlanDevice, took.Round(time.Millisecond))
+	// The recreated device has the MAC the others know it by.
+	if got := e.peer(i); got.mac != peerMAC(t, e, i) {
+		t.Errorf("recreated %s has MAC %s, the lease says otherwise", vxlanDevice, got.mac)
+	}
+	e.mesh(ctx)
+
+	dst := peers[0].subnet.String()
+	if _, err := e.l.Exec(ctx, n.NS, "ip", "route", "del", dst); err != nil {
+		t.Fatal(err)
+	}
+	took, err = waitFor(ctx, within, func() error { return e.fabricErr(i, peers) })
+	if err != nil {
+		t.Fatalf("route to %s not back: %v", dst, err)
+	}
+	t.Logf("route to %s deleted: back in %s", dst, took.Round(time.Millisecond))
+}
+
+// peerMAC is node i's VtepMAC as its lease publishes it.
+func peerMAC(t *testing.T, e *env, i int) netlinkx.MAC {
+	t.Helper()
+	a, ok, err := e.getLease(context.Background(), e.leaseKey(i))
+	if err != nil || !ok {
+		t.Fatalf("lease of node %d: %v, %v", i, ok, err)
+	}
+	var d struct{ VtepMAC netlinkx.MAC }
+	if err := json.Unmarshal(a.BackendData, &d); err != nil {
+		t.Fatalf("lease of node %d: BackendData %s: %v", i, a.BackendData, err)
+	}
+	return d.VtepMAC
+}
+
+// A lease deleted from the store while its agent runs comes straight back
+// with the same subnet; deleted while its agent is stopped, the other nodes
+// drop its route, neighbour and FDB entry.
+func testDeletedLease(t *testing.T, ctx context.Context, e *env) {
+	const i = 3
+	n := e.l.Node(i)
+	key := e.leaseKey(i)
+	subnet := e.subnet(i)
+	envBefore, err := os.ReadFile(n.SubnetFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	e.del(ctx, key)
+	took, err := waitFor(ctx, 10*time.Second, func() error {
+		a, ok, err := e.getLease(ctx, key)
+		switch {
+		case err != nil:
+			return err
+		case !ok:
+			return errors.New("lease not re-acquired")
+		case a.PublicIP != n.PublicIP:
+			return fmt.Errorf("%s now names %s", key, a.PublicIP)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("running agent's lease deleted: %v", err)
+	}
+	t.Logf("running agent's lease deleted: back, same subnet %s, in %s", subnet, took.Round(time.Millisecond))
+	if after, _ := os.ReadFile(n.SubnetFile); !bytes.Equal(after, envBefore) {
+		t.Errorf("subnet.env changed:\n%s\nnow:\n%s", envBefore, after)
+	}
+	e.converged(ctx, resync+slack)
+
+	gone := e.peer(i)
+	for _, o := range []int{1, 2} {
+		if e.goneErr(o, gone) == nil {
+			t.Fatalf("node %d holds nothing for node %d before its lease is deleted: the check is blind", o, i)
+		}
+	}
+	if err := e.l.StopAgent(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	e.del(ctx, key)
+	for _, o := range []int{1, 2} {
+		took, err := waitFor(ctx, resync+slack, func() error { return e.goneErr(o, gone) })
+		if err != nil {
+			t.Fatalf("stopped agent's lease deleted: %v", err)
+		}
+		t.Logf("stopped agent's lease deleted: node %d dropped its route, neighbour and FDB entry in %s", o, took.Round(time.Millisecond))
+	}
+
+	// Back: the subnet file's hint gets it the same subnet.
+	if err := e.l.StartAgent(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.subnet(i); got != subnet {
+		t.Errorf("node %d restarted with subnet %s, had %s", i, got, subnet)
+	}
+	e.converged(ctx, resync+slack)
+}
+
+// A lease value no agent can parse is logged, naming its key, and
+// ignored: no agent stops, the mesh still works.
+func testGarbageLease(t *testing.T, ctx context.Context, e *env) {
+	bad := map[string]string{
+		storePrefix + "/subnets/10.244.250.0-24": `{"PublicIP":`,
+		storePrefix + "/subnets/not-a-subnet":    `{"PublicIP":"192.0.2.77","BackendType":"vxlan"}`,
+		storePrefix + "/subnets/10.244.251.0-24": `{"PublicIP":"not an address"}`,
+	}
+	var marks []logMark
+	for _, n := range e.l.Nodes {
+		marks = append(marks, e.mark(n.Index))
+	}
+	for k, v := range bad {
+		e.put(ctx, k, v)
+	}
+	defer func() {
+		for k := range bad {
+			_, _ = e.cli.Delete(context.WithoutCancel(ctx), k)
+		}
+	}()
+	for j, n := range e.l.Nodes {
+		for k := range bad {
+			line := e.waitLog(ctx, marks[j], 5*time.Second, `msg="ignoring bad lease"`, "key="+k)
+			if k == storePrefix+"/subnets/10.244.250.0-24" && j == 0 {
+				t.Logf("node %d: %s", n.Index, line)
+			}
+		}
+	}
+	for _, n := range e.l.Nodes {
+		e.alive(n.Index)
+		if code, body, err := e.l.Readyz(ctx, n.Index); err != nil || code != 200 {
+			t.Errorf("node %d /readyz after garbage leases: %d %q %v", n.Index, code, body, err)
+		}
+	}
+}
+
+// A fresh agent facing a bad network config says what is wrong, naming
+// the key and the value, keeps running and not ready, and goes on once the
+// config is corrected.
+func testBadConfig(t *testing.T, ctx context.Context, e *env) {
+	const i = 3
+	subnet := e.subnet(i)
+	orig := getConfig(t, ctx, e)
+	if err := e.l.StopAgent(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	defer restoreConfig(t, ctx, e, orig)
+
+	for k, c := range []struct {
+		name, conf string
+		want       []string
+	}{
+		{"not JSON", `{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}`,
+			[]string{"network config: not valid JSON: line 1 column"}},
+		{"Network missing", `{"Backend": {"Type": "vxlan"}}`,
+			[]string{"network config: Network: missing; it is required"}},
+		{"SubnetLen 31", `{"Network": "10.244.0.0/16", "SubnetLen": 31, "Backend": {"Type": "vxlan"}}`,
+			[]string{"network config: SubnetLen 31: must be at most 30"}},
+		{"SubnetMin outside", `{"Network": "10.244.0.0/16", "SubnetMin": "10.250.0.0", "Backend": {"Type": "vxlan"}}`,
+			[]string{`network config: SubnetMin \"10.250.0.0\": outside Network 10.244.0.0/16`}},
+	} {
+		m := e.mark(i)
+		e.put(ctx, configKey, c.conf)
+		if k == 0 {
+			if err := e.l.StartAgent(ctx, i); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := append([]string{`level=ERROR msg="network config unusable; waiting for a corrected one"`,
+			`source="etcd key ` + configKey + `"`}, c.want...)
+		line := e.waitLog(ctx, m, configRetry+slack, want...)
+		t.Logf("%s: %s", c.name, line)
+		e.alive(i)
+		e.notReady(ctx, i, "waiting for a valid network config")
+	}
+
+	e.put(ctx, configKey, orig)
+	if err := e.l.WaitReady(ctx); err != nil {
+		t.Fatalf("agent did not pick up the corrected config: %v", err)
+	}
+	if got := e.subnet(i); got != subnet {
+		t.Errorf("node %d came up with subnet %s, had %s", i, got, subnet)
+	}
+	e.converged(ctx, resync+slack)
+}
+
+// With no subnet left in [SubnetMin, SubnetMax], a node that needs one
+// says so, clearly, and keeps running, not ready.
+func testPoolExhausted(t *testing.T, ctx context.Context, e *env) {
+	const i = 3
+	subnet := e.subnet(i)
+	orig := getConfig(t, ctx, e)
+	if err := e.l.StopAgent(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	defer restoreConfig(t, ctx, e, orig)
+	e.del(ctx, e.leaseKey(i))
+	// A pool of one subnet, node 1's.
+	only := e.subnet(1).Addr()
+	e.put(ctx, configKey, fmt.Sprintf(`{"Network": "10.244.0.0/16", "SubnetMin": %q, "SubnetMax": %q, "Backend": {"Type": "vxlan"}}`, only, only))
+
+	m := e.mark(i)
+	if err := e.l.StartAgent(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	line := e.waitLog(ctx, m, 10*time.Second, `level=ERROR msg="cannot acquire a lease: the subnet pool is exhausted; retrying"`,
+		"subnet_min="+only.String(), "subnet_max="+only.String())
+	t.Logf("%s", line)
+	e.alive(i)
+	e.notReady(ctx, i, "subnet pool exhausted")
+
+	// The agent reads the config at start: restart it on the real one.
+	if err := e.l.StopAgent(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	e.put(ctx, configKey, orig)
+	if err := e.l.StartAgent(ctx, i); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.subnet(i); got != subnet {
+		t.Errorf("node %d came back with subnet %s, had %s", i, got, subnet)
+	}
+	e.converged(ctx, resync+slack)
+}
+
+func getConfig(t *testing.T, ctx context.Context, e *env) string {
+	t.Helper()
+	resp, err := e.cli.Get(ctx, configKey)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("network config: %v (%d keys)", err, len(resp.Kvs))
+	}
+	return string(resp.Kvs[0].Value)
+}
+
+// restoreConfig puts the original config back after a failed scenario, so
+// that the store is left as the lab made it.
+func restoreConfig(t *testing.T, ctx context.Context, e *env, orig string) {
+	if !t.Failed() {
+		return
+	}
+	_, _ = e.cli.Put(context.WithoutCancel(ctx), configKey, orig)
+}

@@ -1,0 +1,596 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netlinkx"
+)
+
+const (
+	storePrefix = "/coreos.com/network"
+	configKey   = storePrefix + "/config"
+	vxlanDevice = "flannel.1"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("end-to-end scenarios need root (network namespaces); run as root or via `make test`")
+	}
+}
+
+var (
+	buildOnce         sync.Once
+	builtBin, builtCN string
+	buildErr          error
+)
+
+// binaries returns directories holding weft + weftd and the CNI plugins:
+// $WEFT_BIN_DIR (set by the Makefile) or a fresh build, as the lab's own
+// tests do.
+func binaries(t *testing.T) (bin, cni string) {
+	t.Helper()
+	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
+		return d, filepath.Join(d, "cni")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "weft-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin, builtCN = dir, filepath.Join(dir, "cni")
+		buildErr = build(dir)
+	})
+	if buildErr != nil {
+		t.Fatalf("building binaries: %v", buildErr)
+	}
+	return builtBin, builtCN
+}
+
+func build(dir string) error {
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return err
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	run := func(env []string, args ...string) error {
+		cmd := exec.Command("go", args...)
+		cmd.Dir, cmd.Env = root, append(os.Environ(), env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	if err := run(nil, "build", "-o", dir+"/", "./cmd/weft", "./cmd/weftd"); err != nil {
+		return err
+	}
+	ver, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/containernetworking/plugins").Output()
+	if err != nil {
+		return fmt.Errorf("plugins version: %w", err)
+	}
+	args := []string{"install"}
+	for _, p := range []string{"main/bridge", "ipam/host-local", "meta/portmap", "main/loopback"} {
+		args = append(args, "github.com/containernetworking/plugins/plugins/"+p+"@"+strings.TrimSpace(string(ver)))
+	}
+	if err := run([]string{"GOBIN=" + filepath.Join(dir, "cni")}, args...); err != nil {
+		return err
+	}
+	// weft's CNI plugin, under the name flannel's conflist uses.
+	return run(nil, "build", "-o", filepath.Join(dir, "cni", "flannel"), "./cmd/weft-cni")
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBin != "" {
+		os.RemoveAll(builtBin)
+	}
+	os.Exit(code)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// env is one lab under test, with a store client and a netlink handle on
+// every node.
+type env struct {
+	t   *testing.T
+	l   *lab.Lab
+	cli *clientv3.Client
+	h   map[int]*netlinkx.Handle // by node index
+}
+
+// upLab brings up a lab named for this run and takes it down when the test
+// ends, failed or not; a failed test gets the agents' last log lines.
+func upLab(t *testing.T, ctx context.Context, o lab.Options) *env {
+	t.Helper()
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	o.Name = "e2e-" + hex.EncodeToString(b[:])
+	o.Root = t.TempDir()
+	o.BinDir, o.CNIBinDir = binaries(t)
+	o.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	l, err := lab.Up(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range l.Nodes {
+				t.Logf("last lines of node %d's %s:\n%s", n.Index, n.Log, tailFile(n.Log, 25))
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := l.Down(ctx, lab.DownOptions{}); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		if left := l.Leftovers(); len(left) != 0 {
+			t.Errorf("namespaces left after down: %v", left)
+		}
+	})
+	e := &env{t: t, l: l, h: map[int]*netlinkx.Handle{}}
+	// Registered after the lab's clean-up, so closed before it runs: open
+	// sockets would keep the namespaces alive.
+	e.cli, err = l.StoreClient(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.cli.Close() })
+	for _, n := range l.Nodes {
+		h, err := netlinkx.NewAt(filepath.Join("/run/netns", n.NS))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(h.Close)
+		e.h[n.Index] = h
+	}
+	return e
+}
+
+func tailFile(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// subnet is node i's subnet, as its subnet.env last said.
+func (e *env) subnet(i int) netip.Prefix { return e.l.Node(i).Subnet.Masked() }
+
+// leaseKey is the store key of node i's lease.
+func (e *env) leaseKey(i int) string {
+	return storePrefix + "/subnets/" + lease.Key(e.subnet(i), netip.Prefix{})
+}
+
+// getLease reads a lease: its attributes, and whether it exists.
+func (e *env) getLease(ctx context.Context, key string) (lease.Attrs, bool, error) {
+	resp, err := e.cli.Get(ctx, key)
+	if err != nil || len(resp.Kvs) == 0 {
+		return lease.Attrs{}, false, err
+	}
+	a, err := lease.UnmarshalAttrs(resp.Kvs[0].Value)
+	return a, true, err
+}
+
+func (e *env) put(ctx context.Context, key, val string) {
+	e.t.Helper()
+	if _, err := e.cli.Put(ctx, key, val); err != nil {
+		e.t.Fatalf("put %s: %v", key, err)
+	}
+}
+
+func (e *env) del(ctx context.Context, key string) {
+	e.t.Helper()
+	resp, err := e.cli.Delete(ctx, key)
+	if err != nil {
+		e.t.Fatalf("delete %s: %v", key, err)
+	}
+	if resp.Deleted != 1 {
+		e.t.Fatalf("delete %s: %d keys deleted", key, resp.Deleted)
+	}
+}
+
+// peer is what a vxlan node publishes and the others program.
+type peer struct {
+	index  int
+	subnet netip.Prefix
+	public netip.Addr
+	mac    netlinkx.MAC
+}
+
+// peer reads node i's VTEP MAC off its device.
+func (e *env) peer(i int) peer {
+	e.t.Helper()
+	l, err := e.h[i].LinkByName(vxlanDevice)
+	if err != nil {
+		e.t.Fatalf("node %d: %v", i, err)
+	}
+	mac, err := netlinkx.MACFrom(l.Attrs().HardwareAddr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return peer{index: i, subnet: e.subnet(i), public: e.l.Node(i).PublicIP, mac: mac}
+}
+
+// others are the peers of node i.
+func (e *env) others(i int) []peer {
+	var out []peer
+	for _, n := range e.l.Nodes {
+		if n.Index != i {
+			out = append(out, e.peer(n.Index))
+		}
+	}
+	return out
+}
+
+// fabricErr says what node i's vxlan datapath lacks for peers, or nil:
+// the device with its address, and per peer the route, the neighbour and
+// the FDB entry.
+func (e *env) fabricErr(i int, peers []peer) error {
+	h := e.h[i]
+	l, err := h.LinkByName(vxlanDevice)
+	if err != nil {
+		return fmt.Errorf("node %d: %s: %w", i, vxlanDevice, err)
+	}
+	idx := l.Attrs().Index
+	addrs, err := h.AddrList(l, netlinkx.FamilyV4)
+	if err != nil {
+		return err
+	}
+	own := netip.PrefixFrom(e.subnet(i).Addr(), 32)
+	if !contains(addrs, own) {
+		return fmt.Errorf("node %d: %s has addresses %v, want %s", i, vxlanDevice, addrs, own)
+	}
+	routes, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: idx})
+	if err != nil {
+		return err
+	}
+	neighs, err := h.NeighList(idx, netlinkx.FamilyV4)
+	if err != nil {
+		return err
+	}
+	fdb, err := h.FDBList(idx)
+	if err != nil {
+		return err
+	}
+	for _, p := range peers {
+		r := netlinkx.Route{Dst: p.subnet, Gw: p.subnet.Addr(), LinkIndex: idx, OnLink: true}
+		n := netlinkx.Neigh{LinkIndex: idx, IP: p.subnet.Addr(), MAC: p.mac}
+		f := netlinkx.FDB{LinkIndex: idx, MAC: p.mac, Dst: p.public}
+		switch {
+		case !contains(routes, r):
+			return fmt.Errorf("node %d: no route %s", i, r)
+		case !containsFunc(neighs, func(x netlinkx.Neigh) bool { return x.IP == n.IP && x.MAC == n.MAC }):
+			return fmt.Errorf("node %d: no neighbour %s", i, n)
+		case !contains(fdb, f):
+			return fmt.Errorf("node %d: no FDB entry %s", i, f)
+		}
+	}
+	return nil
+}
+
+// goneErr says what node i still holds for p, or nil when nothing.
+func (e *env) goneErr(i int, p peer) error {
+	h := e.h[i]
+	l, err := h.LinkByName(vxlanDevice)
+	if err != nil {
+		return err
+	}
+	idx := l.Attrs().Index
+	routes, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
+	if err != nil {
+		return err
+	}
+	neighs, err := h.NeighList(idx, netlinkx.FamilyV4)
+	if err != nil {
+		return err
+	}
+	fdb, err := h.FDBList(idx)
+	if err != nil {
+		return err
+	}
+	if containsFunc(routes, func(r netlinkx.Route) bool { return r.Dst == p.subnet }) {
+		return fmt.Errorf("node %d still routes %s", i, p.subnet)
+	}
+	if containsFunc(neighs, func(n netlinkx.Neigh) bool { return n.IP == p.subnet.Addr() }) {
+		return fmt.Errorf("node %d still has a neighbour %s", i, p.subnet.Addr())
+	}
+	if containsFunc(fdb, func(f netlinkx.FDB) bool { return f.MAC == p.mac }) {
+		return fmt.Errorf("node %d still has an FDB entry for %s", i, p.mac)
+	}
+	return nil
+}
+
+// converged waits until every node's datapath is complete.
+func (e *env) converged(ctx context.Context, within time.Duration) {
+	e.t.Helper()
+	for _, n := range e.l.Nodes {
+		peers := e.others(n.Index)
+		if _, err := waitFor(ctx, within, func() error { return e.fabricErr(n.Index, peers) }); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+func contains[T comparable](s []T, v T) bool {
+	return containsFunc(s, func(x T) bool { return x == v })
+}
+
+func containsFunc[T any](s []T, f func(T) bool) bool {
+	for _, x := range s {
+		if f(x) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitFor calls f every 50 ms until it returns nil or within has passed,
+// and returns how long it took.
+func waitFor(ctx context.Context, within time.Duration, f func() error) (time.Duration, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	for {
+		err := f()
+		if err == nil {
+			return time.Since(start), nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Since(start), fmt.Errorf("after %s: %w", time.Since(start).Round(time.Millisecond), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// mesh pings every pod from every pod and every node.
+func (e *env) mesh(ctx context.Context) {
+	e.t.Helper()
+	m, err := e.l.Check(ctx, lab.CheckOptions{NodeToPod: true})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if m.Failures() != 0 || m.Tested() == 0 {
+		var b strings.Builder
+		m.Render(&b)
+		e.t.Fatalf("mesh:\n%s", b.String())
+	}
+}
+
+// logMark is a position in a node's log; since reads what came after it.
+type logMark struct {
+	path string
+	off  int64
+}
+
+func (e *env) mark(i int) logMark {
+	path := e.l.Node(i).Log
+	fi, err := os.Stat(path)
+	if err != nil {
+		return logMark{path: path}
+	}
+	return logMark{path: path, off: fi.Size()}
+}
+
+func (m logMark) since() string {
+	data, err := os.ReadFile(m.path)
+	if err != nil || int64(len(data)) < m.off {
+		return ""
+	}
+	return string(data[m.off:])
+}
+
+// waitLog waits until the log after m has a line holding every one of
+// want.
+func (e *env) waitLog(ctx context.Context, m logMark, within time.Duration, want ...string) string {
+	e.t.Helper()
+	var found string
+	_, err := waitFor(ctx, within, func() error {
+		for _, line := range strings.Split(m.since(), "\n") {
+			ok := true
+			for _, w := range want {
+				ok = ok && strings.Contains(line, w)
+			}
+			if ok {
+				found = line
+				return nil
+			}
+		}
+		return fmt.Errorf("no log line with %q in %s", want, m.path)
+	})
+	if err != nil {
+		e.t.Fatalf("%v; it has:\n%s", err, m.since())
+	}
+	return found
+}
+
+// alive fails the test unless node i's agent runs.
+func (e *env) alive(i int) {
+	e.t.Helper()
+	if _, err := e.l.AgentPID(i); err != nil {
+		e.t.Fatalf("agent of node %d: %v; last lines:\n%s", i, err, tailFile(e.l.Node(i).Log, 15))
+	}
+}
+
+// notReady checks that node i's /readyz answers 503 with a reason holding
+// want.
+func (e *env) notReady(ctx context.Context, i int, want string) {
+	e.t.Helper()
+	code, body, err := e.l.Readyz(ctx, i)
+	if err != nil {
+		e.t.Fatalf("node %d /readyz: %v", i, err)
+	}
+	if code != 503 || !strings.Contains(body, want) {
+		e.t.Fatalf("node %d /readyz: %d %q, want 503 with %q", i, code, body, want)
+	}
+}
+
+// agentProc is a weftd this test started itself, so that it can see how
+// the process exits.
+type agentProc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startOwnAgent starts weftd on node i with argv (as read from a running
+// agent's /proc/<pid>/cmdline), logging to the node's log, and records it
+// in the node's pid file so that the lab's calls see it.
+func (e *env) startOwnAgent(i int, argv []string) *agentProc {
+	e.t.Helper()
+	n := e.l.Node(i)
+	logf, err := os.OpenFile(n.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS}, argv...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FLANNELD_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	p := &agentProc{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	e.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+	})
+	if err := os.WriteFile(n.PIDFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// terminate sends SIGTERM and returns the exit code.
+func (p *agentProc) terminate(within time.Duration) (int, error) {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return 0, err
+	}
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode(), nil
+	case <-time.After(within):
+		return 0, fmt.Errorf("weftd still running %s after SIGTERM", within)
+	}
+}
+
+// cmdline reads a process's argv.
+func cmdline(pid int) ([]string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(strings.TrimRight(string(data), "\x00"), "\x00"), nil
+}
+
+// pinger is `ping -i 0.05` running in the background.
+type pinger struct {
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// startPing pings dst from namespace ns every 50 ms until stopped; -O
+// makes ping report each echo that got no answer before the next was sent.
+// It returns once the first reply is in.
+func (e *env) startPing(ctx context.Context, ns string, dst netip.Addr) *pinger {
+	e.t.Helper()
+	p := &pinger{out: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command("ip", "netns", "exec", ns, "ping", "-n", "-O", "-i", "0.05", dst.String())
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.done)
+	}()
+	e.t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+	if _, err := waitFor(ctx, 5*time.Second, func() error {
+		if strings.Contains(p.out.String(), "bytes from") {
+			return nil
+		}
+		return errors.New("no reply yet")
+	}); err != nil {
+		e.t.Fatalf("ping %s from %s: %v: %s", dst, ns, err, p.out.String())
+	}
+	return p
+}
+
+var pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// stop interrupts ping and returns how many echoes it sent, how many got
+// an answer and how many it reported unanswered before sending the next.
+func (p *pinger) stop() (sent, received, unanswered int, err error) {
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		return 0, 0, 0, errors.New("ping did not stop")
+	}
+	out := p.out.String()
+	m := pingStats.FindStringSubmatch(out)
+	if m == nil {
+		return 0, 0, 0, fmt.Errorf("no statistics in ping's output:\n%s", out)
+	}
+	sent, _ = strconv.Atoi(m[1])
+	received, _ = strconv.Atoi(m[2])
+	return sent, received, strings.Count(out, "no answer yet"), nil
+}

@@ -1,0 +1,292 @@
+// Package lab builds a multi-node weft cluster out of network namespaces on
+// one machine: an underlay bridge, an etcd server, one weftd per node and
+// pods attached through the real CNI plugins. It is the demo, the basis of
+// the end-to-end tests and the benchmarks.
+//
+// Nothing is created in the root namespace. Every lab has a unique name, and
+// every namespace it creates starts with that name, so that Down can find and
+// remove all of it even after a crash half-way through Up.
+package lab
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/weft-net/weft/internal/config"
+)
+
+// Defaults.
+const (
+	DefaultRoot        = "/tmp/weft-lab"
+	DefaultNodes       = 3
+	DefaultPodsPerNode = 2
+	DefaultBackend     = config.BackendVXLAN
+	DefaultNetwork     = "10.244.0.0/16"
+
+	// The underlay: node i is 192.0.2.i, the control namespace .254.
+	underlayPrefix = "192.0.2.0/24"
+	ctlAddr        = "192.0.2.254"
+	etcdPort       = 2379
+	// healthzPort is where each weftd serves /healthz and /readyz, on the
+	// node namespace's loopback.
+	healthzPort = 8471
+	maxNodes    = 250
+)
+
+// Options say what lab to build. The zero value of each field means its
+// default.
+type Options struct {
+	Name        string // default weft-<6 hex>
+	Root        string // parent of the lab directory; default DefaultRoot
+	Dir         string // the lab directory; default Root/Name
+	Nodes       int
+	PodsPerNode int
+	Backend     string // vxlan, host-gw or udp
+	Network     string // cluster network CIDR
+	// IPMasq runs weftd with --ip-masq, as flannel is deployed; the CNI
+	// bridge then does no masquerading of its own. Default true.
+	IPMasq *bool
+	// BinDir holds weft and weftd; default the directory of the running
+	// executable.
+	BinDir string
+	// CNIBinDir holds the CNI plugins (bridge, host-local, portmap,
+	// loopback); default BinDir/cni.
+	CNIBinDir string
+	// WeftdArgs are added to every weftd command line.
+	WeftdArgs []string
+	// ReadyTimeout bounds the wait for the store and the agents; default 60s.
+	ReadyTimeout time.Duration
+	Log          *slog.Logger
+}
+
+// State is what a lab writes to its state file so that later invocations
+// (check, bench, down) can work on it.
+type State struct {
+	Name         string    `json:"name"`
+	Dir          string    `json:"dir"`
+	Created      time.Time `json:"created"`
+	Backend      string    `json:"backend"`
+	Network      string    `json:"network"`
+	IPMasq       bool      `json:"ipMasq"`
+	BinDir       string    `json:"binDir"`
+	CNIBinDir    string    `json:"cniBinDir"`
+	UnderlayNS   string    `json:"underlayNS"`
+	ControlNS    string    `json:"controlNS"`
+	EtcdEndpoint string    `json:"etcdEndpoint"`
+	EtcdLog      string    `json:"etcdLog"`
+	WeftdArgs    []string  `json:"weftdArgs,omitempty"` // extra flags for every weftd
+	Nodes        []Node    `json:"nodes"`
+	// Ready is set once Up has finished.
+	Ready bool `json:"ready"`
+}
+
+// Node is one weft node: a namespace with eth0 on the underlay and a weftd.
+type Node struct {
+	Index      int          `json:"index"` // 1-based
+	NS         string       `json:"ns"`
+	PublicIP   netip.Addr   `json:"publicIP"`
+	Subnet     netip.Prefix `json:"subnet,omitzero"` // FLANNEL_SUBNET once known
+	Dir        string       `json:"dir"`
+	SubnetFile string       `json:"subnetFile"`
+	Log        string       `json:"log"`
+	PIDFile    string       `json:"pidFile"`
+	CNIDataDir string       `json:"cniDataDir"`
+	CNICache   string       `json:"cniCacheDir"`
+	Pods       []Pod        `json:"pods"`
+}
+
+// Pod is a pod namespace attached to a node's bridge by the CNI plugins.
+type Pod struct {
+	Name        string     `json:"name"` // n<i>p<j>, for tables
+	NS          string     `json:"ns"`
+	Node        int        `json:"node"`
+	ContainerID string     `json:"containerID"`
+	IP          netip.Addr `json:"ip"`
+}
+
+// Lab is a lab that exists (or partly exists) on this machine.
+type Lab struct {
+	State
+	log *slog.Logger
+}
+
+// NewName returns a fresh lab name, weft-<6 hex>.
+func NewName() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:]) // never fails (Go ≥ 1.24)
+	return "weft-" + hex.EncodeToString(b[:])
+}
+
+// withDefaults fills in the zero fields of o.
+func (o Options) withDefaults() (Options, error) {
+	if o.Name == "" {
+		o.Name = NewName()
+	}
+	if err := validName(o.Name); err != nil {
+		return o, err
+	}
+	if o.Root == "" {
+		o.Root = DefaultRoot
+	}
+	if o.Dir == "" {
+		o.Dir = filepath.Join(o.Root, o.Name)
+	}
+	if o.Nodes == 0 {
+		o.Nodes = DefaultNodes
+	}
+	if o.Nodes < 1 || o.Nodes > maxNodes {
+		return o, fmt.Errorf("nodes %d: must be 1..%d", o.Nodes, maxNodes)
+	}
+	if o.PodsPerNode == 0 {
+		o.PodsPerNode = DefaultPodsPerNode
+	}
+	if o.PodsPerNode < 0 {
+		return o, fmt.Errorf("pods per node %d: must not be negative", o.PodsPerNode)
+	}
+	if o.Backend == "" {
+		o.Backend = DefaultBackend
+	}
+	switch o.Backend {
+	case config.BackendVXLAN, config.BackendHostGW, config.BackendUDP:
+	default:
+		return o, fmt.Errorf("backend %q: want vxlan, host-gw or udp", o.Backend)
+	}
+	if o.Network == "" {
+		o.Network = DefaultNetwork
+	}
+	if _, err := netip.ParsePrefix(o.Network); err != nil {
+		return o, fmt.Errorf("network %q: %w", o.Network, err)
+	}
+	if o.IPMasq == nil {
+		t := true
+		o.IPMasq = &t
+	}
+	if o.BinDir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return o, fmt.Errorf("finding the weft binaries: %w", err)
+		}
+		o.BinDir = filepath.Dir(exe)
+	}
+	if o.CNIBinDir == "" {
+		o.CNIBinDir = filepath.Join(o.BinDir, "cni")
+	}
+	if o.ReadyTimeout == 0 {
+		o.ReadyTimeout = 60 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return o, nil
+}
+
+// validName keeps names usable as namespace names and file names, and short
+// enough that "<name>-n250-p99" stays readable.
+func validName(name string) error {
+	if len(name) == 0 || len(name) > 32 {
+		return fmt.Errorf("lab name %q: must be 1..32 characters", name)
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("lab name %q: only letters, digits, '-' and '_'", name)
+		}
+	}
+	if name == currentLink {
+		return fmt.Errorf("lab name %q is reserved", name)
+	}
+	return nil
+}
+
+// plan lays out the lab's names, addresses and files; nothing is created.
+func plan(o Options) State {
+	s := State{
+		Name:         o.Name,
+		Dir:          o.Dir,
+		Created:      time.Now().UTC().Truncate(time.Second),
+		Backend:      o.Backend,
+		Network:      o.Network,
+		IPMasq:       *o.IPMasq,
+		BinDir:       o.BinDir,
+		CNIBinDir:    o.CNIBinDir,
+		UnderlayNS:   o.Name + "-ul",
+		ControlNS:    o.Name + "-ctl",
+		EtcdEndpoint: fmt.Sprintf("http://%s:%d", ctlAddr, etcdPort),
+		EtcdLog:      filepath.Join(o.Dir, "etcd.log"),
+		WeftdArgs:    o.WeftdArgs,
+	}
+	for i := 1; i <= o.Nodes; i++ {
+		dir := filepath.Join(o.Dir, fmt.Sprintf("n%d", i))
+		n := Node{
+			Index:      i,
+			NS:         fmt.Sprintf("%s-n%d", o.Name, i),
+			PublicIP:   netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}),
+			Dir:        dir,
+			SubnetFile: filepath.Join(dir, "subnet.env"),
+			Log:        filepath.Join(dir, "weftd.log"),
+			PIDFile:    filepath.Join(dir, "weftd.pid"),
+			CNIDataDir: filepath.Join(dir, "cni", "data"),
+			CNICache:   filepath.Join(dir, "cni", "cache"),
+		}
+		for j := 1; j <= o.PodsPerNode; j++ {
+			n.Pods = append(n.Pods, Pod{
+				Name:        fmt.Sprintf("n%dp%d", i, j),
+				NS:          fmt.Sprintf("%s-n%d-p%d", o.Name, i, j),
+				Node:        i,
+				ContainerID: fmt.Sprintf("%s-n%d-p%d", o.Name, i, j),
+			})
+		}
+		s.Nodes = append(s.Nodes, n)
+	}
+	return s
+}
+
+// networkConfig is the JSON the store is seeded with.
+func (s *State) networkConfig() string {
+	return fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q}}`, s.Network, s.Backend)
+}
+
+// NodeNS returns the namespace of node i (1-based).
+func (l *Lab) NodeNS(i int) string { return l.node(i).NS }
+
+// Node returns node i (1-based).
+func (l *Lab) Node(i int) *Node { return l.node(i) }
+
+func (l *Lab) node(i int) *Node {
+	if i < 1 || i > len(l.Nodes) {
+		panic(fmt.Sprintf("lab %s has no node %d", l.Name, i))
+	}
+	return &l.Nodes[i-1]
+}
+
+// EtcdEndpoint is the store's client URL, reachable from every node namespace.
+func (l *Lab) EtcdEndpoint() string { return l.State.EtcdEndpoint }
+
+// Pods returns every pod in node order.
+func (l *Lab) Pods() []Pod {
+	var ps []Pod
+	for _, n := range l.Nodes {
+		ps = append(ps, n.Pods...)
+	}
+	return ps
+}
+
+// Namespaces returns every namespace of the lab, pods first and the underlay
+// last: the order to delete them in.
+func (s *State) Namespaces() []string {
+	var out []string
+	for _, n := range s.Nodes {
+		for _, p := range n.Pods {
+			out = append(out, p.NS)
+		}
+	}
+	for _, n := range s.Nodes {
+		out = append(out, n.NS)
+	}
+	return append(out, s.ControlNS, s.UnderlayNS)
+}

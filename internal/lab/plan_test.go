@@ -1,0 +1,235 @@
+package lab
+
+import (
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/weft-net/weft/internal/cni"
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+func TestPlan(t *testing.T) {
+	o, err := Options{Name: "weft-abc123", Root: "/tmp/x", Nodes: 2, PodsPerNode: 2, BinDir: "/b"}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := plan(o)
+	if s.Dir != "/tmp/x/weft-abc123" || s.CNIBinDir != "/b/cni" || s.Backend != "vxlan" || !s.IPMasq {
+		t.Errorf("defaults: %+v", s)
+	}
+	if got := s.Nodes[1].PublicIP; got != netip.MustParseAddr("192.0.2.2") {
+		t.Errorf("node 2 public IP %s", got)
+	}
+	if got := s.Nodes[1].Pods[0].NS; got != "weft-abc123-n2-p1" {
+		t.Errorf("pod ns %s", got)
+	}
+	want := "weft-abc123-n1-p1 weft-abc123-n1-p2 weft-abc123-n2-p1 weft-abc123-n2-p2 weft-abc123-n1 weft-abc123-n2 weft-abc123-ctl weft-abc123-ul"
+	if got := strings.Join(s.Namespaces(), " "); got != want {
+		t.Errorf("namespaces\n got %s\nwant %s", got, want)
+	}
+	re := labNSPattern("weft-abc123")
+	for _, n := range s.Namespaces() {
+		if !re.MatchString(n) {
+			t.Errorf("pattern misses %s", n)
+		}
+	}
+	for _, n := range []string{"weft-abc123-n1-p1-x", "weft-abc1234-n1", "other-ul", "weft-abc123"} {
+		if re.MatchString(n) {
+			t.Errorf("pattern matches %s", n)
+		}
+	}
+	var cfg struct {
+		Network string
+		Backend struct{ Type string }
+	}
+	if err := json.Unmarshal([]byte(s.networkConfig()), &cfg); err != nil || cfg.Network != "10.244.0.0/16" || cfg.Backend.Type != "vxlan" {
+		t.Errorf("network config %s: %v", s.networkConfig(), err)
+	}
+}
+
+func TestOptionsValidation(t *testing.T) {
+	for _, o := range []Options{
+		{Name: "bad name", BinDir: "/b"},
+		{Name: "current", BinDir: "/b"},
+		{Nodes: 999, BinDir: "/b"},
+		{Backend: "ipip", BinDir: "/b"},
+		{Network: "10.0.0.0", BinDir: "/b"},
+		{PodsPerNode: -1, BinDir: "/b"},
+	} {
+		if _, err := o.withDefaults(); err == nil {
+			t.Errorf("%+v: accepted", o)
+		}
+	}
+	o, err := Options{BinDir: "/b"}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(o.Name, "weft-") || len(o.Name) != len("weft-")+6 {
+		t.Errorf("generated name %q", o.Name)
+	}
+	if o2, _ := (Options{BinDir: "/b"}).withDefaults(); o2.Name == o.Name {
+		t.Errorf("two generated names are both %q", o.Name)
+	}
+}
+
+func TestPodConflist(t *testing.T) {
+	n := &Node{Index: 2, SubnetFile: "/lab/n2/subnet.env", CNIDataDir: "/lab/n2/cni/data"}
+	env := subnetenv.Env{
+		Network: netip.MustParsePrefix("10.244.0.0/16"),
+		Subnet:  netip.MustParsePrefix("10.244.7.1/24"),
+		MTU:     1450,
+		IPMasq:  true,
+	}
+	data, err := podConflist(env, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromBytes(data)
+	if err != nil {
+		t.Fatalf("libcni rejects %s: %v", data, err)
+	}
+	if list.Name != "cbr0" || list.CNIVersion != "0.3.1" || len(list.Plugins) != 2 ||
+		list.Plugins[0].Network.Type != "flannel" || list.Plugins[1].Network.Type != "portmap" {
+		t.Fatalf("conflist %s", data)
+	}
+	// What the plugin makes of it on this node: the delegate config it
+	// renders from the conflist entry and subnet.env.
+	delegate := func(env subnetenv.Env) (m struct {
+		Type, Name        string
+		IsGateway, IPMasq bool
+		HairpinMode       bool
+		IsDefaultGateway  bool
+		MTU               int
+		IPAM              struct {
+			Type    string
+			DataDir string
+			Ranges  [][]struct{ Subnet string }
+			Routes  []struct{ Dst string }
+		}
+	}) {
+		t.Helper()
+		conf, err := cni.LoadNetConf(list.Plugins[0].Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conf.Name = list.Name // libcni injects the list's name
+		if conf.SubnetFile != n.SubnetFile || conf.DataDir != "/lab/n2/cni/data/flannel" {
+			t.Errorf("plugin files: subnetFile %q dataDir %q", conf.SubnetFile, conf.DataDir)
+		}
+		d, err := cni.RenderDelegate(conf, env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(d)
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	bridge := delegate(env)
+	if bridge.Type != "bridge" || bridge.Name != "cbr0" || !bridge.IsGateway || !bridge.IsDefaultGateway ||
+		!bridge.HairpinMode || bridge.IPMasq || bridge.MTU != 1450 {
+		t.Errorf("bridge %+v", bridge)
+	}
+	if bridge.IPAM.Type != "host-local" || bridge.IPAM.DataDir != n.CNIDataDir ||
+		bridge.IPAM.Ranges[0][0].Subnet != "10.244.7.0/24" || bridge.IPAM.Routes[0].Dst != "10.244.0.0/16" {
+		t.Errorf("ipam %+v", bridge.IPAM)
+	}
+	env.IPMasq = false
+	if !delegate(env).IPMasq {
+		t.Errorf("without agent masquerading the bridge must masquerade")
+	}
+	if _, err := podConflist(subnetenv.Env{MTU: 1450}, n); err == nil {
+		t.Error("no subnet: accepted")
+	}
+	if _, err := libcni.ConfListFromBytes(loopbackConflist()); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestStateOpenAndCurrent(t *testing.T) {
+	root := t.TempDir()
+	var names []string
+	for i := 0; i < 2; i++ {
+		o, err := Options{Root: root, BinDir: "/b", Nodes: 1}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := plan(o)
+		if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.save(); err != nil {
+			t.Fatal(err)
+		}
+		if err := setCurrent(root, s.Dir); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, s.Name)
+	}
+	l, err := Open(root, "", nil)
+	if err != nil || l.Name != names[1] {
+		t.Fatalf("current lab: %v %v, want %s", l, err, names[1])
+	}
+	l, err = Open(root, names[0], nil)
+	if err != nil || l.Name != names[0] {
+		t.Fatalf("by name: %v", err)
+	}
+	l, err = Open("", filepath.Join(root, names[0]), nil)
+	if err != nil || l.Name != names[0] || l.Nodes[0].PublicIP != netip.MustParseAddr("192.0.2.1") {
+		t.Fatalf("by dir: %+v %v", l, err)
+	}
+	if _, err := Open(root, "weft-nope", nil); err == nil {
+		t.Error("missing lab opened")
+	}
+	labs, err := List(root)
+	if err != nil || len(labs) != 2 {
+		t.Fatalf("list: %d %v", len(labs), err)
+	}
+	if CurrentName(root) != names[1] {
+		t.Errorf("current %q", CurrentName(root))
+	}
+	clearCurrent(root, filepath.Join(root, names[0])) // not current: stays
+	if CurrentName(root) != names[1] {
+		t.Error("clearCurrent removed another lab's link")
+	}
+	clearCurrent(root, filepath.Join(root, names[1]))
+	if CurrentName(root) != "" {
+		t.Error("current link left")
+	}
+	if _, err := Open(root, "", nil); err == nil {
+		t.Error("no current lab, yet one opened")
+	}
+}
+
+func TestRemoveAllBut(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"etcd.log", "state.json", "etcd/member/wal", "n1/weftd.log", "n1/subnet.env", "n1/cni/data/x"} {
+		p := filepath.Join(dir, f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keep := func(p string) bool { return strings.HasSuffix(p, ".log") || filepath.Base(p) == stateFile }
+	if err := removeAllBut(dir, keep); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	_ = filepath.Walk(dir, func(p string, _ os.FileInfo, _ error) error {
+		rel, _ := filepath.Rel(dir, p)
+		left = append(left, rel)
+		return nil
+	})
+	if got := strings.Join(left, " "); got != ". etcd.log n1 n1/weftd.log state.json" {
+		t.Errorf("left %s", got)
+	}
+}

@@ -1,0 +1,118 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMatrixRender(t *testing.T) {
+	m := newMatrix([]string{"n1p1", "n2p1"}, []string{"n1p1", "n2p1"})
+	m.Skip[0][0], m.Skip[1][1] = true, true
+	m.OK[0][1] = true
+	m.Errs[1][0] = "ping 10.244.1.2: exit status 1"
+	var b strings.Builder
+	m.Render(&b)
+	want := "from\\to    n1p1    n2p1\n" +
+		"n1p1          ·       ✓\n" +
+		"n2p1          ✗       ·\n" +
+		"n2p1 -> n1p1: ping 10.244.1.2: exit status 1\n" +
+		"1/2 reachable\n"
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+	if m.Failures() != 1 || m.Tested() != 2 {
+		t.Errorf("failures %d tested %d", m.Failures(), m.Tested())
+	}
+}
+
+func TestParseIperf(t *testing.T) {
+	r, err := parseIperf([]byte(`{"start":{},"intervals":[],"end":{"sum_sent":{"bits_per_second":9.5e9,"retransmits":12},"sum_received":{"bits_per_second":9.4e9}}}`))
+	if err != nil || r.Bps != 9.4e9 || r.Retransmits != 12 {
+		t.Errorf("%+v %v", r, err)
+	}
+	if _, err := parseIperf([]byte(`{"start":{},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}`)); err == nil || !strings.Contains(err.Error(), "Connection refused") {
+		t.Errorf("error report: %v", err)
+	}
+	if _, err := parseIperf([]byte(`{"end":{}}`)); err == nil {
+		t.Error("empty report accepted")
+	}
+	if _, err := parseIperf([]byte(`iperf3: error`)); err == nil {
+		t.Error("non-JSON accepted")
+	}
+}
+
+func TestSelectAndSuiteOrder(t *testing.T) {
+	run := func(context.Context, *Lab, BenchOptions) ([]Result, error) { return nil, nil }
+	all := []Benchmark{
+		{Name: "a", Backends: []string{"vxlan", "host-gw"}, Run: run},
+		{Name: "b", Run: run},
+		{Name: "c", Backends: []string{"udp", "vxlan"}, Run: run},
+	}
+	if got := strings.Join(suiteBackends(all), ","); got != "vxlan,host-gw,udp" {
+		t.Errorf("backends %s", got)
+	}
+	sel, err := Select(all, "c, b")
+	if err != nil || len(sel) != 2 || sel[0].Name != "c" || sel[1].Name != "b" {
+		t.Errorf("select: %v %v", sel, err)
+	}
+	if _, err := Select(all, "nope"); err == nil || !strings.Contains(err.Error(), "a, b, c") {
+		t.Errorf("unknown name: %v", err)
+	}
+	if sel, _ := Select(all, ""); len(sel) != 3 {
+		t.Error("empty selection is not all")
+	}
+}
+
+func TestRenderResults(t *testing.T) {
+	var b strings.Builder
+	RenderResults(&b, []Result{
+		{Section: "throughput", Metric: "bare", Value: 14.234, Unit: "Gbit/s"},
+		{Section: "throughput", Metric: "vxlan / bare", Value: 0.8123, Unit: "×", Note: "meets target ≥ 0.70"},
+		{Section: "rss", Metric: "weftd", Err: "no agent"},
+	})
+	out := b.String()
+	for _, want := range []string{"SECTION", "14.2", "0.81", "meets target", "FAILED", "no agent"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestInterleave(t *testing.T) {
+	if got := strings.Join(interleave(3), " "); got != "bare pod pod bare bare pod" {
+		t.Errorf("interleave(3) = %s", got)
+	}
+	if (BenchOptions{Quick: true}).rounds() != 2 || (BenchOptions{}).rounds() != 3 {
+		t.Error("rounds")
+	}
+	if (BenchOptions{Quick: true}).duration() != 2*time.Second || (BenchOptions{}).duration() != 5*time.Second ||
+		(BenchOptions{Duration: 7 * time.Second}).duration() != 7*time.Second {
+		t.Error("duration")
+	}
+}
+
+func TestPoll(t *testing.T) {
+	n := 0
+	err := poll(context.Background(), time.Millisecond, func() error {
+		n++
+		if n < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if err != nil || n != 3 {
+		t.Errorf("poll: %v after %d", err, n)
+	}
+	stop := errors.New("stop")
+	if err := poll(context.Background(), time.Millisecond, func() error { return permanent(stop) }); !errors.Is(err, stop) {
+		t.Errorf("permanent: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := poll(ctx, time.Millisecond, func() error { return errors.New("never") }); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "never") {
+		t.Errorf("timeout: %v", err)
+	}
+}
