@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(iproute2 iptables nftables iperf3 iputils-ping procps kmod ethtool)
+# etcd-server: the weftd binary test runs against Debian's etcd, a real peer of
+# another version than the embedded one.
+pkgs=(iproute2 iptables nftables iperf3 iputils-ping procps kmod ethtool etcd-server)
 missing=()
 for p in "${pkgs[@]}"; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed'; then
