@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/weft-net/weft/internal/atomicfile"
 )
 
 // FlannelConflist is the conflist flannel installs, byte for byte.
@@ -62,7 +64,7 @@ func Install(o InstallOptions) error {
 		if err := os.MkdirAll(o.ConfDir, 0o755); err != nil {
 			return fmt.Errorf("install conflist: %w", err)
 		}
-		if err := writeAtomic(filepath.Join(o.ConfDir, name), conf, 0o644); err != nil {
+		if err := atomicfile.Write(filepath.Join(o.ConfDir, name), conf, 0o644); err != nil {
 			return fmt.Errorf("install conflist: %w", err)
 		}
 	}
@@ -81,7 +83,7 @@ func installPlugin(src, binDir string) error {
 		return fmt.Errorf("install plugin: %w", err)
 	}
 	for _, name := range PluginNames {
-		if err := writeAtomic(filepath.Join(binDir, name), data, 0o755); err != nil {
+		if err := atomicfile.Write(filepath.Join(binDir, name), data, 0o755); err != nil {
 			return fmt.Errorf("install plugin: %w", err)
 		}
 	}
@@ -102,33 +104,4 @@ func readExecutable(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
 	return io.ReadAll(f)
-}
-
-// writeAtomic replaces path with data: temp file beside it, fsync, rename.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

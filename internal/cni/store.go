@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/weft-net/weft/internal/atomicfile"
 )
 
 // The saved delegate config lives at <dataDir>/<containerID>, as flannel
@@ -31,7 +33,7 @@ func saveDelegate(dataDir, containerID string, conf []byte) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("save delegate config: %w", err)
 	}
-	if err := writeAtomic(path, conf, 0o600); err != nil {
+	if err := atomicfile.Write(path, conf, 0o600); err != nil {
 		return fmt.Errorf("save delegate config: %w", err)
 	}
 	return nil

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/weft-net/weft/internal/atomicfile"
 )
 
 // Name is the marker's file name, in the subnet file's directory.
@@ -25,15 +27,7 @@ func Path(subnetFile string) string { return filepath.Join(filepath.Dir(subnetFi
 
 // Mark records that the agent is ready until the given time. Atomic.
 func Mark(path string, until time.Time) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(key+until.UTC().Format(time.RFC3339)+"\n"), 0o644); err != nil {
-		return fmt.Errorf("readiness marker: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("readiness marker: %w", err)
-	}
-	return nil
+	return atomicfile.Write(path, []byte(key+until.UTC().Format(time.RFC3339)+"\n"), 0o644)
 }
 
 // Clear removes the marker; a missing marker is not an error.
