@@ -2,7 +2,7 @@ package daemon
 
 import (
 	"math/rand/v2"
-	"sort"
+	"slices"
 	"time"
 
 	"github.com/weft-net/weft/internal/lease"
@@ -39,15 +39,26 @@ func (s leaseSet) apply(evs []lease.Event, own lease.Lease) (lost bool) {
 // list returns every lease, ordered by key, with own in it as this node
 // last wrote it (the watch may not have reported it yet).
 func (s leaseSet) list(own lease.Lease) []lease.Lease {
-	out := make([]lease.Lease, 0, len(s)+1)
+	// Sorted by the map's keys, which are the leases' keys: rendering
+	// Key() in the comparison cost thousands of allocations per call with
+	// a thousand leases, on every event.
 	ownKey := own.Key()
-	for k, l := range s {
+	keys := make([]string, 0, len(s)+1)
+	for k := range s {
 		if k != ownKey {
-			out = append(out, l)
+			keys = append(keys, k)
 		}
 	}
-	out = append(out, own)
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	keys = append(keys, ownKey)
+	slices.Sort(keys)
+	out := make([]lease.Lease, 0, len(keys))
+	for _, k := range keys {
+		if k == ownKey {
+			out = append(out, own)
+		} else {
+			out = append(out, s[k])
+		}
+	}
 	return out
 }
 

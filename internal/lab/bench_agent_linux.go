@@ -178,7 +178,7 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 		lat = append(lat, at.Sub(t0))
 	}
 	med, p90 := quantile(lat, 0.5), quantile(lat, 0.9)
-	o.progress("  new lease -> route: median %s, p90 %s", med, p90)
+	o.progress("  new lease -> route: median %s, p90 %s", med.Round(10*time.Microsecond), p90.Round(10*time.Microsecond))
 
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

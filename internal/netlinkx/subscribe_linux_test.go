@@ -1,0 +1,58 @@
+package netlinkx_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/netlinkx"
+	"github.com/weft-net/weft/internal/netlinkx/nstest"
+)
+
+// SubscribeRoutes reports routes added and removed in its namespace only.
+func TestSubscribeRoutes(t *testing.T) {
+	a, b := nstest.New(t), nstest.New(t)
+	under, _ := nstest.Veth(t, a, "ul0", mustPrefix("192.0.2.1/24"), b, "ul0", mustPrefix("192.0.2.2/24"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	evs, err := netlinkx.SubscribeRoutes(ctx, a.Path, func(err error) { t.Errorf("subscription: %v", err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A route in the other namespace must not show up.
+	other := netlinkx.Route{Dst: mustPrefix("10.9.0.0/24"), Gw: mustAddr("192.0.2.1"), LinkIndex: b.Link(t, "ul0").Attrs().Index}
+	if err := b.H.RouteReplace(other); err != nil {
+		t.Fatal(err)
+	}
+	r := netlinkx.Route{Dst: mustPrefix("10.8.0.0/24"), Gw: mustAddr("192.0.2.2"), LinkIndex: under.Attrs().Index}
+	before := time.Now()
+	if err := a.H.RouteReplace(r); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.H.RouteDel(r); err != nil {
+		t.Fatal(err)
+	}
+	var got []netlinkx.RouteEvent
+	for len(got) < 2 {
+		select {
+		case ev, ok := <-evs:
+			if !ok {
+				t.Fatalf("subscription ended after %v", got)
+			}
+			if ev.Route.Dst.Addr().Is4() && ev.Route.Dst.Bits() == 24 {
+				got = append(got, ev)
+			}
+		case <-ctx.Done():
+			t.Fatalf("events so far %v: %v", got, ctx.Err())
+		}
+	}
+	if got[0].Deleted || got[0].Route != r || !got[1].Deleted || got[1].Route.Dst != r.Dst {
+		t.Errorf("events %+v, want add then delete of %s", got, r)
+	}
+	if got[0].At.Before(before) {
+		t.Errorf("event stamped %v, before the route was added (%v)", got[0].At, before)
+	}
+	cancel()
+	for range evs { // closed once ctx ends
+	}
+}
