@@ -17,42 +17,10 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/doctor"
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lab/labtest"
 )
 
-// binaries returns a directory with weft, weftd and cni/ holding the CNI
-// plugins: $WEFT_BIN_DIR (make test builds it) or a fresh build.
-func binaries(t *testing.T) (bin, cni string) {
-	t.Helper()
-	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
-		return d, filepath.Join(d, "cni")
-	}
-	dir := t.TempDir()
-	cni = filepath.Join(dir, "cni")
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	run := func(env []string, args ...string) {
-		cmd := exec.Command("go", args...)
-		cmd.Dir, cmd.Env = root, append(os.Environ(), env...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	run(nil, "build", "-o", dir+"/", "./cmd/weft", "./cmd/weftd")
-	run(nil, "build", "-o", filepath.Join(cni, "flannel"), "./cmd/weft-cni")
-	ver, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/containernetworking/plugins").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"install"}
-	for _, p := range []string{"main/bridge", "ipam/host-local", "meta/portmap", "main/loopback"} {
-		args = append(args, "github.com/containernetworking/plugins/plugins/"+p+"@"+strings.TrimSpace(string(ver)))
-	}
-	run([]string{"GOBIN=" + cni}, args...)
-	return dir, cni
-}
+func TestMain(m *testing.M) { os.Exit(labtest.Main(m)) }
 
 type jsonReport struct {
 	OK      bool
@@ -100,7 +68,7 @@ func TestLab(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: builds a lab in network namespaces")
 	}
-	bin, cni := binaries(t)
+	bin, cni := labtest.Binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 

@@ -3,95 +3,19 @@ package lab
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/weft-net/weft/internal/lab/labtest"
 )
 
-// requireRoot skips tests that build namespaces when not root.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("lab e2e test needs root (network namespaces); run as root or via `make test`")
-	}
-}
-
-var (
-	buildOnce         sync.Once
-	builtBin, builtCN string
-	buildErr          error
-)
-
-// binaries returns directories holding weft + weftd and the CNI plugins:
-// $WEFT_BIN_DIR (set by the Makefile) or a fresh build.
-func binaries(t *testing.T) (bin, cni string) {
-	t.Helper()
-	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
-		return d, filepath.Join(d, "cni")
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "weft-lab-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin, builtCN = dir, filepath.Join(dir, "cni")
-		buildErr = build(dir)
-	})
-	if buildErr != nil {
-		t.Fatalf("building binaries: %v", buildErr)
-	}
-	return builtBin, builtCN
-}
-
-func build(dir string) error {
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return err
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/weft", "./cmd/weftd")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %w\n%s", err, out)
-	}
-	ver, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/containernetworking/plugins").Output()
-	if err != nil {
-		return fmt.Errorf("plugins version: %w", err)
-	}
-	args := []string{"install"}
-	for _, p := range []string{"main/bridge", "ipam/host-local", "meta/portmap", "main/loopback"} {
-		args = append(args, "github.com/containernetworking/plugins/plugins/"+p+"@"+strings.TrimSpace(string(ver)))
-	}
-	cmd = exec.Command("go", args...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOBIN="+filepath.Join(dir, "cni"))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go install CNI plugins: %w\n%s", err, out)
-	}
-	// weft's CNI plugin, under the name flannel's conflist uses.
-	cmd = exec.Command("go", "build", "-o", filepath.Join(dir, "cni", "flannel"), "./cmd/weft-cni")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build weft-cni: %w\n%s", err, out)
-	}
-	return nil
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if builtBin != "" {
-		os.RemoveAll(builtBin)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(labtest.Main(m)) }
 
 // rootLinks lists the root namespace's link names.
 func rootLinks(t *testing.T) map[string]bool {
@@ -114,8 +38,8 @@ func rootLinks(t *testing.T) map[string]bool {
 }
 
 func TestLabE2E(t *testing.T) {
-	requireRoot(t)
-	bin, cni := binaries(t)
+	labtest.RequireRoot(t)
+	bin, cni := labtest.Binaries(t)
 	for _, backend := range []string{"vxlan", "host-gw", "udp"} {
 		t.Run(backend, func(t *testing.T) {
 			testLab(t, backend, bin, cni)
@@ -201,8 +125,8 @@ func testLab(t *testing.T, backend, bin, cni string) {
 // A lab whose agents cannot start fails Up, which removes everything it
 // made but the logs.
 func TestLabUpFailureTearsDown(t *testing.T) {
-	requireRoot(t)
-	bin, cni := binaries(t)
+	labtest.RequireRoot(t)
+	bin, cni := labtest.Binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	root := t.TempDir()

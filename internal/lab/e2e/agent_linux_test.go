@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lab/labtest"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
@@ -27,7 +28,7 @@ const (
 // TestVXLANScenarios runs the agent's failure scenarios one after another
 // in one three-node vxlan lab; each leaves the lab whole for the next.
 func TestVXLANScenarios(t *testing.T) {
-	requireRoot(t)
+	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	e := upLab(t, ctx, lab.Options{

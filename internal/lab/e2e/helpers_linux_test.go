@@ -23,6 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lab/labtest"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
@@ -33,81 +34,7 @@ const (
 	vxlanDevice = "flannel.1"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("end-to-end scenarios need root (network namespaces); run as root or via `make test`")
-	}
-}
-
-var (
-	buildOnce         sync.Once
-	builtBin, builtCN string
-	buildErr          error
-)
-
-// binaries returns directories holding weft + weftd and the CNI plugins:
-// $WEFT_BIN_DIR (set by the Makefile) or a fresh build, as the lab's own
-// tests do.
-func binaries(t *testing.T) (bin, cni string) {
-	t.Helper()
-	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
-		return d, filepath.Join(d, "cni")
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "weft-e2e-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin, builtCN = dir, filepath.Join(dir, "cni")
-		buildErr = build(dir)
-	})
-	if buildErr != nil {
-		t.Fatalf("building binaries: %v", buildErr)
-	}
-	return builtBin, builtCN
-}
-
-func build(dir string) error {
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return err
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	run := func(env []string, args ...string) error {
-		cmd := exec.Command("go", args...)
-		cmd.Dir, cmd.Env = root, append(os.Environ(), env...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	if err := run(nil, "build", "-o", dir+"/", "./cmd/weft", "./cmd/weftd"); err != nil {
-		return err
-	}
-	ver, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/containernetworking/plugins").Output()
-	if err != nil {
-		return fmt.Errorf("plugins version: %w", err)
-	}
-	args := []string{"install"}
-	for _, p := range []string{"main/bridge", "ipam/host-local", "meta/portmap", "main/loopback"} {
-		args = append(args, "github.com/containernetworking/plugins/plugins/"+p+"@"+strings.TrimSpace(string(ver)))
-	}
-	if err := run([]string{"GOBIN=" + filepath.Join(dir, "cni")}, args...); err != nil {
-		return err
-	}
-	// weft's CNI plugin, under the name flannel's conflist uses.
-	return run(nil, "build", "-o", filepath.Join(dir, "cni", "flannel"), "./cmd/weft-cni")
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if builtBin != "" {
-		os.RemoveAll(builtBin)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(labtest.Main(m)) }
 
 type testWriter struct{ t *testing.T }
 
@@ -133,7 +60,7 @@ func upLab(t *testing.T, ctx context.Context, o lab.Options) *env {
 	_, _ = rand.Read(b[:])
 	o.Name = "e2e-" + hex.EncodeToString(b[:])
 	o.Root = t.TempDir()
-	o.BinDir, o.CNIBinDir = binaries(t)
+	o.BinDir, o.CNIBinDir = labtest.Binaries(t)
 	o.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	l, err := lab.Up(ctx, o)
 	if err != nil {

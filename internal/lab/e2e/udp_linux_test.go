@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lab/labtest"
 )
 
 // TestUDPBackend: three nodes on the udp backend reach each other pod to
 // pod and node to pod, and TCP runs both ways between pods on different
 // nodes.
 func TestUDPBackend(t *testing.T) {
-	requireRoot(t)
+	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	e := upLab(t, ctx, lab.Options{Nodes: 3, PodsPerNode: 1, Backend: "udp"})
