@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -163,34 +164,41 @@ func formatValue(v float64) string {
 	}
 }
 
-// iperfResult is what the bench reads from `iperf3 -J`.
-type iperfResult struct {
-	Bps         float64
+// IperfRun is one iperf3 TCP measurement.
+type IperfRun struct {
+	Bps         float64 // received
+	Bytes       int64   // received
+	Seconds     float64
 	Retransmits int
+	// CPU is the user+system time of the iperf3 client and server
+	// (kernel work their sockets did in their context included).
+	CPU time.Duration
 }
 
-// parseIperf reads a TCP client's JSON report.
-func parseIperf(data []byte) (iperfResult, error) {
+// parseIperfRun reads a TCP client's JSON report.
+func parseIperfRun(data []byte) (IperfRun, error) {
 	var rep struct {
 		Error string `json:"error"`
 		End   struct {
 			SumSent struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-				Retransmits   int     `json:"retransmits"`
+				Retransmits int `json:"retransmits"`
 			} `json:"sum_sent"`
 			SumReceived struct {
+				Seconds       float64 `json:"seconds"`
+				Bytes         int64   `json:"bytes"`
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
 		} `json:"end"`
 	}
 	if err := json.Unmarshal(data, &rep); err != nil {
-		return iperfResult{}, fmt.Errorf("iperf3 report: %w", err)
+		return IperfRun{}, fmt.Errorf("iperf3 report: %w", err)
 	}
 	if rep.Error != "" {
-		return iperfResult{}, fmt.Errorf("iperf3: %s", rep.Error)
+		return IperfRun{}, fmt.Errorf("iperf3: %s", rep.Error)
 	}
-	if rep.End.SumReceived.BitsPerSecond <= 0 {
-		return iperfResult{}, fmt.Errorf("iperf3 report has no received throughput")
+	r := rep.End.SumReceived
+	if r.BitsPerSecond <= 0 || r.Bytes <= 0 {
+		return IperfRun{}, errors.New("iperf3 report has no received throughput")
 	}
-	return iperfResult{Bps: rep.End.SumReceived.BitsPerSecond, Retransmits: rep.End.SumSent.Retransmits}, nil
+	return IperfRun{Bps: r.BitsPerSecond, Bytes: r.Bytes, Seconds: r.Seconds, Retransmits: rep.End.SumSent.Retransmits}, nil
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/weft-net/weft/internal/cni/cnirig"
@@ -121,16 +119,16 @@ func benchThroughput(ctx context.Context, l *Lab, o BenchOptions) ([]Result, err
 	n1, n2 := l.Nodes[0], l.Nodes[1]
 	p1, p2 := n1.Pods[0], n2.Pods[0]
 	d := o.duration()
-	var bare, pod []iperfResult
+	var bare, pod []IperfRun
 	rounds := o.rounds()
 	for _, step := range interleave(rounds) {
-		var r iperfResult
+		var r IperfRun
 		var err error
 		if step == "bare" {
-			r, err = iperf(ctx, n1.NS, n2.NS, n2.PublicIP.String(), d)
+			r, err = Iperf(ctx, n1.NS, n2.NS, n2.PublicIP, d, 1)
 			bare = append(bare, r)
 		} else {
-			r, err = iperf(ctx, p1.NS, p2.NS, p2.IP.String(), d)
+			r, err = Iperf(ctx, p1.NS, p2.NS, p2.IP, d, 1)
 			pod = append(pod, r)
 		}
 		if err != nil {
@@ -157,8 +155,8 @@ func benchThroughput(ctx context.Context, l *Lab, o BenchOptions) ([]Result, err
 	}, nil
 }
 
-func best(rs []iperfResult) iperfResult {
-	var b iperfResult
+func best(rs []IperfRun) IperfRun {
+	var b IperfRun
 	for _, r := range rs {
 		if r.Bps > b.Bps {
 			b = r
@@ -168,56 +166,3 @@ func best(rs []iperfResult) iperfResult {
 }
 
 const iperfPort = 5201
-
-// iperf runs a one-shot iperf3 server in serverNS and a client in clientNS
-// against addr for d, and returns the received throughput.
-func iperf(ctx context.Context, clientNS, serverNS, addr string, d time.Duration) (iperfResult, error) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		return iperfResult{}, fmt.Errorf("bench needs iperf3 (`make deps` installs it): %w", err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
-	defer cancel()
-	port := strconv.Itoa(iperfPort)
-	srv := exec.CommandContext(ctx, "ip", "netns", "exec", serverNS, "iperf3", "-s", "-1", "-p", port)
-	srv.WaitDelay = time.Second
-	var srvOut strings.Builder
-	srv.Stdout, srv.Stderr = &srvOut, &srvOut
-	if err := srv.Start(); err != nil {
-		return iperfResult{}, fmt.Errorf("iperf3 server in %s: %w", serverNS, err)
-	}
-	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Wait() }()
-	defer func() {
-		cancel() // stops the server if the client never came
-		<-srvDone
-	}()
-	err := poll(ctx, 20*time.Millisecond, func() error {
-		select {
-		case err := <-srvDone:
-			srvDone <- err
-			return permanent(fmt.Errorf("iperf3 server in %s exited: %v: %s", serverNS, err, srvOut.String()))
-		default:
-		}
-		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", serverNS,
-			"ss", "-Hltn", "sport = :"+port).Output()
-		if err != nil {
-			return err
-		}
-		if len(strings.TrimSpace(string(out))) == 0 {
-			return fmt.Errorf("iperf3 server in %s not listening", serverNS)
-		}
-		return nil
-	})
-	if err != nil {
-		return iperfResult{}, err
-	}
-	secs := strconv.Itoa(max(1, int(d.Round(time.Second).Seconds())))
-	// -O 1: leave slow start out of the figure.
-	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", clientNS,
-		"iperf3", "-c", addr, "-p", port, "-t", secs, "-O", "1", "-J").Output()
-	r, perr := parseIperf(out)
-	if perr != nil {
-		return iperfResult{}, fmt.Errorf("iperf3 %s -> %s: %w", clientNS, addr, errors.Join(err, perr))
-	}
-	return r, nil
-}

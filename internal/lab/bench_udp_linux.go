@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -15,17 +14,6 @@ import (
 
 	"github.com/weft-net/weft/internal/config"
 )
-
-// IperfRun is one iperf3 TCP measurement.
-type IperfRun struct {
-	Bps         float64 // received
-	Bytes       int64   // received
-	Seconds     float64
-	Retransmits int
-	// CPU is the user+system time of the iperf3 client and server
-	// (kernel work their sockets did in their context included).
-	CPU time.Duration
-}
 
 // Iperf runs a one-shot iperf3 server in serverNS and a client in clientNS
 // sending to addr over streams parallel TCP connections for d.
@@ -98,34 +86,6 @@ func cpuOf(ps *os.ProcessState) time.Duration {
 		return 0
 	}
 	return ps.UserTime() + ps.SystemTime()
-}
-
-// parseIperfRun reads a TCP client's JSON report.
-func parseIperfRun(data []byte) (IperfRun, error) {
-	var rep struct {
-		Error string `json:"error"`
-		End   struct {
-			SumSent struct {
-				Retransmits int `json:"retransmits"`
-			} `json:"sum_sent"`
-			SumReceived struct {
-				Seconds       float64 `json:"seconds"`
-				Bytes         int64   `json:"bytes"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(data, &rep); err != nil {
-		return IperfRun{}, fmt.Errorf("iperf3 report: %w", err)
-	}
-	if rep.Error != "" {
-		return IperfRun{}, fmt.Errorf("iperf3: %s", rep.Error)
-	}
-	r := rep.End.SumReceived
-	if r.BitsPerSecond <= 0 || r.Bytes <= 0 {
-		return IperfRun{}, errors.New("iperf3 report has no received throughput")
-	}
-	return IperfRun{Bps: r.BitsPerSecond, Bytes: r.Bytes, Seconds: r.Seconds, Retransmits: rep.End.SumSent.Retransmits}, nil
 }
 
 // cpuSample is what the udp benchmark reads around each run.

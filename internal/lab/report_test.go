@@ -29,17 +29,17 @@ func TestMatrixRender(t *testing.T) {
 }
 
 func TestParseIperf(t *testing.T) {
-	r, err := parseIperf([]byte(`{"start":{},"intervals":[],"end":{"sum_sent":{"bits_per_second":9.5e9,"retransmits":12},"sum_received":{"bits_per_second":9.4e9}}}`))
+	r, err := parseIperfRun([]byte(`{"start":{},"intervals":[],"end":{"sum_sent":{"bits_per_second":9.5e9,"retransmits":12},"sum_received":{"seconds":5,"bytes":5875000000,"bits_per_second":9.4e9}}}`))
 	if err != nil || r.Bps != 9.4e9 || r.Retransmits != 12 {
 		t.Errorf("%+v %v", r, err)
 	}
-	if _, err := parseIperf([]byte(`{"start":{},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}`)); err == nil || !strings.Contains(err.Error(), "Connection refused") {
+	if _, err := parseIperfRun([]byte(`{"start":{},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}`)); err == nil || !strings.Contains(err.Error(), "Connection refused") {
 		t.Errorf("error report: %v", err)
 	}
-	if _, err := parseIperf([]byte(`{"end":{}}`)); err == nil {
+	if _, err := parseIperfRun([]byte(`{"end":{}}`)); err == nil {
 		t.Error("empty report accepted")
 	}
-	if _, err := parseIperf([]byte(`iperf3: error`)); err == nil {
+	if _, err := parseIperfRun([]byte(`iperf3: error`)); err == nil {
 		t.Error("non-JSON accepted")
 	}
 }
