@@ -68,8 +68,9 @@ func (b *Backend) Refused() int { return b.refused }
 // Reconcile converges the underlay's routes inside the cluster network to
 // the lease set: with full (or after a failure) against a dump of the
 // kernel, otherwise against its previous call. Leases whose nodes are not
-// adjacent are refused and returned, joined, as the error; the others are
-// programmed regardless.
+// adjacent are refused: logged with the reason when that changes and
+// counted by Refused, not returned, since one misplaced node must not make
+// every other node's datapath count as failed. Errors are the kernel's.
 func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -80,13 +81,12 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 	p := b.params(own)
 	want, skipped := Desired(p, leases)
 	b.skips.Report(b.log, skipped)
-	var refused []error
+	b.refused = 0
 	for _, e := range skipped {
 		if errors.Is(e, ErrNotAdjacent) {
-			refused = append(refused, e)
+			b.refused++
 		}
 	}
-	b.refused = len(refused)
 
 	have, owned := b.applied, func(netlinkx.Route) bool { return true }
 	incremental := !full && b.haveApplied && own.Subnet == b.own
@@ -112,7 +112,6 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 	}
 	if len(errs) > 0 {
 		b.haveApplied = false
-		refused = append(refused, errs...)
 	} else {
 		b.applied, b.haveApplied, b.own = want, true, own.Subnet
 	}
@@ -123,7 +122,7 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 		}
 		b.log.Log(ctx, lvl, "reconciled routes", "added", len(put), "removed", len(del), "routes", len(want), "full", !incremental)
 	}
-	if err := errors.Join(refused...); err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("host-gw: %w", err)
 	}
 	return nil
