@@ -23,7 +23,8 @@ func (s leaseSet) apply(evs []lease.Event, own lease.Lease) (lost bool) {
 		switch ev.Type {
 		case lease.Removed:
 			delete(s, key)
-			if key == ownKey {
+			// A late event about the key's previous holder is not ours.
+			if key == ownKey && sameNode(ev.Lease.Attrs, own.Attrs) {
 				lost = true
 			}
 		default:
@@ -37,7 +38,9 @@ func (s leaseSet) apply(evs []lease.Event, own lease.Lease) (lost bool) {
 }
 
 // list returns every lease, ordered by key, with own in it as this node
-// last wrote it (the watch may not have reported it yet).
+// last wrote it (the watch may not have reported it yet) — unless the set
+// says another node now holds that key: while we re-acquire, that node's
+// lease is the one to route to.
 func (s leaseSet) list(own lease.Lease) []lease.Lease {
 	// Sorted by the map's keys, which are the leases' keys: rendering
 	// Key() in the comparison cost thousands of allocations per call with
@@ -54,7 +57,11 @@ func (s leaseSet) list(own lease.Lease) []lease.Lease {
 	out := make([]lease.Lease, 0, len(keys))
 	for _, k := range keys {
 		if k == ownKey {
-			out = append(out, own)
+			if l, ok := s[k]; ok && !sameNode(l.Attrs, own.Attrs) {
+				out = append(out, l)
+			} else {
+				out = append(out, own)
+			}
 		} else {
 			out = append(out, s[k])
 		}

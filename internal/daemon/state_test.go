@@ -54,6 +54,16 @@ func TestLeaseSetApply(t *testing.T) {
 	if lost := s.apply([]lease.Event{{Type: lease.Added, Lease: mkLease("10.244.1.0/24", "192.0.2.77")}}, own); !lost {
 		t.Error("own subnet taken by another node not reported")
 	}
+	// Until we hold a lease again, the node that took our subnet is routed
+	// to, not hidden behind our stale lease.
+	if got := keys(s.list(own)); got != "10.244.1.0-24@192.0.2.77 10.244.3.0-24@192.0.2.3" {
+		t.Errorf("list while another node holds our old subnet: %s", got)
+	}
+	// A late removal of the previous holder of a subnet we now hold is not
+	// our loss.
+	if lost := s.apply([]lease.Event{{Type: lease.Removed, Lease: mkLease("10.244.1.0/24", "192.0.2.77")}}, own); lost {
+		t.Error("removal of the subnet's previous holder reported as our loss")
+	}
 	if lost := s.apply([]lease.Event{{Type: lease.Added, Lease: own}}, lease.Lease{}); lost {
 		t.Error("lost reported before any lease is held")
 	}
