@@ -137,7 +137,7 @@ func TestBadInput(t *testing.T) {
 	wantError(t, "ADD", conf("0.3.1", `,"delegate":{"name":"x"}`), 7, `delegate must not set "name"`)
 	wantError(t, "ADD", conf("1.0.0", `,"delegate":{"ipam":{}}`), 7, `delegate must not set "ipam"`)
 	// The delegate cannot be found: nothing may be left behind.
-	wantError(t, "ADD", conf("1.0.0", ""), 999, "delegate bridge ADD")
+	wantError(t, "ADD", conf("1.0.0", ""), 50, `delegate plugin "bridge" is not installed`)
 	if ents, _ := os.ReadDir(dataDir); len(ents) != 0 {
 		t.Errorf("failed ADDs left %d saved configs", len(ents))
 	}

@@ -88,6 +88,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("encoding delegate config: %v", err), "")
 	}
 	typ := d["type"].(string) // checkDelegate or the default made it a string
+	// A delegate that is not installed fails before anything is saved.
+	if _, err := invoke.FindInPath(typ, filepath.SplitList(args.Path)); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable,
+			fmt.Sprintf("delegate plugin %q is not installed: %v", typ, err), "install the reference CNI plugins (bridge, host-local) into CNI_PATH")
+	}
 	if err := saveDelegate(n.DataDir, args.ContainerID, conf); err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
@@ -95,9 +100,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		addErr := delegateError("delegate "+typ+" ADD", err)
 		// Undo what the delegate did before failing. Should that fail too,
-		// the runtime's DEL renders the config again from subnet.env.
+		// the saved config stays, so the runtime's DEL can finish the job
+		// even once subnet.env is gone.
 		if delErr := invoke.DelegateDel(ctx, typ, conf, p.Exec); delErr != nil {
 			addErr.Details = fmt.Sprintf("cleanup by delegate DEL also failed: %v", delErr)
+			return addErr
 		}
 		_ = removeDelegate(n.DataDir, args.ContainerID)
 		return addErr

@@ -134,3 +134,29 @@ func TestStatus(t *testing.T) {
 	}
 	wantCNIError(t, p.Status(testArgs(confIn(dir, ""))), types.ErrPluginNotAvailable, "subnet")
 }
+
+// A delegate that fails ADD and then its cleanup DEL may have left a veth
+// or an address behind: the saved config stays so that the runtime's DEL
+// can still undo it after subnet.env is gone.
+func TestAddKeepsConfigWhenCleanupFails(t *testing.T) {
+	dir := t.TempDir()
+	if err := subnetenv.Write(filepath.Join(dir, "subnet.env"), testEnv); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	failing := "#!/bin/sh\necho '{\"cniVersion\":\"1.1.0\",\"code\":11,\"msg\":\"half done\"}'\nexit 1\n"
+	if err := os.WriteFile(filepath.Join(bin, "bridge"), []byte(failing), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CNI_PATH", bin) // where invoke finds the delegate
+	args := testArgs(confIn(dir, ""))
+	args.Path = bin
+	err := (&Plugin{}).Add(args)
+	wantCNIError(t, err, 11, "half done")
+	if _, err := os.Stat(filepath.Join(dir, "data", "c1")); err != nil {
+		t.Errorf("saved config gone after a failed cleanup: %v", err)
+	}
+}
