@@ -4,9 +4,11 @@ package etcdtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,9 +29,20 @@ type Server struct {
 // Start runs a fresh etcd in t's temp dir and stops it when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	client, peer := freeURL(t), freeURL(t)
-	s := &Server{Endpoint: client.String(), dir: t.TempDir(), client: client, peer: peer}
-	s.start(t)
+	var s *Server
+	var err error
+	// A port found free can be taken by another test before etcd binds
+	// it; new ports then.
+	for range 5 {
+		client, peer := freeURL(t), freeURL(t)
+		s = &Server{Endpoint: client.String(), dir: t.TempDir(), client: client, peer: peer}
+		if err = s.start(); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if s.Etcd != nil {
 			s.Etcd.Close()
@@ -45,11 +58,12 @@ func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Etcd.Close()
 	s.Etcd = nil // Close must not run twice
-	s.start(t)
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
 }
 
-func (s *Server) start(t testing.TB) {
-	t.Helper()
+func (s *Server) start() error {
 	cfg := embed.NewConfig()
 	cfg.Dir = s.dir
 	cfg.Name = "etcdtest"
@@ -60,15 +74,16 @@ func (s *Server) start(t testing.TB) {
 	cfg.InitialCluster = fmt.Sprintf("%s=%s", cfg.Name, s.peer.String())
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		t.Fatalf("start etcd: %v", err)
+		return fmt.Errorf("start etcd: %w", err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(30 * time.Second):
 		e.Close()
-		t.Fatal("etcd did not become ready in 30s")
+		return fmt.Errorf("etcd did not become ready in 30s")
 	}
 	s.Etcd = e
+	return nil
 }
 
 // Client returns a client for s, closed when t ends.

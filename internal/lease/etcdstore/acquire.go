@@ -136,43 +136,54 @@ func (a *acquisition) try(ctx context.Context, snap snapshot) (l lease.Lease, do
 	return a.create(ctx, v4, v6)
 }
 
-// mine finds our lease or reservation in the current network. Our leases
-// outside it (the config changed) are deleted so that their subnets are not
-// held twice; our reservations there are left to the operator.
+// mine finds our lease or reservation in the current network. Our other
+// leases are deleted so that no subnet is held twice and no other node
+// sees two leases with our VtepMAC: those outside the network (the config
+// changed), and duplicates inside it (a reservation made for a node that
+// already held a lease). Our reservations are left to the operator.
 func (a *acquisition) mine(ctx context.Context, snap *snapshot) *entry {
 	var best *entry
+	var ours []*entry
 	for i := range snap.entries {
 		e := &snap.entries[i]
 		if !e.ok || !sameNode(a.attrs, e.attrs) {
 			continue
 		}
 		if !inNetwork(a.n, e) {
-			a.dropStale(ctx, snap, e)
+			a.dropStale(ctx, snap, e, "outside the current network")
 			continue
 		}
+		ours = append(ours, e)
 		// Prefer a reservation, then the hinted subnet.
 		if best == nil || (e.leaseID == 0 && best.leaseID != 0) ||
 			((e.leaseID == 0) == (best.leaseID == 0) && e.v4 == a.hint.Subnet && e.v6 == a.hint.IPv6Subnet) {
 			best = e
 		}
 	}
+	for _, e := range ours {
+		if e != best {
+			a.dropStale(ctx, snap, e, "a duplicate of "+best.key)
+		}
+	}
 	return best
 }
 
-func (a *acquisition) dropStale(ctx context.Context, snap *snapshot, e *entry) {
+// dropStale deletes our lease e (never a reservation), guarded by its
+// ModRevision so that a concurrent write wins, and frees its subnets.
+func (a *acquisition) dropStale(ctx context.Context, snap *snapshot, e *entry, why string) {
 	if e.leaseID == 0 {
-		a.s.log.Warn("our reservation is outside the current network; leaving it", "key", e.key)
+		a.s.log.Warn("our reservation is "+why+"; leaving it", "key", e.key)
 		return
 	}
 	resp, err := a.s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)).
 		Then(clientv3.OpDelete(e.key)).Commit()
 	if err != nil {
-		a.s.log.Warn("could not delete our lease outside the current network", "key", e.key, "err", err)
+		a.s.log.Warn("could not delete our lease "+why, "key", e.key, "err", err)
 		return
 	}
 	if resp.Succeeded {
-		a.s.log.Info("deleted our lease outside the current network", "key", e.key)
+		a.s.log.Info("deleted our lease "+why, "key", e.key)
 		// Free for the hint: on an upgrade to dual stack the old IPv4 subnet
 		// is the one to keep.
 		delete(snap.taken4, e.v4)

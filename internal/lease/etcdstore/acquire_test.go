@@ -206,6 +206,36 @@ func TestReservation(t *testing.T) {
 	}
 }
 
+// An operator reserves a subnet for a node that already holds a lease: the
+// node moves to the reservation and deletes its lease, so that no other
+// node sees two leases with its VtepMAC.
+func TestReservationReplacesOwnLease(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	s, _ := newStore(t, cli, time.Hour)
+	ctx := ctxT(t)
+	n := network(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`)
+	attrs := vxlanAttrs("192.0.2.20", "c6:d2:32:6f:8f:20")
+	first, err := s.Acquire(ctx, n, attrs, lease.Hint{})
+	if err != nil || first.Reservation() {
+		t.Fatalf("first Acquire = %+v, %v", first, err)
+	}
+	reservedKey := "/coreos.com/network/subnets/10.244.200.0-24"
+	if first.Subnet == netip.MustParsePrefix("10.244.200.0/24") {
+		reservedKey = "/coreos.com/network/subnets/10.244.201.0-24"
+	}
+	if _, err := cli.Put(ctx, reservedKey, `{"PublicIP":"192.0.2.20","PublicIPv6":null}`); err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.Acquire(ctx, n, attrs, lease.Hint{Subnet: first.Subnet})
+	if err != nil || !again.Reservation() || "/coreos.com/network/subnets/"+again.Key() != reservedKey {
+		t.Fatalf("Acquire after the reservation = %+v, %v; want the reservation %s", again, err, reservedKey)
+	}
+	resp, err := cli.Get(ctx, "/coreos.com/network/subnets/"+first.Key())
+	if err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("the node's old lease %s is still there (%v)", first.Key(), err)
+	}
+}
+
 func TestConcurrentAcquireOnFullPool(t *testing.T) {
 	srv := etcdtest.Start(t)
 	clients := []*clientv3.Client{srv.Client(t), srv.Client(t), srv.Client(t), srv.Client(t)}
