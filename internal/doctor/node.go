@@ -484,47 +484,41 @@ func (e *eval) vxlanTables(want vxlan.State) {
 	if n.NeighErr != nil {
 		e.add("neighbours", Fail, fmt.Sprintf("listing neighbours of %s: %v", dev, n.NeighErr), "run doctor as root")
 	} else {
-		put, del := backend.Diff(n.Neighs, want.Neighs, netlinkx.Neigh.Key, func(x netlinkx.Neigh) bool { return network.Contains(x.IP) })
-		have := map[netlinkx.NeighKey]bool{}
-		for _, x := range n.Neighs {
-			have[x.Key()] = true
-		}
-		var missing, wrong, extra []string
-		for _, x := range put {
-			s := fmt.Sprintf("%s lladdr %s", x.IP, x.MAC)
-			if have[x.Key()] {
-				wrong = append(wrong, s)
-			} else {
-				missing = append(missing, s)
-			}
-		}
-		for _, x := range del {
-			extra = append(extra, fmt.Sprintf("%s lladdr %s", x.IP, x.MAC))
-		}
+		missing, wrong, extra := diffEntries(n.Neighs, want.Neighs, netlinkx.Neigh.Key,
+			func(x netlinkx.Neigh) bool { return network.Contains(x.IP) },
+			func(x netlinkx.Neigh) string { return fmt.Sprintf("%s lladdr %s", x.IP, x.MAC) })
 		e.tableResult("neighbours", dev, len(want.Neighs), "permanent neighbour entries", missing, wrong, extra)
 	}
 	if n.FDBErr != nil {
 		e.add("fdb", Fail, fmt.Sprintf("listing the FDB of %s: %v", dev, n.FDBErr), "run doctor as root")
 		return
 	}
-	put, del := backend.Diff(n.FDB, want.FDB, netlinkx.FDB.Key, nil)
-	have := map[netlinkx.FDBKey]bool{}
-	for _, x := range n.FDB {
-		have[x.Key()] = true
+	missing, wrong, extra := diffEntries(n.FDB, want.FDB, netlinkx.FDB.Key, nil,
+		func(x netlinkx.FDB) string { return fmt.Sprintf("%s dst %s", x.MAC, x.Dst) })
+	e.tableResult("fdb", dev, len(want.FDB), "FDB entries", missing, wrong, extra)
+}
+
+// diffEntries compares kernel entries with what the backend would program,
+// as the backend itself does (backend.Diff), and names the differences: an
+// entry wanted under a key the kernel holds differently is wrong, one under
+// a key it lacks is missing.
+func diffEntries[T comparable, K comparable](have, want []T, key func(T) K, owned func(T) bool, name func(T) string) (missing, wrong, extra []string) {
+	put, del := backend.Diff(have, want, key, owned)
+	present := make(map[K]bool, len(have))
+	for _, x := range have {
+		present[key(x)] = true
 	}
-	var missing, wrong, extra []string
 	for _, x := range put {
-		s := fmt.Sprintf("%s dst %s", x.MAC, x.Dst)
-		if have[x.Key()] {
-			wrong = append(wrong, s)
+		if present[key(x)] {
+			wrong = append(wrong, name(x))
 		} else {
-			missing = append(missing, s)
+			missing = append(missing, name(x))
 		}
 	}
 	for _, x := range del {
-		extra = append(extra, fmt.Sprintf("%s dst %s", x.MAC, x.Dst))
+		extra = append(extra, name(x))
 	}
-	e.tableResult("fdb", dev, len(want.FDB), "FDB entries", missing, wrong, extra)
+	return missing, wrong, extra
 }
 
 func (e *eval) tableResult(check, dev string, total int, what string, missing, wrong, extra []string) {
