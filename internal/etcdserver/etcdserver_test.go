@@ -2,6 +2,8 @@ package etcdserver
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strings"
@@ -12,9 +14,13 @@ import (
 	"go.uber.org/zap"
 )
 
+// freePort returns a free port on a loopback address of its own (any of
+// 127.0.0.0/8 works on lo), so that another test's listener cannot take
+// the port between here and etcd's bind.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	host := fmt.Sprintf("127.%d.%d.%d", rand.IntN(256), rand.IntN(256), 1+rand.IntN(254))
+	l, err := net.Listen("tcp", host+":0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"syscall"
@@ -19,7 +20,7 @@ import (
 
 // Server is a running embedded etcd.
 type Server struct {
-	Endpoint string // http://127.0.0.1:<port>
+	Endpoint string // http://127.x.y.z:<port>
 	Etcd     *embed.Etcd
 
 	dir          string
@@ -106,11 +107,13 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 	return cli
 }
 
-// freeURL reserves a loopback port by listening and closing. The window in
-// which another process could take it is small and only costs a retry.
+// freeURL finds a free port on a loopback address of its own (any of
+// 127.0.0.0/8 works on lo), where other tests' listeners on 127.0.0.1
+// cannot take it before etcd binds it; Start retries if it was taken.
 func freeURL(t testing.TB) url.URL {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	host := fmt.Sprintf("127.%d.%d.%d", rand.IntN(256), rand.IntN(256), 1+rand.IntN(254))
+	l, err := net.Listen("tcp", host+":0")
 	if err != nil {
 		t.Fatalf("pick port: %v", err)
 	}
