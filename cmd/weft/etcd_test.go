@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,28 +10,17 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-)
 
-// etcdTestURL returns a free port on a loopback address of its own, so that
-// another test's listener cannot take it before etcd binds it.
-func etcdTestURL(t *testing.T) string {
-	t.Helper()
-	host := fmt.Sprintf("127.%d.%d.%d", rand.IntN(256), rand.IntN(256), 1+rand.IntN(254))
-	l, err := net.Listen("tcp", host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return "http://" + l.Addr().String()
-}
+	"github.com/weft-net/weft/internal/etcdtest"
+)
 
 const etcdTestNetConf = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
 
 // startEtcdCommand runs `weft etcd args...` until the returned cancel.
 func startEtcdCommand(t *testing.T, args ...string) (client string, cancel func() error) {
 	t.Helper()
-	client = etcdTestURL(t)
-	args = append([]string{"--listen-client-urls", client, "--listen-peer-urls", etcdTestURL(t)}, args...)
+	client = etcdtest.FreeURL(t)
+	args = append([]string{"--listen-client-urls", client, "--listen-peer-urls", etcdtest.FreeURL(t)}, args...)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- runEtcd(ctx, args) }()

@@ -2,8 +2,6 @@ package etcdserver
 
 import (
 	"context"
-	"fmt"
-	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strings"
@@ -12,28 +10,16 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-)
 
-// freePort returns a free port on a loopback address of its own (any of
-// 127.0.0.0/8 works on lo), so that another test's listener cannot take
-// the port between here and etcd's bind.
-func freePort(t *testing.T) string {
-	t.Helper()
-	host := fmt.Sprintf("127.%d.%d.%d", rand.IntN(256), rand.IntN(256), 1+rand.IntN(254))
-	l, err := net.Listen("tcp", host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+	"github.com/weft-net/weft/internal/etcdtest"
+)
 
 func testConfig(t *testing.T, dir string) Config {
 	return Config{
 		Name:             "test",
 		DataDir:          dir,
-		ListenClientURLs: []string{"http://" + freePort(t)},
-		ListenPeerURLs:   []string{"http://" + freePort(t)},
+		ListenClientURLs: []string{etcdtest.FreeURL(t)},
+		ListenPeerURLs:   []string{etcdtest.FreeURL(t)},
 	}
 }
 

@@ -107,9 +107,16 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 	return cli
 }
 
-// freeURL finds a free port on a loopback address of its own (any of
-// 127.0.0.0/8 works on lo), where other tests' listeners on 127.0.0.1
-// cannot take it before etcd binds it; Start retries if it was taken.
+// FreeURL is http://<address>:<port> with a port free on a loopback address
+// of its own (any of 127.0.0.0/8 works on lo), where other tests' listeners
+// on 127.0.0.1 cannot take it before etcd binds it; Start retries if it was
+// taken all the same.
+func FreeURL(t testing.TB) string {
+	t.Helper()
+	u := freeURL(t)
+	return u.String()
+}
+
 func freeURL(t testing.TB) url.URL {
 	t.Helper()
 	host := fmt.Sprintf("127.%d.%d.%d", rand.IntN(256), rand.IntN(256), 1+rand.IntN(254))
