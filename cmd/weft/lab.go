@@ -60,7 +60,7 @@ func runLab(ctx context.Context, args []string) error {
 // labFlags are the flags that say how to build a lab.
 type labFlags struct {
 	name, root, backend, binDir, cniBinDir, logLevel string
-	nodes, pods                                      int
+	nodes, pods, underlayGSO                         int
 	ipMasq                                           bool
 	timeout                                          time.Duration
 	weftdArgs                                        stringList
@@ -77,6 +77,8 @@ func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
 	fs.StringVar(&f.binDir, "bin-dir", "", "directory with weft and weftd (default: this binary's)")
 	fs.StringVar(&f.cniBinDir, "cni-bin-dir", "", "directory with the CNI plugins (default: <bin-dir>/cni)")
 	fs.BoolVar(&f.ipMasq, "ip-masq", true, "run weftd with --ip-masq, as flannel is deployed")
+	fs.IntVar(&f.underlayGSO, "underlay-gso", lab.DefaultUnderlayGSO,
+		fmt.Sprintf("gso/gro_ipv4_max_size of the underlay's links: above %d is BIG TCP, %d turns it off", lab.KernelGSO, lab.KernelGSO))
 	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "how long to wait for the store and the agents")
 	fs.Var(&f.weftdArgs, "weftd-arg", "extra weftd flag (repeatable)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "progress log level: debug, info, warn, error")
@@ -95,6 +97,7 @@ func (f *labFlags) options() (lab.Options, error) {
 		PodsPerNode:  f.pods,
 		Backend:      f.backend,
 		IPMasq:       &ipMasq,
+		UnderlayGSO:  f.underlayGSO,
 		BinDir:       f.binDir,
 		CNIBinDir:    f.cniBinDir,
 		WeftdArgs:    f.weftdArgs,

@@ -25,7 +25,23 @@ type ExternalInterface struct {
 	// Subnet is the interface's on-link prefix (for DirectRouting and
 	// host-gw adjacency checks); invalid if unknown.
 	Subnet netip.Prefix
+	// GSOIPv4MaxSize is the interface's gso_ipv4_max_size: above 65536 it
+	// carries BIG TCP. 0 when the kernel does not report it.
+	GSOIPv4MaxSize int
 }
+
+// PodLink is what pods' interfaces must be configured with.
+type PodLink struct {
+	MTU int
+	// GSOIPv4MaxSize, when above 65536, lets pods build IPv4 GSO packets
+	// that large (BIG TCP): it is set on the pod's interface, its host
+	// end and the bridge. 0 keeps the kernel's default.
+	GSOIPv4MaxSize int
+}
+
+// LegacyGSOMaxSize is the kernel's default and, without BIG TCP, largest
+// GSO packet: 64 KiB.
+const LegacyGSOMaxSize = 65536
 
 // Params is what every backend is built from.
 type Params struct {
@@ -42,8 +58,8 @@ type Backend interface {
 	LeaseAttrs(ctx context.Context) (typ string, data json.RawMessage, err error)
 
 	// Configure sets the datapath up for this node's own lease and returns
-	// the MTU pods must use.
-	Configure(ctx context.Context, own lease.Lease) (mtu int, err error)
+	// what pods' interfaces must be configured with.
+	Configure(ctx context.Context, own lease.Lease) (PodLink, error)
 
 	// Reconcile converges the datapath to what the lease set asks for:
 	// device present and configured for own, one route (and neighbour, FDB

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -225,6 +226,62 @@ func TestAddCheckDelLibcni(t *testing.T) {
 	// DEL again (runtimes retry): still fine.
 	if err := node.Del(ctx, pod); err != nil {
 		t.Errorf("second DEL: %v", err)
+	}
+}
+
+// With WEFT_GSO_IPV4_MAX_SIZE in subnet.env (host-gw over a BIG TCP
+// underlay), ADD raises the GSO and GRO limits of the pod's interface, the
+// veth's host end and the bridge; without it they keep the kernel's 64 KiB.
+func TestAddRaisesGSOForBigTCP(t *testing.T) {
+	ctx := context.Background()
+	const size = 196608
+	for _, tc := range []struct {
+		name string
+		env  int
+		want uint32
+	}{{"big-tcp", size, size}, {"default", 0, 65536}} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := nodeEnv
+			env.GSOIPv4MaxSize = tc.env
+			node, err := cnirig.NewNode(t.TempDir(), binDir(t), env, "1.0.0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = node.Close() })
+			pod := newPod(t)
+			if _, err := node.Add(ctx, pod); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			links := map[string]netlinkx.LinkAttrs{}
+			for nsPath, names := range map[string][]string{node.NS.Path(): nil, pod.NS.Path(): {pod.IfName}} {
+				h, err := netlinkx.NewAt(nsPath)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer h.Close()
+				ls, err := h.LinkList()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, l := range ls {
+					a := *l.Attrs()
+					if names == nil && (l.Type() == "bridge" || l.Type() == "veth") || slices.Contains(names, a.Name) {
+						links[nsPath+" "+a.Name] = a
+					}
+				}
+			}
+			if len(links) != 3 {
+				t.Fatalf("found %d of bridge, host veth and pod interface: %v", len(links), slices.Collect(maps.Keys(links)))
+			}
+			for name, a := range links {
+				if a.GSOIPv4MaxSize != tc.want || a.GROIPv4MaxSize != tc.want {
+					t.Errorf("%s: gso_ipv4_max_size %d gro_ipv4_max_size %d, want %d", name, a.GSOIPv4MaxSize, a.GROIPv4MaxSize, tc.want)
+				}
+			}
+			if err := node.Del(ctx, pod); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+		})
 	}
 }
 

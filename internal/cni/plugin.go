@@ -63,9 +63,10 @@ func delegateError(step string, err error) *types.Error {
 }
 
 // Add renders the delegate config, saves it (before anything is created,
-// so a DEL always finds it) and delegates ADD. When the delegate fails, its
-// partial work is undone with a delegate DEL and the saved config removed:
-// a failed ADD leaves nothing.
+// so a DEL always finds it) and delegates ADD; when subnet.env allows pods
+// BIG TCP, it raises the GSO limit of the interfaces the delegate made.
+// When a step fails, the delegate's work is undone with a delegate DEL and
+// the saved config removed: a failed ADD leaves nothing.
 func (p *Plugin) Add(args *skel.CmdArgs) error {
 	ctx := context.Background()
 	n, err := LoadNetConf(args.StdinData)
@@ -96,18 +97,26 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err := saveDelegate(n.DataDir, args.ContainerID, conf); err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
-	res, err := invoke.DelegateAdd(ctx, typ, conf, p.Exec)
-	if err != nil {
-		addErr := delegateError("delegate "+typ+" ADD", err)
-		// Undo what the delegate did before failing. Should that fail too,
-		// the saved config stays, so the runtime's DEL can finish the job
-		// even once subnet.env is gone.
+	// undo takes back what the delegate did before ADD failed. Should that
+	// fail too, the saved config stays, so the runtime's DEL can finish the
+	// job even once subnet.env is gone.
+	undo := func(addErr *types.Error) error {
 		if delErr := invoke.DelegateDel(ctx, typ, conf, p.Exec); delErr != nil {
 			addErr.Details = fmt.Sprintf("cleanup by delegate DEL also failed: %v", delErr)
 			return addErr
 		}
 		_ = removeDelegate(n.DataDir, args.ContainerID)
 		return addErr
+	}
+	res, err := invoke.DelegateAdd(ctx, typ, conf, p.Exec)
+	if err != nil {
+		return undo(delegateError("delegate "+typ+" ADD", err))
+	}
+	if env.GSOIPv4MaxSize > 0 {
+		if err := raiseGSO(res, env.GSOIPv4MaxSize); err != nil {
+			return undo(types.NewError(types.ErrInternal,
+				fmt.Sprintf("setting gso_ipv4_max_size %d (BIG TCP, from %s): %v", env.GSOIPv4MaxSize, n.SubnetFile, err), ""))
+		}
 	}
 	if n.CNIVersion != "" {
 		if res, err = res.GetAsVersion(n.CNIVersion); err != nil {

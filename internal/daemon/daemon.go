@@ -478,11 +478,11 @@ func unixSeconds(t time.Time) float64 {
 
 // setUp configures the datapath for our lease and writes subnet.env.
 func (d *daemon) setUp(ctx context.Context) error {
-	mtu, err := d.be.Configure(ctx, d.own)
+	pod, err := d.be.Configure(ctx, d.own)
 	if err != nil {
 		return fmt.Errorf("configure %s for %s: %w", d.net.Backend.Type, leaseName(d.own), err)
 	}
-	env := subnetenv.Env{MTU: mtu, IPMasq: d.o.IPMasq}
+	env := subnetenv.Env{MTU: pod.MTU, IPMasq: d.o.IPMasq, GSOIPv4MaxSize: pod.GSOIPv4MaxSize}
 	if d.net.EnableIPv4 && d.own.Subnet.IsValid() {
 		env.Network = d.net.Network
 		env.Subnet = netip.PrefixFrom(lease.FirstIP(d.own.Subnet), d.own.Subnet.Bits())
@@ -494,7 +494,10 @@ func (d *daemon) setUp(ctx context.Context) error {
 	if err := subnetenv.Write(d.o.SubnetFile, env); err != nil {
 		return err
 	}
-	d.log.Info("datapath configured", "backend", d.net.Backend.Type, "mtu", mtu, "subnet_file", d.o.SubnetFile)
+	d.log.Info("datapath configured", "backend", d.net.Backend.Type, "mtu", pod.MTU, "subnet_file", d.o.SubnetFile)
+	if pod.GSOIPv4MaxSize > 0 {
+		d.log.Info("pods get BIG TCP: the underlay takes large GSO packets", "device", d.ext.Name, "gso_ipv4_max_size", pod.GSOIPv4MaxSize)
+	}
 	if d.keep != nil {
 		d.keep.Set(masq.Config{
 			Network: env.Network, Subnet: maskedOr(env.Subnet),

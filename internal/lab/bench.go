@@ -83,7 +83,11 @@ type Benchmark struct {
 	// that lists that backend. Empty means the benchmark needs no lab and
 	// runs once, with l == nil.
 	Backends []string
-	Run      func(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error)
+	// WithoutBigTCP are backends whose labs the benchmark runs in a second
+	// time with the kernel's 64 KiB GSO limit on the underlay, when the
+	// suite's labs have BIG TCP: the pair shows what BIG TCP is worth.
+	WithoutBigTCP []string
+	Run           func(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error)
 }
 
 // wants reports whether b runs in a lab with backend.
@@ -122,15 +126,41 @@ func Select(all []Benchmark, names string) ([]Benchmark, error) {
 	return out, nil
 }
 
-// suiteBackends is the order in which RunSuite visits backends: every
-// backend some benchmark wants, in the order first wanted.
-func suiteBackends(benches []Benchmark) []string {
-	var out []string
+// suiteLab is one lab RunSuite brings up and the benchmarks it runs there.
+type suiteLab struct {
+	Backend     string
+	UnderlayGSO int
+	Benches     []Benchmark
+}
+
+// suiteLabs is the order in which RunSuite visits labs: for every backend
+// some benchmark wants, in the order first wanted, one lab with the
+// underlay of o (gso) and then, if gso is BIG TCP and some of those
+// benchmarks want it, one with the kernel's 64 KiB.
+func suiteLabs(benches []Benchmark, gso int) []suiteLab {
+	var backends []string
 	for _, b := range benches {
 		for _, be := range b.Backends {
-			if !slices.Contains(out, be) {
-				out = append(out, be)
+			if !slices.Contains(backends, be) {
+				backends = append(backends, be)
 			}
+		}
+	}
+	var out []suiteLab
+	for _, be := range backends {
+		var all, again []Benchmark
+		for _, b := range benches {
+			if !b.wants(be) {
+				continue
+			}
+			all = append(all, b)
+			if slices.Contains(b.WithoutBigTCP, be) && gso > KernelGSO {
+				again = append(again, b)
+			}
+		}
+		out = append(out, suiteLab{Backend: be, UnderlayGSO: gso, Benches: all})
+		if len(again) > 0 {
+			out = append(out, suiteLab{Backend: be, UnderlayGSO: KernelGSO, Benches: again})
 		}
 	}
 	return out

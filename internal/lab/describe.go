@@ -11,7 +11,7 @@ import (
 func (s *State) Describe(w io.Writer) {
 	fmt.Fprintf(w, "lab %s (%s, %d nodes) in %s\n", s.Name, s.Backend, len(s.Nodes), s.Dir)
 	fmt.Fprintf(w, "  store     %s  (namespace %s, log %s)\n", s.EtcdEndpoint, s.ControlNS, s.EtcdLog)
-	fmt.Fprintf(w, "  underlay  bridge br0 in namespace %s, 192.0.2.0/24\n", s.UnderlayNS)
+	fmt.Fprintf(w, "  underlay  bridge br0 in namespace %s, 192.0.2.0/24, %s\n", s.UnderlayNS, s.UnderlayGSONote())
 	fmt.Fprintf(w, "  network   %s\n\n", s.Network)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tNAMESPACE\tPUBLIC IP\tSUBNET\tSUBNET FILE\tLOG")
@@ -58,4 +58,16 @@ func (s *State) Describe(w io.Writer) {
 		lab = " --lab " + s.Dir
 	}
 	fmt.Fprintf(w, "  weft lab check%s; weft lab bench%s; weft lab down%s\n", lab, lab, lab)
+}
+
+// UnderlayGSONote says what GSO packets the underlay's links take.
+func (s *State) UnderlayGSONote() string {
+	switch {
+	case s.UnderlayGSO > KernelGSO:
+		return fmt.Sprintf("BIG TCP (gso/gro_ipv4_max_size %d)", s.UnderlayGSO)
+	case s.UnderlayGSO == KernelGSO:
+		return "no BIG TCP (GSO 64 KiB)"
+	default:
+		return "no BIG TCP (kernel has none for IPv4)"
+	}
 }

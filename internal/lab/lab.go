@@ -28,6 +28,13 @@ const (
 	DefaultPodsPerNode = 2
 	DefaultBackend     = config.BackendVXLAN
 	DefaultNetwork     = "10.244.0.0/16"
+	// DefaultUnderlayGSO makes the underlay's NICs BIG TCP ones (192 KiB
+	// GSO and GRO packets, as Cilium sets on server NICs), so that the
+	// fabric is measured against a host that uses what its NIC offers.
+	DefaultUnderlayGSO = 196608
+	// KernelGSO is the kernel's default GSO limit: no BIG TCP.
+	KernelGSO = 65536
+	maxGSO    = 524280 // a veth's tso_max_size
 
 	// The underlay: node i is 192.0.2.i, the control namespace .254.
 	underlayPrefix = "192.0.2.0/24"
@@ -60,6 +67,10 @@ type Options struct {
 	CNIBinDir string
 	// WeftdArgs are added to every weftd command line.
 	WeftdArgs []string
+	// UnderlayGSO is the gso_ipv4_max_size and gro_ipv4_max_size of the
+	// underlay's links (node eth0s and the switch); default
+	// DefaultUnderlayGSO, KernelGSO for none of BIG TCP.
+	UnderlayGSO int
 	// ReadyTimeout bounds the wait for the store and the agents; default 60s.
 	ReadyTimeout time.Duration
 	Log          *slog.Logger
@@ -81,6 +92,7 @@ type State struct {
 	EtcdEndpoint string    `json:"etcdEndpoint"`
 	EtcdLog      string    `json:"etcdLog"`
 	WeftdArgs    []string  `json:"weftdArgs,omitempty"` // extra flags for every weftd
+	UnderlayGSO  int       `json:"underlayGSO"`         // as asked; 0 once the kernel turned out to have no BIG TCP
 	Nodes        []Node    `json:"nodes"`
 	// Ready is set once Up has finished.
 	Ready bool `json:"ready"`
@@ -167,6 +179,12 @@ func (o Options) withDefaults() (Options, error) {
 		t := true
 		o.IPMasq = &t
 	}
+	if o.UnderlayGSO == 0 {
+		o.UnderlayGSO = DefaultUnderlayGSO
+	}
+	if o.UnderlayGSO < KernelGSO || o.UnderlayGSO > maxGSO {
+		return o, fmt.Errorf("underlay GSO size %d: must be %d (no BIG TCP) to %d", o.UnderlayGSO, KernelGSO, maxGSO)
+	}
 	if o.BinDir == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -219,6 +237,7 @@ func plan(o Options) State {
 		EtcdEndpoint: fmt.Sprintf("http://%s:%d", ctlAddr, etcdPort),
 		EtcdLog:      filepath.Join(o.Dir, "etcd.log"),
 		WeftdArgs:    o.WeftdArgs,
+		UnderlayGSO:  o.UnderlayGSO,
 	}
 	for i := 1; i <= o.Nodes; i++ {
 		dir := filepath.Join(o.Dir, fmt.Sprintf("n%d", i))

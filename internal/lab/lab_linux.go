@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/weft-net/weft/internal/netlinkx"
 )
 
 const netnsDir = "/run/netns"
@@ -161,6 +163,44 @@ func (l *Lab) buildTopology(ctx context.Context) error {
 		if err := setSysctl(n.NS, "net/ipv4/ip_forward", "1"); err != nil {
 			return err
 		}
+	}
+	return l.setUnderlayGSO()
+}
+
+// setUnderlayGSO gives every underlay link (the switch, its ports, each
+// node's eth0) the GSO and GRO limits of the lab's NICs. A kernel without
+// IPv4 BIG TCP (before 6.3) keeps 64 KiB, and the state says so.
+func (l *Lab) setUnderlayGSO() error {
+	if l.UnderlayGSO == KernelGSO {
+		return nil
+	}
+	links := map[string][]string{l.UnderlayNS: {"br0", "ctl"}, l.ControlNS: {"eth0"}}
+	for _, n := range l.Nodes {
+		links[l.UnderlayNS] = append(links[l.UnderlayNS], fmt.Sprintf("n%d", n.Index))
+		links[n.NS] = []string{"eth0"}
+	}
+	for name, devs := range links {
+		h, err := netlinkx.NewAt(nsPath(name))
+		if err != nil {
+			return err
+		}
+		for _, dev := range devs {
+			link, err := h.LinkByName(dev)
+			if err == nil && link.Attrs().GSOIPv4MaxSize == 0 {
+				h.Close()
+				l.log.Warn("kernel has no IPv4 BIG TCP (Linux 6.3 or later): the underlay keeps 64 KiB GSO packets")
+				l.UnderlayGSO = 0
+				return nil
+			}
+			if err == nil {
+				err = h.LinkSetIPv4GSOMaxSize(link, l.UnderlayGSO)
+			}
+			if err != nil {
+				h.Close()
+				return fmt.Errorf("underlay GSO size in %s: %w", name, err)
+			}
+		}
+		h.Close()
 	}
 	return nil
 }

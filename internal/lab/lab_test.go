@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/lab/labtest"
+	"github.com/weft-net/weft/internal/netlinkx"
 )
 
 func TestMain(m *testing.M) { os.Exit(labtest.Main(m)) }
@@ -96,6 +97,7 @@ func testLab(t *testing.T, backend, bin, cni string) {
 		}
 	}
 	mustMesh(ctx, t, l)
+	checkGSO(ctx, t, l)
 
 	// The same lab from a later invocation: state file round trip.
 	again, err := Open(filepath.Dir(l.Dir), l.Name, nil)
@@ -180,4 +182,50 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// checkGSO checks that the underlay got the lab's BIG TCP size and that
+// pods follow it exactly when their packets leave by the underlay as they
+// are (host-gw), then streams TCP pod to pod across nodes with those sizes.
+func checkGSO(ctx context.Context, t *testing.T, l *Lab) {
+	t.Helper()
+	if l.UnderlayGSO == 0 {
+		t.Log("kernel without IPv4 BIG TCP: GSO sizes not checked")
+		return
+	}
+	podWant := KernelGSO
+	if l.Backend == "host-gw" {
+		podWant = l.UnderlayGSO
+	}
+	gso := func(ns, dev string) int {
+		h, err := netlinkx.NewAt(nsPath(ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Close()
+		link, err := h.LinkByName(dev)
+		if err != nil {
+			t.Fatalf("%s in %s: %v", dev, ns, err)
+		}
+		return int(link.Attrs().GSOIPv4MaxSize)
+	}
+	for _, n := range l.Nodes {
+		if got := gso(n.NS, "eth0"); got != l.UnderlayGSO {
+			t.Errorf("node %d eth0: gso_ipv4_max_size %d, want the underlay's %d", n.Index, got, l.UnderlayGSO)
+		}
+		if got := gso(n.NS, "cni0"); got != podWant {
+			t.Errorf("node %d cni0: gso_ipv4_max_size %d, want %d", n.Index, got, podWant)
+		}
+		for _, p := range n.Pods {
+			if got := gso(p.NS, "eth0"); got != podWant {
+				t.Errorf("pod %s eth0: gso_ipv4_max_size %d, want %d", p.NS, got, podWant)
+			}
+		}
+	}
+	p1, p2 := l.Nodes[0].Pods[0], l.Nodes[1].Pods[0]
+	r, err := Iperf(ctx, p1.NS, p2.NS, p2.IP, time.Second, 1)
+	if err != nil || r.Bytes == 0 {
+		t.Fatalf("TCP stream %s → %s: %+v, %v", p1.NS, p2.NS, r, err)
+	}
+	t.Logf("TCP stream %s → %s: %.1f Gbit/s", p1.NS, p2.NS, r.Bps/1e9)
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -49,10 +50,24 @@ func TestSelectAndSuiteOrder(t *testing.T) {
 	all := []Benchmark{
 		{Name: "a", Backends: []string{"vxlan", "host-gw"}, Run: run},
 		{Name: "b", Run: run},
-		{Name: "c", Backends: []string{"udp", "vxlan"}, Run: run},
+		{Name: "c", Backends: []string{"udp", "vxlan"}, WithoutBigTCP: []string{"vxlan"}, Run: run},
 	}
-	if got := strings.Join(suiteBackends(all), ","); got != "vxlan,host-gw,udp" {
-		t.Errorf("backends %s", got)
+	describe := func(labs []suiteLab) string {
+		var parts []string
+		for _, sl := range labs {
+			var names []string
+			for _, b := range sl.Benches {
+				names = append(names, b.Name)
+			}
+			parts = append(parts, fmt.Sprintf("%s/%d:%s", sl.Backend, sl.UnderlayGSO, strings.Join(names, "+")))
+		}
+		return strings.Join(parts, " ")
+	}
+	if got, want := describe(suiteLabs(all, 196608)), "vxlan/196608:a+c vxlan/65536:c host-gw/196608:a udp/196608:c"; got != want {
+		t.Errorf("labs with BIG TCP %s, want %s", got, want)
+	}
+	if got, want := describe(suiteLabs(all, 65536)), "vxlan/65536:a+c host-gw/65536:a udp/65536:c"; got != want {
+		t.Errorf("labs without BIG TCP %s, want %s", got, want)
 	}
 	sel, err := Select(all, "c, b")
 	if err != nil || len(sel) != 2 || sel[0].Name != "c" || sel[1].Name != "b" {

@@ -39,6 +39,8 @@ type Link struct {
 	// Addrs are the interface's addresses with their on-link prefix length
 	// (10.0.0.5/24), in the kernel's order.
 	Addrs []netip.Prefix
+	// GSOIPv4MaxSize is the kernel's gso_ipv4_max_size; 0 if not reported.
+	GSOIPv4MaxSize int
 }
 
 // Kernel is what the choice needs to know about the host.
@@ -190,7 +192,10 @@ func external(l Link, addr netip.Addr, public netip.Addr) (backend.ExternalInter
 	if l.MTU <= 0 {
 		return backend.ExternalInterface{}, fmt.Errorf("interface %s: MTU %d is not usable", l.Name, l.MTU)
 	}
-	ext := backend.ExternalInterface{Name: l.Name, Index: l.Index, MTU: l.MTU, Addr: addr, PublicIP: addr}
+	ext := backend.ExternalInterface{
+		Name: l.Name, Index: l.Index, MTU: l.MTU, Addr: addr, PublicIP: addr,
+		GSOIPv4MaxSize: l.GSOIPv4MaxSize,
+	}
 	if public.IsValid() {
 		ext.PublicIP = public
 	}

@@ -34,7 +34,10 @@ func (k Host) Links() ([]Link, error) {
 			}
 			return nil, fmt.Errorf("addresses of %s: %w", a.Name, err)
 		}
-		out = append(out, Link{Name: a.Name, Index: a.Index, MTU: a.MTU, Addrs: addrs})
+		out = append(out, Link{
+			Name: a.Name, Index: a.Index, MTU: a.MTU, Addrs: addrs,
+			GSOIPv4MaxSize: int(a.GSOIPv4MaxSize),
+		})
 	}
 	return out, nil
 }

@@ -168,6 +168,20 @@ func (h *Handle) LinkSetMTU(l Link, mtu int) error {
 	return nil
 }
 
+// LinkSetIPv4GSOMaxSize is `ip link set NAME gso_ipv4_max_size SIZE
+// gro_ipv4_max_size SIZE`: the largest IPv4 packet the link's senders may
+// build for segmentation offload and GRO may build on receive. Above 65536
+// this is BIG TCP (Linux 6.3 or later).
+func (h *Handle) LinkSetIPv4GSOMaxSize(l Link, size int) error {
+	if err := h.nh.LinkSetGSOIPv4MaxSize(l, size); err != nil {
+		return fmt.Errorf("set link %s gso_ipv4_max_size %d: %w", l.Attrs().Name, size, err)
+	}
+	if err := h.nh.LinkSetGROIPv4MaxSize(l, size); err != nil {
+		return fmt.Errorf("set link %s gro_ipv4_max_size %d: %w", l.Attrs().Name, size, err)
+	}
+	return nil
+}
+
 // LinkSetHardwareAddr is `ip link set NAME address MAC`.
 func (h *Handle) LinkSetHardwareAddr(l Link, mac MAC) error {
 	if err := h.nh.LinkSetHardwareAddr(l, mac.HardwareAddr()); err != nil {

@@ -6,6 +6,7 @@ package subnetenv
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -26,6 +27,10 @@ type Env struct {
 	IPv6Subnet  netip.Prefix // FLANNEL_IPV6_SUBNET, optional
 	MTU         int          // FLANNEL_MTU
 	IPMasq      bool         // FLANNEL_IPMASQ: the agent masquerades, so the bridge must not
+	// GSOIPv4MaxSize is weft's own WEFT_GSO_IPV4_MAX_SIZE, written only when
+	// above 64 KiB: pods' interfaces may build IPv4 GSO packets this large
+	// (BIG TCP). flannel's plugin, like a shell, ignores the key.
+	GSOIPv4MaxSize int
 }
 
 // Marshal renders the file exactly as flanneld writes it.
@@ -41,6 +46,9 @@ func (e Env) Marshal() []byte {
 	}
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", e.MTU)
 	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%v\n", e.IPMasq)
+	if e.GSOIPv4MaxSize > 0 {
+		fmt.Fprintf(&b, "WEFT_GSO_IPV4_MAX_SIZE=%d\n", e.GSOIPv4MaxSize)
+	}
 	return b.Bytes()
 }
 
@@ -76,6 +84,11 @@ func Parse(data []byte) (Env, error) {
 			e.MTU, err = strconv.Atoi(val)
 		case "FLANNEL_IPMASQ":
 			e.IPMasq, err = strconv.ParseBool(val)
+		case "WEFT_GSO_IPV4_MAX_SIZE":
+			e.GSOIPv4MaxSize, err = strconv.Atoi(val)
+			if err == nil && e.GSOIPv4MaxSize < 0 {
+				err = errors.New("negative size")
+			}
 		default:
 			continue
 		}

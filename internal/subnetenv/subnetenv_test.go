@@ -16,6 +16,7 @@ func TestGolden(t *testing.T) {
 		{"v4.env", Env{Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.1.1/24"), MTU: 1450, IPMasq: true}},
 		{"dual.env", Env{Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.1.1/24"),
 			IPv6Network: netip.MustParsePrefix("fd00:10:244::/56"), IPv6Subnet: netip.MustParsePrefix("fd00:10:244:1::1/64"), MTU: 1430}},
+		{"bigtcp.env", Env{Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.1.1/24"), MTU: 1500, IPMasq: true, GSOIPv4MaxSize: 196608}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -49,12 +50,13 @@ func TestParseTolerant(t *testing.T) {
 
 func TestParseErrors(t *testing.T) {
 	tests := map[string]string{
-		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=banana\nFLANNEL_MTU=1450\n":             "FLANNEL_SUBNET",
-		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=x\n":         "FLANNEL_MTU",
-		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_MTU=1450\n":                                    "neither",
-		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n":                                     "FLANNEL_NETWORK",
-		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n":                        "FLANNEL_MTU",
-		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nfoo\n": "KEY=VALUE",
+		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=banana\nFLANNEL_MTU=1450\n":                                   "FLANNEL_SUBNET",
+		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=x\n":                               "FLANNEL_MTU",
+		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_MTU=1450\n":                                                          "neither",
+		"FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n":                                                           "FLANNEL_NETWORK",
+		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n":                                              "FLANNEL_MTU",
+		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nfoo\n":                       "KEY=VALUE",
+		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nWEFT_GSO_IPV4_MAX_SIZE=-1\n": "WEFT_GSO_IPV4_MAX_SIZE",
 	}
 	for in, want := range tests {
 		if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {

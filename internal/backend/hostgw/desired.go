@@ -71,3 +71,17 @@ func checkRemote(p Params, l lease.Lease) error {
 	}
 	return nil
 }
+
+// podLink is what pods use: the pod MTU and, when the underlay carries BIG
+// TCP, its GSO limit. host-gw forwards pods' packets to the underlay as
+// they are, so a pod may build packets as large as the underlay takes
+// whole; anything smaller would cost a trip through every extra hop (veth,
+// bridge, forwarding, for data and ACKs alike) per 64 KiB instead of per
+// GSO packet.
+func podLink(ext backend.ExternalInterface, mtu int) backend.PodLink {
+	pl := backend.PodLink{MTU: mtu}
+	if ext.GSOIPv4MaxSize > backend.LegacyGSOMaxSize {
+		pl.GSOIPv4MaxSize = ext.GSOIPv4MaxSize
+	}
+	return pl
+}

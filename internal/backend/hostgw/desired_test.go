@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
@@ -70,5 +71,20 @@ func TestDesired(t *testing.T) {
 	routes, skipped = Desired(p, leases[:4])
 	if len(routes) != 3 || len(skipped) != 0 {
 		t.Errorf("without underlay subnet: routes %v skipped %v", routes, skipped)
+	}
+}
+
+func TestPodLinkFollowsUnderlayBigTCP(t *testing.T) {
+	for _, tc := range []struct {
+		underlay, want int
+	}{
+		{0, 0},     // kernel does not report it
+		{65536, 0}, // the default: pods keep theirs
+		{196608, 196608},
+	} {
+		got := podLink(backend.ExternalInterface{GSOIPv4MaxSize: tc.underlay}, 1500)
+		if got != (backend.PodLink{MTU: 1500, GSOIPv4MaxSize: tc.want}) {
+			t.Errorf("underlay gso_ipv4_max_size %d: got %+v, want MTU 1500 and %d", tc.underlay, got, tc.want)
+		}
 	}
 }

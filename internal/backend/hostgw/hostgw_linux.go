@@ -53,12 +53,13 @@ func (b *Backend) LeaseAttrs(ctx context.Context) (string, json.RawMessage, erro
 	return config.BackendHostGW, nil, ctx.Err()
 }
 
-// Configure has nothing to set up: pods use the underlay's MTU.
-func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
+// Configure has nothing to set up: pods use the underlay's MTU and, since
+// their packets leave by the underlay as they are, its GSO limit.
+func (b *Backend) Configure(ctx context.Context, own lease.Lease) (backend.PodLink, error) {
 	if !own.Subnet.IsValid() {
-		return 0, errors.New("host-gw: own lease has no IPv4 subnet")
+		return backend.PodLink{}, errors.New("host-gw: own lease has no IPv4 subnet")
 	}
-	return b.mtu, ctx.Err()
+	return podLink(b.p.Ext, b.mtu), ctx.Err()
 }
 
 // Refused is how many remote leases the last Reconcile refused because

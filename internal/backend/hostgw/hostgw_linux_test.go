@@ -38,8 +38,8 @@ func TestThreeNodes(t *testing.T) {
 			t.Fatalf("LeaseAttrs = %q %s %v", typ, data, err)
 		}
 		own := n.Lease(typ, data)
-		if mtu, err := b.Configure(ctx, own); err != nil || mtu != n.Ext.MTU {
-			t.Fatalf("Configure = %d, %v; want %d", mtu, err, n.Ext.MTU)
+		if pod, err := b.Configure(ctx, own); err != nil || pod.MTU != n.Ext.MTU {
+			t.Fatalf("Configure = %+v, %v; want MTU %d", pod, err, n.Ext.MTU)
 		}
 		bs = append(bs, b)
 		leases = append(leases, own)

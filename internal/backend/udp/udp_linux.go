@@ -59,17 +59,19 @@ func (b *Backend) LeaseAttrs(ctx context.Context) (string, json.RawMessage, erro
 }
 
 // Configure creates flannel0 for own (address, MTU, route to the network),
-// opens the socket and starts forwarding. It returns the pod MTU.
-func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
+// opens the socket and starts forwarding. It returns the pod MTU; pods keep
+// the kernel's GSO limit, since a packet read from the TUN device must fit
+// the datapath's 64 KiB buffers.
+func (b *Backend) Configure(ctx context.Context, own lease.Lease) (backend.PodLink, error) {
 	if !own.Subnet.IsValid() || !own.Subnet.Addr().Is4() {
-		return 0, fmt.Errorf("udp backend: lease %s has no IPv4 subnet", own.Key())
+		return backend.PodLink{}, fmt.Errorf("udp backend: lease %s has no IPv4 subnet", own.Key())
 	}
 	b.own = own.Subnet
 	if err := b.ensure(true); err != nil {
-		return 0, err
+		return backend.PodLink{}, err
 	}
 	b.swapTable()
-	return b.set.mtu, nil
+	return backend.PodLink{MTU: b.set.mtu}, nil
 }
 
 // Reconcile re-creates flannel0 if it vanished, repairs its address, MTU,

@@ -92,14 +92,14 @@ func runNode(js string) int {
 	if typ, data, err := b.LeaseAttrs(ctx); err != nil || typ != "" || data != nil {
 		return fail(fmt.Errorf("LeaseAttrs = %q, %s, %v; want nothing", typ, data, err))
 	}
-	mtu, err := b.Configure(ctx, c.Own)
+	pod, err := b.Configure(ctx, c.Own)
 	if err != nil {
 		return fail(err)
 	}
 	if err := b.Reconcile(ctx, c.Own, c.Leases, true); err != nil {
 		return fail(err)
 	}
-	fmt.Printf("ready %d\n", mtu)
+	fmt.Printf("ready %d\n", pod.MTU)
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		switch sc.Text() {

@@ -94,19 +94,21 @@ func (b *Backend) LeaseAttrs(ctx context.Context) (string, json.RawMessage, erro
 
 // Configure gives the device this node's VTEP address, the subnet's network
 // address /32 (flannel puts 10.244.1.0/32 on flannel.1; the pod bridge takes
-// .1), and returns the pod MTU.
-func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
+// .1), and returns the pod MTU. Pods keep the kernel's GSO limit: the
+// kernel cannot put a packet over 64 KiB into one UDP datagram, so BIG TCP
+// does not cross the tunnel.
+func (b *Backend) Configure(ctx context.Context, own lease.Lease) (backend.PodLink, error) {
 	if !own.Subnet.IsValid() {
-		return 0, errors.New("vxlan: own lease has no IPv4 subnet")
+		return backend.PodLink{}, errors.New("vxlan: own lease has no IPv4 subnet")
 	}
 	l, err := b.device(ctx)
 	if err != nil {
-		return 0, err
+		return backend.PodLink{}, err
 	}
 	if err := b.address(l, own.Subnet); err != nil {
-		return 0, err
+		return backend.PodLink{}, err
 	}
-	return b.mtu, nil
+	return backend.PodLink{MTU: b.mtu}, nil
 }
 
 // Reconcile converges the device's routes, neighbours and FDB to the lease

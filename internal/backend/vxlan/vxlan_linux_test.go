@@ -42,12 +42,15 @@ func start(t *testing.T, netconf string, nodes []*backendtest.Node) []*vnode {
 			t.Fatalf("LeaseAttrs = %q %s, want vxlan %s", typ, data, want)
 		}
 		v := &vnode{Node: n, b: b, own: n.Lease(typ, data)}
-		mtu, err := b.Configure(context.Background(), v.own)
+		pod, err := b.Configure(context.Background(), v.own)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := n.Ext.MTU - 50; nw.Backend.MTU == 0 && mtu != want {
-			t.Fatalf("MTU %d, want %d", mtu, want)
+		if want := n.Ext.MTU - 50; nw.Backend.MTU == 0 && pod.MTU != want {
+			t.Fatalf("MTU %d, want %d", pod.MTU, want)
+		}
+		if pod.GSOIPv4MaxSize != 0 {
+			t.Fatalf("pods get gso_ipv4_max_size %d; BIG TCP does not cross the tunnel", pod.GSOIPv4MaxSize)
 		}
 		out = append(out, v)
 	}
