@@ -242,6 +242,8 @@ type Link struct {
 	MTU   int
 	Up    bool
 	Addrs []netip.Prefix
+	// GSOIPv4MaxSize is the kernel's gso_ipv4_max_size; 0 if not reported.
+	GSOIPv4MaxSize int
 }
 
 // MasqFacts are the masquerade rules found, with the tool weftd would use.

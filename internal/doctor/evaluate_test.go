@@ -93,7 +93,7 @@ func healthy() Facts {
 			Ext: backend.ExternalInterface{Name: "eth0", Index: ulIdx, MTU: 1500, Addr: addr("192.0.2.1"), PublicIP: addr("192.0.2.1"), Subnet: pfx("192.0.2.0/24")},
 			Links: []Link{
 				{Name: "lo", Index: 1, Kind: "device", MTU: 65536, Up: true, Addrs: []netip.Prefix{pfx("127.0.0.1/8")}},
-				{Name: "eth0", Index: ulIdx, Kind: "veth", MTU: 1500, Up: true, Addrs: []netip.Prefix{pfx("192.0.2.1/24")}},
+				{Name: "eth0", Index: ulIdx, Kind: "veth", MTU: 1500, Up: true, Addrs: []netip.Prefix{pfx("192.0.2.1/24")}, GSOIPv4MaxSize: 65536},
 				{Name: "flannel.1", Index: devIdx, Kind: "vxlan", MTU: 1450, Up: true, Addrs: []netip.Prefix{pfx("10.244.1.0/32"), pfx("fe80::1/64")}},
 				{Name: "cni0", Index: brIdx, Kind: "bridge", MTU: 1450, Up: true, Addrs: []netip.Prefix{pfx("10.244.1.1/24")}},
 			},
@@ -135,7 +135,7 @@ func TestHealthyNode(t *testing.T) {
 		t.Error("Failed() on a healthy node")
 	}
 	want := []string{"store", "config", "leases", "pool", "agent", "healthz", "readyz", "ready-marker",
-		"subnet-file", "subnet-lease", "subnet-mtu", "underlay", "device", "routes", "neighbours", "fdb",
+		"subnet-file", "subnet-lease", "subnet-mtu", "subnet-gso", "underlay", "device", "routes", "neighbours", "fdb",
 		"ip-forward", "rp-filter", "cni0", "masquerade"}
 	var got []string
 	for _, x := range r.Results {
@@ -551,6 +551,34 @@ func TestBackends(t *testing.T) {
 			t.Error(x.Message)
 		}
 	})
+	t.Run("host-gw BIG TCP", func(t *testing.T) {
+		for _, tc := range []struct {
+			underlay, env int
+			status        Status
+			want          string
+		}{
+			{196608, 196608, OK, "WEFT_GSO_IPV4_MAX_SIZE 196608 = eth0's gso_ipv4_max_size: pods get BIG TCP"},
+			{196608, 0, Warn, "pods get 65536-byte GSO packets, below eth0's gso_ipv4_max_size (196608): BIG TCP unused"},
+			{65536, 196608, Warn, "WEFT_GSO_IPV4_MAX_SIZE 196608 exceeds what eth0 takes (65536): the kernel splits pods' packets in software"},
+			{65536, 0, OK, "pods keep the kernel's 64 KiB GSO limit: eth0 has no BIG TCP"},
+		} {
+			f := hostgwFacts()
+			f.Node.Links[1].GSOIPv4MaxSize = tc.underlay
+			f.SubnetFile.Env.GSOIPv4MaxSize = tc.env
+			x, _ := find(Evaluate(f), "subnet-gso")
+			if x.Status != tc.status || x.Message != tc.want {
+				t.Errorf("underlay %d, subnet.env %d: %s %q, want %s %q", tc.underlay, tc.env, x.Status, x.Message, tc.status, tc.want)
+			}
+		}
+	})
+	t.Run("vxlan with BIG TCP in subnet.env", func(t *testing.T) {
+		f := healthy()
+		f.SubnetFile.Env.GSOIPv4MaxSize = 196608
+		x, _ := find(Evaluate(f), "subnet-gso")
+		if x.Status != Fail || !strings.Contains(x.Message, "BIG TCP does not cross the vxlan tunnel") {
+			t.Errorf("%s %q", x.Status, x.Message)
+		}
+	})
 	t.Run("host-gw route missing", func(t *testing.T) {
 		f := hostgwFacts()
 		f.Node.Routes = f.Node.Routes[:2]
@@ -593,7 +621,7 @@ func TestOutput(t *testing.T) {
 		"ok    store         etcd http://192.0.2.254:2379 v3.7.3, member b7, leader b7\n",
 		"FAIL  routes        0 of 1 routes to remote subnets present: 1 missing: weftd repairs routes",
 		"\n                      missing: 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink\n",
-		"19 ok, 0 warn, 1 FAIL, 0 skipped\n",
+		"20 ok, 0 warn, 1 FAIL, 0 skipped\n",
 	} {
 		if !strings.Contains(out, w) {
 			t.Errorf("text output lacks %q:\n%s", w, out)

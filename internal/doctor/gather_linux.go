@@ -314,7 +314,7 @@ func links(h *netlinkx.Handle) ([]Link, error) {
 		}
 		out = append(out, Link{
 			Name: a.Name, Index: a.Index, Kind: l.Type(), MTU: a.MTU,
-			Up: a.Flags&net.FlagUp != 0, Addrs: addrs,
+			Up: a.Flags&net.FlagUp != 0, Addrs: addrs, GSOIPv4MaxSize: int(a.GSOIPv4MaxSize),
 		})
 	}
 	return out, nil

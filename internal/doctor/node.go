@@ -105,6 +105,7 @@ func (e *eval) subnetFile() {
 	}
 	e.subnetLease()
 	e.subnetMTU()
+	e.subnetGSO()
 }
 
 // underlay finds this node's PublicIP and underlay interface: the one
@@ -213,6 +214,45 @@ func (e *eval) subnetMTU() {
 			"restart weftd to rewrite the subnet file")
 	default:
 		e.add("subnet-mtu", OK, fmt.Sprintf("FLANNEL_MTU %d = %s's MTU", e.env.MTU, of), "")
+	}
+}
+
+// subnetGSO checks the GSO limit subnet.env gives pods: host-gw pods follow
+// the underlay's when it is BIG TCP; tunnel pods keep the kernel's 64 KiB.
+func (e *eval) subnetGSO() {
+	if e.env == nil {
+		e.add("subnet-gso", Skip, "no subnet file", "")
+		return
+	}
+	if e.net == nil {
+		e.add("subnet-gso", Skip, "backend unknown: no valid config", "")
+		return
+	}
+	got, want, why := e.env.GSOIPv4MaxSize, 0, "BIG TCP does not cross the "+e.net.Backend.Type+" tunnel"
+	if e.net.Backend.Type == config.BackendHostGW {
+		ul := e.link(e.ulName)
+		if ul == nil || ul.GSOIPv4MaxSize == 0 {
+			e.add("subnet-gso", Skip, "the underlay's GSO limit is unknown", "")
+			return
+		}
+		why = fmt.Sprintf("%s has no BIG TCP", ul.Name)
+		if ul.GSOIPv4MaxSize > backend.LegacyGSOMaxSize {
+			want, why = ul.GSOIPv4MaxSize, fmt.Sprintf("%s's gso_ipv4_max_size", ul.Name)
+		}
+	}
+	rewrite := "restart weftd to rewrite the subnet file; pods added from then on get the new size"
+	switch {
+	case got == want && want == 0:
+		e.add("subnet-gso", OK, "pods keep the kernel's 64 KiB GSO limit: "+why, "")
+	case got == want:
+		e.add("subnet-gso", OK, fmt.Sprintf("WEFT_GSO_IPV4_MAX_SIZE %d = %s: pods get BIG TCP", got, why), "")
+	case got > want && e.net.Backend.Type != config.BackendHostGW:
+		e.add("subnet-gso", Fail, fmt.Sprintf("WEFT_GSO_IPV4_MAX_SIZE %d, but %s: pods' large packets are cut short", got, why),
+			"restart weftd to rewrite the subnet file, then recreate the pods")
+	case got > want:
+		e.add("subnet-gso", Warn, fmt.Sprintf("WEFT_GSO_IPV4_MAX_SIZE %d exceeds what %s takes (%d): the kernel splits pods' packets in software", got, e.ulName, max(want, backend.LegacyGSOMaxSize)), rewrite)
+	default:
+		e.add("subnet-gso", Warn, fmt.Sprintf("pods get %d-byte GSO packets, below %s (%d): BIG TCP unused", max(got, backend.LegacyGSOMaxSize), why, want), rewrite)
 	}
 }
 

@@ -83,11 +83,11 @@ func RunSuite(ctx context.Context, o BenchOptions, benches []Benchmark) ([]Resul
 			errs = append(errs, fmt.Errorf("%s: %w", b.Name, err))
 		}
 	}
-	lo, err := o.Lab.withDefaults()
+	def, err := o.Lab.withDefaults()
 	if err != nil {
 		return results, err
 	}
-	for _, sl := range suiteLabs(benches, lo.UnderlayGSO) {
+	for _, sl := range suiteLabs(benches, def.UnderlayGSO) {
 		lo := o.Lab
 		lo.Backend, lo.UnderlayGSO = sl.Backend, sl.UnderlayGSO
 		lo.Name, lo.Dir = "", ""

@@ -180,29 +180,40 @@ func (l *Lab) setUnderlayGSO() error {
 		links[n.NS] = []string{"eth0"}
 	}
 	for name, devs := range links {
-		h, err := netlinkx.NewAt(nsPath(name))
+		supported, err := setGSO(name, devs, l.UnderlayGSO)
 		if err != nil {
-			return err
+			return fmt.Errorf("underlay GSO size in %s: %w", name, err)
 		}
-		for _, dev := range devs {
-			link, err := h.LinkByName(dev)
-			if err == nil && link.Attrs().GSOIPv4MaxSize == 0 {
-				h.Close()
-				l.log.Warn("kernel has no IPv4 BIG TCP (Linux 6.3 or later): the underlay keeps 64 KiB GSO packets")
-				l.UnderlayGSO = 0
-				return nil
-			}
-			if err == nil {
-				err = h.LinkSetIPv4GSOMaxSize(link, l.UnderlayGSO)
-			}
-			if err != nil {
-				h.Close()
-				return fmt.Errorf("underlay GSO size in %s: %w", name, err)
-			}
+		if !supported {
+			l.log.Warn("kernel has no IPv4 BIG TCP (Linux 6.3 or later): the underlay keeps 64 KiB GSO packets")
+			l.UnderlayGSO = 0
+			return nil
 		}
-		h.Close()
 	}
 	return nil
+}
+
+// setGSO sets the IPv4 GSO and GRO limits of links devs in namespace name,
+// unless the kernel reports no such limit (supported false).
+func setGSO(name string, devs []string, size int) (supported bool, err error) {
+	h, err := netlinkx.NewAt(nsPath(name))
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	for _, dev := range devs {
+		link, err := h.LinkByName(dev)
+		if err != nil {
+			return false, err
+		}
+		if link.Attrs().GSOIPv4MaxSize == 0 {
+			return false, nil
+		}
+		if err := h.LinkSetIPv4GSOMaxSize(link, size); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // setSysctl writes /proc/sys/<key> as seen from inside namespace name.
