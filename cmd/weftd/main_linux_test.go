@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,24 +14,8 @@ import (
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/netlinkx/nstest"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/syncbuf"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestBinary runs the built weftd, as a node would, inside a test
 // namespace next to a real etcd server (Debian's etcd, at the default
@@ -56,7 +38,7 @@ func TestBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	start := func(name string, out *lockedBuffer, args ...string) *exec.Cmd {
+	start := func(name string, out *syncbuf.Buffer, args ...string) *exec.Cmd {
 		cmd := exec.Command("ip", append([]string{"netns", "exec", node.Name, name}, args...)...)
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
@@ -64,7 +46,7 @@ func TestBinary(t *testing.T) {
 		}
 		return cmd
 	}
-	etcdLog := &lockedBuffer{}
+	etcdLog := &syncbuf.Buffer{}
 	etcd := start(etcdBin, etcdLog, "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
 		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
@@ -76,7 +58,7 @@ func TestBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	subnetFile := filepath.Join(dir, "subnet.env")
-	log := &lockedBuffer{}
+	log := &syncbuf.Buffer{}
 	weftd := start(bin, log, "--net-config-path", conf, "--subnet-file", subnetFile, "--log-level", "debug")
 	exited := make(chan error, 1)
 	go func() { exited <- weftd.Wait() }()

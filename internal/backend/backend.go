@@ -49,6 +49,15 @@ type Params struct {
 	Ext     ExternalInterface
 }
 
+// PublicIP is what this node publishes as its address: own's PublicIP,
+// else the underlay's.
+func (p Params) PublicIP(own lease.Lease) netip.Addr {
+	if own.Attrs.PublicIP.IsValid() {
+		return own.Attrs.PublicIP
+	}
+	return p.Ext.PublicIP
+}
+
 // Backend is one datapath on this node. Calls come from one goroutine.
 type Backend interface {
 	// LeaseAttrs prepares what must exist before this node's lease is

@@ -130,14 +130,10 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 }
 
 func (b *Backend) params(own lease.Lease) Params {
-	pub := own.Attrs.PublicIP
-	if !pub.IsValid() {
-		pub = b.p.Ext.PublicIP
-	}
 	return Params{
 		Network:        b.p.Network.Network,
 		Own:            own.Subnet,
-		PublicIP:       pub,
+		PublicIP:       b.p.PublicIP(own),
 		Underlay:       b.p.Ext.Index,
 		UnderlayName:   b.p.Ext.Name,
 		UnderlaySubnet: b.p.Ext.Subnet,

@@ -28,6 +28,7 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/netlinkx/nstest"
+	"github.com/weft-net/weft/internal/syncbuf"
 )
 
 // The kernel tests run each node's backend in a process of its own, this
@@ -127,28 +128,11 @@ type nodeProc struct {
 	cmd    *exec.Cmd
 	in     *os.File
 	out    *bufio.Reader
-	stderr *lockedBuffer
+	stderr *syncbuf.Buffer
 	mtu    int
 	ns     string
 
 	stopOnce sync.Once
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func startNode(t *testing.T, nsName string, c nodeConfig) *nodeProc {
@@ -172,7 +156,7 @@ func startNode(t *testing.T, nsName string, c nodeConfig) *nodeProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &nodeProc{cmd: cmd, in: inW, out: bufio.NewReader(stdout), stderr: &lockedBuffer{}}
+	n := &nodeProc{cmd: cmd, in: inW, out: bufio.NewReader(stdout), stderr: &syncbuf.Buffer{}}
 	cmd.Stderr = n.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

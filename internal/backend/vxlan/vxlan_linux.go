@@ -173,14 +173,10 @@ func (b *Backend) reconcileFull(ctx context.Context, own lease.Lease, leases []l
 }
 
 func (b *Backend) params(own lease.Lease) Params {
-	pub := own.Attrs.PublicIP
-	if !pub.IsValid() {
-		pub = b.p.Ext.PublicIP
-	}
 	return Params{
 		Network:        b.p.Network.Network,
 		Own:            own.Subnet,
-		PublicIP:       pub,
+		PublicIP:       b.p.PublicIP(own),
 		VNI:            b.vni,
 		Link:           b.link,
 		DirectRouting:  b.p.Network.Backend.DirectRouting,

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +24,7 @@ import (
 	"github.com/weft-net/weft/internal/lab/labtest"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netlinkx"
+	"github.com/weft-net/weft/internal/syncbuf"
 )
 
 const (
@@ -450,25 +449,8 @@ func cmdline(pid int) ([]string, error) {
 // pinger is `ping -i 0.05` running in the background.
 type pinger struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // startPing pings dst from namespace ns every 50 ms until stopped; -O
@@ -476,7 +458,7 @@ func (b *lockedBuffer) String() string {
 // It returns once the first reply is in.
 func (e *env) startPing(ctx context.Context, ns string, dst netip.Addr) *pinger {
 	e.t.Helper()
-	p := &pinger{out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &pinger{out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command("ip", "netns", "exec", ns, "ping", "-n", "-O", "-i", "0.05", dst.String())
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
