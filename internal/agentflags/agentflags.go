@@ -43,9 +43,9 @@ type Settings struct {
 	Options  agentopts.Options
 	LogLevel slog.Level
 	// Warnings are what weftd should log once it can: FLANNELD_* values
-	// that did not parse (their flag kept its default, as in flanneld),
-	// FLANNELD_* variables for flags weftd does not have, and settings
-	// that have no effect.
+	// that did not parse (their flag keeps its default and weftd starts,
+	// as flanneld starts), FLANNELD_* variables for flags weftd does not
+	// have, and settings that have no effect.
 	Warnings []string
 }
 
