@@ -11,24 +11,8 @@ import (
 
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netif"
 )
-
-// ExternalInterface is the underlay interface this node reaches the others by.
-type ExternalInterface struct {
-	Name  string
-	Index int
-	MTU   int
-	// Addr is the interface's own IPv4 address: the tunnel source.
-	Addr netip.Addr
-	// PublicIP is what other nodes send to: Addr unless --public-ip says otherwise.
-	PublicIP netip.Addr
-	// Subnet is the interface's on-link prefix (for DirectRouting and
-	// host-gw adjacency checks); invalid if unknown.
-	Subnet netip.Prefix
-	// GSOIPv4MaxSize is the interface's gso_ipv4_max_size: above 65536 it
-	// carries BIG TCP. 0 when the kernel does not report it.
-	GSOIPv4MaxSize int
-}
 
 // PodLink is what pods' interfaces must be configured with.
 type PodLink struct {
@@ -46,7 +30,8 @@ const LegacyGSOMaxSize = 65536
 // Params is what every backend is built from.
 type Params struct {
 	Network *config.Network
-	Ext     ExternalInterface
+	// Ext is the underlay interface, as netif chose it.
+	Ext netif.External
 }
 
 // PublicIP is what this node publishes as its address: own's PublicIP,

@@ -103,7 +103,7 @@ type daemon struct {
 	log     *slog.Logger
 	store   lease.Store
 	h       *netlinkx.Handle
-	ext     backend.ExternalInterface
+	ext     netif.External
 	health  *health
 	metrics *metrics
 	start   time.Time
@@ -165,7 +165,13 @@ func Run(ctx context.Context, o Options) error {
 		closers = append(closers, h.Close)
 		d.h = h
 	}
-	ext, err := netif.SelectOn(d.h, o.Iface)
+	iface := o.Iface
+	if !iface.PublicIPv6.IsValid() {
+		iface.PublicIPv6 = o.PublicIPv6
+	}
+	// Flannel chooses for the config's families (EnableIPv4/EnableIPv6),
+	// but the config is read later: IPv4 until the choice follows it.
+	ext, err := netif.SelectOn(d.h, iface, netif.IPv4, d.log)
 	if err != nil {
 		return fmt.Errorf("choose the external interface: %w", err)
 	}
