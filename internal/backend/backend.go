@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"net/netip"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netif"
@@ -66,4 +68,13 @@ type Backend interface {
 	// Close stops goroutines the backend runs (the udp datapath). It leaves
 	// kernel state in place so that pods keep talking across a restart.
 	Close() error
+}
+
+// MetricsExporter is implemented by a backend that has metrics of its own
+// (the udp datapath's counters). The agent registers the collectors on
+// its /metrics once, right after building the backend.
+type MetricsExporter interface {
+	// Collectors returns the backend's collectors; their metric names
+	// start with weft_<backend>_ so that they collide with no other.
+	Collectors() []prometheus.Collector
 }

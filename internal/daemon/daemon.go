@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/backend"
-	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
@@ -209,8 +208,8 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
 	d.be = be // closed by Run
-	if u, ok := be.(*udp.Backend); ok {
-		d.metrics.reg.MustRegister(newUDPCollector(u.Stats))
+	if err := registerBackendMetrics(d.metrics.reg, be); err != nil {
+		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
 	typ, data, err := be.LeaseAttrs(ctx)
 	if err != nil {
