@@ -250,7 +250,7 @@ func (f *Flags) Settings() (Settings, error) {
 	o.Iface.Regexes = slices.Clone([]string(f.rxs))
 	o.Iface.CanReach = f.canReach.addr
 	o.Iface.PublicIP = f.publicIP.addr
-	o.PublicIPv6 = f.v6.addr
+	o.Iface.PublicIPv6 = f.v6.addr
 
 	var err error
 	switch {

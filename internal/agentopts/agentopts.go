@@ -7,7 +7,6 @@
 package agentopts
 
 import (
-	"net/netip"
 	"time"
 
 	"github.com/weft-net/weft/internal/netif"
@@ -42,8 +41,9 @@ type Options struct {
 	// when zero, as flannel). Not a flag: tests shorten it.
 	LeaseTTL time.Duration
 
-	Iface      netif.Spec // --iface, --iface-regex, --iface-can-reach, --public-ip
-	PublicIPv6 netip.Addr // --public-ipv6
+	// Iface is --iface, --iface-regex, --iface-can-reach, --public-ip and
+	// --public-ipv6.
+	Iface netif.Spec
 
 	SubnetFile string // --subnet-file
 	// NetConfigFile is weft's --net-config-file: with the etcd store, read

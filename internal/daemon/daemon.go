@@ -17,7 +17,6 @@ import (
 
 	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/backend"
-	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
@@ -60,7 +59,7 @@ type daemon struct {
 	log     *slog.Logger
 	store   lease.Store
 	h       *netlinkx.Handle
-	ext     backend.ExternalInterface
+	ext     netif.External
 	health  *health
 	metrics *metrics
 	start   time.Time
@@ -132,7 +131,9 @@ func Run(ctx context.Context, o Options) error {
 		closers = append(closers, h.Close)
 		d.h = h
 	}
-	ext, err := netif.SelectOn(d.h, o.Iface)
+	// Flannel chooses for the config's families (EnableIPv4/EnableIPv6),
+	// but the config is read later: IPv4 until the choice follows it.
+	ext, err := netif.SelectOn(d.h, o.Iface, netif.IPv4, d.log)
 	if err != nil {
 		return fmt.Errorf("choose the external interface: %w", err)
 	}
@@ -177,8 +178,8 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
 	d.be = be // closed by Run
-	if u, ok := be.(*udp.Backend); ok {
-		d.metrics.reg.MustRegister(newUDPCollector(u.Stats))
+	if err := registerBackendMetrics(d.metrics.reg, be); err != nil {
+		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
 	typ, data, err := be.LeaseAttrs(ctx)
 	if err != nil {
@@ -188,8 +189,8 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 		return fmt.Errorf("backend %s: prepare: %w", n.Backend.Type, err)
 	}
 	d.attrs = lease.Attrs{PublicIP: d.ext.PublicIP, BackendType: typ, BackendData: data}
-	if n.EnableIPv6 && d.o.PublicIPv6.IsValid() {
-		v6 := d.o.PublicIPv6
+	if n.EnableIPv6 && d.o.Iface.PublicIPv6.IsValid() {
+		v6 := d.o.Iface.PublicIPv6
 		d.attrs.PublicIPv6 = &v6
 	}
 	d.log.Info("backend ready", "type", n.Backend.Type, "backend_data", string(data))

@@ -94,6 +94,7 @@ func settingsDiff(doc agentopts.Options, p Process) []string {
 	cmp("iface-regex", strings.Join(ag.Iface.Regexes, ","), strings.Join(doc.Iface.Regexes, ","))
 	cmp("iface-can-reach", ag.Iface.CanReach, doc.Iface.CanReach)
 	cmp("public-ip", ag.Iface.PublicIP, doc.Iface.PublicIP)
+	cmp("public-ipv6", ag.Iface.PublicIPv6, doc.Iface.PublicIPv6)
 	cmp("subnet-lease-renew-margin", ag.RenewMargin, doc.RenewMargin)
 	cmp("ip-masq-fully-random-disable", ag.IPMasqFullyRandomDisable, doc.IPMasqFullyRandomDisable)
 	return out

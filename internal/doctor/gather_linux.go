@@ -270,7 +270,8 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 		return nf
 	}
 	defer h.Close()
-	nf.Ext, nf.ExtErr = netif.SelectOn(h, o.Iface)
+	// As weftd chooses: IPv4.
+	nf.Ext, nf.ExtErr = netif.SelectOn(h, o.Iface, netif.IPv4, nil)
 	nf.Links, nf.LinksErr = links(h)
 	nf.Routes, nf.RoutesErr = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
 
