@@ -29,8 +29,11 @@ cache=${WEFT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/weft}
 out=$cache/kube/$kube
 bins=(kube-apiserver kube-controller-manager kubectl)
 
+# Built, and stamped with the version (an older run of this script left
+# binaries that called themselves v0.0.0-master).
 have() {
 	for b in "${bins[@]}"; do [ -x "$out/$b" ] || return 1; done
+	[ "$("$out/kube-apiserver" --version 2>/dev/null)" = "Kubernetes $kube" ]
 }
 if have; then
 	echo "$out"
@@ -89,11 +92,23 @@ total=$($GO list -deps "${pkgs[@]}" | wc -l)
 echo "kube-bins: compiling up to $total packages (a line per 100 compiled; those in Go's build cache are not counted)" >&2
 # go build -v names each package as it is built; anything else it prints
 # (an error) has a space in it and is passed on as it is.
-$GO build -v -trimpath -ldflags='-s -w' -o "$out.tmp/" "${pkgs[@]}" 2>&1 |
+# The version stamp Kubernetes' own build (hack/lib/version.sh) sets: what
+# the servers report in /version, and client-go's user agent.
+minor=${kube#v1.}
+minor=${minor%%.*}
+ldflags="-s -w"
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	ldflags+=" -X $p.gitVersion=$kube -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+done
+$GO build -v -trimpath -ldflags="$ldflags" -o "$out.tmp/" "${pkgs[@]}" 2>&1 |
 	awk -v total="$total" '
 		/^[^ ]+$/ { n++; if (n % 100 == 0) { printf "kube-bins: %d/%d packages\n", n, total; fflush() } next }
 		{ print; fflush() }' >&2
-rm -rf "$out"
+# Two renames: tests running meanwhile find binaries at every moment but
+# one.
+rm -rf "$out.old"
+if [ -d "$out" ]; then mv "$out" "$out.old"; fi
 mv "$out.tmp" "$out"
+rm -rf "$out.old"
 echo "kube-bins: done" >&2
 echo "$out"

@@ -500,8 +500,9 @@ func (c *ControlPlane) forget(p *process) {
 	}
 }
 
-// Stop stops the controller-manager, then the API server, and returns once
-// both have exited. It may be called more than once.
+// Stop stops the controller-manager, then the API server (SIGTERM, then
+// SIGKILL after 5s), and returns once both have exited. It may be called
+// more than once.
 func (c *ControlPlane) Stop() error {
 	c.mu.Lock()
 	procs := c.procs
@@ -509,7 +510,7 @@ func (c *ControlPlane) Stop() error {
 	c.mu.Unlock()
 	var errs []error
 	for i := len(procs) - 1; i >= 0; i-- {
-		if err := procs[i].stop(10 * time.Second); err != nil {
+		if err := procs[i].stop(5 * time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}

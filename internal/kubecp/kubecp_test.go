@@ -53,11 +53,10 @@ func TestServesItsVersion(t *testing.T) {
 	}
 }
 
-// waitPodCIDRs waits for node IPAM to give node its podCIDRs and returns
-// them with how long it took.
-func waitPodCIDRs(t *testing.T, cs kubernetes.Interface, node string) ([]netip.Prefix, time.Duration) {
+// createNode creates a Node without podCIDR, as a kubelet registers
+// itself, and deletes it when t ends.
+func createNode(t *testing.T, cs kubernetes.Interface, node string) {
 	t.Helper()
-	t0 := time.Now()
 	_, err := cs.CoreV1().Nodes().Create(ctx(t), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +66,13 @@ func waitPodCIDRs(t *testing.T, cs kubernetes.Interface, node string) ([]netip.P
 			t.Errorf("delete node %s: %v", node, err)
 		}
 	})
+}
+
+// waitPodCIDRs waits for node IPAM to give node its podCIDRs and returns
+// them.
+func waitPodCIDRs(t *testing.T, cs kubernetes.Interface, node string) []netip.Prefix {
+	t.Helper()
+	t0 := time.Now()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		n, err := cs.CoreV1().Nodes().Get(ctx(t), node, metav1.GetOptions{})
@@ -85,7 +91,7 @@ func waitPodCIDRs(t *testing.T, cs kubernetes.Interface, node string) ([]netip.P
 			if n.Spec.PodCIDR != n.Spec.PodCIDRs[0] {
 				t.Errorf("podCIDR %q is not podCIDRs[0] %q", n.Spec.PodCIDR, n.Spec.PodCIDRs[0])
 			}
-			return out, time.Since(t0)
+			return out
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("node %s has no podCIDR after %v", node, time.Since(t0))
@@ -101,7 +107,10 @@ func TestNodeGetsPodCIDR(t *testing.T) {
 	seen := map[netip.Prefix]string{}
 	for i := range 3 {
 		node := name("cidr" + strconv.Itoa(i))
-		got, took := waitPodCIDRs(t, cs, node)
+		t0 := time.Now()
+		createNode(t, cs, node)
+		got := waitPodCIDRs(t, cs, node)
+		took := time.Since(t0)
 		t.Logf("node %s: podCIDRs %v after %v", node, got, took.Round(time.Millisecond))
 		if len(got) != 1 || got[0].Bits() != 24 || !cluster.Contains(got[0].Addr()) || got[0] != got[0].Masked() {
 			t.Fatalf("node %s: podCIDRs %v, want one /24 inside %s", node, got, cluster)
@@ -148,7 +157,7 @@ func TestServiceAccountKubeconfigHasItsRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	node := name("rbac")
-	waitPodCIDRs(t, cs, node)
+	createNode(t, cs, node)
 
 	path := filepath.Join(t.TempDir(), "sa.kubeconfig")
 	if _, err := cp.ServiceAccountKubeconfig(c, ns, sa, path, time.Minute); err == nil {
@@ -218,8 +227,11 @@ func TestOwnDualStackControlPlane(t *testing.T) {
 		c.EtcdPrefix = "/weft-test-registry"
 	})
 	cs := kubetest.Client(t, cp)
-	got, took := waitPodCIDRs(t, cs, "dual")
-	t.Logf("podCIDRs %v after %v", got, took.Round(time.Millisecond))
+	// No cleanup: the whole cluster goes.
+	if _, err := cs.CoreV1().Nodes().Create(ctx(t), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "dual"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got := waitPodCIDRs(t, cs, "dual")
 	if len(got) != 2 || got[0].Bits() != 26 || !v4.Contains(got[0].Addr()) || got[1].Bits() != 64 || !v6.Contains(got[1].Addr()) {
 		t.Errorf("podCIDRs %v, want a /26 of %s and a /64 of %s", got, v4, v6)
 	}
