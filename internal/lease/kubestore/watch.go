@@ -42,7 +42,6 @@ func (s *Store) Watch(ctx context.Context, fn func([]lease.Event)) error {
 		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	q := newNameQueue(s.o.EventQueueDepth, ctx.Done())
 	reg, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { q.addObj(obj) },
@@ -50,9 +49,13 @@ func (s *Store) Watch(ctx context.Context, fn func([]lease.Event)) error {
 		DeleteFunc: func(obj any) { q.addObj(obj) },
 	})
 	if err != nil {
+		cancel()
 		return fmt.Errorf("lease watch: %w", err)
 	}
-	defer func() { _ = s.informer.RemoveEventHandler(reg) }()
+	defer func() {
+		cancel() // first: a handler waiting for room in q gives up
+		_ = s.informer.RemoveEventHandler(reg)
+	}()
 
 	// The handler was registered first, so nothing that changes after
 	// this listing is missed; it also replays every node, which compares
