@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"k8s.io/client-go/tools/cache"
 
@@ -29,9 +30,10 @@ import (
 // and skipped. This node is reported like any other.
 //
 // The families (IPv4, IPv6) come from the network config file, read when
-// Watch starts.
+// Watch starts; while it is missing or invalid, Watch waits for a valid
+// one. Watch returns only when ctx ends (or the Store is closed).
 func (s *Store) Watch(ctx context.Context, fn func([]lease.Event)) error {
-	fam, err := s.families(ctx)
+	fam, err := s.waitFamilies(ctx)
 	if err != nil {
 		return err
 	}
@@ -77,6 +79,30 @@ func (s *Store) Watch(ctx context.Context, fn func([]lease.Event)) error {
 			if evs := w.update(q.take()); len(evs) > 0 {
 				fn(evs)
 			}
+		}
+	}
+}
+
+// configRetry is how often Watch reads a missing or invalid net-conf again.
+const configRetry = 5 * time.Second
+
+// waitFamilies reads the families until the net-conf parses, logging each
+// distinct failure once.
+func (s *Store) waitFamilies(ctx context.Context) (families, error) {
+	last := ""
+	for {
+		fam, err := s.families(ctx)
+		if err == nil {
+			return fam, nil
+		}
+		if msg := err.Error(); msg != last {
+			last = msg
+			s.log.Error("lease watch: waiting for a usable net-conf", "err", err, "retry_every", configRetry)
+		}
+		select {
+		case <-ctx.Done():
+			return families{}, ctx.Err()
+		case <-time.After(configRetry):
 		}
 	}
 }
