@@ -699,7 +699,9 @@ func TestWatch(t *testing.T) {
 	if err := cs.CoreV1().Nodes().Delete(testCtx(t), other, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ev, _, _ = rec.waitFor(t, "the removal", func(e lease.Event) bool { return e.Type == lease.Removed && e.Lease.Attrs.PublicIP == ol.Attrs.PublicIP })
+	ev, _, _ = rec.waitFor(t, "the removal", func(e lease.Event) bool {
+		return e.Type == lease.Removed && e.Lease.Attrs.PublicIP == ol.Attrs.PublicIP
+	})
 	if ev.Lease.Key() != ol.Key() {
 		t.Errorf("removed %s, want %s", ev.Lease.Key(), ol.Key())
 	}
@@ -763,7 +765,9 @@ func TestRBAC(t *testing.T) {
 		}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = cs.RbacV1().ClusterRoleBindings().Delete(context.Background(), role, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = cs.RbacV1().ClusterRoleBindings().Delete(context.Background(), role, metav1.DeleteOptions{})
+		})
 		pod = sa + "-pod"
 		no := false
 		if _, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
