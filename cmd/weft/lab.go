@@ -59,7 +59,7 @@ func runLab(ctx context.Context, args []string) error {
 
 // labFlags are the flags that say how to build a lab.
 type labFlags struct {
-	name, root, backend, binDir, cniBinDir, logLevel string
+	name, root, backend, store, binDir, cniBinDir, logLevel string
 	nodes, pods, underlayGSO                         int
 	ipMasq                                           bool
 	timeout                                          time.Duration
@@ -72,6 +72,7 @@ func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
 		fs.StringVar(&f.backend, "backend", lab.DefaultBackend, "backend: vxlan, host-gw or udp")
 	}
 	fs.StringVar(&f.root, "root", lab.DefaultRoot, "directory holding the labs")
+	fs.StringVar(&f.store, "store", lab.StoreEtcd, "where leases live: etcd, or kube (a real kube-apiserver and controller-manager; agents run with --kube-subnet-mgr)")
 	fs.IntVar(&f.nodes, "nodes", lab.DefaultNodes, "number of nodes")
 	fs.IntVar(&f.pods, "pods", lab.DefaultPodsPerNode, "pods per node")
 	fs.StringVar(&f.binDir, "bin-dir", "", "directory with weft and weftd (default: this binary's)")
@@ -96,6 +97,7 @@ func (f *labFlags) options() (lab.Options, error) {
 		Nodes:        f.nodes,
 		PodsPerNode:  f.pods,
 		Backend:      f.backend,
+		Store:        f.store,
 		IPMasq:       &ipMasq,
 		UnderlayGSO:  f.underlayGSO,
 		BinDir:       f.binDir,

@@ -13,6 +13,8 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"k8s.io/klog/v2"
+
 	"github.com/weft-net/weft/internal/agentflags"
 	"github.com/weft-net/weft/internal/daemon"
 )
@@ -51,6 +53,8 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: s.LogLevel}))
+	// client-go logs through klog: into the same log.
+	klog.SetSlogLogger(log)
 	for _, w := range s.Warnings {
 		log.Warn(w)
 	}
@@ -61,6 +65,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	log.Info("weftd starting", "version", o.Version)
 	err = daemon.Run(ctx, o)
+	// A new net-conf (a ConfigMap update) is applied by running again;
+	// the datapath stays in place in between.
+	for errors.Is(err, daemon.ErrConfigChanged) {
+		log.Info("running again with the new network config")
+		err = daemon.Run(ctx, o)
+	}
 	stop()
 	if err != nil {
 		log.Error("weftd stopped", "err", err)

@@ -59,8 +59,8 @@ func run(t *testing.T, env []string, args ...string) (string, int) {
 
 // TestKubeFlannelArgs runs weftd as kube-flannel.yml's container does,
 // with a flannel-style environment holding empty values and a bad one: one
-// warning for the bad value, then the Kubernetes store is refused (exit 1,
-// as flanneld exits when its subnet manager fails).
+// warning for the bad value; then, outside a pod, the Kubernetes store
+// cannot open (exit 1, as flanneld exits when its subnet manager fails).
 func TestKubeFlannelArgs(t *testing.T) {
 	env := []string{
 		"POD_NAME=kube-flannel-ds-abcde", "POD_NAMESPACE=kube-flannel",
@@ -68,8 +68,8 @@ func TestKubeFlannelArgs(t *testing.T) {
 		"FLANNELD_IFACE=", "FLANNELD_PUBLIC_IP=", "FLANNELD_IPTABLES_RESYNC=often",
 	}
 	out, code := run(t, env, "--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081")
-	if code != 1 || !strings.Contains(out, "the Kubernetes store (--kube-subnet-mgr) is not available yet") {
-		t.Errorf("exit %d, want 1 and the store refused:\n%s", code, out)
+	if code != 1 || !strings.Contains(out, "--kube-subnet-mgr: kubernetes client config: not in a pod (unable to load in-cluster configuration") {
+		t.Errorf("exit %d, want 1 and the in-cluster config refused:\n%s", code, out)
 	}
 	if n := strings.Count(out, "level=WARN"); n != 1 || !strings.Contains(out, `FLANNELD_IPTABLES_RESYNC=\"often\"`) {
 		t.Errorf("%d warnings, want one for FLANNELD_IPTABLES_RESYNC:\n%s", n, out)

@@ -7,6 +7,7 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,6 +35,11 @@ type Params struct {
 	Network *config.Network
 	// Ext is the underlay interface, as netif chose it.
 	Ext netif.External
+	// VtepMAC, when set, is the VTEP MAC this node published before (the
+	// Kubernetes store keeps it in the node's backend-data annotation): a
+	// VXLAN device made anew takes it, so that the other nodes' neighbour
+	// and FDB entries stay right across a reboot.
+	VtepMAC net.HardwareAddr
 }
 
 // PublicIP is what this node publishes as its address: own's PublicIP,

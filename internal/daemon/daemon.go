@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"reflect"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
+	"github.com/weft-net/weft/internal/lease/kubestore"
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
@@ -40,10 +42,6 @@ type Options struct {
 	Netlink *netlinkx.Handle
 }
 
-// ErrKubeStore is Run's error for --kube-subnet-mgr until the Kubernetes
-// store is in.
-var ErrKubeStore = errors.New("the Kubernetes store (--kube-subnet-mgr) is not available yet")
-
 const storeTimeout = 30 * time.Second // bound on one store call
 
 func (o Options) withDefaults() Options {
@@ -58,7 +56,8 @@ func (o Options) withDefaults() Options {
 type daemon struct {
 	o       Options
 	log     *slog.Logger
-	store   lease.Store
+	wg      *sync.WaitGroup // the goroutines Run waits for
+	store   *storeHandle
 	h       *netlinkx.Handle
 	ext     netif.External
 	health  *health
@@ -81,7 +80,7 @@ type daemon struct {
 }
 
 // Run runs weftd until ctx ends, then returns nil. It returns an error for
-// what retrying cannot fix: a store it does not have (ErrKubeStore), no
+// what retrying cannot fix: a store it cannot open, no
 // usable interface, a health port in use, a backend that cannot be built.
 func Run(ctx context.Context, o Options) error {
 	o = o.withDefaults()
@@ -108,12 +107,29 @@ func Run(ctx context.Context, o Options) error {
 
 	// The store first, as flanneld makes its subnet manager before
 	// anything else.
-	store, closeStore, err := openStore(ctx, o)
+	store, err := openStore(ctx, o)
 	if err != nil {
 		return err
 	}
-	closers = append(closers, closeStore)
+	closers = append(closers, store.close)
 	d.store = store
+	if store.kube != nil {
+		// The node's node-public-ip(v6) annotations win over
+		// --public-ip(v6), before the interface is chosen (flanneld
+		// main.go:306-312).
+		v4, v6, err := store.kube.NodePublicIPs(ctx)
+		if err != nil {
+			return err
+		}
+		if v4.IsValid() {
+			d.log.Info("public IP from the node's annotation", "public_ip", v4, "was", d.o.Iface.PublicIP)
+			d.o.Iface.PublicIP = v4
+		}
+		if v6.IsValid() {
+			d.log.Info("public IPv6 from the node's annotation", "public_ipv6", v6, "was", d.o.Iface.PublicIPv6)
+			d.o.Iface.PublicIPv6 = v6
+		}
+	}
 
 	if o.HealthzPort != 0 {
 		_, wait, err := serveHealth(ctx, o.HealthzIP, o.HealthzPort, d.health, d.metrics, d.log)
@@ -134,7 +150,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	// Flannel chooses for the config's families (EnableIPv4/EnableIPv6),
 	// but the config is read later: IPv4 until the choice follows it.
-	ext, err := netif.SelectOn(d.h, o.Iface, netif.IPv4, d.log)
+	ext, err := netif.SelectOn(d.h, d.o.Iface, netif.IPv4, d.log)
 	if err != nil {
 		return fmt.Errorf("choose the external interface: %w", err)
 	}
@@ -152,21 +168,51 @@ func Run(ctx context.Context, o Options) error {
 	return err
 }
 
-// openStore chooses the lease store the options ask for and returns it
-// with what closes it.
-func openStore(ctx context.Context, o Options) (lease.Store, func(), error) {
+// openStore chooses the lease store the options ask for.
+func openStore(ctx context.Context, o Options) (*storeHandle, error) {
 	if o.KubeSubnetMgr {
-		return nil, nil, ErrKubeStore
+		ko := kubestore.Options{
+			APIURL: o.KubeAPIURL, Kubeconfig: o.KubeconfigFile,
+			AnnotationPrefix: o.KubeAnnotationPrefix, NetConfigPath: o.NetConfigPath,
+			SetNodeNetworkUnavailable: o.SetNodeNetworkUnavailable,
+			UserAgent:                 "weftd/" + o.Version,
+			Logger:                    o.Logger,
+		}
+		// NODE_NAME (or POD_NAME and POD_NAMESPACE), EVENT_QUEUE_DEPTH and
+		// CONT_WHEN_CACHE_NOT_READY, as the DaemonSet sets them.
+		if err := ko.FromEnv(os.Getenv); err != nil {
+			return nil, fmt.Errorf("--kube-subnet-mgr: %w", err)
+		}
+		st, err := kubestore.Open(ctx, ko)
+		if err != nil {
+			return nil, fmt.Errorf("--kube-subnet-mgr: %w", err)
+		}
+		o.Logger.Info("leases in the Kubernetes API", "node", st.NodeName(), "annotation_prefix", st.Keys().Prefix, "net_config", o.NetConfigPath)
+		// Acquire waits for the controller-manager to give the node a
+		// podCIDR, which takes as long as it takes: no bound.
+		return &storeHandle{Store: st, close: st.Close, kube: st}, nil
 	}
 	cli, err := etcdstore.Connect(ctx, etcdstore.ClientOptions(o.Etcd))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	st := etcdstore.New(cli, etcdstore.Options{Prefix: o.EtcdPrefix, TTL: o.LeaseTTL, Logger: o.Logger})
-	return st, func() { cli.Close() }, nil
+	return &storeHandle{Store: st, close: func() { cli.Close() }, acquireTimeout: storeTimeout}, nil
+}
+
+// storeHandle is the store Run uses, with what closes it and what the
+// daemon does differently per store.
+type storeHandle struct {
+	lease.Store
+	close func()
+	// acquireTimeout bounds one Acquire; 0 for none.
+	acquireTimeout time.Duration
+	// kube is the Kubernetes store, nil with etcd.
+	kube *kubestore.Store
 }
 
 func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
+	d.wg = wg
 	n, ok := d.waitConfig(ctx)
 	if !ok {
 		return nil
@@ -174,7 +220,16 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	d.net = n
 	d.metrics.info.WithLabelValues(n.Backend.Type, d.o.Version).Set(1)
 
-	be, err := newBackend(n.Backend.Type, backend.Params{Network: n, Ext: d.ext}, d.h, d.log)
+	params := backend.Params{Network: n, Ext: d.ext}
+	if d.store.kube != nil && n.Backend.Type == config.BackendVXLAN {
+		// A restarted node keeps the VtepMAC the others route to.
+		v4, _, err := d.store.kube.VtepMACs(ctx)
+		if err != nil {
+			d.log.Warn("cannot read the VtepMAC this node published; the device keeps or gets its own", "err", err)
+		}
+		params.VtepMAC = v4
+	}
+	be, err := newBackend(n.Backend.Type, params, d.h, d.log)
 	if err != nil {
 		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
@@ -203,6 +258,13 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	events := make(chan batch, 64)
 	ctx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
+	if d.store.kube != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.watchNetConf(ctx, n, stopRun)
+		}()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -212,8 +274,11 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	}()
 	defer func() {
 		var we *watchError
-		if errors.As(context.Cause(ctx), &we) {
+		switch cause := context.Cause(ctx); {
+		case errors.As(cause, &we):
 			err = we
+		case errors.Is(cause, ErrConfigChanged):
+			err = cause
 		}
 	}()
 	d.health.notReady("listing leases")
@@ -330,6 +395,76 @@ func (d *daemon) watch(ctx context.Context, out chan<- batch) error {
 	})
 }
 
+// ErrConfigChanged ends Run when the net-conf file changed to another
+// valid config: weftd runs again with it, and the datapath, left in place
+// in between, converges to the new config like after a restart.
+var ErrConfigChanged = errors.New("network config changed")
+
+// watchNetConf follows the Kubernetes store's net-conf file (a ConfigMap
+// update rewrites it) and stops the run when it changes to a valid config
+// that differs from running's. An invalid one is refused with an error and
+// the running config stays.
+func (d *daemon) watchNetConf(ctx context.Context, running *config.Network, stop context.CancelCauseFunc) {
+	err := d.store.kube.WatchNetworkConfig(ctx, func(raw []byte) {
+		n, _, err := config.Parse(raw)
+		switch {
+		case err != nil:
+			d.metrics.configErrs.Inc()
+			d.log.Error("net-conf changed to a config weftd cannot use; keeping the running one", "path", d.o.NetConfigPath, "err", err)
+		case sameEffect(n, running):
+			d.log.Info("net-conf rewritten with the running config", "path", d.o.NetConfigPath)
+		default:
+			d.log.Info("net-conf changed; starting again with it", "path", d.o.NetConfigPath, "network", n.Network, "backend", n.Backend.Type)
+			stop(fmt.Errorf("%w: %s", ErrConfigChanged, d.o.NetConfigPath))
+		}
+	})
+	if err != nil && ctx.Err() == nil {
+		d.log.Warn("cannot follow changes of the net-conf file; weftd applies one when it restarts", "path", d.o.NetConfigPath, "err", err)
+	}
+}
+
+// sameEffect reports whether two configs ask for the same datapath: their
+// text (Backend.Raw) may differ in spacing.
+func sameEffect(a, b *config.Network) bool {
+	x, y := *a, *b
+	x.Backend.Raw, y.Backend.Raw = nil, nil
+	return reflect.DeepEqual(x, y)
+}
+
+// complete tells the store, once, that this node's network is up: with
+// the Kubernetes store and --set-node-network-unavailable, the node's
+// NetworkUnavailable condition becomes False. It retries until it is
+// done; flanneld tries once and leaves the node unschedulable if that
+// attempt fails.
+func (d *daemon) complete(ctx context.Context) {
+	if d.store.kube == nil || !d.o.SetNodeNetworkUnavailable {
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		for attempt := 0; ; attempt++ {
+			sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+			err := d.store.kube.Complete(sctx)
+			cancel()
+			if err == nil {
+				d.log.Info("node condition NetworkUnavailable=False set", "node", d.store.kube.NodeName())
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			wait := backoff.Jittered(attempt, time.Second, 30*time.Second)
+			d.log.Warn("cannot set the node's NetworkUnavailable condition; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+	}()
+}
+
 // watchError is a lease watch that stopped for good.
 type watchError struct{ err error }
 
@@ -389,7 +524,10 @@ func (d *daemon) acquireBlocking(ctx context.Context, hint lease.Hint) bool {
 // returns how long to wait before the next attempt.
 func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (time.Duration, error) {
 	prev, reused := d.leases.holder(d.attrs)
-	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	sctx, cancel := ctx, context.CancelFunc(func() {})
+	if d.store.acquireTimeout > 0 {
+		sctx, cancel = context.WithTimeout(ctx, d.store.acquireTimeout)
+	}
 	l, err := d.store.Acquire(sctx, d.net, d.attrs, hint)
 	cancel()
 	if err != nil {
@@ -683,6 +821,7 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 		if !d.everReady {
 			d.everReady = true
 			d.log.Info(fmt.Sprintf("programmed %d leases in %s", len(leases), time.Since(d.start).Round(time.Millisecond)))
+			d.complete(ctx)
 		}
 		d.log.Info("ready", "subnet", leaseName(d.own), "leases", len(leases))
 	}

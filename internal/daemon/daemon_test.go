@@ -1,9 +1,12 @@
 package daemon_test
 
 import (
+	"strings"
+
 	"context"
 	"errors"
 	"io"
+	"k8s.io/client-go/rest"
 	"log/slog"
 	"testing"
 	"time"
@@ -15,10 +18,13 @@ import (
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
-// TestKubeStoreNotYet runs kube-flannel.yml's container arguments through
-// the daemon: they parse, and the store they ask for is refused, before
-// anything else is touched.
-func TestKubeStoreNotYet(t *testing.T) {
+// TestKubeStoreOutsideACluster runs kube-flannel.yml's container arguments
+// through the daemon outside a pod: they parse, and with no kubeconfig and
+// no in-cluster service account the Kubernetes store cannot open, before
+// anything else is touched (flanneld exits 1 the same way).
+func TestKubeStoreOutsideACluster(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	t.Setenv("KUBERNETES_SERVICE_PORT", "")
 	s, err := agentflags.Parse([]string{"--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"}, nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -26,8 +32,8 @@ func TestKubeStoreNotYet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = daemon.Run(ctx, daemon.Options{Options: s.Options, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if !errors.Is(err, daemon.ErrKubeStore) || err.Error() != "the Kubernetes store (--kube-subnet-mgr) is not available yet" {
-		t.Fatalf("Run = %v", err)
+	if err == nil || !strings.Contains(err.Error(), "--kube-subnet-mgr: kubernetes client config") || !errors.Is(err, rest.ErrNotInCluster) {
+		t.Fatalf("Run = %v, want the in-cluster config refused", err)
 	}
 }
 

@@ -122,7 +122,7 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	}
 	o.progress("  starting weftd on %s", node.ns)
 	start := time.Now()
-	pid, err := startDetached(node.ns, filepath.Join(l.BinDir, "weftd"), args, node.log)
+	pid, err := startDetached(node.ns, filepath.Join(l.BinDir, "weftd"), args, nil, node.log)
 	if err != nil {
 		return nil, err
 	}

@@ -16,9 +16,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/kubecp"
 )
 
 // Defaults.
@@ -46,6 +48,15 @@ const (
 	maxNodes    = 250
 )
 
+// Lease stores a lab can run on.
+const (
+	// StoreEtcd keeps leases in etcd, under flannel's keys.
+	StoreEtcd = "etcd"
+	// StoreKube runs a Kubernetes control plane (backed by the lab's etcd)
+	// and each weftd with --kube-subnet-mgr, as in a DaemonSet.
+	StoreKube = "kube"
+)
+
 // Options say what lab to build. The zero value of each field means its
 // default.
 type Options struct {
@@ -56,6 +67,10 @@ type Options struct {
 	PodsPerNode int
 	Backend     string // vxlan, host-gw or udp
 	Network     string // cluster network CIDR
+	Store       string // StoreEtcd (default) or StoreKube
+	// KubeBinDir holds kube-apiserver and kube-controller-manager for
+	// StoreKube; default kubecp.DefaultBinDir().
+	KubeBinDir string
 	// IPMasq runs weftd with --ip-masq, as flannel is deployed; the CNI
 	// bridge then does no masquerading of its own. Default true.
 	IPMasq *bool
@@ -91,9 +106,17 @@ type State struct {
 	ControlNS    string    `json:"controlNS"`
 	EtcdEndpoint string    `json:"etcdEndpoint"`
 	EtcdLog      string    `json:"etcdLog"`
-	WeftdArgs    []string  `json:"weftdArgs,omitempty"` // extra flags for every weftd
-	UnderlayGSO  int       `json:"underlayGSO"`         // as asked; 0 once the kernel turned out to have no BIG TCP
-	Nodes        []Node    `json:"nodes"`
+	Store        string    `json:"store"`
+	// The Kubernetes side, with StoreKube: the control plane's files and
+	// URL, and the net-conf.json every agent reads (--net-config-path).
+	KubeBinDir      string   `json:"kubeBinDir,omitempty"`
+	KubeDir         string   `json:"kubeDir,omitempty"`
+	APIServer       string   `json:"apiServer,omitempty"`
+	AdminKubeconfig string   `json:"adminKubeconfig,omitempty"`
+	NetConfFile     string   `json:"netConfFile,omitempty"`
+	WeftdArgs       []string `json:"weftdArgs,omitempty"` // extra flags for every weftd
+	UnderlayGSO     int      `json:"underlayGSO"`         // as asked; 0 once the kernel turned out to have no BIG TCP
+	Nodes           []Node   `json:"nodes"`
 	// Ready is set once Up has finished.
 	Ready bool `json:"ready"`
 }
@@ -102,6 +125,8 @@ type State struct {
 type Node struct {
 	Index      int          `json:"index"` // 1-based
 	NS         string       `json:"ns"`
+	Name       string       `json:"name"` // the Node object's name, with StoreKube
+	Kubeconfig string       `json:"kubeconfig,omitempty"`
 	PublicIP   netip.Addr   `json:"publicIP"`
 	Subnet     netip.Prefix `json:"subnet,omitzero"` // FLANNEL_SUBNET once known
 	Dir        string       `json:"dir"`
@@ -172,6 +197,20 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Network == "" {
 		o.Network = DefaultNetwork
 	}
+	switch o.Store {
+	case "":
+		o.Store = StoreEtcd
+	case StoreEtcd, StoreKube:
+	default:
+		return o, fmt.Errorf("store %q: want %s or %s", o.Store, StoreEtcd, StoreKube)
+	}
+	if o.Store == StoreKube && o.KubeBinDir == "" {
+		d, err := kubecp.DefaultBinDir()
+		if err != nil {
+			return o, err
+		}
+		o.KubeBinDir = d
+	}
 	if _, err := netip.ParsePrefix(o.Network); err != nil {
 		return o, fmt.Errorf("network %q: %w", o.Network, err)
 	}
@@ -236,14 +275,21 @@ func plan(o Options) State {
 		ControlNS:    o.Name + "-ctl",
 		EtcdEndpoint: fmt.Sprintf("http://%s:%d", ctlAddr, etcdPort),
 		EtcdLog:      filepath.Join(o.Dir, "etcd.log"),
+		Store:        o.Store,
 		WeftdArgs:    o.WeftdArgs,
 		UnderlayGSO:  o.UnderlayGSO,
+	}
+	if o.Store == StoreKube {
+		s.KubeBinDir = o.KubeBinDir
+		s.KubeDir = filepath.Join(o.Dir, "kube")
+		s.NetConfFile = filepath.Join(o.Dir, "net-conf.json")
 	}
 	for i := 1; i <= o.Nodes; i++ {
 		dir := filepath.Join(o.Dir, fmt.Sprintf("n%d", i))
 		n := Node{
 			Index:      i,
 			NS:         fmt.Sprintf("%s-n%d", o.Name, i),
+			Name:       strings.ToLower(fmt.Sprintf("%s-n%d", o.Name, i)),
 			PublicIP:   netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}),
 			Dir:        dir,
 			SubnetFile: filepath.Join(dir, "subnet.env"),

@@ -17,6 +17,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/weft-net/weft/internal/kubecp"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
@@ -70,6 +71,11 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := l.startEtcd(ctx); err != nil {
 		return l, err
 	}
+	if l.Store == StoreKube {
+		if err := l.startKube(ctx); err != nil {
+			return l, err
+		}
+	}
 	for i := range l.Nodes {
 		if err := l.StartAgent(ctx, i+1); err != nil {
 			return l, err
@@ -103,6 +109,11 @@ func checkBinaries(o Options) error {
 	for _, p := range need {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("lab needs %s (run `make build`, or set --bin-dir/--cni-bin-dir): %w", p, err)
+		}
+	}
+	if o.Store == StoreKube {
+		if err := kubecp.CheckBinaries(o.KubeBinDir); err != nil {
+			return fmt.Errorf("lab --store kube: %w", err)
 		}
 	}
 	for _, tool := range []string{"ip"} {
@@ -235,9 +246,13 @@ func (l *Lab) startEtcd(ctx context.Context) error {
 		"--listen-client-urls", url,
 		"--advertise-client-urls", url,
 		"--listen-peer-urls", "http://127.0.0.1:2380",
-		"--network-config", l.networkConfig(),
 	}
-	pid, err := startDetached(l.ControlNS, filepath.Join(l.BinDir, "weft"), args, l.EtcdLog)
+	// With the Kubernetes store, etcd only backs the API server; the
+	// agents read net-conf.json.
+	if l.Store != StoreKube {
+		args = append(args, "--network-config", l.networkConfig())
+	}
+	pid, err := startDetached(l.ControlNS, filepath.Join(l.BinDir, "weft"), args, nil, l.EtcdLog)
 	if err != nil {
 		return fmt.Errorf("starting etcd: %w", err)
 	}
@@ -266,11 +281,15 @@ func (l *Lab) startEtcd(ctx context.Context) error {
 // weftdArgs is node n's agent command line.
 func (l *Lab) weftdArgs(n *Node, extra []string) []string {
 	args := []string{
-		"--etcd-endpoints=" + l.State.EtcdEndpoint,
 		"--iface=eth0",
 		"--subnet-file=" + n.SubnetFile,
 		"--healthz-ip=127.0.0.1",
 		"--healthz-port=" + strconv.Itoa(healthzPort),
+	}
+	if l.Store == StoreKube {
+		args = append(args, "--kube-subnet-mgr", "--kubeconfig-file="+n.Kubeconfig, "--net-config-path="+l.NetConfFile)
+	} else {
+		args = append(args, "--etcd-endpoints="+l.State.EtcdEndpoint)
 	}
 	if l.IPMasq {
 		args = append(args, "--ip-masq")
@@ -283,7 +302,12 @@ func (l *Lab) weftdArgs(n *Node, extra []string) []string {
 func (l *Lab) StartAgent(ctx context.Context, i int, extraArgs ...string) error {
 	n := l.node(i)
 	args := l.weftdArgs(n, append(append([]string(nil), l.WeftdArgs...), extraArgs...))
-	pid, err := startDetached(n.NS, filepath.Join(l.BinDir, "weftd"), args, n.Log)
+	var env []string
+	if l.Store == StoreKube {
+		// As the DaemonSet gives it, from spec.nodeName.
+		env = []string{"NODE_NAME=" + n.Name}
+	}
+	pid, err := startDetached(n.NS, filepath.Join(l.BinDir, "weftd"), args, env, n.Log)
 	if err != nil {
 		return fmt.Errorf("node %d: starting weftd: %w", i, err)
 	}
@@ -564,7 +588,7 @@ func inNamespace(pid int, name string) bool {
 // startDetached starts bin inside namespace name in its own session, with
 // stdout and stderr appended to logPath, and returns its pid. The process
 // outlives the caller; while the caller lives, it is reaped when it exits.
-func startDetached(name, bin string, args []string, logPath string) (int, error) {
+func startDetached(name, bin string, args, env []string, logPath string) (int, error) {
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return 0, err
 	}
@@ -577,17 +601,22 @@ func startDetached(name, bin string, args []string, logPath string) (int, error)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	// The agent reads FLANNELD_* variables; the caller's must not leak in.
+	// So must the Kubernetes variables it reads; env sets the ones it gets.
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FLANNELD_") {
+		if !strings.HasPrefix(kv, "FLANNELD_") && !slices.Contains(kubeAgentEnv, strings.SplitN(kv, "=", 2)[0]) {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
+	cmd.Env = append(cmd.Env, env...)
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("%s in %s: %w", bin, name, err)
 	}
 	go func() { _ = cmd.Wait() }()
 	return cmd.Process.Pid, nil
 }
+
+// kubeAgentEnv are the variables weftd reads in Kubernetes mode.
+var kubeAgentEnv = []string{"NODE_NAME", "POD_NAME", "POD_NAMESPACE", "EVENT_QUEUE_DEPTH", "CONT_WHEN_CACHE_NOT_READY", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
 
 func writePID(path string, pid int) error {
 	return os.WriteFile(path, []byte(strconv.Itoa(pid)+"\n"), 0o644)

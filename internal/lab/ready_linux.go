@@ -15,8 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -152,13 +150,9 @@ func routeDsts(ctx context.Context, name string) (map[netip.Prefix]bool, error) 
 // belongs there, so the rest runs on any thread. (http.Client would dial on
 // another goroutine, in the wrong namespace.)
 func httpGetInNS(ctx context.Context, name, addr, path string) (int, string, error) {
-	var conn net.Conn
-	err := ns.WithNetNSPath(nsPath(name), func(ns.NetNS) error {
-		d := net.Dialer{Timeout: time.Second}
-		var err error
-		conn, err = d.DialContext(ctx, "tcp", addr)
-		return err
-	})
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	conn, err := dialInNS(name)(dctx, "tcp", addr)
+	cancel()
 	if err != nil {
 		return 0, "", err
 	}

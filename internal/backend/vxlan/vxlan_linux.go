@@ -70,6 +70,16 @@ func New(p backend.Params, h *netlinkx.Handle, log *slog.Logger) (*Backend, erro
 		return nil, fmt.Errorf("vxlan: MTU %d of %s leaves %d for %s, below IPv4's minimum 68", p.Ext.MTU, p.Ext.Name, b.mtu, b.name)
 	}
 	b.log = log.With("backend", config.BackendVXLAN, "device", b.name)
+	if len(p.VtepMAC) > 0 {
+		mac, err := netlinkx.MACFrom(p.VtepMAC)
+		if err != nil {
+			return nil, fmt.Errorf("vxlan: published VtepMAC: %w", err)
+		}
+		// The published MAC wins over a new random one and over a device
+		// whose MAC changed: it is what the other nodes route to.
+		b.mac = mac
+		b.log.Info("restoring the published VtepMAC", "mac", mac)
+	}
 	return b, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -285,6 +286,40 @@ func TestRecreateOnConfigChange(t *testing.T) {
 	d := device(t, v2)
 	if d.Index == idx || d.Port != 4789 || d.MTU != 1400 || v2.b.MAC() != v.b.MAC() {
 		t.Fatalf("after port change: ifindex %d (was %d) port %d mtu %d mac %s (was %s)", d.Index, idx, d.Port, d.MTU, v2.b.MAC(), v.b.MAC())
+	}
+}
+
+// TestRestoredVtepMAC gives the backend the MAC this node published before
+// (as the Kubernetes store keeps it): a new device takes it, and so does
+// a device whose MAC was changed by hand.
+func TestRestoredVtepMAC(t *testing.T) {
+	nodes := backendtest.Cluster(t, pfx("10.244.1.0/24"))
+	nw := backendtest.Network(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`)
+	published, _ := net.ParseMAC("0e:11:22:33:44:55")
+	for _, step := range []string{"new device", "device with another MAC"} {
+		p := nodes[0].Params(nw)
+		p.VtepMAC = published
+		b, err := vxlan.New(p, nodes[0].NS.H, backendtest.Logger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, data, err := b.LeaseAttrs(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `{"VNI":1,"VtepMAC":"0e:11:22:33:44:55"}`; string(data) != want {
+			t.Errorf("%s: backend data %s, want %s", step, data, want)
+		}
+		l, err := nodes[0].NS.H.LinkByName("flannel.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.Attrs().HardwareAddr.String(); got != published.String() {
+			t.Errorf("%s: device MAC %s, want %s", step, got, published)
+		}
+		if _, err := nodes[0].NS.Exec("ip", "link", "set", "flannel.1", "address", "0e:99:99:99:99:99"); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

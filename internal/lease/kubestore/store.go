@@ -174,7 +174,16 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		return nil, err
 	}
 	cfg := o.RESTConfig
-	if cfg == nil {
+	switch {
+	case cfg != nil:
+	case o.APIURL == "" && o.Kubeconfig == "":
+		// What clientcmd.BuildConfigFromFlags does with neither, without
+		// its fallback to an empty default config, whose error ("no
+		// configuration has been provided") hides what is missing.
+		if cfg, err = rest.InClusterConfig(); err != nil {
+			return nil, fmt.Errorf("kubernetes client config: not in a pod (%w); give --kubeconfig-file or --kube-api-url", err)
+		}
+	default:
 		if cfg, err = clientcmd.BuildConfigFromFlags(o.APIURL, o.Kubeconfig); err != nil {
 			return nil, fmt.Errorf("kubernetes client config: %w", err)
 		}

@@ -1,0 +1,213 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	kubemanifest "github.com/weft-net/weft/deploy/kube"
+	"github.com/weft-net/weft/internal/kubecp"
+)
+
+// The lab's Kubernetes side, for --store kube: kube-apiserver and
+// kube-controller-manager run in the control namespace beside etcd, the lab
+// registers each node as kubelet would, and each weftd runs with
+// --kube-subnet-mgr and a token of the manifest's ServiceAccount, so that
+// it has exactly the RBAC a user's cluster gives it.
+
+const apiServerPort = 6443
+
+// dialInNS dials from inside namespace name: the lab's addresses are not
+// reachable from the root namespace, where the weft command runs.
+func dialInNS(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := ns.WithNetNSPath(nsPath(name), func(ns.NetNS) error {
+			var d net.Dialer
+			var err error
+			conn, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}
+}
+
+// startKube starts the control plane in the control namespace, backed by
+// the lab's etcd, and sets up what the agents need: the manifest's RBAC,
+// a Node per lab node and a kubeconfig per agent.
+func (l *Lab) startKube(ctx context.Context) error {
+	network, err := netip.ParsePrefix(l.Network)
+	if err != nil {
+		return fmt.Errorf("network %q: %w", l.Network, err)
+	}
+	ctl := l.ControlNS
+	cp, err := kubecp.Start(ctx, kubecp.Config{
+		BinDir:       l.KubeBinDir,
+		DataDir:      l.KubeDir,
+		EtcdServers:  []string{l.State.EtcdEndpoint},
+		Address:      netip.MustParseAddr(ctlAddr),
+		Port:         apiServerPort,
+		ClusterCIDRs: []netip.Prefix{network},
+		// The lab's config leaves SubnetLen at flannel's default.
+		NodeCIDRMaskSizeIPv4: 24,
+		Command: func(bin string, args []string) *exec.Cmd {
+			cmd := exec.Command("ip", append([]string{"netns", "exec", ctl, bin}, args...)...)
+			// The servers outlive `weft lab up`, as the agents do; Down
+			// finds them by namespace.
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			return cmd
+		},
+		DialContext: dialInNS(ctl),
+		Logger:      l.log,
+	})
+	if err != nil {
+		return fmt.Errorf("kubernetes control plane: %w", err)
+	}
+	l.APIServer = cp.URL()
+	l.AdminKubeconfig = cp.AdminKubeconfig()
+	for _, p := range cp.Processes() {
+		if err := writePID(filepath.Join(l.KubeDir, p.Name+".pid"), p.PID); err != nil {
+			return err
+		}
+	}
+	if err := l.save(); err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(cp.AdminConfig())
+	if err != nil {
+		return err
+	}
+	if err := applyAgentRBAC(ctx, cs); err != nil {
+		return err
+	}
+	if err := os.WriteFile(l.NetConfFile, []byte(l.networkConfig()+"\n"), 0o644); err != nil {
+		return fmt.Errorf("net-conf.json: %w", err)
+	}
+	for i := range l.Nodes {
+		n := &l.Nodes[i]
+		if err := registerNode(ctx, cs, n); err != nil {
+			return err
+		}
+		n.Kubeconfig = filepath.Join(n.Dir, "kubeconfig")
+		if _, err := cp.ServiceAccountKubeconfig(ctx, agentNamespace, agentServiceAccount, n.Kubeconfig, 24*time.Hour); err != nil {
+			return fmt.Errorf("node %d: kubeconfig: %w", n.Index, err)
+		}
+	}
+	return l.save()
+}
+
+// KubeClient is a client of the lab's API server with the admin's
+// credentials, dialling from the control namespace.
+func (l *Lab) KubeClient() (kubernetes.Interface, error) {
+	cfg, err := l.kubeConfig()
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+func (l *Lab) kubeConfig() (*rest.Config, error) {
+	if l.Store != StoreKube {
+		return nil, fmt.Errorf("lab %s keeps its leases in etcd, not in the Kubernetes API", l.Name)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.AdminKubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("lab %s: admin kubeconfig: %w", l.Name, err)
+	}
+	cfg.Dial = dialInNS(l.ControlNS)
+	return cfg, nil
+}
+
+// RegisterNode creates node n's Node object, as its kubelet would on
+// start: its InternalIP and the OS label the DaemonSet's affinity wants.
+func (l *Lab) RegisterNode(ctx context.Context, i int) error {
+	cs, err := l.KubeClient()
+	if err != nil {
+		return err
+	}
+	return registerNode(ctx, cs, l.node(i))
+}
+
+func registerNode(ctx context.Context, cs kubernetes.Interface, n *Node) error {
+	// As kubelet's registration, with the status in the create: the
+	// controller-manager writes the podCIDR as soon as the Node exists.
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:   n.Name,
+			Labels: map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/hostname": n.Name},
+		},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+			{Type: corev1.NodeInternalIP, Address: n.PublicIP.String()},
+			{Type: corev1.NodeHostName, Address: n.Name},
+		}},
+	}
+	_, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("node %d: register Node %s: %w", n.Index, n.Name, err)
+	}
+	return nil
+}
+
+// DeleteNode deletes node i's Node object, as when a node leaves the cluster.
+func (l *Lab) DeleteNode(ctx context.Context, i int) error {
+	cs, err := l.KubeClient()
+	if err != nil {
+		return err
+	}
+	n := l.node(i)
+	if err := cs.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("node %d: delete Node %s: %w", i, n.Name, err)
+	}
+	return nil
+}
+
+// Where the agents' ServiceAccount lives: the manifest's.
+const (
+	agentNamespace      = kubemanifest.Namespace
+	agentServiceAccount = kubemanifest.ServiceAccount
+)
+
+// applyAgentRBAC creates the manifest's Namespace, ServiceAccount,
+// ClusterRole and ClusterRoleBinding: the agents' identity and rights, as
+// `kubectl apply -f weft.yml` gives them. The ConfigMap and DaemonSet are
+// the lab's own processes and files.
+func applyAgentRBAC(ctx context.Context, cs kubernetes.Interface) error {
+	objs, err := kubemanifest.Objects()
+	if err != nil {
+		return err
+	}
+	for _, obj := range objs {
+		var err error
+		switch o := obj.(type) {
+		case *corev1.Namespace:
+			_, err = cs.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
+		case *corev1.ServiceAccount:
+			_, err = cs.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+		case *rbacv1.ClusterRole:
+			_, err = cs.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
+		case *rbacv1.ClusterRoleBinding:
+			_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+		default:
+			continue
+		}
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("weft.yml %T: %w", obj, err)
+		}
+	}
+	return nil
+}
