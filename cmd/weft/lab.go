@@ -60,10 +60,10 @@ func runLab(ctx context.Context, args []string) error {
 // labFlags are the flags that say how to build a lab.
 type labFlags struct {
 	name, root, backend, store, binDir, cniBinDir, logLevel string
-	nodes, pods, underlayGSO                         int
-	ipMasq                                           bool
-	timeout                                          time.Duration
-	weftdArgs                                        stringList
+	nodes, pods, underlayGSO                                int
+	ipMasq                                                  bool
+	timeout                                                 time.Duration
+	weftdArgs                                               stringList
 }
 
 func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
