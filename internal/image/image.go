@@ -61,7 +61,7 @@ const (
 
 // layerFormat changes when a layer's content changes for the same inputs,
 // so that older cached layers are not reused.
-const layerFormat = "weft-image-layer-1"
+const layerFormat = "weft-image-layer-2"
 
 // Options says what to build.
 type Options struct {

@@ -87,15 +87,11 @@ func dirHeader(name string, mode int64, mtime time.Time) *tar.Header {
 	return &tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, ModTime: mtime, Uname: "root", Gname: "root"}
 }
 
-// cleanName turns a deb's "./usr/sbin/x" into the layer's "usr/sbin/x";
-// "" is the root itself.
+// cleanName turns a deb's "./usr/sbin/x" (or directory "./usr/sbin/") into
+// the layer's "usr/sbin/x" ("usr/sbin"); "" is the root itself.
 func cleanName(n string) string {
-	n = strings.TrimPrefix(n, "./")
-	n = strings.TrimPrefix(n, "/")
-	if n == "." {
-		return ""
-	}
-	return n
+	n = path.Clean("/" + n)
+	return strings.TrimPrefix(n, "/")
 }
 
 // writeRootfs writes the layer of the unpacked packages: every deb's data
