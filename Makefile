@@ -25,8 +25,8 @@ VERSION ?= $(shell git describe --tags --always --dirty)
 # The container image deploy/kube/weft.yml runs; the manifest names the same
 # reference (a test checks), so change both together. The binaries go into
 # it static (they run on Debian's root file system but need none of it);
-# the archive is an OCI image layout in a tar: `ctr -n k8s.io images import`,
-# `skopeo copy oci-archive:...` or `podman load` take it.
+# the archive is an OCI image layout in a tar (`ctr -n k8s.io images import`
+# or `skopeo copy oci-archive:...` take it).
 IMAGE     := ghcr.io/weft-net/weft:v0.1.0
 IMAGE_OUT ?= $(BIN)/weft-image.oci.tar
 IMAGE_BIN ?= $(BIN)/image

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -41,7 +42,8 @@ func run(args []string) error {
 	}
 	cache = filepath.Join(cache, "image")
 	fs := flag.NewFlagSet("mkimage", flag.ContinueOnError)
-	fs.SetOutput(os.Stdout)
+	// --help prints to stdout; a bad flag is reported once, by main.
+	fs.SetOutput(io.Discard)
 	ref := fs.String("ref", "", "image reference with its tag, e.g. ghcr.io/weft-net/weft:v0.1.0 (required)")
 	version := fs.String("version", "", "weft's version, recorded in the image's labels")
 	binDir := fs.String("bin-dir", "", "directory holding static weftd, weft and weft-cni (required)")
@@ -50,6 +52,11 @@ func run(args []string) error {
 	pkgs := fs.String("packages", strings.Join(image.DefaultPackages, ","), "Debian packages of the root file system, with their dependencies")
 	created := fs.String("created", "", "image creation time, Unix seconds (default: now); e.g. the commit's, for reproducible images")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fmt.Println("usage: go run ./hack/mkimage --ref REF --bin-dir DIR --out FILE [flags]")
+			fs.PrintDefaults()
+		}
 		return err
 	}
 	if fs.NArg() > 0 {
