@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/backend"
-	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
@@ -103,7 +102,7 @@ type daemon struct {
 	log     *slog.Logger
 	store   lease.Store
 	h       *netlinkx.Handle
-	ext     backend.ExternalInterface
+	ext     netif.External
 	health  *health
 	metrics *metrics
 	start   time.Time
@@ -165,7 +164,13 @@ func Run(ctx context.Context, o Options) error {
 		closers = append(closers, h.Close)
 		d.h = h
 	}
-	ext, err := netif.SelectOn(d.h, o.Iface)
+	iface := o.Iface
+	if !iface.PublicIPv6.IsValid() {
+		iface.PublicIPv6 = o.PublicIPv6
+	}
+	// Flannel chooses for the config's families (EnableIPv4/EnableIPv6),
+	// but the config is read later: IPv4 until the choice follows it.
+	ext, err := netif.SelectOn(d.h, iface, netif.IPv4, d.log)
 	if err != nil {
 		return fmt.Errorf("choose the external interface: %w", err)
 	}
@@ -203,8 +208,8 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
 	d.be = be // closed by Run
-	if u, ok := be.(*udp.Backend); ok {
-		d.metrics.reg.MustRegister(newUDPCollector(u.Stats))
+	if err := registerBackendMetrics(d.metrics.reg, be); err != nil {
+		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
 	typ, data, err := be.LeaseAttrs(ctx)
 	if err != nil {

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -212,7 +212,7 @@ type SubnetFileFacts struct {
 type NodeFacts struct {
 	// Ext is the underlay weftd's interface rules choose (ExtErr when they
 	// choose none).
-	Ext    backend.ExternalInterface
+	Ext    netif.External
 	ExtErr error
 
 	Links    []Link

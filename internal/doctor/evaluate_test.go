@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/daemon"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
 	"github.com/weft-net/weft/internal/masq"
+	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -90,7 +90,7 @@ func healthy() Facts {
 			Env:  subnetenv.Env{Network: network, Subnet: pfx("10.244.1.1/24"), MTU: 1450, IPMasq: true},
 		},
 		Node: NodeFacts{
-			Ext: backend.ExternalInterface{Name: "eth0", Index: ulIdx, MTU: 1500, Addr: addr("192.0.2.1"), PublicIP: addr("192.0.2.1"), Subnet: pfx("192.0.2.0/24")},
+			Ext: netif.External{Name: "eth0", Index: ulIdx, MTU: 1500, Addr: addr("192.0.2.1"), PublicIP: addr("192.0.2.1"), Subnet: pfx("192.0.2.0/24")},
 			Links: []Link{
 				{Name: "lo", Index: 1, Kind: "device", MTU: 65536, Up: true, Addrs: []netip.Prefix{pfx("127.0.0.1/8")}},
 				{Name: "eth0", Index: ulIdx, Kind: "veth", MTU: 1500, Up: true, Addrs: []netip.Prefix{pfx("192.0.2.1/24")}, GSOIPv4MaxSize: 65536},
@@ -333,7 +333,7 @@ func TestEvaluate(t *testing.T) {
 		{
 			name: "underlay by lease",
 			mutate: func(f *Facts) {
-				f.Node.Ext, f.Node.ExtErr = backend.ExternalInterface{}, errors.New("no IPv4 default route")
+				f.Node.Ext, f.Node.ExtErr = netif.External{}, errors.New("no IPv4 default route")
 			},
 			check: "underlay", status: Warn, want: []string{"no IPv4 default route", "took eth0", "192.0.2.1"},
 			also: map[string]Status{"routes": OK, "subnet-lease": OK},
@@ -341,7 +341,7 @@ func TestEvaluate(t *testing.T) {
 		{
 			name: "no underlay",
 			mutate: func(f *Facts) {
-				f.Node.Ext, f.Node.ExtErr = backend.ExternalInterface{}, errors.New("no IPv4 default route")
+				f.Node.Ext, f.Node.ExtErr = netif.External{}, errors.New("no IPv4 default route")
 				f.Node.Links[1].Addrs = nil
 			},
 			check: "underlay", status: Fail, want: []string{"no underlay interface"},

@@ -270,7 +270,12 @@ func gatherNode(ctx context.Context, o daemon.Options, n *config.Network, sf Sub
 		return nf
 	}
 	defer h.Close()
-	nf.Ext, nf.ExtErr = netif.SelectOn(h, o.Iface)
+	// As weftd chooses: IPv4, with its --public-ipv6.
+	iface := o.Iface
+	if !iface.PublicIPv6.IsValid() {
+		iface.PublicIPv6 = o.PublicIPv6
+	}
+	nf.Ext, nf.ExtErr = netif.SelectOn(h, iface, netif.IPv4, nil)
 	nf.Links, nf.LinksErr = links(h)
 	nf.Routes, nf.RoutesErr = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
 

@@ -268,6 +268,24 @@ func (h *Handle) AddrList(l Link, f Family) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// Addrs is AddrList with each address's flags (permanent, temporary,
+// deprecated), in the kernel's order.
+func (h *Handle) Addrs(l Link, f Family) ([]Addr, error) {
+	addrs, err := dump(h, "list addresses of "+l.Attrs().Name, func() ([]netlink.Addr, error) {
+		return h.nh.AddrList(l, int(f))
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if p, ok := fromIPNet(a.IPNet); ok {
+			out = append(out, Addr{Prefix: p, Flags: a.Flags})
+		}
+	}
+	return out, nil
+}
+
 func toNLRoute(r Route) *netlink.Route {
 	nr := &netlink.Route{
 		Dst:       toIPNet(r.Dst),
@@ -353,6 +371,45 @@ func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// RouteGet is `ip route get DST`: the kernel's own lookup, policy rules
+// included, of the route a packet for dst would take and the source
+// address it would get. Nothing is sent.
+func (h *Handle) RouteGet(dst netip.Addr) (RouteLookup, error) {
+	rs, err := h.nh.RouteGet(dst.AsSlice())
+	if err != nil {
+		return RouteLookup{}, fmt.Errorf("route get %s: %w", dst, err)
+	}
+	if len(rs) == 0 {
+		return RouteLookup{}, fmt.Errorf("route get %s: the kernel returned no route", dst)
+	}
+	r := rs[0]
+	return RouteLookup{LinkIndex: r.LinkIndex, Src: fromIP(r.Src), Gw: fromIP(r.Gw)}, nil
+}
+
+// DefaultRouteLink is the interface of the main table's first default
+// route of family f (FamilyV4 or FamilyV6) in the kernel's order, which is
+// lowest metric first: `ip route show default`, first line. ok is false
+// when there is none; index is 0 when the kernel names no interface for
+// that route (multipath; an IPv4 blackhole or unreachable route; IPv6
+// ones name lo).
+func (h *Handle) DefaultRouteLink(f Family) (index int, ok bool, err error) {
+	nrs, err := dump(h, "list routes", func() ([]netlink.Route, error) {
+		return h.nh.RouteListFiltered(int(f), &netlink.Route{}, 0)
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	for _, nr := range nrs {
+		if nr.Dst == nil {
+			return nr.LinkIndex, true, nil
+		}
+		if ones, _ := nr.Dst.Mask.Size(); ones == 0 && nr.Dst.IP.IsUnspecified() {
+			return nr.LinkIndex, true, nil
+		}
+	}
+	return 0, false, nil
 }
 
 func neighFamily(a netip.Addr) int {
