@@ -33,7 +33,7 @@ IMAGE_BIN ?= $(BIN)/image
 # The last commit's time, so that one commit gives one image digest.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
 
-.PHONY: all deps build cni-plugins test vet demo bench clean image print-image
+.PHONY: all deps build cni-plugins kube-bins test vet demo bench clean image print-image
 
 all: build
 
@@ -58,12 +58,20 @@ $(CNI_BIN)/.version-$(CNI_PLUGINS_VERSION)-$(CNI_VERSION):
 	rm -f $(CNI_BIN)/.version-*
 	touch $@
 
+# A real kube-apiserver and kube-controller-manager for the tests of the
+# Kubernetes store (internal/kubecp, internal/kubetest) and the lab's
+# --store kube: built from the module proxy at the version of client-go in
+# go.mod, cached by version under ~/.cache/weft/kube (minutes the first
+# time; the script shows its progress), then found again at once.
+kube-bins: deps
+	scripts/kube-bins.sh
+
 vet:
 	$(GO) vet ./...
 
 # Root-only tests (namespaces) run too: they skip, saying so, without root.
-test: deps build vet
-	WEFT_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 14m ./...
+test: deps build vet kube-bins
+	WEFT_BIN_DIR=$(BIN) WEFT_KUBE_BIN_DIR=$$(scripts/kube-bins.sh | tail -n 1) $(GO) test -count=1 -timeout 14m ./...
 
 demo: deps build
 	@trap '$(BIN)/weft lab down --all --root $(DEMO_ROOT) >/dev/null' EXIT; \

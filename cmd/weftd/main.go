@@ -31,7 +31,7 @@ func versionString() string {
 }
 
 func main() {
-	s, err := agentflags.Parse(os.Args[1:], os.LookupEnv, os.Stderr)
+	s, err := agentflags.Parse(os.Args[1:], os.Environ(), os.Stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		os.Exit(0)
@@ -39,18 +39,28 @@ func main() {
 		fmt.Println(versionString())
 		os.Exit(0)
 	case err != nil:
+		for _, w := range s.Warnings {
+			fmt.Fprintf(os.Stderr, "weftd: warning: %s\n", w)
+		}
 		fmt.Fprintf(os.Stderr, "weftd: %v\n", err)
+		// As flanneld: 2 for a command line that does not parse, 1 for
+		// values it cannot run with.
+		if errors.Is(err, agentflags.ErrInvalid) {
+			os.Exit(1)
+		}
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: s.LogLevel}))
-	s.Options.Logger = log
-	s.Options.Version = versionString()
+	for _, w := range s.Warnings {
+		log.Warn(w)
+	}
+	o := daemon.Options{Options: s.Options, Logger: log, Version: versionString()}
 
 	// SIGINT and SIGTERM end the run cleanly; the datapath stays so that
 	// pods keep talking until the next weftd takes over.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	log.Info("weftd starting", "version", s.Options.Version)
-	err = daemon.Run(ctx, s.Options)
+	log.Info("weftd starting", "version", o.Version)
+	err = daemon.Run(ctx, o)
 	stop()
 	if err != nil {
 		log.Error("weftd stopped", "err", err)

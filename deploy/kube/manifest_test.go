@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"io"
 	"os"
 	"os/exec"
@@ -34,7 +33,7 @@ import (
 	"github.com/weft-net/weft/internal/agentflags"
 	"github.com/weft-net/weft/internal/cni"
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/lease/kubestore"
 )
 
 // AgentLabel is the node label that moves a node from flannel to weft.
@@ -306,18 +305,35 @@ func TestManifestDaemonSet(t *testing.T) {
 	if !slices.Equal(agent.Command, []string{"/opt/bin/weftd"}) {
 		t.Errorf("weftd command = %v", agent.Command)
 	}
-	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	agentflags.Register(fs)
-	if err := fs.Parse(agent.Args); err != nil || fs.NArg() > 0 {
-		t.Fatalf("weftd does not take args %v: %v", agent.Args, err)
-	}
-	for _, f := range []string{"ip-masq", "kube-subnet-mgr"} {
-		if fs.Lookup(f).Value.String() != "true" {
-			t.Errorf("weftd runs without --%s", f)
+	// The environment the pod gets, downward API values filled in as the
+	// kubelet would.
+	fromField := map[string]string{"spec.nodeName": "node-1", "metadata.name": "kube-weft-ds-x1", "metadata.namespace": m.DaemonSet.Namespace}
+	var environ []string
+	env := map[string]string{}
+	for _, e := range agent.Env {
+		v := e.Value
+		if e.ValueFrom != nil {
+			if e.ValueFrom.FieldRef == nil {
+				t.Fatalf("env %s: only downward API fields are expected: %+v", e.Name, e.ValueFrom)
+			}
+			v = fromField[e.ValueFrom.FieldRef.FieldPath]
 		}
+		env[e.Name] = v
+		environ = append(environ, e.Name+"="+v)
 	}
-	port := fs.Lookup("healthz-port").Value.String()
+	var out bytes.Buffer
+	settings, err := agentflags.Parse(agent.Args, environ, &out)
+	if err != nil {
+		t.Fatalf("weftd %v: %v\n%s", agent.Args, err, out.String())
+	}
+	if len(settings.Warnings) > 0 {
+		t.Errorf("weftd %v warns: %v", agent.Args, settings.Warnings)
+	}
+	o := settings.Options
+	if !o.KubeSubnetMgr || !o.IPMasq {
+		t.Errorf("weftd runs with --kube-subnet-mgr=%v --ip-masq=%v, want both", o.KubeSubnetMgr, o.IPMasq)
+	}
+	port := strconv.Itoa(o.HealthzPort)
 	var named *corev1.ContainerPort
 	for i, p := range agent.Ports {
 		if p.Name == "healthz" {
@@ -340,23 +356,22 @@ func TestManifestDaemonSet(t *testing.T) {
 	if req.Cpu().Cmp(resource.MustParse("100m")) != 0 || req.Memory().Cmp(resource.MustParse("50Mi")) != 0 {
 		t.Errorf("weftd requests %v, want cpu 100m and memory 50Mi as flannel", req)
 	}
-	env := map[string]corev1.EnvVar{}
-	for _, e := range agent.Env {
-		env[e.Name] = e
-	}
 	for name, field := range map[string]string{"NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"} {
-		e := env[name]
-		if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != field {
-			t.Errorf("env %s = %+v, want the downward API's %s", name, e, field)
+		if env[name] != fromField[field] {
+			t.Errorf("env %s = %q, want the downward API's %s", name, env[name], field)
 		}
 	}
-	for name, v := range map[string]string{"EVENT_QUEUE_DEPTH": "5000", "CONT_WHEN_CACHE_NOT_READY": "false"} {
-		if env[name].Value != v {
-			t.Errorf("env %s = %q, want %q", name, env[name].Value, v)
-		}
+	// What the Kubernetes store reads from that environment.
+	var ko kubestore.Options
+	if err := ko.FromEnv(func(k string) string { return env[k] }); err != nil {
+		t.Fatalf("kubestore: %v", err)
 	}
-	inMount(t, agent, vols, m.Config, fs.Lookup("net-config-path").Value.String(), true)
-	inMount(t, agent, vols, nil, daemon.DefaultSubnetFile, false)
+	if ko.NodeName != "node-1" || ko.EventQueueDepth != 5000 || ko.ContinueWhenCacheNotReady {
+		t.Errorf("kubestore options from the pod's env: node %q, queue %d, continue when not synced %v; want node-1, 5000 (flannel's), false",
+			ko.NodeName, ko.EventQueueDepth, ko.ContinueWhenCacheNotReady)
+	}
+	inMount(t, agent, vols, m.Config, o.NetConfigPath, true)
+	inMount(t, agent, vols, nil, o.SubnetFile, false)
 	inMount(t, agent, vols, nil, "/run/xtables.lock", false)
 
 	// Init containers: install-cni with flags it has, plugin into the

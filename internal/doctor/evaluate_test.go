@@ -11,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/lease"
-	"github.com/weft-net/weft/internal/lease/etcdstore"
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
@@ -54,9 +53,9 @@ func iptablesListing(network, subnet netip.Prefix) []string {
 // healthy is a vxlan node 192.0.2.1 (10.244.1.0/24) with one peer,
 // 192.0.2.2 (10.244.2.0/24), everything in place.
 func healthy() Facts {
-	opts := daemon.Options{
-		Etcd:        etcdstore.ClientOptions{Endpoints: []string{"http://192.0.2.254:2379"}},
-		EtcdPrefix:  etcdstore.DefaultPrefix,
+	opts := agentopts.Options{
+		Etcd:        agentopts.Etcd{Endpoints: []string{"http://192.0.2.254:2379"}},
+		EtcdPrefix:  agentopts.DefaultEtcdPrefix,
 		SubnetFile:  "/run/flannel/subnet.env",
 		HealthzIP:   "127.0.0.1",
 		HealthzPort: 8471,
@@ -275,7 +274,7 @@ func TestEvaluate(t *testing.T) {
 				f.Agent.Procs[0].Env = []string{"FLANNELD_ETCD_PREFIX=/weft"}
 			},
 			check: "agent", status: Warn,
-			want: []string{`--subnet-file: weftd has "/tmp/x y.env", doctor "/run/flannel/subnet.env"`, `--etcd-prefix: weftd has "/weft"`, `'--subnet-file=/tmp/x y.env'`},
+			want: []string{`--subnet-file: weftd has "/tmp/x y.env", doctor "/run/flannel/subnet.env"`, `--etcd-prefix: weftd has "/weft"`, "run weft doctor without weftd's flags"},
 		},
 		{
 			name:   "not ready",

@@ -106,6 +106,10 @@ func IsNotFound(err error) bool {
 		errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EADDRNOTAVAIL)
 }
 
+// IsExist reports whether err says what was to be added exists already
+// (EEXIST).
+func IsExist(err error) bool { return errors.Is(err, unix.EEXIST) }
+
 // ignoreNotFound makes deletes idempotent: removing what is gone is success.
 func ignoreNotFound(err error) error {
 	if err != nil && IsNotFound(err) {
@@ -371,6 +375,59 @@ func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// BlackholeList is `ip route show type blackhole` (main table) for one
+// family (FamilyAll for both): the destinations of its blackhole routes.
+func (h *Handle) BlackholeList(f Family) ([]netip.Prefix, error) {
+	nrs, err := dump(h, "list blackhole routes", func() ([]netlink.Route, error) {
+		return h.nh.RouteListFiltered(int(f), &netlink.Route{Type: unix.RTN_BLACKHOLE}, netlink.RT_FILTER_TYPE)
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Prefix, 0, len(nrs))
+	for _, nr := range nrs {
+		if d, ok := fromIPNet(nr.Dst); ok {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// BlackholeMetric is the metric of the blackhole routes weft adds: the
+// largest, so that one is only the fallback for a subnet. flanneld adds its
+// blackhole with metric 0, which takes the place of the CNI bridge's own
+// route to the pods (or cannot be added beside it) and cuts the node's
+// pods off; at the largest metric, the bridge's route wins while it exists
+// and the blackhole catches what no route serves.
+const BlackholeMetric = 1<<32 - 1
+
+func blackholeRoute(p netip.Prefix) *netlink.Route {
+	fam := netlink.FAMILY_V4
+	if p.Addr().Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	return &netlink.Route{Dst: toIPNet(p), Type: unix.RTN_BLACKHOLE, Family: fam, Priority: BlackholeMetric}
+}
+
+// BlackholeAdd is `ip route add blackhole P metric BlackholeMetric`. It
+// fails with an error for which IsExist is true when the main table has
+// another route to P with that metric.
+func (h *Handle) BlackholeAdd(p netip.Prefix) error {
+	if err := h.nh.RouteAdd(blackholeRoute(p)); err != nil {
+		return fmt.Errorf("add route blackhole %s: %w", p, err)
+	}
+	return nil
+}
+
+// BlackholeDel is `ip route del blackhole P metric BlackholeMetric`. A route already gone is not an
+// error; a route to P of another type is left alone.
+func (h *Handle) BlackholeDel(p netip.Prefix) error {
+	if err := ignoreNotFound(h.nh.RouteDel(blackholeRoute(p))); err != nil {
+		return fmt.Errorf("delete route blackhole %s: %w", p, err)
+	}
+	return nil
 }
 
 // RouteGet is `ip route get DST`: the kernel's own lookup, policy rules

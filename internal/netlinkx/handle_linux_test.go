@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/weft-net/weft/internal/netlinkx"
@@ -160,6 +161,86 @@ func TestNewCurrentNamespace(t *testing.T) {
 	defer h.Close()
 	if _, err := h.LinkByName("lo"); err != nil {
 		t.Fatalf("lo in the current namespace: %v", err)
+	}
+}
+
+// TestBlackhole adds, lists and deletes blackhole routes of both families,
+// and shows that a connected route to the same IPv4 subnet has its place.
+func TestBlackhole(t *testing.T) {
+	a, b := nstest.New(t), nstest.New(t)
+	h := a.H
+	v4, v6 := mustPrefix("10.244.1.0/24"), mustPrefix("fd00:10:244:1::/64")
+	for _, p := range []netip.Prefix{v4, v6} {
+		if err := h.BlackholeAdd(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.BlackholeAdd(p); !netlinkx.IsExist(err) {
+			t.Errorf("second BlackholeAdd(%s) = %v, want an exists error", p, err)
+		}
+	}
+	list := func(f netlinkx.Family) []netip.Prefix {
+		t.Helper()
+		ps, err := h.BlackholeList(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ps
+	}
+	if got := list(netlinkx.FamilyAll); !slices.Equal(got, []netip.Prefix{v4, v6}) {
+		t.Errorf("BlackholeList(all) = %v", got)
+	}
+	if got := list(netlinkx.FamilyV6); !slices.Equal(got, []netip.Prefix{v6}) {
+		t.Errorf("BlackholeList(v6) = %v", got)
+	}
+	if out, err := a.Exec("ip", "route", "show", "type", "blackhole"); err != nil || !strings.Contains(out, "blackhole 10.244.1.0/24") {
+		t.Errorf("ip route show type blackhole: %v\n%s", err, out)
+	}
+	// RouteList is unicast only: the backends never see a blackhole.
+	if rs, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4}); err != nil || len(rs) != 0 {
+		t.Errorf("RouteList = %v, %v; want no unicast routes", rs, err)
+	}
+	for range 2 { // deleting what is gone is no error
+		for _, p := range []netip.Prefix{v4, v6} {
+			if err := h.BlackholeDel(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := list(netlinkx.FamilyAll); len(got) != 0 {
+		t.Errorf("after delete: %v", got)
+	}
+
+	// Beside an interface holding an address in the subnet, the blackhole
+	// is the fallback: the interface's route wins while it exists.
+	nstest.Veth(t, a, "ul0", mustPrefix("10.244.1.1/24"), b, "ul0", mustPrefix("10.244.1.2/24"))
+	if err := h.BlackholeAdd(v4); err != nil {
+		t.Fatalf("BlackholeAdd beside a connected route: %v", err)
+	}
+	ul0, err := h.LinkByName("ul0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := h.RouteGet(netip.MustParseAddr("10.244.1.2")); err != nil || r.LinkIndex != ul0.Attrs().Index {
+		t.Errorf("route to a pod address beside the blackhole: %+v, %v; want via ul0", r, err)
+	}
+	if err := h.BlackholeDel(v4); err != nil {
+		t.Errorf("BlackholeDel: %v", err)
+	}
+	if got := list(netlinkx.FamilyV4); len(got) != 0 {
+		t.Errorf("blackholes after BlackholeDel: %v", got)
+	}
+	if rs, _ := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4}); len(rs) != 1 || rs[0].Dst != v4 {
+		t.Errorf("connected route after BlackholeDel: %v", rs)
+	}
+	// Without the interface's route the blackhole catches the subnet.
+	if err := h.BlackholeAdd(v4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Exec("ip", "link", "del", "ul0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.RouteGet(netip.MustParseAddr("10.244.1.2")); err == nil {
+		t.Errorf("route to a pod address with only the blackhole left: found, want the kernel's refusal")
 	}
 }
 
