@@ -20,7 +20,20 @@ CNI_VERSION := $(shell $(GO) list -m -f '{{.Version}}' $(CNI_MODULE) 2>/dev/null
 DEMO_ROOT  ?= /tmp/weft-demo
 BENCH_ROOT ?= /tmp/weft-bench
 
-.PHONY: all deps build cni-plugins kube-bins test vet demo bench clean
+VERSION ?= $(shell git describe --tags --always --dirty)
+
+# The container image deploy/kube/weft.yml runs; the manifest names the same
+# reference (a test checks), so change both together. The binaries go into
+# it static (they run on Debian's root file system but need none of it);
+# the archive is an OCI image layout in a tar (`ctr -n k8s.io images import`
+# or `skopeo copy oci-archive:...` take it).
+IMAGE     := ghcr.io/weft-net/weft:v0.1.0
+IMAGE_OUT ?= $(BIN)/weft-image.oci.tar
+IMAGE_BIN ?= $(BIN)/image
+# The last commit's time, so that one commit gives one image digest.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+
+.PHONY: all deps build cni-plugins kube-bins test vet demo bench clean image print-image
 
 all: build
 
@@ -67,6 +80,15 @@ demo: deps build
 bench: deps build
 	@trap '$(BIN)/weft lab down --all --root $(BENCH_ROOT) >/dev/null' EXIT; \
 	$(BIN)/weft lab bench --all --root $(BENCH_ROOT)
+
+# Debian packages and layers are cached (see hack/mkimage --help), so only
+# the first build downloads and compresses.
+image: deps
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(IMAGE_BIN)/ ./cmd/weftd ./cmd/weft ./cmd/weft-cni
+	$(GO) run ./hack/mkimage --ref $(IMAGE) --version $(VERSION) --bin-dir $(IMAGE_BIN) --out $(IMAGE_OUT) $(if $(SOURCE_DATE_EPOCH),--created $(SOURCE_DATE_EPOCH))
+
+print-image:
+	@echo $(IMAGE)
 
 clean:
 	rm -rf $(BIN)

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the weftd binary test runs against Debian's etcd, a real peer of
 # another version than the embedded one.
-pkgs=(iproute2 iptables nftables iperf3 iputils-ping procps kmod ethtool etcd-server)
+# skopeo: the image test checks `make image`'s archive with a real OCI tool.
+pkgs=(iproute2 iptables nftables iperf3 iputils-ping procps kmod ethtool etcd-server skopeo)
 missing=()
 for p in "${pkgs[@]}"; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed'; then

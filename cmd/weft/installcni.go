@@ -41,7 +41,7 @@ func runInstallCNI(_ context.Context, args []string) error {
 	if *confSrc != "" {
 		data, err := os.ReadFile(*confSrc)
 		if err != nil {
-			return err
+			return fmt.Errorf("--conflist: %w", err)
 		}
 		o.Conflist = data
 	}
