@@ -14,6 +14,7 @@ import (
 	"io"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 )
@@ -30,10 +31,13 @@ const (
 )
 
 // Objects decodes every object of the manifest, in its order, into the
-// typed objects of client-go's scheme.
-func Objects() ([]runtime.Object, error) {
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(Manifest)))
-	dec := scheme.Codecs.UniversalDeserializer()
+// typed objects of client-go's scheme, strictly.
+func Objects() ([]runtime.Object, error) { return decode(Manifest) }
+
+func decode(manifest []byte) ([]runtime.Object, error) {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifest)))
+	// Strict: a misspelt field is an error, not a silently dropped one.
+	dec := serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
 	var out []runtime.Object
 	for i := 1; ; i++ {
 		doc, err := r.Read()

@@ -117,16 +117,6 @@ func loadManifest(t *testing.T) *manifest {
 	return m
 }
 
-func stripComments(doc []byte) []byte {
-	var out []byte
-	for _, l := range bytes.Split(doc, []byte("\n")) {
-		if t := bytes.TrimSpace(l); len(t) > 0 && t[0] != '#' {
-			out = append(out, l...)
-			out = append(out, '\n')
-		}
-	}
-	return out
-}
 
 // makeVar asks make for the value of a Makefile target's output.
 func makeVar(t *testing.T, target string) string {
@@ -612,4 +602,23 @@ func atoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestObjects checks the decoder the lab applies the manifest with: the
+// same objects as the strict reading above, and a misspelt field refused.
+func TestObjects(t *testing.T) {
+	objs, err := Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, o := range objs {
+		kinds = append(kinds, reflect.TypeOf(o).Elem().Name())
+	}
+	if want := loadManifest(t).kindsInFile; !slices.Equal(kinds, want) {
+		t.Errorf("Objects: %v, want %v", kinds, want)
+	}
+	if _, err := decode([]byte("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: x\n  namspace: y\n")); err == nil || !strings.Contains(err.Error(), "namspace") {
+		t.Errorf("misspelt field: %v, want an error naming it", err)
+	}
 }
