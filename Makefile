@@ -15,6 +15,12 @@ CNI_PLUGINS         := main/bridge ipam/host-local meta/portmap main/loopback
 CNI_MODULE  := github.com/containernetworking/cni
 CNI_VERSION := $(shell $(GO) list -m -f '{{.Version}}' $(CNI_MODULE) 2>/dev/null)
 
+# The version every binary reports (weft version, weftd --version): the
+# nearest tag, commits since and commit, -dirty for uncommitted changes. A
+# tree without git falls back to what Go records (internal/buildinfo).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS := $(if $(VERSION),-X main.version=$(VERSION))
+
 # Labs of `make demo` and `make bench` live under their own roots, so that
 # the trap that cleans up after them touches no other lab.
 DEMO_ROOT  ?= /tmp/weft-demo
@@ -30,7 +36,7 @@ deps:
 # weft's CNI plugin goes beside the reference plugins, under both of the
 # names it is installed as.
 build: cni-plugins
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 	@if [ -x $(BIN)/weft-cni ]; then ln -sf ../weft-cni $(CNI_BIN)/weft; ln -sf ../weft-cni $(CNI_BIN)/flannel; fi
 
 # A stamp per version: `go install` is cached, but linking four binaries on

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -10,41 +11,36 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/weft-net/weft/internal/agentflags"
+	"github.com/weft-net/weft/internal/buildinfo"
 	"github.com/weft-net/weft/internal/daemon"
 )
 
-// version is set at link time: -ldflags "-X main.version=v0.1.0".
+// version is set at link time by the Makefile:
+// -ldflags "-X main.version=$(git describe --tags --always --dirty)".
 var version = ""
 
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
-}
-
 func main() {
-	s, err := agentflags.Parse(os.Args[1:], os.LookupEnv, os.Stderr)
+	// Parse's usage and flag's own messages go to a buffer: --help prints
+	// it to stdout, an error is one line on stderr.
+	var usage bytes.Buffer
+	s, err := agentflags.Parse(os.Args[1:], os.LookupEnv, &usage)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
+		os.Stdout.Write(usage.Bytes())
 		os.Exit(0)
 	case errors.Is(err, agentflags.ErrVersion):
-		fmt.Println(versionString())
+		fmt.Println(buildinfo.Version(version))
 		os.Exit(0)
 	case err != nil:
-		fmt.Fprintf(os.Stderr, "weftd: %v\n", err)
+		fmt.Fprintf(os.Stderr, "weftd: %v (see weftd --help)\n", err)
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: s.LogLevel}))
 	s.Options.Logger = log
-	s.Options.Version = versionString()
+	s.Options.Version = buildinfo.Version(version)
 
 	// SIGINT and SIGTERM end the run cleanly; the datapath stays so that
 	// pods keep talking until the next weftd takes over.

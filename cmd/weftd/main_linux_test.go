@@ -28,10 +28,7 @@ func TestBinary(t *testing.T) {
 		t.Skip("needs the etcd server binary (Debian package etcd-server)")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "weftd")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := weftd.Path(t)
 	node, peer := nstest.New(t), nstest.New(t)
 	ext, _ := nstest.Veth(t, node, "eth0", netip.MustParsePrefix("192.0.2.10/24"), peer, "eth0", netip.MustParsePrefix("192.0.2.1/24"))
 	if err := node.H.RouteReplace(netlinkx.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gw: netip.MustParseAddr("192.0.2.1"), LinkIndex: ext.Attrs().Index}); err != nil {

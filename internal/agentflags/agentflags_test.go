@@ -140,7 +140,7 @@ func TestErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v %v: err = %v, want %q", tt.args, tt.env, err, tt.want)
 		}
-		if strings.HasPrefix(tt.want, "flag provided") && !strings.Contains(out.String(), "usage: weftd") {
+		if strings.HasPrefix(tt.want, "flag provided") && !strings.Contains(out.String(), "Usage: weftd") {
 			t.Errorf("unknown flag: no usage printed:\n%s", out.String())
 		}
 	}
