@@ -17,8 +17,11 @@ func runDoctor(ctx context.Context, args []string) error {
 forwarding and masquerading, one line per check (ok, warn, FAIL) with the
 evidence and what to do next. Exits 1 when a check fails.
 
-doctor takes weftd's flags and FLANNELD_* variables, meaning what they mean
-to weftd, so the agent's own command line can be passed as is.`)
+With no weftd flags, doctor checks with the settings of the weftd running in
+this network namespace: its command line and FLANNELD_* variables, read from
+/proc. weftd flags given to doctor, meaning what they mean to weftd, replace
+that weftd's; with no weftd here, doctor's flags and FLANNELD_* variables
+stand for the agent's.`)
 	af := agentflags.Register(fs.FlagSet)
 	jsonOut := fs.Bool("json", false, "print the results as JSON")
 	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each network call (etcd, health server)")
@@ -28,17 +31,19 @@ to weftd, so the agent's own command line can be passed as is.`)
 	if fs.NArg() > 0 {
 		return fs.usageErr(fmt.Errorf("unexpected argument %q (doctor takes only flags)", fs.Arg(0)))
 	}
-	if err := af.ApplyEnv(fs.FlagSet, os.LookupEnv); err != nil {
-		return err
-	}
-	s, err := af.Settings()
-	if err != nil {
-		return err
-	}
 	if *timeout <= 0 {
 		return fmt.Errorf("--timeout %s: want a positive duration", *timeout)
 	}
-	rep := doctor.Evaluate(doctor.Gather(ctx, s.Options, *timeout))
+	s, from, err := doctor.Settings(af, os.Environ())
+	for _, w := range s.Warnings {
+		fmt.Fprintf(os.Stderr, "weft doctor: warning: %s\n", w)
+	}
+	if err != nil {
+		return fmt.Errorf("settings from %s: %w", from, err)
+	}
+	facts := doctor.Gather(ctx, s.Options, *timeout)
+	facts.SettingsFrom = from
+	rep := doctor.Evaluate(facts)
 	if *jsonOut {
 		err = rep.WriteJSON(os.Stdout)
 	} else {

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"strconv"
 
-	"github.com/weft-net/weft/internal/doctor"
 	"github.com/weft-net/weft/internal/lab"
 )
 
@@ -74,14 +73,13 @@ func labDoctor(ctx context.Context, args []string) error {
 	return nil
 }
 
-// labDoctorArgs are the flags node i's weftd runs with; with the agent
-// stopped, those the lab starts every weftd with (underlay eth0), less the
-// health port, which the lab does not publish.
+// labDoctorArgs are the flags doctor needs in node i: none while its weftd
+// runs (doctor reads that weftd's own); with the agent stopped, those the
+// lab starts every weftd with (underlay eth0), less the health port, which
+// the lab does not publish.
 func labDoctorArgs(l *lab.Lab, i int) []string {
-	if pid, err := l.AgentPID(i); err == nil {
-		if args, err := doctor.AgentArgs(pid); err == nil {
-			return args
-		}
+	if _, err := l.AgentPID(i); err == nil {
+		return nil
 	}
 	args := []string{"--etcd-endpoints=" + l.EtcdEndpoint(), "--iface=eth0", "--subnet-file=" + l.Node(i).SubnetFile}
 	if l.IPMasq {

@@ -24,9 +24,9 @@ var version = ""
 
 func main() {
 	// Parse's usage and flag's own messages go to a buffer: --help prints
-	// it to stdout, an error is one line on stderr.
+	// it to stdout; an error is one line on stderr.
 	var usage bytes.Buffer
-	s, err := agentflags.Parse(os.Args[1:], os.LookupEnv, &usage)
+	s, err := agentflags.Parse(os.Args[1:], os.Environ(), &usage)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		os.Stdout.Write(usage.Bytes())
@@ -35,18 +35,29 @@ func main() {
 		fmt.Println(buildinfo.Version(version))
 		os.Exit(0)
 	case err != nil:
+		for _, w := range s.Warnings {
+			fmt.Fprintf(os.Stderr, "weftd: warning: %s\n", w)
+		}
+		// As flanneld: 2 for a command line that does not parse, 1 for
+		// values it cannot run with.
+		if errors.Is(err, agentflags.ErrInvalid) {
+			fmt.Fprintf(os.Stderr, "weftd: %v\n", err)
+			os.Exit(1)
+		}
 		fmt.Fprintf(os.Stderr, "weftd: %v (see weftd --help)\n", err)
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: s.LogLevel}))
-	s.Options.Logger = log
-	s.Options.Version = buildinfo.Version(version)
+	for _, w := range s.Warnings {
+		log.Warn(w)
+	}
+	o := daemon.Options{Options: s.Options, Logger: log, Version: buildinfo.Version(version)}
 
 	// SIGINT and SIGTERM end the run cleanly; the datapath stays so that
 	// pods keep talking until the next weftd takes over.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	log.Info("weftd starting", "version", s.Options.Version)
-	err = daemon.Run(ctx, s.Options)
+	log.Info("weftd starting", "version", o.Version)
+	err = daemon.Run(ctx, o)
 	stop()
 	if err != nil {
 		log.Error("weftd stopped", "err", err)

@@ -28,7 +28,7 @@ func TestBinary(t *testing.T) {
 		t.Skip("needs the etcd server binary (Debian package etcd-server)")
 	}
 	dir := t.TempDir()
-	bin := weftd.Path(t)
+	bin := buildWeftd(t)
 	node, peer := nstest.New(t), nstest.New(t)
 	ext, _ := nstest.Veth(t, node, "eth0", netip.MustParsePrefix("192.0.2.10/24"), peer, "eth0", netip.MustParsePrefix("192.0.2.1/24"))
 	if err := node.H.RouteReplace(netlinkx.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gw: netip.MustParseAddr("192.0.2.1"), LinkIndex: ext.Attrs().Index}); err != nil {
@@ -56,7 +56,7 @@ func TestBinary(t *testing.T) {
 	}
 	subnetFile := filepath.Join(dir, "subnet.env")
 	log := &syncbuf.Buffer{}
-	weftd := start(bin, log, "--net-config-path", conf, "--subnet-file", subnetFile, "--log-level", "debug")
+	weftd := start(bin, log, "--net-config-file", conf, "--subnet-file", subnetFile, "--log-level", "debug")
 	exited := make(chan error, 1)
 	go func() { exited <- weftd.Wait() }()
 	t.Cleanup(func() {

@@ -9,26 +9,12 @@ import (
 	"encoding/json"
 	"net/netip"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netif"
 )
-
-// ExternalInterface is the underlay interface this node reaches the others by.
-type ExternalInterface struct {
-	Name  string
-	Index int
-	MTU   int
-	// Addr is the interface's own IPv4 address: the tunnel source.
-	Addr netip.Addr
-	// PublicIP is what other nodes send to: Addr unless --public-ip says otherwise.
-	PublicIP netip.Addr
-	// Subnet is the interface's on-link prefix (for DirectRouting and
-	// host-gw adjacency checks); invalid if unknown.
-	Subnet netip.Prefix
-	// GSOIPv4MaxSize is the interface's gso_ipv4_max_size: above 65536 it
-	// carries BIG TCP. 0 when the kernel does not report it.
-	GSOIPv4MaxSize int
-}
 
 // PodLink is what pods' interfaces must be configured with.
 type PodLink struct {
@@ -46,7 +32,8 @@ const LegacyGSOMaxSize = 65536
 // Params is what every backend is built from.
 type Params struct {
 	Network *config.Network
-	Ext     ExternalInterface
+	// Ext is the underlay interface, as netif chose it.
+	Ext netif.External
 }
 
 // PublicIP is what this node publishes as its address: own's PublicIP,
@@ -81,4 +68,13 @@ type Backend interface {
 	// Close stops goroutines the backend runs (the udp datapath). It leaves
 	// kernel state in place so that pods keep talking across a restart.
 	Close() error
+}
+
+// MetricsExporter is implemented by a backend that has metrics of its own
+// (the udp datapath's counters). The agent registers the collectors on
+// its /metrics once, right after building the backend.
+type MetricsExporter interface {
+	// Collectors returns the backend's collectors; their metric names
+	// start with weft_<backend>_ so that they collide with no other.
+	Collectors() []prometheus.Collector
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"runtime"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/udp"
@@ -27,6 +29,20 @@ func newBackend(typ string, p backend.Params, h *netlinkx.Handle, log *slog.Logg
 	default:
 		return nil, fmt.Errorf("unknown backend type %q", typ)
 	}
+}
+
+// registerBackendMetrics adds the collectors be exports, if any, to reg.
+func registerBackendMetrics(reg prometheus.Registerer, be backend.Backend) error {
+	mx, ok := be.(backend.MetricsExporter)
+	if !ok {
+		return nil
+	}
+	for _, c := range mx.Collectors() {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 // limitProcsForUDP runs the udp datapath's Go code on half the CPUs, unless

@@ -15,8 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/backend"
-	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
@@ -27,33 +27,11 @@ import (
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
-// Options is everything weftd is told. cmd/weftd fills it from flags and
-// FLANNELD_* variables; zero durations take the defaults.
+// Options is what Run needs: the agent's settings and what only the
+// running process has. Zero durations and empty paths of the settings take
+// agentopts' defaults.
 type Options struct {
-	Etcd       etcdstore.ClientOptions
-	EtcdPrefix string
-	// LeaseTTL is the lifetime of a lease between renewals (etcd's 24 h
-	// when zero, as flannel).
-	LeaseTTL time.Duration
-
-	Iface      netif.Spec // --iface, --iface-regex, --iface-can-reach, --public-ip
-	PublicIPv6 netip.Addr // --public-ipv6
-
-	SubnetFile    string // --subnet-file
-	NetConfigPath string // --net-config-path: read the config from this file instead of the store
-
-	IPMasq         bool          // --ip-masq
-	ForwardRules   bool          // --iptables-forward-rules
-	IPTablesResync time.Duration // --iptables-resync
-
-	HealthzIP   string // --healthz-ip
-	HealthzPort int    // --healthz-port; 0 = no health server
-
-	RenewMargin  time.Duration // --subnet-lease-renew-margin
-	ResyncPeriod time.Duration // --resync-period: full reconcile interval
-	// ConfigRetry is how often a missing or invalid network config is read
-	// again (5 s when zero).
-	ConfigRetry time.Duration
+	agentopts.Options
 
 	Version string
 	Logger  *slog.Logger
@@ -61,36 +39,14 @@ type Options struct {
 	Netlink *netlinkx.Handle
 }
 
-// Defaults.
-const (
-	DefaultSubnetFile     = subnetenv.DefaultPath
-	DefaultRenewMargin    = 60 * time.Minute
-	DefaultResyncPeriod   = 10 * time.Second
-	DefaultIPTablesResync = 5 * time.Second
-	DefaultConfigRetry    = 5 * time.Second
+// ErrKubeStore is Run's error for --kube-subnet-mgr until the Kubernetes
+// store is in.
+var ErrKubeStore = errors.New("the Kubernetes store (--kube-subnet-mgr) is not available yet")
 
-	storeTimeout = 30 * time.Second // bound on one store call
-)
+const storeTimeout = 30 * time.Second // bound on one store call
 
 func (o Options) withDefaults() Options {
-	if o.EtcdPrefix == "" {
-		o.EtcdPrefix = etcdstore.DefaultPrefix
-	}
-	if o.SubnetFile == "" {
-		o.SubnetFile = DefaultSubnetFile
-	}
-	if o.RenewMargin <= 0 {
-		o.RenewMargin = DefaultRenewMargin
-	}
-	if o.ResyncPeriod <= 0 {
-		o.ResyncPeriod = DefaultResyncPeriod
-	}
-	if o.IPTablesResync <= 0 {
-		o.IPTablesResync = DefaultIPTablesResync
-	}
-	if o.ConfigRetry <= 0 {
-		o.ConfigRetry = DefaultConfigRetry
-	}
+	o.Options = o.Options.WithDefaults()
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -103,7 +59,7 @@ type daemon struct {
 	log     *slog.Logger
 	store   lease.Store
 	h       *netlinkx.Handle
-	ext     backend.ExternalInterface
+	ext     netif.External
 	health  *health
 	metrics *metrics
 	sd      *systemd
@@ -113,6 +69,7 @@ type daemon struct {
 	be    backend.Backend
 	attrs lease.Attrs
 	keep  *masq.Keeper
+	holes *blackholeKeeper // --ip-blackhole-route
 
 	own        lease.Lease
 	gotOwn     time.Time // when own was acquired or last renewed
@@ -124,8 +81,8 @@ type daemon struct {
 }
 
 // Run runs weftd until ctx ends, then returns nil. It returns an error for
-// what retrying cannot fix: no usable interface, a health port in use, a
-// backend that cannot be built.
+// what retrying cannot fix: a store it does not have (ErrKubeStore), no
+// usable interface, a health port in use, a backend that cannot be built.
 func Run(ctx context.Context, o Options) error {
 	o = o.withDefaults()
 	d := &daemon{
@@ -153,6 +110,15 @@ func Run(ctx context.Context, o Options) error {
 	}()
 	d.sd.startWatchdog(ctx, &wg, func() bool { ok, _ := d.health.live(); return ok })
 
+	// The store first, as flanneld makes its subnet manager before
+	// anything else.
+	store, closeStore, err := openStore(ctx, o)
+	if err != nil {
+		return err
+	}
+	closers = append(closers, closeStore)
+	d.store = store
+
 	if o.HealthzPort != 0 {
 		_, wait, err := serveHealth(ctx, o.HealthzIP, o.HealthzPort, d.health, d.metrics, d.log)
 		if err != nil {
@@ -170,19 +136,14 @@ func Run(ctx context.Context, o Options) error {
 		closers = append(closers, h.Close)
 		d.h = h
 	}
-	ext, err := netif.SelectOn(d.h, o.Iface)
+	// Flannel chooses for the config's families (EnableIPv4/EnableIPv6),
+	// but the config is read later: IPv4 until the choice follows it.
+	ext, err := netif.SelectOn(d.h, o.Iface, netif.IPv4, d.log)
 	if err != nil {
 		return fmt.Errorf("choose the external interface: %w", err)
 	}
 	d.ext = ext
 	d.log.Info("using interface", "iface", ext.Name, "addr", ext.Addr, "public_ip", ext.PublicIP, "mtu", ext.MTU, "subnet", ext.Subnet)
-
-	cli, err := etcdstore.Connect(ctx, o.Etcd)
-	if err != nil {
-		return err
-	}
-	closers = append(closers, func() { cli.Close() })
-	d.store = etcdstore.New(cli, etcdstore.Options{Prefix: o.EtcdPrefix, TTL: o.LeaseTTL, Logger: d.log})
 
 	err = d.run(ctx, &wg)
 	if d.be != nil {
@@ -193,6 +154,20 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	return err
+}
+
+// openStore chooses the lease store the options ask for and returns it
+// with what closes it.
+func openStore(ctx context.Context, o Options) (lease.Store, func(), error) {
+	if o.KubeSubnetMgr {
+		return nil, nil, ErrKubeStore
+	}
+	cli, err := etcdstore.Connect(ctx, etcdstore.ClientOptions(o.Etcd))
+	if err != nil {
+		return nil, nil, err
+	}
+	st := etcdstore.New(cli, etcdstore.Options{Prefix: o.EtcdPrefix, TTL: o.LeaseTTL, Logger: o.Logger})
+	return st, func() { cli.Close() }, nil
 }
 
 func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
@@ -208,8 +183,8 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
 	d.be = be // closed by Run
-	if u, ok := be.(*udp.Backend); ok {
-		d.metrics.reg.MustRegister(newUDPCollector(u.Stats))
+	if err := registerBackendMetrics(d.metrics.reg, be); err != nil {
+		return fmt.Errorf("backend %s: %w", n.Backend.Type, err)
 	}
 	typ, data, err := be.LeaseAttrs(ctx)
 	if err != nil {
@@ -219,8 +194,8 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 		return fmt.Errorf("backend %s: prepare: %w", n.Backend.Type, err)
 	}
 	d.attrs = lease.Attrs{PublicIP: d.ext.PublicIP, BackendType: typ, BackendData: data}
-	if n.EnableIPv6 && d.o.PublicIPv6.IsValid() {
-		v6 := d.o.PublicIPv6
+	if n.EnableIPv6 && d.o.Iface.PublicIPv6.IsValid() {
+		v6 := d.o.Iface.PublicIPv6
 		d.attrs.PublicIPv6 = &v6
 	}
 	d.log.Info("backend ready", "type", n.Backend.Type, "backend_data", string(data))
@@ -255,6 +230,15 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 		}
 	}
 
+	if d.o.BlackholeRoute {
+		d.holes = newBlackholeKeeper(d.h, d.o.IPTablesResync, d.log)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.holes.Run(ctx)
+		}()
+	}
+
 	hint := d.readHint()
 	d.health.notReady("acquiring a lease")
 	if !d.acquireBlocking(ctx, hint) {
@@ -265,8 +249,8 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 
 // configSource names where the config is read from, for logs.
 func (d *daemon) configSource() string {
-	if d.o.NetConfigPath != "" {
-		return d.o.NetConfigPath
+	if d.o.NetConfigFile != "" {
+		return d.o.NetConfigFile
 	}
 	return "etcd key " + d.o.EtcdPrefix + "/config"
 }
@@ -311,8 +295,8 @@ func (d *daemon) waitConfig(ctx context.Context) (*config.Network, bool) {
 func (d *daemon) readConfig(ctx context.Context) (*config.Network, []string, error) {
 	var raw []byte
 	var err error
-	if d.o.NetConfigPath != "" {
-		raw, err = os.ReadFile(d.o.NetConfigPath)
+	if d.o.NetConfigFile != "" {
+		raw, err = os.ReadFile(d.o.NetConfigFile)
 	} else {
 		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		raw, err = d.store.NetworkConfig(sctx)
@@ -507,8 +491,17 @@ func (d *daemon) setUp(ctx context.Context) error {
 		d.keep.Set(masq.Config{
 			Network: env.Network, Subnet: maskedOr(env.Subnet),
 			IPv6Network: env.IPv6Network, IPv6Subnet: maskedOr(env.IPv6Subnet),
-			Masquerade: d.o.IPMasq, Forward: d.o.ForwardRules,
+			Masquerade: d.o.IPMasq, NoFullyRandom: d.o.IPMasqFullyRandomDisable, Forward: d.o.ForwardRules,
 		})
+	}
+	if d.holes != nil {
+		var own []netip.Prefix
+		for _, p := range []netip.Prefix{env.Subnet, env.IPv6Subnet} {
+			if p.IsValid() {
+				own = append(own, p.Masked())
+			}
+		}
+		d.holes.Set(own)
 	}
 	d.configured = true
 	return nil

@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/etcdtest"
 	"github.com/weft-net/weft/internal/lease"
-	"github.com/weft-net/weft/internal/lease/etcdstore"
 	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/netlinkx/nstest"
@@ -130,18 +130,20 @@ func TestDaemon(t *testing.T) {
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	logs := &syncBuffer{}
 	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Etcd:         etcdstore.ClientOptions{Endpoints: []string{etcd.Endpoint}},
-		EtcdPrefix:   prefix,
-		LeaseTTL:     3 * time.Second, // renewed at half-life: the margin (1h) exceeds it
-		Iface:        netif.Spec{Ifaces: []string{"ext0"}},
-		SubnetFile:   subnetFile,
-		HealthzIP:    "127.0.0.1",
-		HealthzPort:  port,
-		ResyncPeriod: time.Second,
-		ConfigRetry:  100 * time.Millisecond,
-		Version:      "test",
-		Logger:       slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Netlink:      hostNS.H,
+		Options: agentopts.Options{
+			Etcd:         agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+			EtcdPrefix:   prefix,
+			LeaseTTL:     3 * time.Second, // renewed at half-life: the margin (1h) exceeds it
+			Iface:        netif.Spec{Ifaces: []string{"ext0"}},
+			SubnetFile:   subnetFile,
+			HealthzIP:    "127.0.0.1",
+			HealthzPort:  port,
+			ResyncPeriod: time.Second,
+			ConfigRetry:  100 * time.Millisecond,
+		},
+		Version: "test",
+		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Netlink: hostNS.H,
 	}}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("WEFT_TEST_LOGS") != "" {
@@ -298,7 +300,7 @@ func TestDaemon(t *testing.T) {
 	}
 }
 
-// TestDaemonConfigFromFile reads the config from --net-config-path, waits
+// TestDaemonConfigFromFile reads the config from --net-config-file, waits
 // while the file is missing, and uses host-gw.
 func TestDaemonConfigFromFile(t *testing.T) {
 	nstest.RequireRoot(t)
@@ -310,13 +312,15 @@ func TestDaemonConfigFromFile(t *testing.T) {
 	confPath := filepath.Join(dir, "net-conf.json")
 	logs := &syncBuffer{}
 	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Etcd:          etcdstore.ClientOptions{Endpoints: []string{etcd.Endpoint}},
-		Iface:         netif.Spec{Regexes: []string{`^192\.0\.2\.`}},
-		SubnetFile:    filepath.Join(dir, "subnet.env"),
-		NetConfigPath: confPath,
-		ConfigRetry:   50 * time.Millisecond,
-		Logger:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Netlink:       hostNS.H,
+		Options: agentopts.Options{
+			Etcd:          agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+			Iface:         netif.Spec{Regexes: []string{`^192\.0\.2\.`}},
+			SubnetFile:    filepath.Join(dir, "subnet.env"),
+			NetConfigFile: confPath,
+			ConfigRetry:   50 * time.Millisecond,
+		},
+		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Netlink: hostNS.H,
 	}}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("WEFT_TEST_LOGS") != "" {
@@ -335,6 +339,10 @@ func TestDaemonConfigFromFile(t *testing.T) {
 	env, err := subnetenv.Read(n.opts.SubnetFile)
 	if err != nil || env.Subnet.Bits() != 26 || env.MTU != 1500 {
 		t.Errorf("subnet.env %+v %v", env, err)
+	}
+	// Without --ip-blackhole-route, no blackhole route.
+	if bh, err := hostNS.H.BlackholeList(netlinkx.FamilyAll); err != nil || len(bh) != 0 {
+		t.Errorf("blackhole routes without --ip-blackhole-route: %v %v", bh, err)
 	}
 	// A remote lease on the underlay's segment gets a host-gw route.
 	remote := netip.MustParsePrefix("10.50.3.0/26")
@@ -356,6 +364,67 @@ func TestDaemonConfigFromFile(t *testing.T) {
 	})
 	if err := n.stop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDaemonBlackhole runs weftd with --ip-blackhole-route: the blackhole
+// route for its subnet appears, and comes back within one
+// --iptables-resync after it is deleted.
+func TestDaemonBlackhole(t *testing.T) {
+	nstest.RequireRoot(t)
+	etcd := etcdtest.Start(t)
+	hostNS, peerNS := nstest.New(t), nstest.New(t)
+	nstest.Veth(t, hostNS, "ext0", netip.MustParsePrefix("192.0.2.10/24"), peerNS, "p0", netip.MustParsePrefix("192.0.2.1/24"))
+	dir := t.TempDir()
+	confPath := filepath.Join(dir, "net-conf.json")
+	if err := os.WriteFile(confPath, []byte(`{"Network":"10.70.0.0/16","Backend":{"Type":"host-gw"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const resync = 500 * time.Millisecond
+	logs := &syncBuffer{}
+	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
+		Options: agentopts.Options{
+			Etcd:           agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+			Iface:          netif.Spec{Ifaces: []string{"ext0"}},
+			SubnetFile:     filepath.Join(dir, "subnet.env"),
+			NetConfigFile:  confPath,
+			BlackholeRoute: true,
+			IPTablesResync: resync,
+		},
+		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Netlink: hostNS.H,
+	}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("weftd log:\n%s", logs.String())
+		}
+	})
+	n.start()
+	waitFor(t, "programmed", 20*time.Second, func() bool { return strings.Contains(logs.String(), "programmed 1 leases in") })
+	env, err := subnetenv.Read(n.opts.SubnetFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := env.Subnet.Masked()
+	hasOwn := func() bool {
+		bh, err := hostNS.H.BlackholeList(netlinkx.FamilyAll)
+		return err == nil && len(bh) == 1 && bh[0] == own
+	}
+	waitFor(t, "the blackhole route for "+own.String(), 5*time.Second, hasOwn)
+	if out, err := hostNS.Exec("ip", "route", "del", "blackhole", own.String()); err != nil {
+		t.Fatalf("ip route del blackhole: %v %s", err, out)
+	}
+	deleted := time.Now()
+	waitFor(t, "the blackhole route back", 5*time.Second, hasOwn)
+	if took := time.Since(deleted); took > resync+time.Second {
+		t.Errorf("blackhole back after %s, want within one --iptables-resync (%s) and slack", took, resync)
+	}
+	if err := n.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// It stays on exit, with the rest of the datapath.
+	if !hasOwn() {
+		t.Error("blackhole route removed on exit")
 	}
 }
 
@@ -381,13 +450,15 @@ func TestDaemonPoolExhausted(t *testing.T) {
 	port := freePort(t)
 	logs := &syncBuffer{}
 	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Etcd:        etcdstore.ClientOptions{Endpoints: []string{etcd.Endpoint}},
-		Iface:       netif.Spec{Ifaces: []string{"192.0.2.10"}},
-		SubnetFile:  filepath.Join(t.TempDir(), "subnet.env"),
-		HealthzIP:   "127.0.0.1",
-		HealthzPort: port,
-		Logger:      slog.New(slog.NewTextHandler(logs, nil)),
-		Netlink:     hostNS.H,
+		Options: agentopts.Options{
+			Etcd:        agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+			Iface:       netif.Spec{Ifaces: []string{"192.0.2.10"}},
+			SubnetFile:  filepath.Join(t.TempDir(), "subnet.env"),
+			HealthzIP:   "127.0.0.1",
+			HealthzPort: port,
+		},
+		Logger:  slog.New(slog.NewTextHandler(logs, nil)),
+		Netlink: hostNS.H,
 	}}
 	t.Cleanup(func() {
 		if t.Failed() {

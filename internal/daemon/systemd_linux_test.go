@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/etcdtest"
-	"github.com/weft-net/weft/internal/lease/etcdstore"
 	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx/nstest"
 )
@@ -37,14 +37,16 @@ func TestDaemonNotifiesSystemd(t *testing.T) {
 
 	logs := &syncBuffer{}
 	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Etcd:         etcdstore.ClientOptions{Endpoints: []string{etcd.Endpoint}},
-		EtcdPrefix:   prefix,
-		Iface:        netif.Spec{Ifaces: []string{"ext0"}},
-		SubnetFile:   subnetFile,
-		ResyncPeriod: time.Second,
-		ConfigRetry:  50 * time.Millisecond,
-		Logger:       slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Netlink:      hostNS.H,
+		Options: agentopts.Options{
+			Etcd:         agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+			EtcdPrefix:   prefix,
+			Iface:        netif.Spec{Ifaces: []string{"ext0"}},
+			SubnetFile:   subnetFile,
+			ResyncPeriod: time.Second,
+			ConfigRetry:  50 * time.Millisecond,
+		},
+		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Netlink: hostNS.H,
 	}}
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -1,15 +1,12 @@
 package doctor
 
 import (
-	"flag"
 	"fmt"
-	"io"
 	"net/http"
-	"slices"
 	"strings"
 
 	"github.com/weft-net/weft/internal/agentflags"
-	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/agentopts"
 )
 
 // ---- 2. agent ----
@@ -42,9 +39,12 @@ func (e *eval) agent() {
 	default:
 		p := mine[0]
 		msg := fmt.Sprintf("weftd pid %d runs in this network namespace", p.PID) + others
+		if e.f.SettingsFrom != "" {
+			msg += "; settings from " + e.f.SettingsFrom
+		}
 		if diffs := settingsDiff(e.f.Options, p); len(diffs) > 0 {
 			e.add("agent", Warn, msg+", but with other settings than doctor was given",
-				"rerun doctor with weftd's flags: weft doctor "+strings.Join(quoteArgs(p.Args[1:]), " "), diffs...)
+				"run weft doctor without weftd's flags: it then reads those of the weftd running here", diffs...)
 		} else {
 			e.add("agent", OK, msg, "")
 		}
@@ -64,24 +64,13 @@ func (e *eval) agent() {
 
 // settingsDiff lists where the agent's settings differ from doctor's, in
 // what doctor checks with them.
-func settingsDiff(doc daemon.Options, p Process) []string {
+func settingsDiff(doc agentopts.Options, p Process) []string {
 	if len(p.Args) == 0 {
 		return nil
 	}
-	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	af := agentflags.Register(fs)
-	if err := fs.Parse(p.Args[1:]); err != nil {
+	af, err := agentflags.FromCommandLine(p.Args[1:], p.Env)
+	if err != nil {
 		return []string{fmt.Sprintf("cannot read weftd's command line: %v", err)}
-	}
-	env := map[string]string{}
-	for _, kv := range p.Env {
-		k, v, _ := strings.Cut(kv, "=")
-		env[k] = v
-	}
-	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	if err := af.ApplyEnv(fs, lookup); err != nil {
-		return []string{fmt.Sprintf("cannot read weftd's environment: %v", err)}
 	}
 	s, err := af.Settings()
 	if err != nil {
@@ -89,30 +78,25 @@ func settingsDiff(doc daemon.Options, p Process) []string {
 	}
 	ag := s.Options
 	var out []string
-	cmp := func(name, agent, doctor string) {
-		if agent != doctor {
-			out = append(out, fmt.Sprintf("--%s: weftd has %q, doctor %q", name, agent, doctor))
+	cmp := func(name string, agent, doctor any) {
+		a, d := fmt.Sprint(agent), fmt.Sprint(doctor)
+		if a != d {
+			out = append(out, fmt.Sprintf("--%s: weftd has %q, doctor %q", name, a, d))
 		}
 	}
 	cmp("etcd-endpoints", strings.Join(ag.Etcd.Endpoints, ","), strings.Join(doc.Etcd.Endpoints, ","))
 	cmp("etcd-prefix", ag.EtcdPrefix, doc.EtcdPrefix)
 	cmp("subnet-file", ag.SubnetFile, doc.SubnetFile)
-	cmp("net-config-path", ag.NetConfigPath, doc.NetConfigPath)
-	cmp("healthz-port", fmt.Sprint(ag.HealthzPort), fmt.Sprint(doc.HealthzPort))
+	cmp("net-config-file", ag.NetConfigFile, doc.NetConfigFile)
+	cmp("healthz-ip", ag.HealthzIP, doc.HealthzIP)
+	cmp("healthz-port", ag.HealthzPort, doc.HealthzPort)
 	cmp("iface", strings.Join(ag.Iface.Ifaces, ","), strings.Join(doc.Iface.Ifaces, ","))
 	cmp("iface-regex", strings.Join(ag.Iface.Regexes, ","), strings.Join(doc.Iface.Regexes, ","))
-	cmp("public-ip", ag.Iface.PublicIP.String(), doc.Iface.PublicIP.String())
-	return out
-}
-
-// quoteArgs quotes arguments a shell would split.
-func quoteArgs(args []string) []string {
-	out := slices.Clone(args)
-	for i, a := range out {
-		if a == "" || strings.ContainsAny(a, " \t'\"$\\*?[]{}()<>|&;") {
-			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-	}
+	cmp("iface-can-reach", ag.Iface.CanReach, doc.Iface.CanReach)
+	cmp("public-ip", ag.Iface.PublicIP, doc.Iface.PublicIP)
+	cmp("public-ipv6", ag.Iface.PublicIPv6, doc.Iface.PublicIPv6)
+	cmp("subnet-lease-renew-margin", ag.RenewMargin, doc.RenewMargin)
+	cmp("ip-masq-fully-random-disable", ag.IPMasqFullyRandomDisable, doc.IPMasqFullyRandomDisable)
 	return out
 }
 

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/weft-net/weft/internal/backend"
-	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/agentopts"
+	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -121,8 +121,11 @@ func (r Report) WriteJSON(w io.Writer) error {
 // errors: a fact that could not be read is evidence too.
 type Facts struct {
 	Now time.Time
-	// Options are the agent settings doctor was given (weftd's flags).
-	Options daemon.Options
+	// Options are the agent settings doctor checks with.
+	Options agentopts.Options
+	// SettingsFrom says where Options came from (Settings' answer), for
+	// the report; empty when not known.
+	SettingsFrom string
 
 	Store      StoreFacts
 	Agent      AgentFacts
@@ -130,7 +133,7 @@ type Facts struct {
 	Node       NodeFacts
 }
 
-// StoreFacts are what etcd (or --net-config-path) holds.
+// StoreFacts are what etcd (or --net-config-file) holds.
 type StoreFacts struct {
 	// Err is set when no client could be built (bad TLS files).
 	Err       error
@@ -212,7 +215,7 @@ type SubnetFileFacts struct {
 type NodeFacts struct {
 	// Ext is the underlay weftd's interface rules choose (ExtErr when they
 	// choose none).
-	Ext    backend.ExternalInterface
+	Ext    netif.External
 	ExtErr error
 
 	Links    []Link

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/daemon"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -91,7 +91,7 @@ func (e *eval) store() {
 	case s.Err != nil:
 		e.add("store", Fail, fmt.Sprintf("etcd client for %s: %v", eps, s.Err),
 			"check --etcd-endpoints and the TLS files (--etcd-certfile, --etcd-keyfile, --etcd-cafile)")
-	case len(s.Endpoints) == 0 && e.f.Options.NetConfigPath != "":
+	case len(s.Endpoints) == 0 && e.f.Options.NetConfigFile != "":
 		e.add("store", Skip, "etcd not contacted", "")
 	case !s.Reachable():
 		var errs []string
@@ -142,7 +142,7 @@ func (e *eval) storeHealth(s StoreFacts) {
 
 func (e *eval) configCheck() {
 	s := e.f.Store
-	if s.ConfigErr == nil && s.Config == nil && !s.Reachable() && e.f.Options.NetConfigPath == "" {
+	if s.ConfigErr == nil && s.Config == nil && !s.Reachable() && e.f.Options.NetConfigFile == "" {
 		e.add("config", Skip, "network config not read: the store is unreachable", "")
 		return
 	}
@@ -152,7 +152,7 @@ func (e *eval) configCheck() {
 				fmt.Sprintf(`weftd waits for it: etcdctl put %s '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}' (or check --etcd-prefix)`, s.ConfigSource))
 			return
 		}
-		e.add("config", Fail, fmt.Sprintf("reading the network config %s: %v", s.ConfigSource, s.ConfigErr), "check --etcd-prefix / --net-config-path")
+		e.add("config", Fail, fmt.Sprintf("reading the network config %s: %v", s.ConfigSource, s.ConfigErr), "check --etcd-prefix / --net-config-file")
 		return
 	}
 	n, warnings, err := config.Parse(s.Config)
@@ -222,7 +222,7 @@ func (e *eval) leasesCheck() {
 	now := e.f.Now
 	margin := e.f.Options.RenewMargin
 	if margin <= 0 {
-		margin = daemon.DefaultRenewMargin
+		margin = agentopts.DefaultRenewMargin
 	}
 	var garbage, outside, expired, soon, dups []string
 	reservations := 0

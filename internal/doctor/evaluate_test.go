@@ -11,11 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/backend"
-	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/lease"
-	"github.com/weft-net/weft/internal/lease/etcdstore"
 	"github.com/weft-net/weft/internal/masq"
+	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -54,9 +53,9 @@ func iptablesListing(network, subnet netip.Prefix) []string {
 // healthy is a vxlan node 192.0.2.1 (10.244.1.0/24) with one peer,
 // 192.0.2.2 (10.244.2.0/24), everything in place.
 func healthy() Facts {
-	opts := daemon.Options{
-		Etcd:        etcdstore.ClientOptions{Endpoints: []string{"http://192.0.2.254:2379"}},
-		EtcdPrefix:  etcdstore.DefaultPrefix,
+	opts := agentopts.Options{
+		Etcd:        agentopts.Etcd{Endpoints: []string{"http://192.0.2.254:2379"}},
+		EtcdPrefix:  agentopts.DefaultEtcdPrefix,
 		SubnetFile:  "/run/flannel/subnet.env",
 		HealthzIP:   "127.0.0.1",
 		HealthzPort: 8471,
@@ -90,7 +89,7 @@ func healthy() Facts {
 			Env:  subnetenv.Env{Network: network, Subnet: pfx("10.244.1.1/24"), MTU: 1450, IPMasq: true},
 		},
 		Node: NodeFacts{
-			Ext: backend.ExternalInterface{Name: "eth0", Index: ulIdx, MTU: 1500, Addr: addr("192.0.2.1"), PublicIP: addr("192.0.2.1"), Subnet: pfx("192.0.2.0/24")},
+			Ext: netif.External{Name: "eth0", Index: ulIdx, MTU: 1500, Addr: addr("192.0.2.1"), PublicIP: addr("192.0.2.1"), Subnet: pfx("192.0.2.0/24")},
 			Links: []Link{
 				{Name: "lo", Index: 1, Kind: "device", MTU: 65536, Up: true, Addrs: []netip.Prefix{pfx("127.0.0.1/8")}},
 				{Name: "eth0", Index: ulIdx, Kind: "veth", MTU: 1500, Up: true, Addrs: []netip.Prefix{pfx("192.0.2.1/24")}, GSOIPv4MaxSize: 65536},
@@ -275,7 +274,7 @@ func TestEvaluate(t *testing.T) {
 				f.Agent.Procs[0].Env = []string{"FLANNELD_ETCD_PREFIX=/weft"}
 			},
 			check: "agent", status: Warn,
-			want: []string{`--subnet-file: weftd has "/tmp/x y.env", doctor "/run/flannel/subnet.env"`, `--etcd-prefix: weftd has "/weft"`, `'--subnet-file=/tmp/x y.env'`},
+			want: []string{`--subnet-file: weftd has "/tmp/x y.env", doctor "/run/flannel/subnet.env"`, `--etcd-prefix: weftd has "/weft"`, "run weft doctor without weftd's flags"},
 		},
 		{
 			name:   "not ready",
@@ -333,7 +332,7 @@ func TestEvaluate(t *testing.T) {
 		{
 			name: "underlay by lease",
 			mutate: func(f *Facts) {
-				f.Node.Ext, f.Node.ExtErr = backend.ExternalInterface{}, errors.New("no IPv4 default route")
+				f.Node.Ext, f.Node.ExtErr = netif.External{}, errors.New("no IPv4 default route")
 			},
 			check: "underlay", status: Warn, want: []string{"no IPv4 default route", "took eth0", "192.0.2.1"},
 			also: map[string]Status{"routes": OK, "subnet-lease": OK},
@@ -341,7 +340,7 @@ func TestEvaluate(t *testing.T) {
 		{
 			name: "no underlay",
 			mutate: func(f *Facts) {
-				f.Node.Ext, f.Node.ExtErr = backend.ExternalInterface{}, errors.New("no IPv4 default route")
+				f.Node.Ext, f.Node.ExtErr = netif.External{}, errors.New("no IPv4 default route")
 				f.Node.Links[1].Addrs = nil
 			},
 			check: "underlay", status: Fail, want: []string{"no underlay interface"},

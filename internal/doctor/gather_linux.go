@@ -21,8 +21,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"sigs.k8s.io/knftables"
 
+	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/daemon"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/netif"
@@ -43,7 +43,7 @@ const ttlLookups = 8
 // kernel's links, routes, neighbours, FDB, sysctls and firewall rules.
 // timeout bounds each network call. It never fails: what it cannot read
 // is recorded in the facts.
-func Gather(ctx context.Context, o daemon.Options, timeout time.Duration) Facts {
+func Gather(ctx context.Context, o agentopts.Options, timeout time.Duration) Facts {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
@@ -63,13 +63,13 @@ func Gather(ctx context.Context, o daemon.Options, timeout time.Duration) Facts 
 
 // ---- store ----
 
-func gatherStore(ctx context.Context, o daemon.Options, timeout time.Duration) StoreFacts {
+func gatherStore(ctx context.Context, o agentopts.Options, timeout time.Duration) StoreFacts {
 	var s StoreFacts
-	if o.NetConfigPath != "" {
-		s.ConfigSource = o.NetConfigPath
-		s.Config, s.ConfigErr = os.ReadFile(o.NetConfigPath)
+	if o.NetConfigFile != "" {
+		s.ConfigSource = o.NetConfigFile
+		s.Config, s.ConfigErr = os.ReadFile(o.NetConfigFile)
 	}
-	cli, err := etcdstore.Connect(ctx, o.Etcd)
+	cli, err := etcdstore.Connect(ctx, etcdstore.ClientOptions(o.Etcd))
 	if err != nil {
 		s.Err = err
 		return s
@@ -77,7 +77,7 @@ func gatherStore(ctx context.Context, o daemon.Options, timeout time.Duration) S
 	defer cli.Close()
 	st := etcdstore.New(cli, etcdstore.Options{Prefix: o.EtcdPrefix})
 	s.LeasePrefix = st.SubnetsPrefix()
-	if o.NetConfigPath == "" {
+	if o.NetConfigFile == "" {
 		s.ConfigSource = st.ConfigKey()
 	}
 
@@ -87,7 +87,7 @@ func gatherStore(ctx context.Context, o daemon.Options, timeout time.Duration) S
 	if !s.Reachable() {
 		return s
 	}
-	if o.NetConfigPath == "" {
+	if o.NetConfigFile == "" {
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		s.Config, s.ConfigErr = st.NetworkConfig(cctx)
 		cancel()
@@ -169,7 +169,7 @@ func fillTTLs(ctx context.Context, cli *clientv3.Client, leases []RawLease, time
 
 // ---- agent ----
 
-func gatherAgent(ctx context.Context, o daemon.Options, now time.Time, timeout time.Duration, procRoot string) AgentFacts {
+func gatherAgent(ctx context.Context, o agentopts.Options, now time.Time, timeout time.Duration, procRoot string) AgentFacts {
 	var a AgentFacts
 	a.Procs, a.ScanErr = scanProcs(procRoot, "weftd")
 	if o.HealthzPort != 0 {
@@ -262,7 +262,7 @@ func probe(ctx context.Context, u string, timeout time.Duration) *HTTPProbe {
 
 // ---- node ----
 
-func gatherNode(ctx context.Context, o daemon.Options, n *config.Network, sf SubnetFileFacts) NodeFacts {
+func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf SubnetFileFacts) NodeFacts {
 	var nf NodeFacts
 	h, err := netlinkx.New()
 	if err != nil {
@@ -270,7 +270,8 @@ func gatherNode(ctx context.Context, o daemon.Options, n *config.Network, sf Sub
 		return nf
 	}
 	defer h.Close()
-	nf.Ext, nf.ExtErr = netif.SelectOn(h, o.Iface)
+	// As weftd chooses: IPv4.
+	nf.Ext, nf.ExtErr = netif.SelectOn(h, o.Iface, netif.IPv4, nil)
 	nf.Links, nf.LinksErr = links(h)
 	nf.Routes, nf.RoutesErr = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
 

@@ -94,14 +94,16 @@ func TestLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Doctor with exactly the agent's flags, as `weft lab doctor` runs it.
+	// The agent's flags, for when it is gone.
 	args, err := doctor.AgentArgs(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
 
+	// Doctor with no flags reads the running agent's, as `weft lab doctor`
+	// runs it.
 	start := time.Now()
-	r, ok := runDoctor(t, ctx, bin, n1.NS, args)
+	r, ok := runDoctor(t, ctx, bin, n1.NS, nil)
 	t.Logf("doctor on a healthy node took %s", time.Since(start).Round(time.Millisecond))
 	if !ok || !r.OK {
 		t.Fatalf("healthy lab: doctor failed:\n%s", r)
@@ -109,6 +111,11 @@ func TestLab(t *testing.T) {
 	for _, x := range r.Results {
 		if x.Status != "ok" {
 			t.Errorf("healthy lab: %s is %s: %s", x.Check, x.Status, x.Message)
+		}
+	}
+	for _, x := range r.Results {
+		if x.Check == "agent" && !strings.Contains(x.Message, fmt.Sprintf("settings from weftd pid %d's command line", pid)) {
+			t.Errorf("agent check does not say whose settings doctor used: %s", x.Message)
 		}
 	}
 	if t.Failed() {

@@ -762,7 +762,7 @@ func (e *eval) nftMasq(m MasqFacts, network netip.Prefix, hint string) {
 		e.add("masquerade", Fail, "FLANNEL_IPMASQ=true but the nftables table inet "+masq.NFTTable+" is missing", hint)
 		return
 	}
-	post, _ := masq.NFTRules(masq.Config{Network: network, Subnet: e.own, Masquerade: true})
+	post, _ := masq.NFTRules(masq.Config{Network: network, Subnet: e.own, Masquerade: true, NoFullyRandom: e.f.Options.IPMasqFullyRandomDisable})
 	var missing []string
 	for _, r := range post {
 		if !slices.Contains(m.Comments, r.Comment) {

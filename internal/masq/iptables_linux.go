@@ -16,11 +16,12 @@ type IPTables struct {
 	mu sync.Mutex
 	v4 *iptables.IPTables
 	v6 *iptables.IPTables // nil when ip6tables is missing
-	// built holds each chain's listing right after weftd wrote it, keyed
-	// by proto/table/chain. Comparing later listings with it rather than
-	// with a rendering of our own keeps the check exact whatever spelling
-	// this iptables version lists rules in.
-	built map[string][]string
+	// built holds each chain's listing right after weftd wrote it, with
+	// the rendering it was written from, keyed by proto/table/chain.
+	// Comparing later listings with it rather than with a rendering of our
+	// own keeps the check exact whatever spelling this iptables version
+	// lists rules in; the rendering tells when the wanted rules changed.
+	built map[string]builtChain
 }
 
 // NewIPTables finds iptables (and ip6tables, needed only when the network
@@ -30,7 +31,7 @@ func NewIPTables() (*IPTables, error) {
 	if err != nil {
 		return nil, fmt.Errorf("iptables: %w", err)
 	}
-	m := &IPTables{v4: v4, built: map[string][]string{}}
+	m := &IPTables{v4: v4, built: map[string]builtChain{}}
 	if v6, err := iptables.NewWithProtocol(iptables.ProtocolIPv6); err == nil {
 		m.v6 = v6
 	}
@@ -67,7 +68,7 @@ func (m *IPTables) Ensure(ctx context.Context, c Config) (bool, error) {
 		// config left them.
 		masqRules, fwdRules := iptablesChains()
 		if f.network.IsValid() {
-			masqRules, fwdRules = IPTablesRules(f.network, f.subnet, f.ipt.HasRandomFully())
+			masqRules, fwdRules = IPTablesRules(f.network, f.subnet, f.ipt.HasRandomFully() && !c.NoFullyRandom)
 		}
 		for _, cr := range []struct {
 			rules ChainRules
@@ -108,7 +109,11 @@ func (m *IPTables) ensureChain(ipt *iptables.IPTables, name string, cr ChainRule
 		}
 	}
 	want := wantListing(cr)
-	ok := exists && (slices.Equal(listing, m.built[key]) || (m.built[key] == nil && sameRules(listing, want)))
+	b, built := m.built[key]
+	if built && !slices.Equal(b.want, want) {
+		built = false // the wanted rules changed: what was built is stale
+	}
+	ok := exists && (built && slices.Equal(listing, b.listing) || !built && sameRules(listing, want))
 	if !ok {
 		// Flush and refill: order matters (the RETURNs must come before
 		// the MASQUERADEs), so a missing rule cannot simply be appended.
@@ -125,7 +130,7 @@ func (m *IPTables) ensureChain(ipt *iptables.IPTables, name string, cr ChainRule
 		}
 		changed = true
 	}
-	m.built[key] = listing
+	m.built[key] = builtChain{want: want, listing: listing}
 
 	has, err := ipt.Exists(cr.Table, cr.Parent, cr.Jump...)
 	if err != nil {
@@ -139,6 +144,12 @@ func (m *IPTables) ensureChain(ipt *iptables.IPTables, name string, cr ChainRule
 		changed = true
 	}
 	return changed, nil
+}
+
+// builtChain is a chain as weftd wrote it.
+type builtChain struct {
+	want    []string // our rendering (wantListing)
+	listing []string // what iptables listed right after
 }
 
 // removeChain deletes cr's jump and chain if present.

@@ -5,7 +5,8 @@
 //   - a foreign source -> this node's pod subnet: untouched (the sender owns
 //     the reply path);
 //   - pod network -> outside (multicast excepted): masqueraded, with
-//     --random-fully / fully-random where the tools support it;
+//     --random-fully / fully-random where the tools support it, unless
+//     --ip-masq-fully-random-disable;
 //   - host -> pod network: masqueraded, so that remote nodes see an address
 //     they route back;
 //   - FORWARD accepts traffic from and to the pod network.
@@ -54,6 +55,9 @@ type Config struct {
 	IPv6Subnet  netip.Prefix // this node's IPv6 subnet
 	// Masquerade is --ip-masq.
 	Masquerade bool
+	// NoFullyRandom is --ip-masq-fully-random-disable: masquerade without
+	// --random-fully (iptables) or fully-random (nftables).
+	NoFullyRandom bool
 	// Forward accepts forwarded traffic from and to the cluster network.
 	Forward bool
 }
@@ -69,6 +73,9 @@ func (c Config) String() string {
 		}
 	}
 	parts = append(parts, fmt.Sprintf("masquerade=%v forward=%v", c.Masquerade, c.Forward))
+	if c.Masquerade && c.NoFullyRandom {
+		parts = append(parts, "fully_random=false")
+	}
 	return strings.Join(parts, " ")
 }
 
@@ -202,6 +209,11 @@ func NFTRules(c Config) (postrouting, forward []NFTRule) {
 		{"ip", "224.0.0.0/4", c.Network, c.Subnet},
 		{"ip6", "ff00::/8", c.IPv6Network, c.IPv6Subnet},
 	}
+	// The comment says which: the chain is compared by comments.
+	masquerade, how := "masquerade fully-random", ""
+	if c.NoFullyRandom {
+		masquerade, how = "masquerade", " (not fully-random)"
+	}
 	for _, f := range fams {
 		if !f.network.IsValid() {
 			continue
@@ -215,10 +227,10 @@ func NFTRules(c Config) (postrouting, forward []NFTRule) {
 					fmt.Sprintf("weft masq: %s to %s return", cluster, pod)},
 				NFTRule{fmt.Sprintf("%s saddr != %s %s daddr %s return", f.kw, cluster, f.kw, pod),
 					fmt.Sprintf("weft masq: not %s to %s return", cluster, pod)},
-				NFTRule{fmt.Sprintf("%s saddr %s %s daddr != %s masquerade fully-random", f.kw, cluster, f.kw, f.multicast),
-					fmt.Sprintf("weft masq: %s to outside masquerade", cluster)},
-				NFTRule{fmt.Sprintf("%s saddr != %s %s daddr %s masquerade fully-random", f.kw, cluster, f.kw, cluster),
-					fmt.Sprintf("weft masq: host to %s masquerade", cluster)},
+				NFTRule{fmt.Sprintf("%s saddr %s %s daddr != %s %s", f.kw, cluster, f.kw, f.multicast, masquerade),
+					fmt.Sprintf("weft masq: %s to outside masquerade%s", cluster, how)},
+				NFTRule{fmt.Sprintf("%s saddr != %s %s daddr %s %s", f.kw, cluster, f.kw, cluster, masquerade),
+					fmt.Sprintf("weft masq: host to %s masquerade%s", cluster, how)},
 			)
 		}
 		if c.Forward {

@@ -183,7 +183,7 @@ func TestIPTablesInNamespace(t *testing.T) {
 	}
 	// What this iptables lists is what we render: a fresh weftd adopts the
 	// rules a previous one left without rewriting them.
-	fresh := &IPTables{v4: m.v4, v6: m.v6, built: map[string][]string{}}
+	fresh := &IPTables{v4: m.v4, v6: m.v6, built: map[string]builtChain{}}
 	ensure(t, l, fresh, labConfig, false)
 
 	// Damage: a rule deleted, the jump deleted. Both are repaired.
@@ -192,6 +192,29 @@ func TestIPTablesInNamespace(t *testing.T) {
 	ensure(t, l, m, labConfig, true)
 	ensure(t, l, m, labConfig, false)
 	l.checkTraffic()
+
+	// --ip-masq-fully-random-disable: the same rules without
+	// --random-fully, rewritten by the manager that wrote them with it.
+	if nat = run(t, "ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-S", "WEFT-POSTRTG"); !strings.Contains(nat, "--random-fully") {
+		t.Errorf("iptables here knows --random-fully, but the rules lack it:\n%s", nat)
+	}
+	plain := labConfig
+	plain.NoFullyRandom = true
+	ensure(t, l, m, plain, true)
+	ensure(t, l, m, plain, false)
+	nat = run(t, "ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-S", "WEFT-POSTRTG")
+	if strings.Contains(nat, "random-fully") || strings.Count(nat, "MASQUERADE") != 2 {
+		t.Errorf("with NoFullyRandom:\n%s", nat)
+	}
+	l.checkTraffic()
+
+	// A new subnet (the lease moved) rewrites the chain.
+	moved := labConfig
+	moved.Subnet = netip.MustParsePrefix("10.244.9.0/24")
+	ensure(t, l, m, moved, true)
+	if nat = run(t, "ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-S", "WEFT-POSTRTG"); !strings.Contains(nat, "10.244.9.0/24") || strings.Contains(nat, "10.244.1.0/24") {
+		t.Errorf("after the subnet moved:\n%s", nat)
+	}
 
 	// Turning both off removes the chains.
 	ensure(t, l, m, Config{Network: labConfig.Network, Subnet: labConfig.Subnet}, true)
@@ -227,6 +250,17 @@ func TestNFTablesInNamespace(t *testing.T) {
 	run(t, "ip", "netns", "exec", l.node, "nft", "flush", "chain", "inet", "weft", "forward")
 	ensure(t, l, m, labConfig, true)
 	ensure(t, l, m, labConfig, false)
+	l.checkTraffic()
+
+	// --ip-masq-fully-random-disable.
+	plain := labConfig
+	plain.NoFullyRandom = true
+	ensure(t, l, m, plain, true)
+	ensure(t, l, m, plain, false)
+	listing = run(t, "ip", "netns", "exec", l.node, "nft", "list", "chain", "inet", "weft", "postrouting")
+	if strings.Contains(listing, "masquerade fully-random") || strings.Count(listing, "(not fully-random)") != 2 {
+		t.Errorf("with NoFullyRandom:\n%s", listing)
+	}
 	l.checkTraffic()
 
 	ensure(t, l, m, Config{Network: labConfig.Network, Subnet: labConfig.Subnet}, true)

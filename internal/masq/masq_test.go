@@ -76,6 +76,16 @@ ip6 daddr fd00:10::/56 accept
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
 
+	post, _ = NFTRules(Config{Network: network, Subnet: subnet, Masquerade: true, NoFullyRandom: true})
+	for _, r := range post {
+		if strings.Contains(r.Rule, "fully-random") || seen[r.Comment] && strings.Contains(r.Rule, "masquerade") {
+			t.Errorf("NoFullyRandom: %q (%q)", r.Rule, r.Comment)
+		}
+	}
+	if got := post[len(post)-1].Rule; got != "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade" {
+		t.Errorf("NoFullyRandom: last rule %q", got)
+	}
+
 	post, fwd = NFTRules(Config{Network: network, Subnet: subnet, Forward: true})
 	if len(post) != 0 || len(fwd) != 2 {
 		t.Errorf("forward only: %d postrouting rules, %d forward rules", len(post), len(fwd))

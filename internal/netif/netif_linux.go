@@ -2,9 +2,9 @@ package netif
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 
-	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
@@ -13,9 +13,9 @@ type Host struct {
 	H *netlinkx.Handle
 }
 
-// SelectOn chooses the external interface of h's namespace.
-func SelectOn(h *netlinkx.Handle, s Spec) (backend.ExternalInterface, error) {
-	return Select(Host{H: h}, s)
+// SelectOn chooses the external interface of h's namespace (see Select).
+func SelectOn(h *netlinkx.Handle, s Spec, st Stack, log *slog.Logger) (External, error) {
+	return Select(Host{H: h}, s, st, log)
 }
 
 // Links implements Kernel.
@@ -27,68 +27,49 @@ func (k Host) Links() ([]Link, error) {
 	out := make([]Link, 0, len(ls))
 	for _, l := range ls {
 		a := l.Attrs()
-		addrs, err := k.H.AddrList(l, netlinkx.FamilyAll)
+		addrs, err := k.H.Addrs(l, netlinkx.FamilyAll)
 		if err != nil {
 			if netlinkx.IsNotFound(err) {
 				continue // removed while we listed
 			}
 			return nil, fmt.Errorf("addresses of %s: %w", a.Name, err)
 		}
-		out = append(out, Link{
-			Name: a.Name, Index: a.Index, MTU: a.MTU, Addrs: addrs,
-			GSOIPv4MaxSize: int(a.GSOIPv4MaxSize),
-		})
+		link := Link{Name: a.Name, Index: a.Index, MTU: a.MTU, GSOIPv4MaxSize: int(a.GSOIPv4MaxSize)}
+		for _, x := range addrs {
+			link.Addrs = append(link.Addrs, Addr{
+				Prefix:     x.Prefix,
+				Permanent:  x.Flags&netlinkx.AddrFPermanent != 0,
+				Temporary:  x.Flags&netlinkx.AddrFTemporary != 0,
+				Deprecated: x.Flags&netlinkx.AddrFDeprecated != 0,
+			})
+		}
+		out = append(out, link)
 	}
 	return out, nil
 }
 
-// RouteTo implements Kernel by longest-prefix match over the main table's
-// IPv4 routes (lowest metric among equals). It does not follow policy
-// routing rules; the source address is left to the interface's first.
-func (k Host) RouteTo(dst netip.Addr) (int, netip.Addr, error) {
-	if !dst.Is4() {
-		return 0, netip.Addr{}, fmt.Errorf("%s is not an IPv4 address", dst)
-	}
-	routes, err := k.H.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
+// RouteGet implements Kernel with the kernel's own route lookup, so policy
+// routing and the kernel's source address selection apply.
+func (k Host) RouteGet(dst netip.Addr) (int, netip.Addr, error) {
+	r, err := k.H.RouteGet(dst)
 	if err != nil {
 		return 0, netip.Addr{}, err
 	}
-	r, ok := bestRoute(routes, dst)
-	if !ok {
-		return 0, netip.Addr{}, fmt.Errorf("no route to %s", dst)
-	}
-	return r.LinkIndex, netip.Addr{}, nil
+	return r.LinkIndex, r.Src, nil
 }
 
 // DefaultRoute implements Kernel.
-func (k Host) DefaultRoute() (int, error) {
-	routes, err := k.H.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
+func (k Host) DefaultRoute(ipv6 bool) (int, error) {
+	f := netlinkx.FamilyV4
+	if ipv6 {
+		f = netlinkx.FamilyV6
+	}
+	idx, ok, err := k.H.DefaultRouteLink(f)
 	if err != nil {
 		return 0, err
 	}
-	var best *netlinkx.Route
-	for i, r := range routes {
-		if r.Dst.Bits() == 0 && r.LinkIndex > 0 && (best == nil || r.Priority < best.Priority) {
-			best = &routes[i]
-		}
-	}
-	if best == nil {
+	if !ok {
 		return 0, ErrNoDefaultRoute
 	}
-	return best.LinkIndex, nil
-}
-
-// bestRoute is the longest-prefix match for dst, lowest metric first.
-func bestRoute(routes []netlinkx.Route, dst netip.Addr) (netlinkx.Route, bool) {
-	var best netlinkx.Route
-	found := false
-	for _, r := range routes {
-		if r.LinkIndex <= 0 || !r.Dst.Contains(dst) {
-			continue
-		}
-		if !found || r.Dst.Bits() > best.Dst.Bits() || (r.Dst.Bits() == best.Dst.Bits() && r.Priority < best.Priority) {
-			best, found = r, true
-		}
-	}
-	return best, found
+	return idx, nil
 }

@@ -106,6 +106,10 @@ func IsNotFound(err error) bool {
 		errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EADDRNOTAVAIL)
 }
 
+// IsExist reports whether err says what was to be added exists already
+// (EEXIST).
+func IsExist(err error) bool { return errors.Is(err, unix.EEXIST) }
+
 // ignoreNotFound makes deletes idempotent: removing what is gone is success.
 func ignoreNotFound(err error) error {
 	if err != nil && IsNotFound(err) {
@@ -268,6 +272,24 @@ func (h *Handle) AddrList(l Link, f Family) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// Addrs is AddrList with each address's flags (permanent, temporary,
+// deprecated), in the kernel's order.
+func (h *Handle) Addrs(l Link, f Family) ([]Addr, error) {
+	addrs, err := dump(h, "list addresses of "+l.Attrs().Name, func() ([]netlink.Addr, error) {
+		return h.nh.AddrList(l, int(f))
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if p, ok := fromIPNet(a.IPNet); ok {
+			out = append(out, Addr{Prefix: p, Flags: a.Flags})
+		}
+	}
+	return out, nil
+}
+
 func toNLRoute(r Route) *netlink.Route {
 	nr := &netlink.Route{
 		Dst:       toIPNet(r.Dst),
@@ -353,6 +375,91 @@ func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// BlackholeList is `ip route show type blackhole` (main table) for one
+// family (FamilyAll for both): the destinations of its blackhole routes.
+func (h *Handle) BlackholeList(f Family) ([]netip.Prefix, error) {
+	nrs, err := dump(h, "list blackhole routes", func() ([]netlink.Route, error) {
+		return h.nh.RouteListFiltered(int(f), &netlink.Route{Type: unix.RTN_BLACKHOLE}, netlink.RT_FILTER_TYPE)
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Prefix, 0, len(nrs))
+	for _, nr := range nrs {
+		if d, ok := fromIPNet(nr.Dst); ok {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func blackholeRoute(p netip.Prefix) *netlink.Route {
+	fam := netlink.FAMILY_V4
+	if p.Addr().Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	return &netlink.Route{Dst: toIPNet(p), Type: unix.RTN_BLACKHOLE, Family: fam}
+}
+
+// BlackholeAdd is `ip route add blackhole P`. It fails with an error for
+// which IsExist is true when the main table has another route to P with
+// the same metric (for IPv4, the route of an interface holding an address
+// in P).
+func (h *Handle) BlackholeAdd(p netip.Prefix) error {
+	if err := h.nh.RouteAdd(blackholeRoute(p)); err != nil {
+		return fmt.Errorf("add route blackhole %s: %w", p, err)
+	}
+	return nil
+}
+
+// BlackholeDel is `ip route del blackhole P`. A route already gone is not an
+// error; a route to P of another type is left alone.
+func (h *Handle) BlackholeDel(p netip.Prefix) error {
+	if err := ignoreNotFound(h.nh.RouteDel(blackholeRoute(p))); err != nil {
+		return fmt.Errorf("delete route blackhole %s: %w", p, err)
+	}
+	return nil
+}
+
+// RouteGet is `ip route get DST`: the kernel's own lookup, policy rules
+// included, of the route a packet for dst would take and the source
+// address it would get. Nothing is sent.
+func (h *Handle) RouteGet(dst netip.Addr) (RouteLookup, error) {
+	rs, err := h.nh.RouteGet(dst.AsSlice())
+	if err != nil {
+		return RouteLookup{}, fmt.Errorf("route get %s: %w", dst, err)
+	}
+	if len(rs) == 0 {
+		return RouteLookup{}, fmt.Errorf("route get %s: the kernel returned no route", dst)
+	}
+	r := rs[0]
+	return RouteLookup{LinkIndex: r.LinkIndex, Src: fromIP(r.Src), Gw: fromIP(r.Gw)}, nil
+}
+
+// DefaultRouteLink is the interface of the main table's first default
+// route of family f (FamilyV4 or FamilyV6) in the kernel's order, which is
+// lowest metric first: `ip route show default`, first line. ok is false
+// when there is none; index is 0 when the kernel names no interface for
+// that route (multipath; an IPv4 blackhole or unreachable route; IPv6
+// ones name lo).
+func (h *Handle) DefaultRouteLink(f Family) (index int, ok bool, err error) {
+	nrs, err := dump(h, "list routes", func() ([]netlink.Route, error) {
+		return h.nh.RouteListFiltered(int(f), &netlink.Route{}, 0)
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	for _, nr := range nrs {
+		if nr.Dst == nil {
+			return nr.LinkIndex, true, nil
+		}
+		if ones, _ := nr.Dst.Mask.Size(); ones == 0 && nr.Dst.IP.IsUnspecified() {
+			return nr.LinkIndex, true, nil
+		}
+	}
+	return 0, false, nil
 }
 
 func neighFamily(a netip.Addr) int {

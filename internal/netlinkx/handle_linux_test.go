@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/weft-net/weft/internal/netlinkx"
@@ -160,5 +161,148 @@ func TestNewCurrentNamespace(t *testing.T) {
 	defer h.Close()
 	if _, err := h.LinkByName("lo"); err != nil {
 		t.Fatalf("lo in the current namespace: %v", err)
+	}
+}
+
+// TestBlackhole adds, lists and deletes blackhole routes of both families,
+// and shows that a connected route to the same IPv4 subnet has its place.
+func TestBlackhole(t *testing.T) {
+	a, b := nstest.New(t), nstest.New(t)
+	h := a.H
+	v4, v6 := mustPrefix("10.244.1.0/24"), mustPrefix("fd00:10:244:1::/64")
+	for _, p := range []netip.Prefix{v4, v6} {
+		if err := h.BlackholeAdd(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.BlackholeAdd(p); !netlinkx.IsExist(err) {
+			t.Errorf("second BlackholeAdd(%s) = %v, want an exists error", p, err)
+		}
+	}
+	list := func(f netlinkx.Family) []netip.Prefix {
+		t.Helper()
+		ps, err := h.BlackholeList(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ps
+	}
+	if got := list(netlinkx.FamilyAll); !slices.Equal(got, []netip.Prefix{v4, v6}) {
+		t.Errorf("BlackholeList(all) = %v", got)
+	}
+	if got := list(netlinkx.FamilyV6); !slices.Equal(got, []netip.Prefix{v6}) {
+		t.Errorf("BlackholeList(v6) = %v", got)
+	}
+	if out, err := a.Exec("ip", "route", "show", "type", "blackhole"); err != nil || !strings.Contains(out, "blackhole 10.244.1.0/24") {
+		t.Errorf("ip route show type blackhole: %v\n%s", err, out)
+	}
+	// RouteList is unicast only: the backends never see a blackhole.
+	if rs, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4}); err != nil || len(rs) != 0 {
+		t.Errorf("RouteList = %v, %v; want no unicast routes", rs, err)
+	}
+	for range 2 { // deleting what is gone is no error
+		for _, p := range []netip.Prefix{v4, v6} {
+			if err := h.BlackholeDel(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := list(netlinkx.FamilyAll); len(got) != 0 {
+		t.Errorf("after delete: %v", got)
+	}
+
+	// An interface holding an address in the subnet owns its place.
+	nstest.Veth(t, a, "ul0", mustPrefix("10.244.1.1/24"), b, "ul0", mustPrefix("10.244.1.2/24"))
+	if err := h.BlackholeAdd(v4); !netlinkx.IsExist(err) {
+		t.Errorf("BlackholeAdd over a connected route = %v, want an exists error", err)
+	}
+	if err := h.BlackholeDel(v4); err != nil {
+		t.Errorf("BlackholeDel leaves a connected route alone, without error: %v", err)
+	}
+	if rs, _ := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4}); len(rs) != 1 || rs[0].Dst != v4 {
+		t.Errorf("connected route after BlackholeDel: %v", rs)
+	}
+}
+
+// TestRouteLookups asks the kernel of a fresh namespace which way
+// packets would go (nothing is sent) and reads address flags.
+func TestRouteLookups(t *testing.T) {
+	a, b := nstest.New(t), nstest.New(t)
+	h := a.H
+	ul0, _ := nstest.Veth(t, a, "ul0", mustPrefix("192.0.2.1/24"), b, "ul0", mustPrefix("192.0.2.2/24"))
+	ul1, _ := nstest.Veth(t, a, "ul1", mustPrefix("198.51.100.1/24"), b, "ul1", mustPrefix("198.51.100.2/24"))
+	ip := func(args ...string) {
+		t.Helper()
+		if _, err := a.Exec("ip", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	for _, f := range []netlinkx.Family{netlinkx.FamilyV4, netlinkx.FamilyV6} {
+		if idx, ok, err := h.DefaultRouteLink(f); err != nil || ok {
+			t.Fatalf("DefaultRouteLink(%d) without one = %d, %v, %v", f, idx, ok, err)
+		}
+	}
+	if err := h.RouteReplace(netlinkx.Route{Dst: mustPrefix("203.0.113.0/24"), Gw: mustAddr("198.51.100.2"), LinkIndex: ul1.Attrs().Index}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.RouteGet(mustAddr("10.1.1.1")); err == nil {
+		t.Fatal("RouteGet without a route succeeded")
+	}
+	ip("-6", "addr", "add", "2001:db8:1::1/64", "dev", "ul0", "nodad")
+	ip("route", "add", "default", "via", "192.0.2.2", "dev", "ul0", "metric", "100")
+	ip("route", "add", "default", "via", "198.51.100.2", "dev", "ul1", "metric", "50")
+	ip("-6", "route", "add", "default", "via", "2001:db8:1::2", "dev", "ul0", "metric", "100")
+
+	lookups := []struct {
+		dst  string
+		want netlinkx.RouteLookup
+	}{
+		{"203.0.113.9", netlinkx.RouteLookup{LinkIndex: ul1.Attrs().Index, Src: mustAddr("198.51.100.1"), Gw: mustAddr("198.51.100.2")}},
+		{"192.0.2.77", netlinkx.RouteLookup{LinkIndex: ul0.Attrs().Index, Src: mustAddr("192.0.2.1")}},
+		{"10.1.1.1", netlinkx.RouteLookup{LinkIndex: ul1.Attrs().Index, Src: mustAddr("198.51.100.1"), Gw: mustAddr("198.51.100.2")}}, // default, metric 50
+		{"2001:db8:9::1", netlinkx.RouteLookup{LinkIndex: ul0.Attrs().Index, Src: mustAddr("2001:db8:1::1"), Gw: mustAddr("2001:db8:1::2")}},
+	}
+	for _, l := range lookups {
+		got, err := h.RouteGet(mustAddr(l.dst))
+		if err != nil || got != l.want {
+			t.Errorf("RouteGet(%s) = %+v, %v; want %+v", l.dst, got, err, l.want)
+		}
+	}
+	if idx, ok, err := h.DefaultRouteLink(netlinkx.FamilyV4); err != nil || !ok || idx != ul1.Attrs().Index {
+		t.Errorf("DefaultRouteLink(v4) = %d, %v, %v; want ul1 (#%d), the lower metric", idx, ok, err, ul1.Attrs().Index)
+	}
+	if idx, ok, err := h.DefaultRouteLink(netlinkx.FamilyV6); err != nil || !ok || idx != ul0.Attrs().Index {
+		t.Errorf("DefaultRouteLink(v6) = %d, %v, %v; want ul0 (#%d)", idx, ok, err, ul0.Attrs().Index)
+	}
+	// An IPv4 blackhole default ahead of the others names no interface.
+	ip("route", "add", "blackhole", "default", "metric", "10")
+	if idx, ok, err := h.DefaultRouteLink(netlinkx.FamilyV4); err != nil || !ok || idx != 0 {
+		t.Errorf("DefaultRouteLink(v4) with a blackhole first = %d, %v, %v; want 0, true", idx, ok, err)
+	}
+
+	// Address flags: manual addresses are permanent, a second one in the
+	// same IPv4 subnet is secondary, one with finite lifetimes is dynamic
+	// and, with preferred_lft 0, deprecated.
+	ip("addr", "add", "192.0.2.5/24", "dev", "ul0")
+	ip("-6", "addr", "add", "2001:db8:2::1/64", "dev", "ul0", "nodad", "valid_lft", "3600", "preferred_lft", "0")
+	addrs, err := h.Addrs(ul0, netlinkx.FamilyAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := map[netip.Prefix]int{}
+	for _, x := range addrs {
+		flags[x.Prefix] = x.Flags
+	}
+	const mask = netlinkx.AddrFPermanent | netlinkx.AddrFTemporary | netlinkx.AddrFDeprecated
+	for p, want := range map[string]int{
+		"192.0.2.1/24":     netlinkx.AddrFPermanent,
+		"192.0.2.5/24":     netlinkx.AddrFPermanent | netlinkx.AddrFTemporary,
+		"2001:db8:1::1/64": netlinkx.AddrFPermanent,
+		"2001:db8:2::1/64": netlinkx.AddrFDeprecated,
+	} {
+		got, ok := flags[mustPrefix(p)]
+		if !ok || got&mask != want {
+			t.Errorf("%s: flags %#x (listed %v), want %#x; all: %v", p, got&mask, ok, want, addrs)
+		}
 	}
 }

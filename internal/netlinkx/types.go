@@ -175,3 +175,30 @@ type FDBKey struct {
 func (f FDB) String() string {
 	return fmt.Sprintf("%s dst %s dev #%d", f.MAC, f.Dst, f.LinkIndex)
 }
+
+// Addr is an interface address with the kernel's IFA_F_* flags.
+//
+//	ip addr show dev NAME
+type Addr struct {
+	Prefix netip.Prefix // the address with its on-link prefix length
+	Flags  int          // AddrF* bits
+}
+
+// Address flags (IFA_F_*), as `ip addr` names them.
+const (
+	// AddrFTemporary is an IPv6 privacy address; on IPv4 the same bit
+	// marks a secondary address (IFA_F_SECONDARY).
+	AddrFTemporary  = 0x01
+	AddrFDeprecated = 0x20 // preferred lifetime over
+	// AddrFPermanent is set on addresses configured with infinite
+	// lifetime; autoconfigured (SLAAC, DHCP with lifetimes) ones lack it
+	// and `ip addr` calls them dynamic.
+	AddrFPermanent = 0x80
+)
+
+// RouteLookup is the kernel's answer to `ip route get DST`.
+type RouteLookup struct {
+	LinkIndex int        // the interface a packet for DST leaves by
+	Src       netip.Addr // the source address it would get; invalid if the kernel names none
+	Gw        netip.Addr // the next hop; invalid when DST is on-link
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/netlinkx/nstest"
 )
@@ -24,7 +25,7 @@ var Underlay = netip.MustParsePrefix("192.0.2.0/24")
 type Node struct {
 	NS     *nstest.NS
 	Pod    *nstest.NS
-	Ext    backend.ExternalInterface
+	Ext    netif.External
 	Subnet netip.Prefix // the node's lease
 	PodIP  netip.Addr   // <subnet>.2, behind gateway <subnet>.1 on the node
 }
@@ -79,7 +80,7 @@ func Cluster(t testing.TB, subnets ...netip.Prefix) []*Node {
 	}
 	for i, n := range nodes {
 		eth0 := n.NS.Link(t, "eth0")
-		n.Ext = backend.ExternalInterface{
+		n.Ext = netif.External{
 			Name: "eth0", Index: eth0.Attrs().Index, MTU: eth0.Attrs().MTU,
 			Addr: addr(i).Addr(), PublicIP: addr(i).Addr(), Subnet: Underlay,
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
@@ -78,7 +79,7 @@ func checkRemote(p Params, l lease.Lease) error {
 // whole; anything smaller would cost a trip through every extra hop (veth,
 // bridge, forwarding, for data and ACKs alike) per 64 KiB instead of per
 // GSO packet.
-func podLink(ext backend.ExternalInterface, mtu int) backend.PodLink {
+func podLink(ext netif.External, mtu int) backend.PodLink {
 	pl := backend.PodLink{MTU: mtu}
 	if ext.GSOIPv4MaxSize > backend.LegacyGSOMaxSize {
 		pl.GSOIPv4MaxSize = ext.GSOIPv4MaxSize

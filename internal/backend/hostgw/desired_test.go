@@ -10,6 +10,7 @@ import (
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
@@ -82,7 +83,7 @@ func TestPodLinkFollowsUnderlayBigTCP(t *testing.T) {
 		{65536, 0}, // the default: pods keep theirs
 		{196608, 196608},
 	} {
-		got := podLink(backend.ExternalInterface{GSOIPv4MaxSize: tc.underlay}, 1500)
+		got := podLink(netif.External{GSOIPv4MaxSize: tc.underlay}, 1500)
 		if got != (backend.PodLink{MTU: 1500, GSOIPv4MaxSize: tc.want}) {
 			t.Errorf("underlay gso_ipv4_max_size %d: got %+v, want MTU 1500 and %d", tc.underlay, got, tc.want)
 		}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
@@ -20,7 +21,10 @@ import (
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend         = (*Backend)(nil)
+	_ backend.MetricsExporter = (*Backend)(nil)
+)
 
 // Backend is the udp datapath of this node. It opens flannel0 and the UDP
 // socket in the network namespace of the thread that calls Configure (and
@@ -106,6 +110,12 @@ func (b *Backend) Close() error {
 // Stats returns the datapath's counters. Safe to call from any goroutine.
 func (b *Backend) Stats() Stats {
 	return b.stats.snapshot()
+}
+
+// Collectors implements backend.MetricsExporter: the datapath's counters
+// (weft_udp_*), read from Stats at scrape time.
+func (b *Backend) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{newCollector(b.Stats)}
 }
 
 // MTU is the pod MTU: flannel0's.

@@ -26,6 +26,7 @@ import (
 	"github.com/weft-net/weft/internal/backend/backendtest"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/netlinkx/nstest"
 	"github.com/weft-net/weft/internal/syncbuf"
@@ -47,7 +48,7 @@ func TestMain(m *testing.M) {
 // nodeConfig is what a node process is started with.
 type nodeConfig struct {
 	NetConf string
-	Ext     backend.ExternalInterface
+	Ext     netif.External
 	Own     lease.Lease
 	Leases  []lease.Lease
 	Profile string // CPU profile path, if any

@@ -6,6 +6,7 @@ import (
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/netif"
 )
 
 func TestDeriveSettings(t *testing.T) {
@@ -16,7 +17,7 @@ func TestDeriveSettings(t *testing.T) {
 		}
 		return n
 	}
-	ext := backend.ExternalInterface{Name: "eth0", MTU: 1500}
+	ext := netif.External{Name: "eth0", MTU: 1500}
 	for _, tc := range []struct {
 		name     string
 		p        backend.Params
@@ -27,9 +28,9 @@ func TestDeriveSettings(t *testing.T) {
 		{"defaults", backend.Params{Network: parse(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), Ext: ext}, 8285, 1472, ""},
 		{"no backend type means udp", backend.Params{Network: parse(`{"Network":"10.244.0.0/16"}`), Ext: ext}, 8285, 1472, ""},
 		{"port and MTU set", backend.Params{Network: parse(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000,"MTU":1400}}`), Ext: ext}, 9000, 1400, ""},
-		{"jumbo underlay", backend.Params{Network: parse(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), Ext: backend.ExternalInterface{Name: "eth0", MTU: 9000}}, 8285, 8972, ""},
-		{"unknown underlay MTU", backend.Params{Network: parse(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), Ext: backend.ExternalInterface{Name: "eth0"}}, 0, 0, "MTU of eth0 unknown"},
-		{"tiny underlay", backend.Params{Network: parse(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), Ext: backend.ExternalInterface{Name: "eth0", MTU: 600}}, 0, 0, "below 576"},
+		{"jumbo underlay", backend.Params{Network: parse(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), Ext: netif.External{Name: "eth0", MTU: 9000}}, 8285, 8972, ""},
+		{"unknown underlay MTU", backend.Params{Network: parse(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), Ext: netif.External{Name: "eth0"}}, 0, 0, "MTU of eth0 unknown"},
+		{"tiny underlay", backend.Params{Network: parse(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), Ext: netif.External{Name: "eth0", MTU: 600}}, 0, 0, "below 576"},
 		{"IPv6 only", backend.Params{Network: parse(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"udp"}}`), Ext: ext}, 0, 0, "IPv4 only"},
 		{"no config", backend.Params{Ext: ext}, 0, 0, "no network config"},
 	} {

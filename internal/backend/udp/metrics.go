@@ -1,15 +1,13 @@
-package daemon
+package udp
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/weft-net/weft/internal/backend/udp"
 )
 
-// udpCollector exports the udp datapath's counters, read at scrape time so
-// the hot path pays nothing for metrics.
-type udpCollector struct {
-	stats   func() udp.Stats
+// collector exports the datapath's counters, read at scrape time so the
+// hot path pays nothing for metrics.
+type collector struct {
+	stats   func() Stats
 	packets *prometheus.Desc
 	bytes   *prometheus.Desc
 	dropped *prometheus.Desc
@@ -18,8 +16,8 @@ type udpCollector struct {
 	restart *prometheus.Desc
 }
 
-func newUDPCollector(stats func() udp.Stats) *udpCollector {
-	return &udpCollector{
+func newCollector(stats func() Stats) *collector {
+	return &collector{
 		stats:   stats,
 		packets: prometheus.NewDesc("weft_udp_packets_total", "Inner packets forwarded by the udp datapath.", []string{"direction"}, nil),
 		bytes:   prometheus.NewDesc("weft_udp_bytes_total", "Inner bytes forwarded by the udp datapath.", []string{"direction"}, nil),
@@ -30,13 +28,13 @@ func newUDPCollector(stats func() udp.Stats) *udpCollector {
 	}
 }
 
-func (c *udpCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.dropped, c.icmp, c.errs, c.restart} {
 		ch <- d
 	}
 }
 
-func (c *udpCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.stats()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)

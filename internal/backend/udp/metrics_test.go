@@ -1,17 +1,15 @@
-package daemon
+package udp
 
 import (
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	"github.com/weft-net/weft/internal/backend/udp"
 )
 
-func TestUDPCollector(t *testing.T) {
-	c := newUDPCollector(func() udp.Stats {
-		return udp.Stats{TxPackets: 7, RxPackets: 5, Spoofed: 2, UnknownSender: 3, ICMPSent: 1}
+func TestCollector(t *testing.T) {
+	c := newCollector(func() Stats {
+		return Stats{TxPackets: 7, RxPackets: 5, Spoofed: 2, UnknownSender: 3, ICMPSent: 1}
 	})
 	want := `
 # HELP weft_udp_dropped_total Packets and datagrams the udp datapath dropped, by reason.
