@@ -26,7 +26,7 @@ LDFLAGS := $(if $(VERSION),-X main.version=$(VERSION))
 DEMO_ROOT  ?= /tmp/weft-demo
 BENCH_ROOT ?= /tmp/weft-bench
 
-.PHONY: all deps build cni-plugins test vet demo bench clean
+.PHONY: all deps build cni-plugins kube-bins test vet demo bench clean
 
 all: build
 
@@ -51,12 +51,20 @@ $(CNI_BIN)/.version-$(CNI_PLUGINS_VERSION)-$(CNI_VERSION):
 	rm -f $(CNI_BIN)/.version-*
 	touch $@
 
+# A real kube-apiserver and kube-controller-manager for the tests of the
+# Kubernetes store (internal/kubecp, internal/kubetest) and the lab's
+# --store kube: built from the module proxy at the version of client-go in
+# go.mod, cached by version under ~/.cache/weft/kube (minutes the first
+# time; the script shows its progress), then found again at once.
+kube-bins: deps
+	scripts/kube-bins.sh
+
 vet:
 	$(GO) vet ./...
 
 # Root-only tests (namespaces) run too: they skip, saying so, without root.
-test: deps build vet
-	WEFT_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 14m ./...
+test: deps build vet kube-bins
+	WEFT_BIN_DIR=$(BIN) WEFT_KUBE_BIN_DIR=$$(scripts/kube-bins.sh | tail -n 1) $(GO) test -count=1 -timeout 14m ./...
 
 demo: deps build
 	@trap '$(BIN)/weft lab down --all --root $(DEMO_ROOT) >/dev/null' EXIT; \

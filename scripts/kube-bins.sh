@@ -3,7 +3,8 @@
 # kube-controller-manager, kubectl) from the Go module proxy, for the tests
 # and the lab's --store kube. The binaries are cached under
 # $WEFT_CACHE/kube/<version>/ (default ~/.cache/weft), so only the first run
-# builds: about 10-15 minutes on 2 cores from empty Go caches.
+# builds: about 10-15 minutes on 2 cores from empty Go caches. Concurrent
+# runs wait for one build.
 #
 # The version follows the client-go that go.mod requires (v0.X.Y ->
 # k8s.io/kubernetes v1.X.Y), so that the server and weft's client agree.
@@ -28,9 +29,26 @@ cache=${WEFT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/weft}
 out=$cache/kube/$kube
 bins=(kube-apiserver kube-controller-manager kubectl)
 
-have=1
-for b in "${bins[@]}"; do [ -x "$out/$b" ] || have=0; done
-if [ "$have" = 1 ]; then
+# Built, and stamped with the version (an older run of this script left
+# binaries that called themselves v0.0.0-master).
+have() {
+	for b in "${bins[@]}"; do [ -x "$out/$b" ] || return 1; done
+	[ "$("$out/kube-apiserver" --version 2>/dev/null)" = "Kubernetes $kube" ]
+}
+if have; then
+	echo "$out"
+	exit 0
+fi
+
+# One build at a time: a second run (two `make test` at once) waits for the
+# first and then finds the binaries in the cache.
+mkdir -p "$cache/kube"
+exec 9>"$cache/kube/.lock"
+if ! flock -n 9; then
+	echo "kube-bins: another build of $kube is under way; waiting for it" >&2
+	flock 9
+fi
+if have; then
 	echo "$out"
 	exit 0
 fi
@@ -67,11 +85,30 @@ import (
 )
 GO
 $GO mod tidy >&2
+rm -rf "$out.tmp"
 mkdir -p "$out.tmp"
-echo "kube-bins: compiling (progress: one line per package group)" >&2
-$GO build -trimpath -ldflags='-s -w' -o "$out.tmp/" \
-	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
-rm -rf "$out"
+pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+total=$($GO list -deps "${pkgs[@]}" | wc -l)
+echo "kube-bins: compiling up to $total packages (a line per 100 compiled; those in Go's build cache are not counted)" >&2
+# go build -v names each package as it is built; anything else it prints
+# (an error) has a space in it and is passed on as it is.
+# The version stamp Kubernetes' own build (hack/lib/version.sh) sets: what
+# the servers report in /version, and client-go's user agent.
+minor=${kube#v1.}
+minor=${minor%%.*}
+ldflags="-s -w"
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	ldflags+=" -X $p.gitVersion=$kube -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+done
+$GO build -v -trimpath -ldflags="$ldflags" -o "$out.tmp/" "${pkgs[@]}" 2>&1 |
+	awk -v total="$total" '
+		/^[^ ]+$/ { n++; if (n % 100 == 0) { printf "kube-bins: %d/%d packages\n", n, total; fflush() } next }
+		{ print; fflush() }' >&2
+# Two renames: tests running meanwhile find binaries at every moment but
+# one.
+rm -rf "$out.old"
+if [ -d "$out" ]; then mv "$out" "$out.old"; fi
 mv "$out.tmp" "$out"
+rm -rf "$out.old"
 echo "kube-bins: done" >&2
 echo "$out"

@@ -110,7 +110,7 @@ func Register(fs *flag.FlagSet) *Flags {
 	fs.IntVar(&o.HealthzPort, "healthz-port", 0, "port of the health server (/healthz, /readyz, /metrics); 0 disables it")
 	fs.IntVar(&f.iptSync, "iptables-resync", int(d.IPTablesResync/time.Second), "re-check the masquerade and forward rules and the blackhole route every this many seconds")
 	fs.BoolVar(&o.ForwardRules, "iptables-forward-rules", d.ForwardRules, "accept forwarded traffic from and to the pod network")
-	fs.BoolVar(&o.BlackholeRoute, "ip-blackhole-route", false, "add a blackhole route for this node's pod subnet, for pods not behind a bridge holding it (such as Canal's)")
+	fs.BoolVar(&o.BlackholeRoute, "ip-blackhole-route", false, "keep a blackhole route (largest metric, behind the bridge's) for this node's pod subnet: packets to unused pod addresses are dropped, not sent out by the default route")
 	fs.StringVar(&o.NetConfigPath, "net-config-path", d.NetConfigPath, "network config file of the Kubernetes store (--kube-subnet-mgr only)")
 	fs.BoolVar(&o.SetNodeNetworkUnavailable, "set-node-network-unavailable", d.SetNodeNetworkUnavailable, "with --kube-subnet-mgr, set the node's NetworkUnavailable condition to False once up")
 	// klog's, which flanneld copies (main.go:164-166).

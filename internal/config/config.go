@@ -9,10 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
 	"net/netip"
 	"sort"
 	"strings"
+
+	"go4.org/netipx"
 )
 
 // Backend types.
@@ -233,14 +234,16 @@ func parseFamily(network *netip.Prefix, subnetLen *int, subnetMin, subnetMax *ne
 		*subnetLen = l
 	}
 
-	step := subnetSize(f.bits, *subnetLen)
-	first := addrToInt(p.Addr())
-	last := new(big.Int).Add(first, new(big.Int).Lsh(big.NewInt(1), uint(f.bits-p.Bits())))
-	last.Sub(last, step)
+	// Subnet bounds are whole subnets of the network: the first one lies
+	// right after the network's own first subnet, the last one holds the
+	// network's last address.
+	firstSubnet := netip.PrefixFrom(p.Addr(), *subnetLen)
+	defMin := netipx.PrefixLastIP(firstSubnet).Next()
+	defMax := netip.PrefixFrom(netipx.PrefixLastIP(p), *subnetLen).Masked().Addr()
 
-	parseBound := func(key string, w *string, def *big.Int) (netip.Addr, error) {
+	parseBound := func(key string, w *string, def netip.Addr) (netip.Addr, error) {
 		if w == nil || *w == "" {
-			return intToAddr(def, f.bits), nil
+			return def, nil
 		}
 		a, err := netip.ParseAddr(*w)
 		if err != nil {
@@ -249,18 +252,18 @@ func parseFamily(network *netip.Prefix, subnetLen *int, subnetMin, subnetMax *ne
 		if !p.Contains(a) {
 			return netip.Addr{}, fieldErr(key, quote(*w), "outside %s %s", netKey, p)
 		}
-		if new(big.Int).Mod(new(big.Int).Sub(addrToInt(a), first), step).Sign() != 0 {
+		if netip.PrefixFrom(a, *subnetLen).Masked().Addr() != a {
 			return netip.Addr{}, fieldErr(key, quote(*w), "not on a /%d boundary (SubnetLen)", *subnetLen)
 		}
 		return a, nil
 	}
 	// flannel skips the first subnet: its network address would clash with the
 	// cluster network's own.
-	lo, err := parseBound(f.prefix+"SubnetMin", wMin, new(big.Int).Add(first, step))
+	lo, err := parseBound(f.prefix+"SubnetMin", wMin, defMin)
 	if err != nil {
 		return err
 	}
-	hi, err := parseBound(f.prefix+"SubnetMax", wMax, last)
+	hi, err := parseBound(f.prefix+"SubnetMax", wMax, defMax)
 	if err != nil {
 		return err
 	}
@@ -374,18 +377,3 @@ func describeJSONError(data []byte, err error) error {
 }
 
 func quote(s string) string { return fmt.Sprintf("%q", s) }
-
-func subnetSize(bits, subnetLen int) *big.Int {
-	return new(big.Int).Lsh(big.NewInt(1), uint(bits-subnetLen))
-}
-
-func addrToInt(a netip.Addr) *big.Int {
-	return new(big.Int).SetBytes(a.AsSlice())
-}
-
-func intToAddr(i *big.Int, bits int) netip.Addr {
-	b := make([]byte, bits/8)
-	i.FillBytes(b)
-	a, _ := netip.AddrFromSlice(b)
-	return a
-}

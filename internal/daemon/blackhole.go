@@ -20,7 +20,9 @@ type blackholer interface {
 
 // blackholeKeeper keeps --ip-blackhole-route: a blackhole route for each of
 // this node's subnets, added when no blackhole route with that destination
-// exists (flanneld main.go:445-474), checked every period. flanneld checks
+// exists (flanneld main.go:445-474), checked every period. The route has
+// the largest metric (netlinkx.BlackholeMetric), so the CNI bridge's route
+// to the pods wins while it exists. flanneld checks
 // first after one period; the keeper checks at once. When the lease moves,
 // the blackhole it added for the old subnet goes, since that subnet may
 // now be another node's. On exit the routes stay, as the rest of the
@@ -109,12 +111,11 @@ func (k *blackholeKeeper) ensure(want, owned []netip.Prefix) ([]netip.Prefix, er
 		}
 		err := k.h.BlackholeAdd(p)
 		if netlinkx.IsExist(err) {
-			// Another route to p, such as a bridge's holding the subnet
-			// (cni0): nothing is blackholed then, as with flanneld, whose
-			// add fails the same way. Said once, not every period.
+			// Another route to p at the blackhole's own metric, which weft
+			// did not add: it keeps its place. Said once, not every period.
 			if !k.occupied[p] {
 				k.occupied[p] = true
-				k.log.Warn("no blackhole route: another route to the subnet exists (an interface holding it, such as the CNI bridge)", "subnet", p)
+				k.log.Warn("no blackhole route: another route to the subnet has its metric", "subnet", p, "metric", netlinkx.BlackholeMetric)
 			}
 			continue
 		}

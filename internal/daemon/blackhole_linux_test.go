@@ -25,7 +25,7 @@ func blackholes(t *testing.T, h *netlinkx.Handle) []netip.Prefix {
 
 // TestBlackholeKeeper runs the keeper against a test namespace: it adds
 // the routes, puts back a deleted one within a period, follows a lease
-// that moves, leaves other blackholes alone, and gives way to a bridge
+// that moves, leaves other blackholes alone, and stays behind a bridge
 // holding the subnet.
 func TestBlackholeKeeper(t *testing.T) {
 	n, peer := nstest.New(t), nstest.New(t)
@@ -77,19 +77,18 @@ func TestBlackholeKeeper(t *testing.T) {
 	k.Set([]netip.Prefix{moved})
 	waitFor(t, "the moved lease's blackhole only", 5*time.Second, has(foreign, moved))
 
-	// A bridge-like interface holding the subnet: no blackhole, no error
-	// every period, one warning.
-	k.Set(nil)
-	waitFor(t, "no blackhole of ours", 5*time.Second, has(foreign))
+	// A bridge-like interface holding the subnet: the blackhole goes in
+	// beside its route as the fallback, and the pods stay reachable.
 	held := netip.MustParsePrefix("10.244.8.0/24")
 	nstest.Veth(t, n, "br0", netip.MustParsePrefix("10.244.8.1/24"), peer, "eth0", netip.MustParsePrefix("10.244.8.2/24"))
 	k.Set([]netip.Prefix{held})
-	time.Sleep(3 * period)
-	if got := blackholes(t, n.H); slices.Contains(got, held) {
-		t.Errorf("blackhole %s over a connected route: %v", held, got)
+	waitFor(t, "the blackhole beside the bridge's route", 5*time.Second, has(foreign, held))
+	br0, err := n.H.LinkByName("br0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if c := strings.Count(logs.String(), "no blackhole route: another route to the subnet exists"); c != 1 {
-		t.Errorf("%d warnings about the connected route, want 1:\n%s", c, logs.String())
+	if r, err := n.H.RouteGet(netip.MustParseAddr("10.244.8.2")); err != nil || r.LinkIndex != br0.Attrs().Index {
+		t.Errorf("route to a pod beside the blackhole: %+v, %v; want via br0", r, err)
 	}
 	if strings.Contains(logs.String(), "level=ERROR") {
 		t.Errorf("errors logged:\n%s", logs.String())

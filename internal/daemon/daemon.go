@@ -17,6 +17,7 @@ import (
 
 	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/backoff"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
@@ -170,7 +171,7 @@ func openStore(ctx context.Context, o Options) (lease.Store, func(), error) {
 	return st, func() { cli.Close() }, nil
 }
 
-func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
+func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	n, ok := d.waitConfig(ctx)
 	if !ok {
 		return nil
@@ -201,12 +202,24 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) error {
 	d.log.Info("backend ready", "type", n.Backend.Type, "backend_data", string(data))
 
 	// Watch first: the snapshot tells whether our lease already exists,
-	// and the lease set is complete when the lease is in hand.
+	// and the lease set is complete when the lease is in hand. A store's
+	// Watch retries what can be retried on its own; an error it returns
+	// ends the run.
 	events := make(chan batch, 64)
+	ctx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		d.watch(ctx, events)
+		if err := d.watch(ctx, events); err != nil && ctx.Err() == nil {
+			stopRun(&watchError{err})
+		}
+	}()
+	defer func() {
+		var we *watchError
+		if errors.As(context.Cause(ctx), &we) {
+			err = we
+		}
 	}()
 	d.health.notReady("listing leases")
 	if !d.waitSnapshot(ctx, events) {
@@ -308,31 +321,25 @@ func (d *daemon) readConfig(ctx context.Context) (*config.Network, []string, err
 	return config.Parse(raw)
 }
 
-// watch runs the store's watch until ctx ends, restarting it if it fails.
-// The first call of each Watch is its snapshot.
-func (d *daemon) watch(ctx context.Context, out chan<- batch) {
-	for attempt := 0; ; attempt++ {
-		first := true
-		err := d.store.Watch(ctx, func(evs []lease.Event) {
-			b := batch{events: evs, snapshot: first}
-			first = false
-			select {
-			case out <- b:
-			case <-ctx.Done():
-			}
-		})
-		if ctx.Err() != nil {
-			return
-		}
-		wait := backoff(attempt, time.Second, 30*time.Second)
-		d.log.Error("lease watch failed; starting it again", "err", err, "retry_in", wait.Round(time.Millisecond))
+// watch runs the store's watch until ctx ends. The first call of fn is
+// the snapshot.
+func (d *daemon) watch(ctx context.Context, out chan<- batch) error {
+	first := true
+	return d.store.Watch(ctx, func(evs []lease.Event) {
+		b := batch{events: evs, snapshot: first}
+		first = false
 		select {
+		case out <- b:
 		case <-ctx.Done():
-			return
-		case <-time.After(wait):
 		}
-	}
+	})
 }
+
+// watchError is a lease watch that stopped for good.
+type watchError struct{ err error }
+
+func (e *watchError) Error() string { return "lease watch: " + e.err.Error() }
+func (e *watchError) Unwrap() error { return e.err }
 
 // waitSnapshot takes the watch's first batch into the lease set.
 func (d *daemon) waitSnapshot(ctx context.Context, events <-chan batch) bool {
@@ -398,9 +405,9 @@ func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (tim
 			d.log.Error("cannot acquire a lease: the subnet pool is exhausted; retrying", "err", err,
 				"network", d.net.Network, "subnet_min", d.net.SubnetMin, "subnet_max", d.net.SubnetMax, "retry_in", time.Minute)
 			d.notReadyUnlessHeld("subnet pool exhausted: " + err.Error())
-			return backoff(0, time.Minute, time.Minute), err
+			return backoff.Jittered(0, time.Minute, time.Minute), err
 		}
-		wait := backoff(attempt, time.Second, 30*time.Second)
+		wait := backoff.Jittered(attempt, time.Second, 30*time.Second)
 		d.log.Warn("cannot acquire a lease; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
 		d.notReadyUnlessHeld("acquiring a lease: " + err.Error())
 		return wait, err
@@ -574,7 +581,7 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
 				return
 			}
 			needFull = true
-			wait := backoff(failures, 500*time.Millisecond, d.o.ResyncPeriod)
+			wait := backoff.Jittered(failures, 500*time.Millisecond, d.o.ResyncPeriod)
 			failures++
 			schedule(retry, wait)
 			return

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -24,12 +23,12 @@ func (s leaseSet) apply(evs []lease.Event, own lease.Lease) (lost bool) {
 		case lease.Removed:
 			delete(s, key)
 			// A late event about the key's previous holder is not ours.
-			if key == ownKey && sameNode(ev.Lease.Attrs, own.Attrs) {
+			if key == ownKey && lease.SameNode(ev.Lease.Attrs, own.Attrs) {
 				lost = true
 			}
 		default:
 			s[key] = ev.Lease
-			if key == ownKey && !sameNode(ev.Lease.Attrs, own.Attrs) {
+			if key == ownKey && !lease.SameNode(ev.Lease.Attrs, own.Attrs) {
 				lost = true
 			}
 		}
@@ -57,7 +56,7 @@ func (s leaseSet) list(own lease.Lease) []lease.Lease {
 	out := make([]lease.Lease, 0, len(keys))
 	for _, k := range keys {
 		if k == ownKey {
-			if l, ok := s[k]; ok && !sameNode(l.Attrs, own.Attrs) {
+			if l, ok := s[k]; ok && !lease.SameNode(l.Attrs, own.Attrs) {
 				out = append(out, l)
 			} else {
 				out = append(out, own)
@@ -72,20 +71,11 @@ func (s leaseSet) list(own lease.Lease) []lease.Lease {
 // holder returns the lease naming publicIP, if the set has one.
 func (s leaseSet) holder(a lease.Attrs) (lease.Lease, bool) {
 	for _, l := range s {
-		if sameNode(l.Attrs, a) {
+		if lease.SameNode(l.Attrs, a) {
 			return l, true
 		}
 	}
 	return lease.Lease{}, false
-}
-
-// sameNode tells whether two attribute sets name one node (by PublicIP, or
-// PublicIPv6 on an IPv6-only network), as the store does.
-func sameNode(a, b lease.Attrs) bool {
-	if a.PublicIP.IsValid() && !a.PublicIP.IsUnspecified() {
-		return a.PublicIP == b.PublicIP
-	}
-	return a.PublicIPv6 != nil && b.PublicIPv6 != nil && *a.PublicIPv6 == *b.PublicIPv6
 }
 
 // batch is one call of the watch callback. snapshot marks the first call
@@ -121,14 +111,4 @@ func renewAt(got, exp time.Time, margin time.Duration) time.Time {
 		return got.Add(ttl / 2)
 	}
 	return exp.Add(-margin)
-}
-
-// backoff grows from lo, doubling per attempt, to hi, with jitter (half to
-// full) so that nodes restarted together do not retry in step.
-func backoff(attempt int, lo, hi time.Duration) time.Duration {
-	d := hi
-	if attempt < 30 && lo<<attempt < hi {
-		d = lo << attempt
-	}
-	return d/2 + rand.N(d/2+1)
 }

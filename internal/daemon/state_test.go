@@ -118,20 +118,6 @@ func TestRenewAt(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	for attempt, max := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second} {
-		for range 20 {
-			d := backoff(attempt, time.Second, 10*time.Second)
-			if d < max/2 || d > max {
-				t.Fatalf("attempt %d: %v outside [%v, %v]", attempt, d, max/2, max)
-			}
-		}
-	}
-	if d := backoff(1000, time.Second, 10*time.Second); d > 10*time.Second || d < 5*time.Second {
-		t.Errorf("huge attempt: %v", d)
-	}
-}
-
 func TestHealthHandlers(t *testing.T) {
 	now := time.Unix(1000, 0)
 	h := newHealth(time.Minute)

@@ -30,26 +30,47 @@ type Server struct {
 // Start runs a fresh etcd in t's temp dir and stops it when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	s, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// New runs a fresh etcd with its data in dir, for what outlives one test
+// (a server shared by a package's tests from TestMain); the caller calls
+// Close.
+func New(dir string) (*Server, error) {
 	var s *Server
 	var err error
 	// A port found free can be taken by another test before etcd binds
 	// it; new ports then.
 	for range 5 {
-		client, peer := freeURL(t), freeURL(t)
-		s = &Server{Endpoint: client.String(), dir: t.TempDir(), client: client, peer: peer}
+		var client, peer url.URL
+		if client, err = freeURL(); err != nil {
+			return nil, err
+		}
+		if peer, err = freeURL(); err != nil {
+			return nil, err
+		}
+		s = &Server{Endpoint: client.String(), dir: dir, client: client, peer: peer}
 		if err = s.start(); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
 			break
 		}
 	}
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	t.Cleanup(func() {
-		if s.Etcd != nil {
-			s.Etcd.Close()
-		}
-	})
-	return s
+	return s, nil
+}
+
+// Close stops the server. It may be called more than once.
+func (s *Server) Close() {
+	if s.Etcd != nil {
+		s.Etcd.Close()
+		s.Etcd = nil
+	}
 }
 
 // Restart stops the server and starts it again on the same data and
@@ -57,8 +78,7 @@ func Start(t testing.TB) *Server {
 // connections break and must reconnect.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
-	s.Etcd.Close()
-	s.Etcd = nil // Close must not run twice
+	s.Close()
 	if err := s.start(); err != nil {
 		t.Fatal(err)
 	}
@@ -113,17 +133,19 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 // taken all the same.
 func FreeURL(t testing.TB) string {
 	t.Helper()
-	u := freeURL(t)
+	u, err := freeURL()
+	if err != nil {
+		t.Fatal(err)
+	}
 	return u.String()
 }
 
-func freeURL(t testing.TB) url.URL {
-	t.Helper()
+func freeURL() (url.URL, error) {
 	host := fmt.Sprintf("127.%d.%d.%d", rand.IntN(256), rand.IntN(256), 1+rand.IntN(254))
 	l, err := net.Listen("tcp", host+":0")
 	if err != nil {
-		t.Fatalf("pick port: %v", err)
+		return url.URL{}, fmt.Errorf("pick port: %w", err)
 	}
 	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}
+	return url.URL{Scheme: "http", Host: l.Addr().String()}, nil
 }

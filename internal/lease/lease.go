@@ -143,6 +143,16 @@ func parseKeyPart(addr, bits string, want4 bool) (netip.Prefix, error) {
 	return p, nil
 }
 
+// SameNode reports whether two attribute sets name one node: by PublicIP,
+// or by PublicIPv6 when a has no IPv4 address (an IPv6-only network). It is
+// the ownership rule of every store and of the agent's lease set.
+func SameNode(a, b Attrs) bool {
+	if a.PublicIP.IsValid() && !a.PublicIP.IsUnspecified() {
+		return a.PublicIP == b.PublicIP
+	}
+	return a.PublicIPv6 != nil && b.PublicIPv6 != nil && *a.PublicIPv6 == *b.PublicIPv6
+}
+
 // FirstIP is the subnet's first usable address: the gateway / device address
 // (10.244.1.0/24 -> 10.244.1.1). flannel writes it as FLANNEL_SUBNET.
 func FirstIP(p netip.Prefix) netip.Addr { return p.Addr().Next() }

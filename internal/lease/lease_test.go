@@ -144,3 +144,25 @@ func TestPoolV6(t *testing.T) {
 		t.Errorf("Pick = %s, %v", s, err)
 	}
 }
+
+func TestSameNode(t *testing.T) {
+	v6 := func(s string) *netip.Addr { a := netip.MustParseAddr(s); return &a }
+	a := Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")}
+	tests := []struct {
+		name string
+		a, b Attrs
+		want bool
+	}{
+		{"same IPv4", a, a, true},
+		{"other IPv4", a, Attrs{PublicIP: netip.MustParseAddr("192.0.2.2")}, false},
+		{"IPv4 decides over IPv6", Attrs{PublicIP: a.PublicIP, PublicIPv6: v6("2001:db8::1")}, Attrs{PublicIP: a.PublicIP, PublicIPv6: v6("2001:db8::2")}, true},
+		{"IPv6-only same", Attrs{PublicIP: netip.IPv4Unspecified(), PublicIPv6: v6("2001:db8::1")}, Attrs{PublicIPv6: v6("2001:db8::1")}, true},
+		{"IPv6-only other", Attrs{PublicIPv6: v6("2001:db8::1")}, Attrs{PublicIPv6: v6("2001:db8::2")}, false},
+		{"no address names nobody", Attrs{}, Attrs{}, false},
+	}
+	for _, tt := range tests {
+		if got := SameNode(tt.a, tt.b); got != tt.want {
+			t.Errorf("%s: SameNode = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

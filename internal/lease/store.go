@@ -59,9 +59,10 @@ type Store interface {
 	Renew(ctx context.Context, l Lease) (Lease, error)
 
 	// Watch calls fn with every lease as Added events, then with each change,
-	// until ctx ends or an unrecoverable error occurs. Events within one call
-	// are ordered; fn is never called concurrently. Values that do not parse
-	// are logged and skipped. Watch survives reconnects and compaction by
-	// re-listing and reporting the difference.
+	// until ctx ends. Events within one call are ordered; fn is never called
+	// concurrently. Values that do not parse are logged and skipped. Watch
+	// survives reconnects and compaction on its own, by re-listing and
+	// reporting the difference; an error it returns before ctx ends is one
+	// no retry can fix, and stops the agent.
 	Watch(ctx context.Context, fn func([]Event)) error
 }

@@ -395,18 +395,25 @@ func (h *Handle) BlackholeList(f Family) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// BlackholeMetric is the metric of the blackhole routes weft adds: the
+// largest, so that one is only the fallback for a subnet. flanneld adds its
+// blackhole with metric 0, which takes the place of the CNI bridge's own
+// route to the pods (or cannot be added beside it) and cuts the node's
+// pods off; at the largest metric, the bridge's route wins while it exists
+// and the blackhole catches what no route serves.
+const BlackholeMetric = 1<<32 - 1
+
 func blackholeRoute(p netip.Prefix) *netlink.Route {
 	fam := netlink.FAMILY_V4
 	if p.Addr().Is6() {
 		fam = netlink.FAMILY_V6
 	}
-	return &netlink.Route{Dst: toIPNet(p), Type: unix.RTN_BLACKHOLE, Family: fam}
+	return &netlink.Route{Dst: toIPNet(p), Type: unix.RTN_BLACKHOLE, Family: fam, Priority: BlackholeMetric}
 }
 
-// BlackholeAdd is `ip route add blackhole P`. It fails with an error for
-// which IsExist is true when the main table has another route to P with
-// the same metric (for IPv4, the route of an interface holding an address
-// in P).
+// BlackholeAdd is `ip route add blackhole P metric BlackholeMetric`. It
+// fails with an error for which IsExist is true when the main table has
+// another route to P with that metric.
 func (h *Handle) BlackholeAdd(p netip.Prefix) error {
 	if err := h.nh.RouteAdd(blackholeRoute(p)); err != nil {
 		return fmt.Errorf("add route blackhole %s: %w", p, err)
@@ -414,7 +421,7 @@ func (h *Handle) BlackholeAdd(p netip.Prefix) error {
 	return nil
 }
 
-// BlackholeDel is `ip route del blackhole P`. A route already gone is not an
+// BlackholeDel is `ip route del blackhole P metric BlackholeMetric`. A route already gone is not an
 // error; a route to P of another type is left alone.
 func (h *Handle) BlackholeDel(p netip.Prefix) error {
 	if err := ignoreNotFound(h.nh.RouteDel(blackholeRoute(p))); err != nil {

@@ -210,16 +210,37 @@ func TestBlackhole(t *testing.T) {
 		t.Errorf("after delete: %v", got)
 	}
 
-	// An interface holding an address in the subnet owns its place.
+	// Beside an interface holding an address in the subnet, the blackhole
+	// is the fallback: the interface's route wins while it exists.
 	nstest.Veth(t, a, "ul0", mustPrefix("10.244.1.1/24"), b, "ul0", mustPrefix("10.244.1.2/24"))
-	if err := h.BlackholeAdd(v4); !netlinkx.IsExist(err) {
-		t.Errorf("BlackholeAdd over a connected route = %v, want an exists error", err)
+	if err := h.BlackholeAdd(v4); err != nil {
+		t.Fatalf("BlackholeAdd beside a connected route: %v", err)
+	}
+	ul0, err := h.LinkByName("ul0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := h.RouteGet(netip.MustParseAddr("10.244.1.2")); err != nil || r.LinkIndex != ul0.Attrs().Index {
+		t.Errorf("route to a pod address beside the blackhole: %+v, %v; want via ul0", r, err)
 	}
 	if err := h.BlackholeDel(v4); err != nil {
-		t.Errorf("BlackholeDel leaves a connected route alone, without error: %v", err)
+		t.Errorf("BlackholeDel: %v", err)
+	}
+	if got := list(netlinkx.FamilyV4); len(got) != 0 {
+		t.Errorf("blackholes after BlackholeDel: %v", got)
 	}
 	if rs, _ := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4}); len(rs) != 1 || rs[0].Dst != v4 {
 		t.Errorf("connected route after BlackholeDel: %v", rs)
+	}
+	// Without the interface's route the blackhole catches the subnet.
+	if err := h.BlackholeAdd(v4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Exec("ip", "link", "del", "ul0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.RouteGet(netip.MustParseAddr("10.244.1.2")); err == nil {
+		t.Errorf("route to a pod address with only the blackhole left: found, want the kernel's refusal")
 	}
 }
 

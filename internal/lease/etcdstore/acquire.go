@@ -146,7 +146,7 @@ func (a *acquisition) mine(ctx context.Context, snap *snapshot) *entry {
 	var ours []*entry
 	for i := range snap.entries {
 		e := &snap.entries[i]
-		if !e.ok || !sameNode(a.attrs, e.attrs) {
+		if !e.ok || !lease.SameNode(a.attrs, e.attrs) {
 			continue
 		}
 		if !inNetwork(a.n, e) {

@@ -113,7 +113,7 @@ func (s *Store) Renew(ctx context.Context, l lease.Lease) (lease.Lease, error) {
 	if err != nil {
 		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", key, err)
 	}
-	if !sameNode(l.Attrs, cur.Attrs) {
+	if !lease.SameNode(l.Attrs, cur.Attrs) {
 		return lease.Lease{}, fmt.Errorf("renew lease %s: now held by %s", key, cur.Attrs.PublicIP)
 	}
 	if kv.Lease == 0 {
@@ -160,13 +160,4 @@ func (s *Store) expiration(ctx context.Context, id int64) (time.Time, error) {
 // ttlSeconds rounds the TTL up to etcd's unit.
 func (s *Store) ttlSeconds() int64 {
 	return int64(math.Ceil(s.ttl.Seconds()))
-}
-
-// sameNode reports whether a and b name the same node: by PublicIP, or by
-// PublicIPv6 when a has no IPv4 address (an IPv6-only network).
-func sameNode(a, b lease.Attrs) bool {
-	if a.PublicIP.IsValid() && !a.PublicIP.IsUnspecified() {
-		return a.PublicIP == b.PublicIP
-	}
-	return a.PublicIPv6 != nil && b.PublicIPv6 != nil && *a.PublicIPv6 == *b.PublicIPv6
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sort"
 	"sync"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/backoff"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -66,7 +66,7 @@ func (w *watcher) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		d := backoff(attempt)
+		d := backoff.Jittered(attempt, minBackoff, maxBackoff)
 		attempt++
 		w.s.log.Warn("lease watch interrupted; resuming", "err", err, "revision", w.rev, "retry_in", d.Round(time.Millisecond))
 		select {
@@ -75,16 +75,6 @@ func (w *watcher) run(ctx context.Context) error {
 		case <-time.After(d):
 		}
 	}
-}
-
-// backoff is exponential from minBackoff to maxBackoff, with jitter so
-// that many agents do not reconnect in step.
-func backoff(attempt int) time.Duration {
-	d := maxBackoff
-	if attempt < 16 {
-		d = min(minBackoff<<attempt, maxBackoff)
-	}
-	return max(minBackoff, d/2+rand.N(d/2+1))
 }
 
 // list reads the whole lease set, reports how it differs from known and

@@ -347,27 +347,3 @@ func TestWatchThousandLeases(t *testing.T) {
 		t.Fatalf("after acquire: %s", got)
 	}
 }
-
-func TestBackoffBounds(t *testing.T) {
-	prevMax := time.Duration(0)
-	for attempt := range 40 {
-		lo, hi := maxBackoff, time.Duration(0)
-		for range 200 {
-			d := backoff(attempt)
-			lo, hi = min(lo, d), max(hi, d)
-		}
-		if lo < minBackoff || hi > maxBackoff {
-			t.Fatalf("attempt %d: backoff in [%v, %v], want within [%v, %v]", attempt, lo, hi, minBackoff, maxBackoff)
-		}
-		if attempt > 2 && lo == hi {
-			t.Errorf("attempt %d: no jitter (%v)", attempt, lo)
-		}
-		if hi < prevMax/2 {
-			t.Errorf("attempt %d: backoff shrank to %v", attempt, hi)
-		}
-		prevMax = max(prevMax, hi)
-	}
-	if prevMax < maxBackoff*9/10 {
-		t.Errorf("backoff never approaches %v (max seen %v)", maxBackoff, prevMax)
-	}
-}
