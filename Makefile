@@ -15,12 +15,16 @@ CNI_PLUGINS         := main/bridge ipam/host-local meta/portmap main/loopback
 CNI_MODULE  := github.com/containernetworking/cni
 CNI_VERSION := $(shell $(GO) list -m -f '{{.Version}}' $(CNI_MODULE) 2>/dev/null)
 
+# The version every binary reports (weft version, weftd --version): the
+# nearest tag, commits since and commit, -dirty for uncommitted changes. A
+# tree without git falls back to what Go records (internal/buildinfo).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS := $(if $(VERSION),-X main.version=$(VERSION))
+
 # Labs of `make demo` and `make bench` live under their own roots, so that
 # the trap that cleans up after them touches no other lab.
 DEMO_ROOT  ?= /tmp/weft-demo
 BENCH_ROOT ?= /tmp/weft-bench
-
-VERSION ?= $(shell git describe --tags --always --dirty)
 
 # The container image deploy/kube/weft.yml runs; the manifest names the same
 # reference (a test checks), so change both together. The binaries go into
@@ -43,7 +47,7 @@ deps:
 # weft's CNI plugin goes beside the reference plugins, under both of the
 # names it is installed as.
 build: cni-plugins
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 	@if [ -x $(BIN)/weft-cni ]; then ln -sf ../weft-cni $(CNI_BIN)/weft; ln -sf ../weft-cni $(CNI_BIN)/flannel; fi
 
 # A stamp per version: `go install` is cached, but linking four binaries on

@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # etcd-server: the weftd binary test runs against Debian's etcd, a real peer of
-# another version than the embedded one.
-# skopeo: the image test checks `make image`'s archive with a real OCI tool.
-pkgs=(iproute2 iptables nftables iperf3 iputils-ping procps kmod ethtool etcd-server skopeo)
+# another version than the embedded one. systemd: systemd-analyze verifies
+# deploy/systemd/weftd.service. skopeo: the image test checks `make image`'s
+# archive with a real OCI tool.
+pkgs=(iproute2 iptables nftables iperf3 iputils-ping procps kmod ethtool etcd-server systemd skopeo)
 missing=()
 for p in "${pkgs[@]}"; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed'; then

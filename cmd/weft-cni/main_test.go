@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
+	"github.com/weft-net/weft/internal/clitest"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -36,38 +36,75 @@ func TestNoHeavyImports(t *testing.T) {
 	}
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-func plugin(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "weft-cni-test-")
+// No production binary carries test code: the Go testing package, the
+// project's test helpers, or the CNI test rig with the plugins' testutils
+// (which the lab's CNI benchmark once pulled into weft).
+func TestProductionImports(t *testing.T) {
+	const module = "github.com/weft-net/weft/"
+	for _, tc := range []struct {
+		pkg, must string // must: a package proving the list is the binary's
+	}{
+		{"../weft", module + "internal/lab"},
+		{"../weftd", module + "internal/daemon"},
+		{".", module + "internal/cni"},
+	} {
+		out, err := exec.Command("go", "list", "-deps", tc.pkg).Output()
 		if err != nil {
-			buildErr = err
-			return
+			t.Fatalf("go list -deps %s: %v", tc.pkg, err)
 		}
-		binPath = filepath.Join(dir, "flannel")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = errors.New(string(out))
+		deps := strings.Fields(string(out))
+		if !slices.Contains(deps, tc.must) {
+			t.Fatalf("go list -deps %s gave %d packages without %s", tc.pkg, len(deps), tc.must)
 		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build weft-cni: %v", buildErr)
+		for _, d := range deps {
+			last := d[strings.LastIndex(d, "/")+1:]
+			switch {
+			case d == "testing" || strings.HasPrefix(d, "testing/"),
+				strings.HasSuffix(d, "/testutils"),
+				strings.HasPrefix(d, module) && (strings.HasSuffix(last, "test") || last == "cnirig"):
+				t.Errorf("%s depends on %s", tc.pkg, d)
+			}
+		}
 	}
-	return binPath
 }
+
+// testVersion is linked into the test build as the Makefile links
+// git describe's output.
+const testVersion = "v0.0.0-7-gc0ffee1-test"
+
+// The plugin under the name flannel's conflist runs it by.
+var pluginBin = &clitest.Binary{Pkg: ".", Name: "flannel", LDFlags: "-X main.version=" + testVersion}
+
+func plugin(t *testing.T) string { return pluginBin.Path(t) }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
+	pluginBin.Remove()
 	os.Exit(code)
+}
+
+// Run by a person rather than a runtime (no CNI_COMMAND), as nobody: help
+// and version on stdout, anything else one line on stderr and exit 2.
+func TestCommandLine(t *testing.T) {
+	bin := plugin(t)
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}} {
+		r := clitest.Run(t, bin, args...)
+		clitest.CheckHelp(t, args, r, "Usage: weft-cni\n")
+		if !strings.Contains(r.Stdout, "CNI_COMMAND") || !strings.Contains(r.Stdout, "/run/flannel/subnet.env") {
+			t.Errorf("%q: usage says nothing of CNI_COMMAND or the subnet file: %s", args, r.Stdout)
+		}
+	}
+	if r := clitest.Run(t, bin, "--version"); r.Code != 0 || r.Stdout != testVersion+"\n" || r.Stderr != "" {
+		t.Errorf("--version: %s; want exit 0 and %q on stdout", r, testVersion)
+	}
+	clitest.CheckUsageError(t, []string{"--no-such-flag"}, clitest.Run(t, bin, "--no-such-flag"),
+		"weft-cni: unknown flag", "no-such-flag", "(see weft-cni --help)")
+	clitest.CheckUsageError(t, []string{"add"}, clitest.Run(t, bin, "add"),
+		"weft-cni: unknown argument", `"add"`, "CNI_COMMAND")
+	// Without CNI_COMMAND or arguments: what skel prints, with the version.
+	if r := clitest.Run(t, bin); r.Code != 0 || !strings.Contains(r.Stderr, "CNI plugin weft (flannel-compatible) "+testVersion) {
+		t.Errorf("no arguments: %s", r)
+	}
 }
 
 type cniError struct {

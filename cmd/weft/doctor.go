@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 
@@ -14,14 +12,7 @@ import (
 // runDoctor is `weft doctor`: it diagnoses the node (the network namespace
 // it runs in) and exits non-zero when a check fails.
 func runDoctor(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("weft doctor", flag.ContinueOnError)
-	af := agentflags.Register(fs)
-	jsonOut := fs.Bool("json", false, "print the results as JSON")
-	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each network call (etcd, health server)")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `usage: weft doctor [--json] [--timeout D] [weftd's flags]
-
-Diagnoses this node, or the network namespace doctor runs in (ip netns exec
+	fs := newFlags("weft doctor", "[--json] [--timeout D] [weftd's flags]", `Diagnoses this node, or the network namespace doctor runs in (ip netns exec
 <ns> weft doctor): the store, the agent, the subnet file, the datapath,
 forwarding and masquerading, one line per check (ok, warn, FAIL) with the
 evidence and what to do next. Exits 1 when a check fails.
@@ -30,20 +21,15 @@ With no weftd flags, doctor checks with the settings of the weftd running in
 this network namespace: its command line and FLANNELD_* variables, read from
 /proc. weftd flags given to doctor, meaning what they mean to weftd, replace
 that weftd's; with no weftd here, doctor's flags and FLANNELD_* variables
-stand for the agent's.
-
-flags:
-`)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+stand for the agent's.`)
+	af := agentflags.Register(fs.FlagSet)
+	jsonOut := fs.Bool("json", false, "print the results as JSON")
+	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each network call (etcd, health server)")
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (doctor takes only flags)", fs.Arg(0))
+		return fs.usageErr(fmt.Errorf("unexpected argument %q (doctor takes only flags)", fs.Arg(0)))
 	}
 	if *timeout <= 0 {
 		return fmt.Errorf("--timeout %s: want a positive duration", *timeout)

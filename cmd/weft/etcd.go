@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -20,7 +18,9 @@ import (
 // runEtcd is `weft etcd`: a single-member etcd for one machine or the lab,
 // optionally seeded with the network config.
 func runEtcd(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("weft etcd", flag.ContinueOnError)
+	fs := newFlags("weft etcd", "[flags]", `Runs a single-member etcd server for one machine or the lab, optionally
+seeding the network config weftd reads (<etcd-prefix>/config), until
+interrupted.`)
 	name := fs.String("name", "weft", "member name")
 	dataDir := fs.String("data-dir", "/var/lib/weft/etcd", "directory for etcd's data")
 	listenClient := fs.String("listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve clients on")
@@ -28,14 +28,11 @@ func runEtcd(ctx context.Context, args []string) error {
 	listenPeer := fs.String("listen-peer-urls", "http://127.0.0.1:2380", "comma-separated URLs for peer traffic")
 	netConf := fs.String("network-config", "", "network config JSON, or @file; written to <etcd-prefix>/config at start unless one is there")
 	prefix := fs.String("etcd-prefix", etcdstore.DefaultPrefix, "key prefix of the network config and leases")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		return fs.usageErr(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
 
 	// Check the config before starting, so a typo fails at once.

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,20 +13,19 @@ import (
 // conflist, as flannel's DaemonSet init containers do; each file is replaced
 // atomically, so it is safe to run on a live node.
 func runInstallCNI(_ context.Context, args []string) error {
-	fs := flag.NewFlagSet("install-cni", flag.ContinueOnError)
+	fs := newFlags("weft install-cni", "[flags]", `Installs weft's CNI plugin into the CNI bin dir as weft and flannel, and
+flannel's conflist (or --conflist) into the CNI config dir, as flannel's
+DaemonSet init containers do. Each file is replaced atomically.`)
 	confDir := fs.String("cni-conf-dir", cni.DefaultConfDir, "CNI config dir (empty: do not install the conflist)")
 	confName := fs.String("cni-conf-name", cni.DefaultConfName, "conflist file name")
 	confSrc := fs.String("conflist", "", "install this conflist file instead of flannel's (e.g. a mounted ConfigMap)")
 	binDir := fs.String("cni-bin-dir", cni.DefaultBinDir, "CNI bin dir (empty: do not install the plugin)")
 	plugin := fs.String("plugin", "", "weft-cni binary to install (default: weft-cni beside this executable)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		return fs.usageErr(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
 	o := cni.InstallOptions{ConfDir: *confDir, ConfName: *confName, BinDir: *binDir, Plugin: *plugin}
 	if o.BinDir != "" && o.Plugin == "" {

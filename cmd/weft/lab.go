@@ -14,47 +14,33 @@ import (
 	"github.com/weft-net/weft/internal/lab"
 )
 
-const labUsage = `usage: weft lab <command> [flags]
-
-commands:
-  up      build a lab: underlay, etcd, one weftd per node, pods via CNI
-  check   ping every pod from every pod; non-zero exit if any fails
-  bench   iperf3 throughput, bare underlay vs pod to pod (--all: every
-          benchmark, each in fresh labs)
-  down    kill the lab's processes, delete its namespaces and directory
-  status  list labs
-  demo    up, check, a short bench and down, for each backend
-  doctor  run weft doctor in a node's namespace with its agent's flags
-
-Run 'weft lab <command> -h' for its flags. Needs root.
-`
-
-func runLab(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(os.Stderr, labUsage)
-		if len(args) == 0 {
-			return errors.New("no lab command")
-		}
-		return nil
+// labGroup is `weft lab`.
+func labGroup() *group {
+	return &group{
+		path: "weft lab",
+		about: `Builds a weft cluster out of network namespaces on this machine: an
+underlay bridge, an etcd server, one weftd per node and pods attached by
+the CNI plugins, with nothing created in the root namespace.`,
+		footer: "Run 'weft lab <command> --help' for its flags. Every command but status needs root.",
+		cmds: []subcommand{
+			{name: "up", summary: "build a lab: underlay, etcd, one weftd per node, pods via CNI", run: labUp},
+			{name: "check", summary: "ping every pod from every pod; non-zero exit if any fails", run: labCheck},
+			{name: "bench", summary: "iperf3 throughput, bare underlay vs pod to pod (--all: every\nbenchmark, each in fresh labs)", run: labBench},
+			{name: "down", summary: "kill the lab's processes, delete its namespaces and directory", run: labDown},
+			{name: "status", summary: "list labs", run: labStatus},
+			{name: "demo", summary: "up, check, a short bench and down, for each backend", run: labDemo},
+			{name: "doctor", summary: "run weft doctor in a node's namespace with its agent's flags", run: labDoctor},
+		},
 	}
-	sub := map[string]func(context.Context, []string) error{
-		"up":     labUp,
-		"check":  labCheck,
-		"bench":  labBench,
-		"down":   labDown,
-		"status": labStatus,
-		"demo":   labDemo,
-		"doctor": labDoctor,
-	}
-	run, ok := sub[args[0]]
-	if !ok {
-		fmt.Fprint(os.Stderr, labUsage)
-		return fmt.Errorf("unknown lab command %q", args[0])
-	}
-	if os.Geteuid() != 0 && args[0] != "status" {
+}
+
+// needRoot is checked after the flags are parsed, so that --help works
+// for anyone.
+func needRoot() error {
+	if os.Geteuid() != 0 {
 		return errors.New("the lab creates network namespaces and needs root")
 	}
-	return run(ctx, args[1:])
+	return nil
 }
 
 // labFlags are the flags that say how to build a lab.
@@ -113,21 +99,15 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, " ") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
-func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+func labUp(ctx context.Context, args []string) error {
+	fs := newFlags("weft lab up", "[flags]", `Builds a lab and prints its namespaces, subnets, pod IPs and logs. The lab
+becomes the current one, which the other commands act on unless given --lab.`)
+	var f labFlags
+	f.register(fs.FlagSet, true)
+	if err := fs.parseNoArgs(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
-	return nil
-}
-
-func labUp(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("lab up", flag.ContinueOnError)
-	var f labFlags
-	f.register(fs, true)
-	if err := parse(fs, args); err != nil {
+	if err := needRoot(); err != nil {
 		return err
 	}
 	o, err := f.options()
@@ -143,18 +123,22 @@ func labUp(ctx context.Context, args []string) error {
 }
 
 // openFlags select an existing lab.
-func openFlags(fs *flag.FlagSet) (root, ref *string) {
+func openFlags(fs *flags) (root, ref *string) {
 	root = fs.String("root", lab.DefaultRoot, "directory holding the labs")
 	ref = fs.String("lab", "", "lab name or directory (default: the most recent)")
 	return root, ref
 }
 
 func labCheck(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("lab check", flag.ContinueOnError)
+	fs := newFlags("weft lab check", "[flags]", `Pings every pod from every pod (and with --from-nodes, from every node) and
+prints the matrix. Exits 1 if any ping fails.`)
 	root, ref := openFlags(fs)
 	nodes := fs.Bool("from-nodes", false, "also ping every pod from every node")
 	parallel := fs.Int("parallel", 8, "pings in flight")
-	if err := parse(fs, args); err != nil {
+	if err := fs.parseNoArgs(args); err != nil {
+		return err
+	}
+	if err := needRoot(); err != nil {
 		return err
 	}
 	l, err := lab.Open(*root, *ref, nil)
@@ -178,7 +162,11 @@ func check(ctx context.Context, l *lab.Lab, o lab.CheckOptions, w io.Writer) err
 }
 
 func labBench(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("lab bench", flag.ContinueOnError)
+	fs := newFlags("weft lab bench", "[flags]", `Measures the lab: iperf3 throughput of the bare underlay against pod to
+pod. With --all, runs every benchmark (throughput per backend with and
+without BIG TCP, the agent's programming time and memory, the udp
+datapath, CNI ADD latency), each in fresh labs it brings up and takes down,
+and prints one table.`)
 	root, ref := openFlags(fs)
 	var f labFlags
 	f.register(flag.NewFlagSet("", flag.ContinueOnError), false) // defaults
@@ -190,7 +178,10 @@ func labBench(ctx context.Context, args []string) error {
 	fs.StringVar(&f.binDir, "bin-dir", "", "directory with weft and weftd (with --all)")
 	fs.StringVar(&f.cniBinDir, "cni-bin-dir", "", "directory with the CNI plugins (with --all)")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "progress log level (with --all)")
-	if err := parse(fs, args); err != nil {
+	if err := fs.parseNoArgs(args); err != nil {
+		return err
+	}
+	if err := needRoot(); err != nil {
 		return err
 	}
 	benches, err := lab.Select(lab.Benchmarks(), *only)
@@ -218,11 +209,15 @@ func labBench(ctx context.Context, args []string) error {
 }
 
 func labDown(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("lab down", flag.ContinueOnError)
+	fs := newFlags("weft lab down", "[flags]", `Kills the lab's processes, deletes its namespaces and removes its
+directory; it also takes down a lab that failed half-way.`)
 	root, ref := openFlags(fs)
 	keep := fs.Bool("keep-logs", false, "keep the logs in the lab directory")
 	all := fs.Bool("all", false, "take down every lab under --root")
-	if err := parse(fs, args); err != nil {
+	if err := fs.parseNoArgs(args); err != nil {
+		return err
+	}
+	if err := needRoot(); err != nil {
 		return err
 	}
 	var dirs []string
@@ -254,9 +249,9 @@ func labDown(ctx context.Context, args []string) error {
 }
 
 func labStatus(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("lab status", flag.ContinueOnError)
+	fs := newFlags("weft lab status", "[flags]", `Lists the labs under --root with their health; * marks the current one.`)
 	root := fs.String("root", lab.DefaultRoot, "directory holding the labs")
-	if err := parse(fs, args); err != nil {
+	if err := fs.parseNoArgs(args); err != nil {
 		return err
 	}
 	labs, err := lab.List(*root)
@@ -284,11 +279,15 @@ func labStatus(ctx context.Context, args []string) error {
 }
 
 func labDemo(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("lab demo", flag.ContinueOnError)
+	fs := newFlags("weft lab demo", "[flags]", `For each backend: brings up a lab, pings every pod from every pod and
+node, streams pod to pod with iperf3, and takes the lab down.`)
 	var f labFlags
-	f.register(fs, false)
+	f.register(fs.FlagSet, false)
 	backends := fs.String("backends", "vxlan,host-gw", "comma-separated backends, one lab each")
-	if err := parse(fs, args); err != nil {
+	if err := fs.parseNoArgs(args); err != nil {
+		return err
+	}
+	if err := needRoot(); err != nil {
 		return err
 	}
 	var errs []error

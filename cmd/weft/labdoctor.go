@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,14 +14,17 @@ import (
 // labDoctor is `weft lab doctor [node]`: weft doctor inside each node's
 // namespace (or the one given), with the flags that node's weftd runs with.
 func labDoctor(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("lab doctor", flag.ContinueOnError)
+	fs := newFlags("weft lab doctor", "[flags] [node]",
+		"Runs weft doctor in a lab node's namespace (every node's without [node]).")
 	root, ref := openFlags(fs)
 	jsonOut := fs.Bool("json", false, "print each node's results as JSON")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: weft lab doctor [flags] [node]\n\nRuns weft doctor in a lab node's namespace (every node's without [node]).\n\nflags:\n")
-		fs.PrintDefaults()
+	if err := fs.parse(args); err != nil {
+		return err
 	}
-	if err := fs.Parse(args); err != nil {
+	if fs.NArg() > 1 {
+		return fs.usageErr(fmt.Errorf("unexpected arguments: %v", fs.Args()[1:]))
+	}
+	if err := needRoot(); err != nil {
 		return err
 	}
 	l, err := lab.Open(*root, *ref, nil)
@@ -38,11 +40,9 @@ func labDoctor(ctx context.Context, args []string) error {
 	case 1:
 		i, err := strconv.Atoi(fs.Arg(0))
 		if err != nil || i < 1 || i > len(l.Nodes) {
-			return fmt.Errorf("node %q: want 1..%d", fs.Arg(0), len(l.Nodes))
+			return fs.usageErr(fmt.Errorf("node %q: want 1..%d", fs.Arg(0), len(l.Nodes)))
 		}
 		nodes = append(nodes, i)
-	default:
-		return fmt.Errorf("unexpected arguments: %v", fs.Args()[1:])
 	}
 	self, err := os.Executable()
 	if err != nil {

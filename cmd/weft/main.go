@@ -1,5 +1,5 @@
 // Command weft is the operator's tool: an embedded etcd server for one
-// machine, the multi-node lab, and diagnostics.
+// machine, the multi-node lab, diagnostics and the CNI installer.
 package main
 
 import (
@@ -7,53 +7,49 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"sort"
 	"syscall"
+
+	"github.com/weft-net/weft/internal/buildinfo"
 )
 
-type command struct {
-	summary string
-	run     func(ctx context.Context, args []string) error
-}
+// version is set at link time by the Makefile:
+// -ldflags "-X main.version=$(git describe --tags --always --dirty)".
+var version = ""
 
-func commands() map[string]command {
-	return map[string]command{
-		"etcd":        {"run a single-member embedded etcd server", runEtcd},
-		"doctor":      {"diagnose this node: store, agent, config, subnet file, datapath", runDoctor},
-		"install-cni": {"install the CNI plugin and conflist", runInstallCNI},
-		"lab":         {"run a multi-node lab in network namespaces", runLab},
-	}
-}
-
-func usage(cmds map[string]command) {
-	fmt.Fprintf(os.Stderr, "usage: weft <command> [flags]\n\ncommands:\n")
-	names := make([]string, 0, len(cmds))
-	for n := range cmds {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(os.Stderr, "  %-12s %s\n", n, cmds[n].summary)
+// weft is the command tree.
+func weft() *group {
+	return &group{
+		path: "weft",
+		about: `weft is the operator's tool for weft, a flannel-compatible container
+network fabric (node agent weftd, CNI plugin weft-cni).`,
+		footer: "Run 'weft <command> --help' for a command's flags.",
+		cmds: []subcommand{
+			{name: "doctor", summary: "diagnose this node: store, agent, config, subnet file, datapath", run: runDoctor},
+			{name: "etcd", summary: "run a single-member embedded etcd server", run: runEtcd},
+			{name: "install-cni", summary: "install the CNI plugin and conflist", run: runInstallCNI},
+			{name: "lab", summary: "run a multi-node lab in network namespaces", group: labGroup()},
+			{name: "version", summary: "print weft's version", run: runVersion},
+		},
 	}
 }
 
 func main() {
-	cmds := commands()
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-		usage(cmds)
-		os.Exit(2)
-	}
-	cmd, ok := cmds[os.Args[1]]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "weft: unknown command %q\n", os.Args[1])
-		usage(cmds)
-		os.Exit(2)
+	args := os.Args[1:]
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		args = []string{"version"}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := cmd.run(ctx, os.Args[2:])
+	err := weft().run(ctx, args)
 	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "weft %s: %v\n", os.Args[1], err)
-		os.Exit(1)
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+func runVersion(_ context.Context, args []string) error {
+	fs := newFlags("weft version", "", `Prints the version of this weft binary: the one the Makefile linked in
+(git describe), else the module version or commit Go recorded.`)
+	if err := fs.parseNoArgs(args); err != nil {
+		return err
 	}
+	fmt.Println(buildinfo.Version(version))
+	return nil
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -10,46 +11,42 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"k8s.io/klog/v2"
 
 	"github.com/weft-net/weft/internal/agentflags"
+	"github.com/weft-net/weft/internal/buildinfo"
 	"github.com/weft-net/weft/internal/daemon"
 )
 
-// version is set at link time: -ldflags "-X main.version=v0.1.0".
+// version is set at link time by the Makefile:
+// -ldflags "-X main.version=$(git describe --tags --always --dirty)".
 var version = ""
 
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
-}
-
 func main() {
-	s, err := agentflags.Parse(os.Args[1:], os.Environ(), os.Stderr)
+	// Parse's usage and flag's own messages go to a buffer: --help prints
+	// it to stdout; an error is one line on stderr.
+	var usage bytes.Buffer
+	s, err := agentflags.Parse(os.Args[1:], os.Environ(), &usage)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
+		os.Stdout.Write(usage.Bytes())
 		os.Exit(0)
 	case errors.Is(err, agentflags.ErrVersion):
-		fmt.Println(versionString())
+		fmt.Println(buildinfo.Version(version))
 		os.Exit(0)
 	case err != nil:
 		for _, w := range s.Warnings {
 			fmt.Fprintf(os.Stderr, "weftd: warning: %s\n", w)
 		}
-		fmt.Fprintf(os.Stderr, "weftd: %v\n", err)
 		// As flanneld: 2 for a command line that does not parse, 1 for
 		// values it cannot run with.
 		if errors.Is(err, agentflags.ErrInvalid) {
+			fmt.Fprintf(os.Stderr, "weftd: %v\n", err)
 			os.Exit(1)
 		}
+		fmt.Fprintf(os.Stderr, "weftd: %v (see weftd --help)\n", err)
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: s.LogLevel}))
@@ -58,7 +55,7 @@ func main() {
 	for _, w := range s.Warnings {
 		log.Warn(w)
 	}
-	o := daemon.Options{Options: s.Options, Logger: log, Version: versionString()}
+	o := daemon.Options{Options: s.Options, Logger: log, Version: buildinfo.Version(version)}
 
 	// SIGINT and SIGTERM end the run cleanly; the datapath stays so that
 	// pods keep talking until the next weftd takes over.

@@ -2,42 +2,16 @@ package main
 
 import (
 	"errors"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
 
-// built is the weftd binary the tests share, built once.
-var built struct {
-	once sync.Once
-	dir  string
-	err  error
-	out  []byte
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if built.dir != "" {
-		os.RemoveAll(built.dir)
-	}
-	os.Exit(code)
-}
-
+// buildWeftd returns the weftd binary the tests share, built once (see
+// cli_test.go).
 func buildWeftd(t *testing.T) string {
 	t.Helper()
-	built.once.Do(func() {
-		if built.dir, built.err = os.MkdirTemp("", "weftd-test-"); built.err != nil {
-			return
-		}
-		built.out, built.err = exec.Command("go", "build", "-o", filepath.Join(built.dir, "weftd"), ".").CombinedOutput()
-	})
-	if built.err != nil {
-		t.Fatalf("go build: %v\n%s", built.err, built.out)
-	}
-	return filepath.Join(built.dir, "weftd")
+	return weftd.Path(t)
 }
 
 // run runs weftd with args and exactly the environment env, and returns

@@ -298,11 +298,11 @@ func Parse(args, environ []string, out io.Writer) (Settings, error) {
 	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(out, "usage: weftd [flags]\n\n"+
+		fmt.Fprintf(out, "Usage: weftd [flags]\n\n"+
 			"weftd is the weft node agent, a drop-in for flanneld: it leases a subnet for\n"+
 			"this node from etcd and programs the datapath to every other node's subnet.\n"+
 			"Every flag can also be set as FLANNELD_<NAME> (--iface-regex: FLANNELD_IFACE_REGEX);\n"+
-			"a flag on the command line wins over the environment.\n\nflags:\n")
+			"a flag on the command line wins over the environment.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	f := Register(fs)

@@ -434,7 +434,7 @@ func TestErrors(t *testing.T) {
 		if errors.Is(err, ErrInvalid) != tt.invalid {
 			t.Errorf("%v: errors.Is(%v, ErrInvalid) = %v", tt.args, err, !tt.invalid)
 		}
-		if strings.HasPrefix(tt.want, "flag provided") && !strings.Contains(out.String(), "usage: weftd") {
+		if strings.HasPrefix(tt.want, "flag provided") && !strings.Contains(out.String(), "Usage: weftd") {
 			t.Errorf("unknown flag: no usage printed:\n%s", out.String())
 		}
 		if len(s.Warnings) != 0 {

@@ -485,16 +485,3 @@ func TestBadDelegateThroughLibcni(t *testing.T) {
 	}
 	wantNodeClean(t, node)
 }
-
-// The `make bench` measurement, small: it must run clean and give sane
-// figures. (make bench runs 100 pods.)
-func TestBenchAdd(t *testing.T) {
-	r, err := cnirig.BenchAdd(context.Background(), binDir(t), 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Log(r)
-	if r.Pods != 20 || r.Median <= 0 || r.P99 < r.Median || r.Max < r.P99 || r.PluginSize < 1<<20 {
-		t.Errorf("implausible result %+v", r)
-	}
-}

@@ -62,6 +62,7 @@ type daemon struct {
 	ext     netif.External
 	health  *health
 	metrics *metrics
+	sd      *systemd
 	start   time.Time
 
 	net   *config.Network
@@ -93,17 +94,21 @@ func Run(ctx context.Context, o Options) error {
 	d.health.marker = readyfile.Path(o.SubnetFile)
 	// Three missed resyncs make the marker stale.
 	d.health.markFor = max(3*o.ResyncPeriod, 30*time.Second)
+	d.sd = newSystemd(o.Logger)
+	d.health.onNotReady = func(reason string) { d.sd.status("not ready: " + reason) }
 	// Shut down in order: stop the goroutines, then close what they use.
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var closers []func()
 	defer func() {
+		d.sd.stopping()
 		cancel()
 		wg.Wait()
 		for i := len(closers) - 1; i >= 0; i-- {
 			closers[i]()
 		}
 	}()
+	d.sd.startWatchdog(ctx, &wg, func() bool { ok, _ := d.health.live(); return ok })
 
 	// The store first, as flanneld makes its subnet manager before
 	// anything else.
@@ -814,10 +819,12 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	d.log.Debug("reconciled", "mode", m, "leases", len(leases), "took", took)
 	if full && d.ready {
 		d.health.vouch()
+		d.sd.status(d.readyStatus(len(leases)))
 	}
 	if full && !d.ready && d.leaseHeld {
 		d.ready = true
 		d.health.setReady()
+		d.sd.ready(d.readyStatus(len(leases)))
 		if !d.everReady {
 			d.everReady = true
 			d.log.Info(fmt.Sprintf("programmed %d leases in %s", len(leases), time.Since(d.start).Round(time.Millisecond)))

@@ -32,6 +32,8 @@ type health struct {
 	marker  string
 	markFor time.Duration
 	log     *slog.Logger
+	// onNotReady, when set, hears every reason given to notReady.
+	onNotReady func(reason string)
 }
 
 func newHealth(stale time.Duration) *health {
@@ -51,6 +53,9 @@ func (h *health) notReady(reason string) {
 	was := h.ready
 	h.ready, h.reason, h.beat = false, reason, h.now()
 	h.mu.Unlock()
+	if h.onNotReady != nil {
+		h.onNotReady(reason)
+	}
 	if was && h.marker != "" {
 		if err := readyfile.Clear(h.marker); err != nil {
 			h.log.Warn("clearing readiness marker", "err", err)

@@ -194,6 +194,13 @@ func formatValue(v float64) string {
 	}
 }
 
+// latencies returns the median, the 99th percentile (nearest rank) and
+// the maximum of lat, which it sorts; lat must not be empty.
+func latencies(lat []time.Duration) (median, p99, maxLat time.Duration) {
+	slices.Sort(lat)
+	return lat[len(lat)/2], lat[(len(lat)*99+99)/100-1], lat[len(lat)-1]
+}
+
 // IperfRun is one iperf3 TCP measurement.
 type IperfRun struct {
 	Bps         float64 // received

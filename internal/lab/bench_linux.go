@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/weft-net/weft/internal/cni/cnirig"
 	"github.com/weft-net/weft/internal/config"
 )
 
@@ -23,27 +22,6 @@ func Benchmarks() []Benchmark {
 		{Name: "cni", Run: benchCNI},
 		agentBenchmark(), udpBenchmark(),
 	}
-}
-
-// benchCNI times the CNI ADD of 100 pods, one at a time, through flannel's
-// conflist run by weft's plugin (flannel -> bridge + host-local, portmap) in
-// a node namespace of its own, and reports the plugin's size.
-func benchCNI(ctx context.Context, _ *Lab, o BenchOptions) ([]Result, error) {
-	lo, err := o.Lab.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	r, err := cnirig.BenchAdd(ctx, lo.CNIBinDir, 100)
-	if err != nil {
-		return nil, err
-	}
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	note := fmt.Sprintf("%d pods, one at a time", r.Pods)
-	return []Result{
-		{Section: "cni", Metric: "ADD median", Value: ms(r.Median), Unit: "ms", Note: note},
-		{Section: "cni", Metric: "ADD p99", Value: ms(r.P99), Unit: "ms", Note: note},
-		{Section: "cni", Metric: "plugin binary", Value: float64(r.PluginSize) / (1 << 20), Unit: "MiB", Note: "weft-cni"},
-	}, nil
 }
 
 // Bench runs, in this lab, the benchmarks that want its backend.

@@ -28,21 +28,44 @@ func (l *Lab) cniConfig(n *Node) *libcni.CNIConfig {
 // addPod creates the pod's namespace and attaches it to node n the way a
 // container runtime does: libcni ADD of the pod network and of loopback.
 func (l *Lab) addPod(ctx context.Context, n *Node, p *Pod) error {
-	env, err := subnetenv.Read(n.SubnetFile)
+	list, err := l.podNetwork(n)
 	if err != nil {
 		return fmt.Errorf("pod %s: %w", p.NS, err)
 	}
-	conf, err := podConflist(env, n)
-	if err != nil {
+	if err := l.newPodNS(ctx, n, p); err != nil {
 		return err
 	}
-	if err := os.WriteFile(n.Dir+"/"+podNetworkName+".conflist", conf, 0o644); err != nil {
+	if err := l.attachPod(ctx, n, p, list); err != nil {
 		return err
+	}
+	l.log.Info("pod added", "pod", p.NS, "ip", p.IP)
+	return l.save()
+}
+
+// podNetwork renders node n's pod conflist from its subnet.env, writes it to
+// the node's directory (for a person to run by hand) and parses it.
+func (l *Lab) podNetwork(n *Node) (*libcni.NetworkConfigList, error) {
+	env, err := subnetenv.Read(n.SubnetFile)
+	if err != nil {
+		return nil, err
+	}
+	conf, err := podConflist(env, n)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(n.Dir+"/"+podNetworkName+".conflist", conf, 0o644); err != nil {
+		return nil, err
 	}
 	list, err := libcni.ConfListFromBytes(conf)
 	if err != nil {
-		return fmt.Errorf("pod conflist: %w", err)
+		return nil, fmt.Errorf("pod conflist: %w", err)
 	}
+	return list, nil
+}
+
+// newPodNS makes the pod's namespace, with lo brought up by the loopback
+// plugin as runtimes do.
+func (l *Lab) newPodNS(ctx context.Context, n *Node, p *Pod) error {
 	lo, err := libcni.ConfListFromBytes(loopbackConflist())
 	if err != nil {
 		return fmt.Errorf("loopback conflist: %w", err)
@@ -51,15 +74,25 @@ func (l *Lab) addPod(ctx context.Context, n *Node, p *Pod) error {
 		return err
 	}
 	cni := l.cniConfig(n)
-	var res types.Result
 	err = cniIn(n.NS, func() error {
 		rt := &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: nsPath(p.NS), IfName: "lo"}
-		if _, err := cni.AddNetworkList(ctx, lo, rt); err != nil {
-			return fmt.Errorf("loopback: %w", err)
-		}
-		rt = &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: nsPath(p.NS), IfName: "eth0"}
+		_, err := cni.AddNetworkList(ctx, lo, rt)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("pod %s: loopback: %w", p.NS, err)
+	}
+	return nil
+}
+
+// attachPod runs the pod network's ADD for p on node n and records the
+// address it got.
+func (l *Lab) attachPod(ctx context.Context, n *Node, p *Pod, list *libcni.NetworkConfigList) error {
+	cni := l.cniConfig(n)
+	var res types.Result
+	err := cniIn(n.NS, func() error {
 		var err error
-		res, err = cni.AddNetworkList(ctx, list, rt)
+		res, err = cni.AddNetworkList(ctx, list, l.podRuntime(p))
 		return err
 	})
 	if err != nil {
@@ -70,8 +103,21 @@ func (l *Lab) addPod(ctx context.Context, n *Node, p *Pod) error {
 		return fmt.Errorf("pod %s: %w", p.NS, err)
 	}
 	p.IP = addr
-	l.log.Info("pod added", "pod", p.NS, "ip", addr)
-	return l.save()
+	return nil
+}
+
+// detachPod runs the pod network's DEL for p on node n.
+func (l *Lab) detachPod(ctx context.Context, n *Node, p *Pod, list *libcni.NetworkConfigList) error {
+	cni := l.cniConfig(n)
+	err := cniIn(n.NS, func() error { return cni.DelNetworkList(ctx, list, l.podRuntime(p)) })
+	if err != nil {
+		return fmt.Errorf("pod %s: CNI DEL on node %d: %w", p.NS, n.Index, err)
+	}
+	return nil
+}
+
+func (l *Lab) podRuntime(p *Pod) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: nsPath(p.NS), IfName: "eth0"}
 }
 
 // podIP is the IPv4 address the plugin chain gave eth0.

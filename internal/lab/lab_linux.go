@@ -99,21 +99,26 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 }
 
 func checkBinaries(o Options) error {
-	need := []string{
-		filepath.Join(o.BinDir, "weft"),
-		filepath.Join(o.BinDir, "weftd"),
-	}
-	for _, p := range []string{"flannel", "bridge", "host-local", "portmap", "loopback"} {
-		need = append(need, filepath.Join(o.CNIBinDir, p))
-	}
-	for _, p := range need {
-		if _, err := os.Stat(p); err != nil {
-			return fmt.Errorf("lab needs %s (run `make build`, or set --bin-dir/--cni-bin-dir): %w", p, err)
-		}
-	}
 	if o.Store == StoreKube {
 		if err := kubecp.CheckBinaries(o.KubeBinDir); err != nil {
 			return fmt.Errorf("lab --store kube: %w", err)
+		}
+	}
+	return needBinaries(o.CNIBinDir, filepath.Join(o.BinDir, "weft"), filepath.Join(o.BinDir, "weftd"))
+}
+
+// cniPlugins are the plugins a lab node's pods are wired with: weft's as
+// "flannel" and the reference plugins of flannel's conflist.
+var cniPlugins = []string{"flannel", "bridge", "host-local", "portmap", "loopback"}
+
+// needBinaries checks for paths, the CNI plugins in cniBinDir and iproute2.
+func needBinaries(cniBinDir string, paths ...string) error {
+	for _, p := range cniPlugins {
+		paths = append(paths, filepath.Join(cniBinDir, p))
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("lab needs %s (run `make build`, or set --bin-dir/--cni-bin-dir): %w", p, err)
 		}
 	}
 	for _, tool := range []string{"ip"} {

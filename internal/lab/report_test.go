@@ -131,3 +131,18 @@ func TestPoll(t *testing.T) {
 		t.Errorf("timeout: %v", err)
 	}
 }
+
+func TestLatencies(t *testing.T) {
+	var lat []time.Duration
+	for i := 100; i >= 1; i-- { // unsorted on purpose
+		lat = append(lat, time.Duration(i)*time.Millisecond)
+	}
+	med, p99, maxLat := latencies(lat)
+	if med != 51*time.Millisecond || p99 != 99*time.Millisecond || maxLat != 100*time.Millisecond {
+		t.Errorf("100 samples: median %v p99 %v max %v, want 51ms 99ms 100ms", med, p99, maxLat)
+	}
+	med, p99, maxLat = latencies([]time.Duration{3, 1, 2})
+	if med != 2 || p99 != 3 || maxLat != 3 {
+		t.Errorf("3 samples: median %v p99 %v max %v, want 2 3 3", med, p99, maxLat)
+	}
+}

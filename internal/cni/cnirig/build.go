@@ -1,8 +1,9 @@
 // Package cnirig runs weft's CNI plugin the way a container runtime does:
 // it builds the plugin and the reference plugins it delegates to, makes a
 // "node" network namespace with its own subnet.env and data dirs, and adds,
-// checks and deletes pods through libcni (or cnitool). The plugin's tests,
-// the lab and `make bench` use it.
+// checks and deletes pods through libcni (or cnitool). The plugin's tests
+// use it; it builds on containernetworking/plugins' testutils, so no
+// production binary may import it (cmd/weft's import test checks).
 package cnirig
 
 import (

@@ -261,3 +261,23 @@ func (n *Node) SavedConfigs() ([]string, error) {
 	}
 	return out, nil
 }
+
+// CheckEmpty reports any address, veth or saved config left on the node.
+func (n *Node) CheckEmpty() error {
+	ips, err := n.AllocatedIPs()
+	if err != nil {
+		return err
+	}
+	veths, err := n.Veths()
+	if err != nil {
+		return err
+	}
+	saved, err := n.SavedConfigs()
+	if err != nil {
+		return err
+	}
+	if len(ips)+len(veths)+len(saved) > 0 {
+		return fmt.Errorf("node not clean after DEL: addresses %v, veths %v, saved configs %v", ips, veths, saved)
+	}
+	return nil
+}
