@@ -83,7 +83,7 @@ type daemon struct {
 // Run runs weftd until ctx ends, then returns nil. It returns an error for
 // what retrying cannot fix: a store it cannot open, no
 // usable interface, a health port in use, a backend that cannot be built.
-func Run(ctx context.Context, o Options) error {
+func Run(ctx context.Context, o Options) (err error) {
 	o = o.withDefaults()
 	d := &daemon{
 		o: o, log: o.Logger, start: time.Now(), leases: leaseSet{},
@@ -101,7 +101,10 @@ func Run(ctx context.Context, o Options) error {
 	var wg sync.WaitGroup
 	var closers []func()
 	defer func() {
-		d.sd.stopping()
+		// A run that ends to start again with a new config is no stop.
+		if !errors.Is(err, ErrConfigChanged) {
+			d.sd.stopping()
+		}
 		cancel()
 		wg.Wait()
 		for i := len(closers) - 1; i >= 0; i-- {
