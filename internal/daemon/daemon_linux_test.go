@@ -250,7 +250,12 @@ func TestDaemon(t *testing.T) {
 		return err == nil && len(r.Kvs) == 1
 	})
 
-	// Metrics.
+	// Metrics. The lease gauge follows the watch, which reports the
+	// re-acquired lease a moment after the store has it.
+	waitFor(t, "weft_leases back at 2", 5*time.Second, func() bool {
+		_, m := httpGet(base + "/metrics")
+		return strings.Contains(m, "\nweft_leases 2\n")
+	})
 	code, metrics := httpGet(base + "/metrics")
 	for _, want := range []string{
 		`weft_info{backend="vxlan",version="test"} 1`,
