@@ -17,6 +17,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/weft-net/weft/internal/cni"
 	"github.com/weft-net/weft/internal/kubecp"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
@@ -109,7 +110,7 @@ func checkBinaries(o Options) error {
 
 // cniPlugins are the plugins a lab node's pods are wired with: weft's as
 // "flannel" and the reference plugins of flannel's conflist.
-var cniPlugins = []string{"flannel", "bridge", "host-local", "portmap", "loopback"}
+var cniPlugins = append([]string{"flannel"}, cni.ReferencePluginNames()...)
 
 // needBinaries checks for paths, the CNI plugins in cniBinDir and iproute2.
 func needBinaries(cniBinDir string, paths ...string) error {

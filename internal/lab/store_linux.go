@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"google.golang.org/grpc"
+
+	"github.com/weft-net/weft/internal/lease/etcdstore"
 )
 
 // StoreClient returns an etcd client for the lab's store, for tests and
@@ -20,26 +18,11 @@ import (
 // in the namespace it was made in, whichever thread uses it later. The
 // caller closes the client.
 func (l *Lab) StoreClient(ctx context.Context) (*clientv3.Client, error) {
-	path := nsPath(l.ControlNS)
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := ns.WithNetNSPath(path, func(ns.NetNS) error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return c, err
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{l.State.EtcdEndpoint},
-		DialTimeout: 5 * time.Second,
-		Context:     ctx,
-		Logger:      zap.NewNop(),
-		// Applied after the client's own options, so this dialer wins.
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)},
-	})
+	dial := dialInNS(l.ControlNS)
+	cli, err := etcdstore.Connect(ctx, etcdstore.ClientOptions{Endpoints: []string{l.State.EtcdEndpoint}},
+		func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) })
 	if err != nil {
-		return nil, fmt.Errorf("lab %s: etcd client: %w", l.Name, err)
+		return nil, fmt.Errorf("lab %s: %w", l.Name, err)
 	}
 	return cli, nil
 }

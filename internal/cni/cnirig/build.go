@@ -9,6 +9,7 @@ package cnirig
 import (
 	"context"
 	"fmt"
+	"github.com/weft-net/weft/internal/cni"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,15 +22,6 @@ const (
 	cniModule     = "github.com/containernetworking/cni"
 	weftCNIPkg    = "github.com/weft-net/weft/cmd/weft-cni"
 )
-
-// ReferencePlugins are the plugins a flannel node has besides flannel's own,
-// by package path within the plugins module.
-var ReferencePlugins = []string{
-	"plugins/main/bridge",
-	"plugins/ipam/host-local",
-	"plugins/meta/portmap",
-	"plugins/main/loopback",
-}
 
 // Build compiles into dir: weft-cni as "flannel" (and "weft"), bridge,
 // host-local, portmap, loopback and cnitool. The reference plugins and
@@ -48,8 +40,8 @@ func Build(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	pkgs := make([]string, 0, len(ReferencePlugins)+1)
-	for _, p := range ReferencePlugins {
+	pkgs := make([]string, 0, len(cni.ReferencePlugins)+1)
+	for _, p := range cni.ReferencePlugins {
 		pkgs = append(pkgs, pluginsModule+"/"+p+"@"+pv)
 	}
 	install := exec.CommandContext(ctx, "go", append([]string{"install"}, pkgs...)...)

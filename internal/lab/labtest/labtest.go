@@ -5,6 +5,7 @@ package labtest
 
 import (
 	"fmt"
+	weftcni "github.com/weft-net/weft/internal/cni"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,8 +83,8 @@ func buildInto(dir string) error {
 		return fmt.Errorf("CNI plugins version: %w", err)
 	}
 	args := []string{"install"}
-	for _, p := range []string{"main/bridge", "ipam/host-local", "meta/portmap", "main/loopback"} {
-		args = append(args, "github.com/containernetworking/plugins/plugins/"+p+"@"+strings.TrimSpace(string(ver)))
+	for _, p := range weftcni.ReferencePlugins {
+		args = append(args, "github.com/containernetworking/plugins/"+p+"@"+strings.TrimSpace(string(ver)))
 	}
 	if err := run([]string{"GOBIN=" + cni}, args...); err != nil {
 		return err

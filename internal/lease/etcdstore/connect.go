@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // ClientOptions are flanneld's --etcd-* flags.
@@ -23,8 +25,10 @@ type ClientOptions struct {
 
 // Connect builds an etcd client. It does not wait for the cluster to
 // answer: the first request does, so an agent can start before etcd. ctx is
-// the client's default context; the caller closes the client.
-func Connect(ctx context.Context, o ClientOptions) (*clientv3.Client, error) {
+// the client's default context; the caller closes the client. dial, when
+// given, makes the client's connections (the lab dials from inside a
+// network namespace).
+func Connect(ctx context.Context, o ClientOptions, dial ...func(ctx context.Context, addr string) (net.Conn, error)) (*clientv3.Client, error) {
 	if len(o.Endpoints) == 0 {
 		return nil, errors.New("etcd client: no endpoints")
 	}
@@ -50,6 +54,10 @@ func Connect(ctx context.Context, o ClientOptions) (*clientv3.Client, error) {
 			return nil, fmt.Errorf("etcd client TLS: %w", err)
 		}
 		cfg.TLS = tlsCfg
+	}
+	for _, d := range dial {
+		// Applied after the client's own options, so this dialer wins.
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(d))
 	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
