@@ -347,21 +347,12 @@ func (l *Lab) addBenchNode(ctx context.Context) (*benchNode, error) {
 		return nil, err
 	}
 	port := "n" + strconv.Itoa(i)
-	steps := [][]string{
-		{"netns", "add", n.ns},
-		{"-n", n.ns, "link", "set", "lo", "up"},
-		{"-n", l.UnderlayNS, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", n.ns},
-		{"-n", l.UnderlayNS, "link", "set", port, "master", "br0", "up"},
-		{"-n", n.ns, "addr", "add", fmt.Sprintf("192.0.2.%d/24", i), "dev", "eth0"},
-		{"-n", n.ns, "link", "set", "eth0", "up"},
+	if err := addNS(ctx, n.ns); err != nil {
+		return nil, err
 	}
-	for k, s := range steps {
-		if err := ip(ctx, s...); err != nil {
-			if k > 0 {
-				n.remove(ctx)
-			}
-			return nil, err
-		}
+	if err := plugIn(l.UnderlayNS, port, n.ns, netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 24)); err != nil {
+		n.remove(ctx)
+		return nil, err
 	}
 	return n, nil
 }

@@ -97,10 +97,7 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 
 	n := l.node(1)
 	n.Subnet = cniBenchEnv.Subnet
-	if err := ip(ctx, "netns", "add", n.NS); err != nil {
-		return res, err
-	}
-	if err := ip(ctx, "-n", n.NS, "link", "set", "lo", "up"); err != nil {
+	if err := addNS(ctx, n.NS); err != nil {
 		return res, err
 	}
 	if err := os.MkdirAll(n.Dir, 0o755); err != nil {

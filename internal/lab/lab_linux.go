@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -140,32 +141,15 @@ func (l *Lab) buildTopology(ctx context.Context) error {
 		nss = append(nss, n.NS)
 	}
 	for _, name := range nss {
-		if err := ip(ctx, "netns", "add", name); err != nil {
-			return err
-		}
-		if err := ip(ctx, "-n", name, "link", "set", "lo", "up"); err != nil {
+		if err := addNS(ctx, name); err != nil {
 			return err
 		}
 	}
-	if err := ip(ctx, "-n", ul, "link", "add", "br0", "type", "bridge"); err != nil {
-		return err
-	}
-	if err := ip(ctx, "-n", ul, "link", "set", "br0", "up"); err != nil {
+	if err := addBridge(ul, "br0"); err != nil {
 		return err
 	}
 	attach := func(port, peerNS, addr string) error {
-		steps := [][]string{
-			{"-n", ul, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", peerNS},
-			{"-n", ul, "link", "set", port, "master", "br0", "up"},
-			{"-n", peerNS, "addr", "add", addr + "/24", "dev", "eth0"},
-			{"-n", peerNS, "link", "set", "eth0", "up"},
-		}
-		for _, s := range steps {
-			if err := ip(ctx, s...); err != nil {
-				return err
-			}
-		}
-		return nil
+		return plugIn(ul, port, peerNS, netip.PrefixFrom(netip.MustParseAddr(addr), 24))
 	}
 	if err := attach("ctl", l.ControlNS, ctlAddr); err != nil {
 		return err
