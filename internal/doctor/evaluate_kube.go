@@ -284,7 +284,7 @@ func (e *eval) kubeOwnNode() {
 	keys, kerr := e.keys()
 	if node == nil || kerr != nil {
 		e.add("annotations", Skip, "annotations not read: no Node (or no valid --kube-annotation-prefix)", "")
-		e.add("node-condition", Skip, "conditions not read: no Node", "")
+		e.add("node-network", Skip, "conditions not read: no Node", "")
 		return
 	}
 	e.annotations(node, keys)
@@ -352,17 +352,17 @@ func (e *eval) networkUnavailable(node *corev1.Node) {
 	set := e.f.Options.SetNodeNetworkUnavailable
 	switch {
 	case cond == nil && !set:
-		e.add("node-condition", OK, "no NetworkUnavailable condition; weftd leaves it alone (--set-node-network-unavailable=false)", "")
+		e.add("node-network", OK, "no NetworkUnavailable condition; weftd leaves it alone (--set-node-network-unavailable=false)", "")
 	case cond == nil:
-		e.add("node-condition", Warn, fmt.Sprintf("Node %s has no NetworkUnavailable condition: weftd sets it to False once its datapath is up", node.Name),
+		e.add("node-network", Warn, fmt.Sprintf("Node %s has no NetworkUnavailable condition: weftd sets it to False once its datapath is up", node.Name),
 			"is weftd ready (readyz)? its log says what it waits for")
 	case cond.Status == corev1.ConditionFalse:
-		e.add("node-condition", OK, fmt.Sprintf("NetworkUnavailable=False (%s, since %s)", cond.Reason, cond.LastTransitionTime.UTC().Format("2006-01-02 15:04:05Z")), "")
+		e.add("node-network", OK, fmt.Sprintf("NetworkUnavailable=False (%s, since %s)", cond.Reason, cond.LastTransitionTime.UTC().Format("2006-01-02 15:04:05Z")), "")
 	case !set:
-		e.add("node-condition", Warn, fmt.Sprintf("NetworkUnavailable=%s (%s: %s), and weftd does not set it (--set-node-network-unavailable=false)", cond.Status, cond.Reason, cond.Message),
+		e.add("node-network", Warn, fmt.Sprintf("NetworkUnavailable=%s (%s: %s), and weftd does not set it (--set-node-network-unavailable=false)", cond.Status, cond.Reason, cond.Message),
 			"the node keeps its network-unavailable taint until something sets the condition False: let weftd do it (--set-node-network-unavailable=true)")
 	default:
-		e.add("node-condition", Fail, fmt.Sprintf("NetworkUnavailable=%s (%s: %s): pods are not scheduled here", cond.Status, cond.Reason, cond.Message),
+		e.add("node-network", Fail, fmt.Sprintf("NetworkUnavailable=%s (%s: %s): pods are not scheduled here", cond.Status, cond.Reason, cond.Message),
 			"weftd sets it to False once its datapath is up: is it ready (readyz)? its log says why not")
 	}
 }

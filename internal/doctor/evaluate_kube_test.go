@@ -86,7 +86,7 @@ func TestHealthyKubeNode(t *testing.T) {
 		}
 	}
 	want := []string{"kube-api", "kube-rbac", "config", "kube-node", "pod-cidr", "leases", "agent", "healthz", "readyz", "ready-marker",
-		"subnet-file", "subnet-lease", "subnet-mtu", "subnet-gso", "annotations", "node-condition", "underlay", "device", "routes", "neighbours", "fdb",
+		"subnet-file", "subnet-lease", "subnet-mtu", "subnet-gso", "annotations", "node-network", "underlay", "device", "routes", "neighbours", "fdb",
 		"ip-forward", "rp-filter", "cni0", "masquerade"}
 	var got []string
 	for _, x := range r.Results {
@@ -103,7 +103,7 @@ func TestHealthyKubeNode(t *testing.T) {
 		"leases":         "2 nodes, 2 publish leases (kube-subnet-manager=true), all valid",
 		"subnet-lease":   "published on Node n1",
 		"annotations":    `backend-type "vxlan", public-ip 192.0.2.1, VtepMAC = flannel.1's`,
-		"node-condition": "NetworkUnavailable=False (FlannelIsUp",
+		"node-network": "NetworkUnavailable=False (FlannelIsUp",
 	} {
 		if x, _ := find(r, check); !strings.Contains(x.Message, msg) {
 			t.Errorf("%s: %q, want it to contain %q", check, x.Message, msg)
@@ -157,7 +157,7 @@ func TestEvaluateKube(t *testing.T) {
 				f.Kube.NodeNameErr = errors.New("weftd pid 100 has no NODE_NAME in its environment, nor both POD_NAME and POD_NAMESPACE")
 			},
 			check: "kube-node", status: Fail, want: []string{"no NODE_NAME", "spec.nodeName"},
-			also: map[string]Status{"pod-cidr": Skip, "annotations": Skip, "node-condition": Skip},
+			also: map[string]Status{"pod-cidr": Skip, "annotations": Skip, "node-network": Skip},
 		},
 		{
 			name: "Node not registered",
@@ -255,12 +255,12 @@ func TestEvaluateKube(t *testing.T) {
 		{
 			name:   "NetworkUnavailable=True",
 			mutate: func(f *Facts) { f.Kube.Node.Status.Conditions[1].Status = corev1.ConditionTrue },
-			check:  "node-condition", status: Fail, want: []string{"NetworkUnavailable=True", "pods are not scheduled here"},
+			check:  "node-network", status: Fail, want: []string{"NetworkUnavailable=True", "pods are not scheduled here"},
 		},
 		{
 			name:   "no NetworkUnavailable condition",
 			mutate: func(f *Facts) { f.Kube.Node.Status.Conditions = nil },
-			check:  "node-condition", status: Warn, want: []string{"no NetworkUnavailable condition"},
+			check:  "node-network", status: Warn, want: []string{"no NetworkUnavailable condition"},
 		},
 		{
 			name: "no NetworkUnavailable condition, not weftd's job",
@@ -268,7 +268,7 @@ func TestEvaluateKube(t *testing.T) {
 				f.Kube.Node.Status.Conditions = nil
 				f.Options.SetNodeNetworkUnavailable = false
 			},
-			check: "node-condition", status: OK, want: []string{"--set-node-network-unavailable=false"},
+			check: "node-network", status: OK, want: []string{"--set-node-network-unavailable=false"},
 		},
 		{
 			name: "route to a peer missing",

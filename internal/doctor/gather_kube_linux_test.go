@@ -60,7 +60,7 @@ func kubeOnly(k *KubeFacts, o agentopts.Options) map[string]Result {
 	out := map[string]Result{}
 	for _, r := range Evaluate(Facts{Now: time.Now(), Options: o, Kube: k}).Results {
 		switch r.Check {
-		case "kube-api", "kube-rbac", "config", "kube-node", "pod-cidr", "leases", "annotations", "node-condition":
+		case "kube-api", "kube-rbac", "config", "kube-node", "pod-cidr", "leases", "annotations", "node-network":
 			out[r.Check] = r
 		}
 	}
@@ -139,8 +139,8 @@ func TestGatherKube(t *testing.T) {
 		}
 	}
 	rs := kubeOnly(k, o)
-	for _, c := range []string{"kube-api", "kube-rbac", "config", "kube-node", "pod-cidr", "node-condition"} {
-		if c == "node-condition" {
+	for _, c := range []string{"kube-api", "kube-rbac", "config", "kube-node", "pod-cidr", "node-network"} {
+		if c == "node-network" {
 			// Nothing has set it yet: weftd would.
 			if rs[c].Status != Warn {
 				t.Errorf("%s: %s %s, want warn", c, rs[c].Status, rs[c].Message)

@@ -77,7 +77,7 @@ func TestKubeLab(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	for _, c := range []string{"kube-api", "kube-rbac", "kube-node", "pod-cidr", "annotations", "node-condition", "leases", "routes", "fdb"} {
+	for _, c := range []string{"kube-api", "kube-rbac", "kube-node", "pod-cidr", "annotations", "node-network", "leases", "routes", "fdb"} {
 		found := false
 		for _, x := range r.Results {
 			found = found || x.Check == c
