@@ -96,13 +96,13 @@ func TestHealthyKubeNode(t *testing.T) {
 		t.Errorf("checks\n got %v\nwant %v", got, want)
 	}
 	for check, msg := range map[string]string{
-		"kube-api":       "API server https://192.0.2.254:6443 v1.37.2, credentials from kubeconfig /var/lib/weft/kubeconfig",
-		"kube-rbac":      "the agent may nodes get, nodes list, nodes watch, nodes/status patch",
-		"kube-node":      "Node n1 (from weftd pid 100's NODE_NAME) exists",
-		"pod-cidr":       "Node n1: podCIDR 10.244.1.0/24 in Network 10.244.0.0/16",
-		"leases":         "2 nodes, 2 publish leases (kube-subnet-manager=true), all valid",
-		"subnet-lease":   "published on Node n1",
-		"annotations":    `backend-type "vxlan", public-ip 192.0.2.1, VtepMAC = flannel.1's`,
+		"kube-api":     "API server https://192.0.2.254:6443 v1.37.2, credentials from kubeconfig /var/lib/weft/kubeconfig",
+		"kube-rbac":    "the agent may nodes get, nodes list, nodes watch, nodes/status patch",
+		"kube-node":    "Node n1 (from weftd pid 100's NODE_NAME) exists",
+		"pod-cidr":     "Node n1: podCIDR 10.244.1.0/24 in Network 10.244.0.0/16",
+		"leases":       "2 nodes, 2 publish leases (kube-subnet-manager=true), all valid",
+		"subnet-lease": "published on Node n1",
+		"annotations":  `backend-type "vxlan", public-ip 192.0.2.1, VtepMAC = flannel.1's`,
 		"node-network": "NetworkUnavailable=False (FlannelIsUp",
 	} {
 		if x, _ := find(r, check); !strings.Contains(x.Message, msg) {
