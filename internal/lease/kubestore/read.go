@@ -1,7 +1,6 @@
 package kubestore
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -51,6 +50,3 @@ func ClientConfig(apiURL, kubeconfig string) (*rest.Config, error) {
 	}
 	return cfg, nil
 }
-
-// IsNotManaged reports whether err is NodeLease's ErrNotManaged.
-func IsNotManaged(err error) bool { return errors.Is(err, errNotManaged) }
