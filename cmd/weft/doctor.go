@@ -17,6 +17,13 @@ func runDoctor(ctx context.Context, args []string) error {
 forwarding and masquerading, one line per check (ok, warn, FAIL) with the
 evidence and what to do next. Exits 1 when a check fails.
 
+With --kube-subnet-mgr the store is the Kubernetes API, read (never written)
+with the agent's credentials (--kubeconfig-file, --kube-api-url, else the
+service account of weftd's pod): the API server, the agent's RBAC, the
+net-conf (--net-config-path), this node's Node (NODE_NAME of weftd's
+environment, else doctor's), its podCIDR, annotations and NetworkUnavailable
+condition, and the leases every node publishes.
+
 With no weftd flags, doctor checks with the settings of the weftd running in
 this network namespace: its command line and FLANNELD_* variables, read from
 /proc. weftd flags given to doctor, meaning what they mean to weftd, replace
@@ -24,7 +31,7 @@ that weftd's; with no weftd here, doctor's flags and FLANNELD_* variables
 stand for the agent's.`)
 	af := agentflags.Register(fs.FlagSet)
 	jsonOut := fs.Bool("json", false, "print the results as JSON")
-	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each network call (etcd, health server)")
+	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each network call (etcd or the API server, health server)")
 	if err := fs.parse(args); err != nil {
 		return err
 	}

@@ -274,8 +274,24 @@ func labStatus(ctx context.Context, args []string) error {
 		}
 		fmt.Printf("%s %s  %-7s %d nodes  created %s  %s\n", mark, s.Name, s.Backend, len(s.Nodes),
 			s.Created.Local().Format(time.DateTime), l.Health())
+		if s.Store == lab.StoreKube {
+			printKubeStatus(ctx, l)
+		}
 	}
 	return nil
+}
+
+// printKubeStatus prints a kube lab's API server and its Nodes, or why
+// they cannot be read.
+func printKubeStatus(ctx context.Context, l *lab.Lab) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ks, err := l.KubeStatus(ctx)
+	if err != nil {
+		fmt.Printf("    apiserver %s: %v\n", l.APIServer, err)
+		return
+	}
+	ks.Write(os.Stdout, "    ")
 }
 
 func labDemo(ctx context.Context, args []string) error {

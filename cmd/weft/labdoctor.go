@@ -59,6 +59,10 @@ func labDoctor(ctx context.Context, args []string) error {
 		}
 		cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.NS, self, "doctor"}, dargs...)...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if l.Store == lab.StoreKube {
+			// As the DaemonSet gives weftd; doctor reads it when no weftd runs.
+			cmd.Env = append(os.Environ(), "NODE_NAME="+n.Name)
+		}
 		if err := cmd.Run(); err != nil {
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) {
@@ -81,7 +85,11 @@ func labDoctorArgs(l *lab.Lab, i int) []string {
 	if _, err := l.AgentPID(i); err == nil {
 		return nil
 	}
-	args := []string{"--etcd-endpoints=" + l.EtcdEndpoint(), "--iface=eth0", "--subnet-file=" + l.Node(i).SubnetFile}
+	n := l.Node(i)
+	args := []string{"--etcd-endpoints=" + l.EtcdEndpoint(), "--iface=eth0", "--subnet-file=" + n.SubnetFile}
+	if l.Store == lab.StoreKube {
+		args = []string{"--kube-subnet-mgr", "--kubeconfig-file=" + n.Kubeconfig, "--net-config-path=" + l.NetConfFile, "--iface=eth0", "--subnet-file=" + n.SubnetFile}
+	}
 	if l.IPMasq {
 		args = append(args, "--ip-masq")
 	}

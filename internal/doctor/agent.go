@@ -84,8 +84,17 @@ func settingsDiff(doc agentopts.Options, p Process) []string {
 			out = append(out, fmt.Sprintf("--%s: weftd has %q, doctor %q", name, a, d))
 		}
 	}
-	cmp("etcd-endpoints", strings.Join(ag.Etcd.Endpoints, ","), strings.Join(doc.Etcd.Endpoints, ","))
-	cmp("etcd-prefix", ag.EtcdPrefix, doc.EtcdPrefix)
+	if !ag.KubeSubnetMgr || !doc.KubeSubnetMgr { // etcd is not used with the Kubernetes store
+		cmp("etcd-endpoints", strings.Join(ag.Etcd.Endpoints, ","), strings.Join(doc.Etcd.Endpoints, ","))
+		cmp("etcd-prefix", ag.EtcdPrefix, doc.EtcdPrefix)
+	}
+	cmp("kube-subnet-mgr", ag.KubeSubnetMgr, doc.KubeSubnetMgr)
+	if ag.KubeSubnetMgr && doc.KubeSubnetMgr {
+		cmp("kube-api-url", ag.KubeAPIURL, doc.KubeAPIURL)
+		cmp("kubeconfig-file", ag.KubeconfigFile, doc.KubeconfigFile)
+		cmp("kube-annotation-prefix", ag.KubeAnnotationPrefix, doc.KubeAnnotationPrefix)
+		cmp("net-config-path", ag.NetConfigPath, doc.NetConfigPath)
+	}
 	cmp("subnet-file", ag.SubnetFile, doc.SubnetFile)
 	cmp("net-config-file", ag.NetConfigFile, doc.NetConfigFile)
 	cmp("healthz-ip", ag.HealthzIP, doc.HealthzIP)

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -127,7 +128,10 @@ type Facts struct {
 	// the report; empty when not known.
 	SettingsFrom string
 
-	Store      StoreFacts
+	Store StoreFacts
+	// Kube is the Kubernetes side, with --kube-subnet-mgr (Store is then
+	// empty); nil otherwise.
+	Kube       *KubeFacts
 	Agent      AgentFacts
 	SubnetFile SubnetFileFacts
 	Node       NodeFacts
@@ -194,6 +198,9 @@ type Process struct {
 	SameNetNS bool     // in the network namespace doctor runs in
 	Args      []string // command line, program name first
 	Env       []string // its FLANNELD_* variables, NAME=value
+	// KubeEnv are the variables the Kubernetes store reads (NODE_NAME,
+	// POD_NAME, POD_NAMESPACE, KUBERNETES_SERVICE_HOST/PORT), NAME=value.
+	KubeEnv []string
 }
 
 // HTTPProbe is one GET of the health server.
@@ -242,6 +249,7 @@ type Link struct {
 	Name  string
 	Index int
 	Kind  string // vxlan, tuntap, bridge, veth, device, ...
+	MAC   net.HardwareAddr
 	MTU   int
 	Up    bool
 	Addrs []netip.Prefix

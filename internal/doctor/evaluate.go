@@ -47,13 +47,21 @@ type eval struct {
 	routeMissing int   // from the routes check, for the rp_filter note
 }
 
-// Evaluate runs every check over f, in order: store, agent, subnet file,
-// datapath, forwarding, masquerade.
+// Evaluate runs every check over f, in order: store (etcd, or with
+// f.Kube the Kubernetes API), agent, subnet file, this node's Node object
+// (Kubernetes), datapath, forwarding, masquerade.
 func Evaluate(f Facts) Report {
 	e := &eval{f: f}
-	e.store()
+	if f.Kube != nil {
+		e.kube()
+	} else {
+		e.store()
+	}
 	e.agent()
 	e.subnetFile()
+	if f.Kube != nil {
+		e.kubeOwnNode()
+	}
 	e.datapath()
 	e.forwarding()
 	e.masquerade()
@@ -155,9 +163,14 @@ func (e *eval) configCheck() {
 		e.add("config", Fail, fmt.Sprintf("reading the network config %s: %v", s.ConfigSource, s.ConfigErr), "check --etcd-prefix / --net-config-file")
 		return
 	}
-	n, warnings, err := config.Parse(s.Config)
+	e.parseConfig(s.ConfigSource, s.Config)
+}
+
+// parseConfig judges the network config read from source.
+func (e *eval) parseConfig(source string, raw []byte) {
+	n, warnings, err := config.Parse(raw)
 	if err != nil {
-		e.add("config", Fail, fmt.Sprintf("%s: %v", s.ConfigSource, err), "fix the JSON; weftd waits until the config is valid")
+		e.add("config", Fail, fmt.Sprintf("%s: %v", source, err), "fix the JSON; weftd waits until the config is valid")
 		return
 	}
 	e.net = n

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
+	"github.com/weft-net/weft/internal/lease/kubeannot"
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/netif"
 	"github.com/weft-net/weft/internal/netlinkx"
@@ -48,17 +50,57 @@ func Gather(ctx context.Context, o agentopts.Options, timeout time.Duration) Fac
 		timeout = DefaultTimeout
 	}
 	f := Facts{Now: time.Now(), Options: o}
-	f.Store = gatherStore(ctx, o, timeout)
 	f.Agent = gatherAgent(ctx, o, f.Now, timeout, "/proc")
+	raw := []byte(nil)
+	nodeOpts := o
+	if o.KubeSubnetMgr {
+		f.Kube = gatherKube(ctx, o, kubeSource{agent: agentHere(f.Agent.Procs), procRoot: "/proc", getenv: os.Getenv}, timeout)
+		raw = f.Kube.Config
+		nodeOpts.Iface.PublicIP = kubePublicIPOverride(o, f.Kube)
+	} else {
+		f.Store = gatherStore(ctx, o, timeout)
+		raw = f.Store.Config
+	}
 	f.SubnetFile.Path = o.SubnetFile
 	f.SubnetFile.Env, f.SubnetFile.Err = subnetenv.Read(o.SubnetFile)
 
 	var n *config.Network
-	if f.Store.Config != nil {
-		n, _, _ = config.Parse(f.Store.Config)
+	if raw != nil {
+		n, _, _ = config.Parse(raw)
 	}
-	f.Node = gatherNode(ctx, o, n, f.SubnetFile)
+	f.Node = gatherNode(ctx, nodeOpts, n, f.SubnetFile)
 	return f
+}
+
+// agentHere is the one weftd in this network namespace, or nil.
+func agentHere(procs []Process) *Process {
+	var mine *Process
+	for i, p := range procs {
+		if p.SameNetNS {
+			if mine != nil {
+				return nil
+			}
+			mine = &procs[i]
+		}
+	}
+	return mine
+}
+
+// kubePublicIPOverride is the --public-ip the agent runs with: its Node's
+// node-public-ip annotation, when set, replaces the flag's (flannel
+// main.go:306-312), so the underlay is chosen as weftd chooses it.
+func kubePublicIPOverride(o agentopts.Options, k *KubeFacts) netip.Addr {
+	if k.Node == nil {
+		return o.Iface.PublicIP
+	}
+	keys, err := kubeannot.NewKeys(o.KubeAnnotationPrefix)
+	if err != nil {
+		return o.Iface.PublicIP
+	}
+	if v4, _, err := keys.NodePublicIPs(k.Node.Annotations); err == nil && v4.IsValid() {
+		return v4
+	}
+	return o.Iface.PublicIP
 }
 
 // ---- store ----
@@ -216,8 +258,11 @@ func scanProcs(procRoot, name string) ([]Process, error) {
 		}
 		if env, err := os.ReadFile(filepath.Join(dir, "environ")); err == nil {
 			for _, kv := range bytes.Split(env, []byte{0}) {
-				if bytes.HasPrefix(kv, []byte("FLANNELD_")) {
+				switch k, _, _ := bytes.Cut(kv, []byte("=")); {
+				case bytes.HasPrefix(kv, []byte("FLANNELD_")):
 					p.Env = append(p.Env, string(kv))
+				case slices.Contains(kubeEnvNames, string(k)):
+					p.KubeEnv = append(p.KubeEnv, string(kv))
 				}
 			}
 		}
@@ -314,7 +359,7 @@ func links(h *netlinkx.Handle) ([]Link, error) {
 			return nil, err
 		}
 		out = append(out, Link{
-			Name: a.Name, Index: a.Index, Kind: l.Type(), MTU: a.MTU,
+			Name: a.Name, Index: a.Index, Kind: l.Type(), MTU: a.MTU, MAC: a.HardwareAddr,
 			Up: a.Flags&net.FlagUp != 0, Addrs: addrs, GSOIPv4MaxSize: int(a.GSOIPv4MaxSize),
 		})
 	}

@@ -166,7 +166,9 @@ func (e *eval) subnetLease() {
 			"pass weftd's --iface / --public-ip to doctor")
 	default:
 		exp := "a reservation (no expiry)"
-		if !l.Reservation() {
+		if k := e.f.Kube; k != nil {
+			exp = "published on Node " + k.NodeName
+		} else if !l.Reservation() {
 			exp = "expires in " + l.Expiration.Sub(e.f.Now).Round(time.Minute).String()
 		}
 		msg := fmt.Sprintf("lease %s names this node (%s), %s", l.Key(), l.Attrs.PublicIP, exp)

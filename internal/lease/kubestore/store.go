@@ -35,7 +35,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/kubeannot"
@@ -174,18 +173,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		return nil, err
 	}
 	cfg := o.RESTConfig
-	switch {
-	case cfg != nil:
-	case o.APIURL == "" && o.Kubeconfig == "":
-		// What clientcmd.BuildConfigFromFlags does with neither, without
-		// its fallback to an empty default config, whose error ("no
-		// configuration has been provided") hides what is missing.
-		if cfg, err = rest.InClusterConfig(); err != nil {
-			return nil, fmt.Errorf("kubernetes client config: not in a pod (%w); give --kubeconfig-file or --kube-api-url", err)
-		}
-	default:
-		if cfg, err = clientcmd.BuildConfigFromFlags(o.APIURL, o.Kubeconfig); err != nil {
-			return nil, fmt.Errorf("kubernetes client config: %w", err)
+	if cfg == nil {
+		if cfg, err = ClientConfig(o.APIURL, o.Kubeconfig); err != nil {
+			return nil, err
 		}
 	}
 	cfg = rest.CopyConfig(cfg)
