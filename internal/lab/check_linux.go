@@ -34,6 +34,9 @@ func (l *Lab) Check(ctx context.Context, o CheckOptions) (Matrix, error) {
 	}
 	if o.NodeToPod {
 		for _, n := range l.Nodes {
+			if n.Unregistered {
+				continue // not in the cluster: nothing routes from it
+			}
 			srcs = append(srcs, src{fmt.Sprintf("n%d", n.Index), n.NS})
 		}
 	}

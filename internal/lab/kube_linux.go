@@ -100,8 +100,10 @@ func (l *Lab) startKube(ctx context.Context) error {
 	}
 	for i := range l.Nodes {
 		n := &l.Nodes[i]
-		if err := registerNode(ctx, cs, n); err != nil {
-			return err
+		if !n.Unregistered {
+			if err := createNode(ctx, cs, n, nodeObject(n)); err != nil {
+				return err
+			}
 		}
 		n.Kubeconfig = filepath.Join(n.Dir, "kubeconfig")
 		if _, err := cp.ServiceAccountKubeconfig(ctx, agentNamespace, agentServiceAccount, n.Kubeconfig, 24*time.Hour); err != nil {
@@ -133,20 +135,38 @@ func (l *Lab) kubeConfig() (*rest.Config, error) {
 	return cfg, nil
 }
 
-// RegisterNode creates node n's Node object, as its kubelet would on
+// RegisterNode creates node i's Node object, as its kubelet would on
 // start: its InternalIP and the OS label the DaemonSet's affinity wants.
 func (l *Lab) RegisterNode(ctx context.Context, i int) error {
+	return l.CreateNode(ctx, i, l.NodeObject(i))
+}
+
+// NodeObject is the Node object RegisterNode creates for node i, for a
+// caller that wants to register a different one (CreateNode).
+func (l *Lab) NodeObject(i int) *corev1.Node { return nodeObject(l.node(i)) }
+
+// CreateNode registers node as node i's Node object; node's name must be
+// node i's.
+func (l *Lab) CreateNode(ctx context.Context, i int, node *corev1.Node) error {
+	n := l.node(i)
+	if node.Name != n.Name {
+		return fmt.Errorf("node %d is Node %s, not %s", i, n.Name, node.Name)
+	}
 	cs, err := l.KubeClient()
 	if err != nil {
 		return err
 	}
-	return registerNode(ctx, cs, l.node(i))
+	if err := createNode(ctx, cs, n, node); err != nil {
+		return err
+	}
+	n.Unregistered = false
+	return l.save()
 }
 
-func registerNode(ctx context.Context, cs kubernetes.Interface, n *Node) error {
+func nodeObject(n *Node) *corev1.Node {
 	// As kubelet's registration, with the status in the create: the
 	// controller-manager writes the podCIDR as soon as the Node exists.
-	node := &corev1.Node{
+	return &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   n.Name,
 			Labels: map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/hostname": n.Name},
@@ -156,6 +176,9 @@ func registerNode(ctx context.Context, cs kubernetes.Interface, n *Node) error {
 			{Type: corev1.NodeHostName, Address: n.Name},
 		}},
 	}
+}
+
+func createNode(ctx context.Context, cs kubernetes.Interface, n *Node, node *corev1.Node) error {
 	_, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("node %d: register Node %s: %w", n.Index, n.Name, err)
@@ -173,7 +196,8 @@ func (l *Lab) DeleteNode(ctx context.Context, i int) error {
 	if err := cs.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("node %d: delete Node %s: %w", i, n.Name, err)
 	}
-	return nil
+	n.Unregistered = true
+	return l.save()
 }
 
 // Where the agents' ServiceAccount lives: the manifest's.

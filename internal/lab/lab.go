@@ -68,6 +68,12 @@ type Options struct {
 	Backend     string // vxlan, host-gw or udp
 	Network     string // cluster network CIDR
 	Store       string // StoreEtcd (default) or StoreKube
+	// LateNodes, with StoreKube, are how many of the last nodes join
+	// later: Up lays out their namespaces and kubeconfigs but neither
+	// registers their Node objects nor starts their agents nor gives them
+	// pods (RegisterNode, StartAgent and AddPod do, as a node joining a
+	// cluster would).
+	LateNodes int
 	// KubeBinDir holds kube-apiserver and kube-controller-manager for
 	// StoreKube; default kubecp.DefaultBinDir().
 	KubeBinDir string
@@ -123,19 +129,23 @@ type State struct {
 
 // Node is one weft node: a namespace with eth0 on the underlay and a weftd.
 type Node struct {
-	Index      int          `json:"index"` // 1-based
-	NS         string       `json:"ns"`
-	Name       string       `json:"name"` // the Node object's name, with StoreKube
-	Kubeconfig string       `json:"kubeconfig,omitempty"`
-	PublicIP   netip.Addr   `json:"publicIP"`
-	Subnet     netip.Prefix `json:"subnet,omitzero"` // FLANNEL_SUBNET once known
-	Dir        string       `json:"dir"`
-	SubnetFile string       `json:"subnetFile"`
-	Log        string       `json:"log"`
-	PIDFile    string       `json:"pidFile"`
-	CNIDataDir string       `json:"cniDataDir"`
-	CNICache   string       `json:"cniCacheDir"`
-	Pods       []Pod        `json:"pods"`
+	Index      int    `json:"index"` // 1-based
+	NS         string `json:"ns"`
+	Name       string `json:"name"` // the Node object's name, with StoreKube
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// Unregistered, with StoreKube: its Node object is not in the API
+	// server, not yet (Options.LateNodes) or no longer (DeleteNode).
+	// WaitReady and Check leave it out.
+	Unregistered bool         `json:"unregistered,omitempty"`
+	PublicIP     netip.Addr   `json:"publicIP"`
+	Subnet       netip.Prefix `json:"subnet,omitzero"` // FLANNEL_SUBNET once known
+	Dir          string       `json:"dir"`
+	SubnetFile   string       `json:"subnetFile"`
+	Log          string       `json:"log"`
+	PIDFile      string       `json:"pidFile"`
+	CNIDataDir   string       `json:"cniDataDir"`
+	CNICache     string       `json:"cniCacheDir"`
+	Pods         []Pod        `json:"pods"`
 }
 
 // Pod is a pod namespace attached to a node's bridge by the CNI plugins.
@@ -203,6 +213,12 @@ func (o Options) withDefaults() (Options, error) {
 	case StoreEtcd, StoreKube:
 	default:
 		return o, fmt.Errorf("store %q: want %s or %s", o.Store, StoreEtcd, StoreKube)
+	}
+	if o.LateNodes != 0 && o.Store != StoreKube {
+		return o, fmt.Errorf("late nodes: only with store %s, where nodes join by their Node objects", StoreKube)
+	}
+	if o.LateNodes < 0 || o.LateNodes >= o.Nodes {
+		return o, fmt.Errorf("late nodes %d: must be 0..%d (at least one node joins at Up)", o.LateNodes, o.Nodes-1)
 	}
 	if o.Store == StoreKube && o.KubeBinDir == "" {
 		d, err := kubecp.DefaultBinDir()
@@ -298,6 +314,12 @@ func plan(o Options) State {
 			CNIDataDir: filepath.Join(dir, "cni", "data"),
 			CNICache:   filepath.Join(dir, "cni", "cache"),
 		}
+		if i > o.Nodes-o.LateNodes {
+			// Its pods come once it has joined (AddPod).
+			n.Unregistered = true
+			s.Nodes = append(s.Nodes, n)
+			continue
+		}
 		for j := 1; j <= o.PodsPerNode; j++ {
 			n.Pods = append(n.Pods, Pod{
 				Name:        fmt.Sprintf("n%dp%d", i, j),
@@ -332,10 +354,14 @@ func (l *Lab) node(i int) *Node {
 // EtcdEndpoint is the store's client URL, reachable from every node namespace.
 func (l *Lab) EtcdEndpoint() string { return l.State.EtcdEndpoint }
 
-// Pods returns every pod in node order.
+// Pods returns every pod in node order, but for those of Unregistered
+// nodes: no longer in the cluster, they are not expected to answer.
 func (l *Lab) Pods() []Pod {
 	var ps []Pod
 	for _, n := range l.Nodes {
+		if n.Unregistered {
+			continue
+		}
 		ps = append(ps, n.Pods...)
 	}
 	return ps

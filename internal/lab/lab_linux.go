@@ -79,6 +79,9 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 		}
 	}
 	for i := range l.Nodes {
+		if l.Nodes[i].Unregistered {
+			continue // a late node: its agent starts when it joins
+		}
 		if err := l.StartAgent(ctx, i+1); err != nil {
 			return l, err
 		}

@@ -233,3 +233,33 @@ func TestRemoveAllBut(t *testing.T) {
 		t.Errorf("left %s", got)
 	}
 }
+
+func TestPlanLateNodes(t *testing.T) {
+	for _, o := range []Options{
+		{Nodes: 3, LateNodes: 1, BinDir: "/b"},                                     // etcd: nodes join by lease, not by Node
+		{Nodes: 3, LateNodes: 3, Store: StoreKube, KubeBinDir: "/k", BinDir: "/b"}, // nobody at Up
+		{Nodes: 3, LateNodes: -1, Store: StoreKube, KubeBinDir: "/k", BinDir: "/b"},
+	} {
+		if _, err := o.withDefaults(); err == nil {
+			t.Errorf("%+v: accepted", o)
+		}
+	}
+	o, err := Options{Name: "weft-abc123", Nodes: 3, LateNodes: 1, PodsPerNode: 2, Store: StoreKube, KubeBinDir: "/k", BinDir: "/b"}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &Lab{State: plan(o)}
+	for _, n := range l.Nodes {
+		late := n.Index == 3
+		if n.Unregistered != late || (len(n.Pods) == 0) != late {
+			t.Errorf("node %d: unregistered %v with %d pods", n.Index, n.Unregistered, len(n.Pods))
+		}
+	}
+	if got := len(l.Pods()); got != 4 {
+		t.Errorf("%d pods, want the 4 of the joined nodes", got)
+	}
+	l.Nodes[1].Unregistered = true // as after DeleteNode
+	if got := len(l.Pods()); got != 2 {
+		t.Errorf("%d pods after node 2 left, want 2", got)
+	}
+}

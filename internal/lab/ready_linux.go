@@ -28,6 +28,9 @@ func (l *Lab) WaitReady(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(l.Nodes))
 	for i := range l.Nodes {
+		if l.Nodes[i].Unregistered {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -39,6 +42,9 @@ func (l *Lab) WaitReady(ctx context.Context) error {
 		return err
 	}
 	for i := range l.Nodes {
+		if l.Nodes[i].Unregistered {
+			continue
+		}
 		if err := l.waitRoutes(ctx, &l.Nodes[i]); err != nil {
 			return err
 		}
@@ -99,7 +105,7 @@ func (l *Lab) waitRoutes(ctx context.Context, n *Node) error {
 		want = append(want, netip.MustParsePrefix(l.Network).Masked())
 	} else {
 		for _, o := range l.Nodes {
-			if o.Index != n.Index && o.Subnet.IsValid() {
+			if o.Index != n.Index && o.Subnet.IsValid() && !o.Unregistered {
 				want = append(want, o.Subnet.Masked())
 			}
 		}

@@ -33,3 +33,10 @@ func (l *Lab) Readyz(ctx context.Context, i int) (int, string, error) {
 	n := l.node(i)
 	return httpGetInNS(ctx, n.NS, net.JoinHostPort("127.0.0.1", strconv.Itoa(healthzPort)), readyPath)
 }
+
+// Healthz asks node i's agent for /healthz and returns the status code and
+// the start of the body.
+func (l *Lab) Healthz(ctx context.Context, i int) (int, string, error) {
+	n := l.node(i)
+	return httpGetInNS(ctx, n.NS, net.JoinHostPort("127.0.0.1", strconv.Itoa(healthzPort)), "/healthz")
+}
