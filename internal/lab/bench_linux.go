@@ -21,7 +21,7 @@ func Benchmarks() []Benchmark {
 			Run:           benchThroughput,
 		},
 		{Name: "cni", Run: benchCNI},
-		agentBenchmark(), udpBenchmark(),
+		agentBenchmark(), kubeBenchmark(), udpBenchmark(),
 	}
 }
 
