@@ -330,7 +330,10 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 
 // configSource names where the config is read from, for logs.
 func (d *daemon) configSource() string {
-	if d.o.NetConfigFile != "" {
+	switch {
+	case d.o.KubeSubnetMgr:
+		return d.o.NetConfigPath
+	case d.o.NetConfigFile != "":
 		return d.o.NetConfigFile
 	}
 	return "etcd key " + d.o.EtcdPrefix + "/config"

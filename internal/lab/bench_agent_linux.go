@@ -331,6 +331,7 @@ func pollRoutes(ctx context.Context, h *netlinkx.Handle, want map[netip.Prefix]b
 // benchNode is a node namespace outside the lab's plan, on its underlay.
 type benchNode struct {
 	ns, dir, log string
+	addr         netip.Addr // eth0's, on the underlay
 }
 
 // addBenchNode makes node len(Nodes)+1: a namespace named as the lab's
@@ -341,7 +342,7 @@ func (l *Lab) addBenchNode(ctx context.Context) (*benchNode, error) {
 	if i >= 254 {
 		return nil, fmt.Errorf("lab %s: no address left for a bench node", l.Name)
 	}
-	n := &benchNode{ns: fmt.Sprintf("%s-n%d", l.Name, i), dir: filepath.Join(l.Dir, "bench-n"+strconv.Itoa(i))}
+	n := &benchNode{ns: fmt.Sprintf("%s-n%d", l.Name, i), dir: filepath.Join(l.Dir, "bench-n"+strconv.Itoa(i)), addr: netip.AddrFrom4([4]byte{192, 0, 2, byte(i)})}
 	n.log = filepath.Join(n.dir, "weftd.log")
 	if err := os.MkdirAll(n.dir, 0o755); err != nil {
 		return nil, err
@@ -350,7 +351,7 @@ func (l *Lab) addBenchNode(ctx context.Context) (*benchNode, error) {
 	if err := addNS(ctx, n.ns); err != nil {
 		return nil, err
 	}
-	if err := plugIn(l.UnderlayNS, port, n.ns, netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 24)); err != nil {
+	if err := plugIn(l.UnderlayNS, port, n.ns, netip.PrefixFrom(n.addr, 24)); err != nil {
 		n.remove(ctx)
 		return nil, err
 	}

@@ -20,7 +20,7 @@ func Benchmarks() []Benchmark {
 			Run:           benchThroughput,
 		},
 		{Name: "cni", Run: benchCNI},
-		agentBenchmark(), udpBenchmark(),
+		agentBenchmark(), kubeBenchmark(), udpBenchmark(),
 	}
 }
 
