@@ -8,14 +8,20 @@ package kube
 import (
 	"bufio"
 	"bytes"
+	"context"
 	_ "embed"
 	"errors"
 	"fmt"
 	"io"
 
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 )
 
@@ -56,6 +62,37 @@ func decode(manifest []byte) ([]runtime.Object, error) {
 		}
 		out = append(out, obj)
 	}
+}
+
+// ApplyAgentRBAC creates the manifest's Namespace, ServiceAccount,
+// ClusterRole and ClusterRoleBinding: the agents' identity and rights, as
+// `kubectl apply -f weft.yml` gives them. The lab and the tests make
+// the agents' files and processes themselves. Objects that exist are left
+// as they are.
+func ApplyAgentRBAC(ctx context.Context, cs kubernetes.Interface) error {
+	objs, err := Objects()
+	if err != nil {
+		return err
+	}
+	for _, obj := range objs {
+		var err error
+		switch o := obj.(type) {
+		case *corev1.Namespace:
+			_, err = cs.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
+		case *corev1.ServiceAccount:
+			_, err = cs.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+		case *rbacv1.ClusterRole:
+			_, err = cs.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
+		case *rbacv1.ClusterRoleBinding:
+			_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+		default:
+			continue
+		}
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("weft.yml %T: %w", obj, err)
+		}
+	}
+	return nil
 }
 
 // stripComments drops whole-line comments, so that a document of comments

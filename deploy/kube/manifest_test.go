@@ -117,7 +117,6 @@ func loadManifest(t *testing.T) *manifest {
 	return m
 }
 
-
 // makeVar asks make for the value of a Makefile target's output.
 func makeVar(t *testing.T, target string) string {
 	t.Helper()

@@ -26,30 +26,22 @@ import (
 // ClusterRole and ClusterRoleBinding, and returns the ClusterRole.
 func applyManifestRBAC(t *testing.T, ctx context.Context, cs kubernetes.Interface) *rbacv1.ClusterRole {
 	t.Helper()
+	if err := kubemanifest.ApplyAgentRBAC(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	var name string
 	objs, err := kubemanifest.Objects()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var role *rbacv1.ClusterRole
 	for _, obj := range objs {
-		switch o := obj.(type) {
-		case *corev1.Namespace:
-			_, err = cs.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
-		case *corev1.ServiceAccount:
-			_, err = cs.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRole:
-			role, err = cs.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRoleBinding:
-			_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-		default:
-			continue
-		}
-		if err != nil {
-			t.Fatalf("weft.yml %T: %v", obj, err)
+		if r, ok := obj.(*rbacv1.ClusterRole); ok {
+			name = r.Name
 		}
 	}
-	if role == nil {
-		t.Fatal("weft.yml has no ClusterRole")
+	role, err := cs.RbacV1().ClusterRoles().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("weft.yml's ClusterRole %q: %v", name, err)
 	}
 	return role
 }

@@ -120,36 +120,10 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	for _, f := range fakes {
 		want[f.Subnet] = true
 	}
-	o.progress("  starting weftd on %s", node.ns)
-	start := time.Now()
-	pid, err := startDetached(node.ns, filepath.Join(l.BinDir, "weftd"), args, nil, node.log)
+	pid, startup, selfNote, err := startTimed(ctx, filepath.Join(l.BinDir, "weftd"), node, args, nil, "leases", want, events, overflow, h, o)
 	if err != nil {
 		return nil, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	allAt, how, err := waitRoutesAt(wctx, events, overflow, h, want, pid)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("weftd with %d leases: %w; last lines of %s:\n%s", len(fakes), err, node.log, tail(node.log, 10))
-	}
-	startup := allAt.Sub(start)
-	o.progress("  %d routes %s after start (%s)", len(fakes), startup.Round(time.Millisecond), how)
-	// The agent's own figure, which it logs once ready.
-	var selfNote string
-	_ = poll(ctx, 50*time.Millisecond, func() error {
-		data, err := os.ReadFile(node.log)
-		if err != nil {
-			return err
-		}
-		if n, d, ok := parseProgrammed(data); ok {
-			selfNote = fmt.Sprintf("; agent logs \"programmed %d leases in %s\"", n, d)
-			return nil
-		}
-		if time.Since(allAt) > 5*time.Second {
-			return permanent(errors.New("no figure"))
-		}
-		return errors.New("not yet")
-	})
 
 	// One lease at a time, each added to a quiet agent.
 	var lat, puts []time.Duration
@@ -271,6 +245,45 @@ func parallel(ctx context.Context, n, width int, f func(i int) error) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// startTimed starts weftd (the binary's path) on node with args and env, waits until every
+// route of want is in node's kernel (what the agent's start costs), and
+// returns its pid, that time, and the agent's own figure as a note. what
+// names the leases for errors.
+func startTimed(ctx context.Context, weftd string, node *benchNode, args, env []string, what string, want map[netip.Prefix]bool,
+	events <-chan netlinkx.RouteEvent, overflow <-chan error, h *netlinkx.Handle, o BenchOptions) (int, time.Duration, string, error) {
+	o.progress("  starting weftd on %s", node.ns)
+	start := time.Now()
+	pid, err := startDetached(node.ns, weftd, args, env, node.log)
+	if err != nil {
+		return 0, 0, "", err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	allAt, how, err := waitRoutesAt(wctx, events, overflow, h, want, pid)
+	cancel()
+	if err != nil {
+		return 0, 0, "", fmt.Errorf("weftd with %d %s: %w; last lines of %s:\n%s", len(want), what, err, node.log, tail(node.log, 10))
+	}
+	startup := allAt.Sub(start)
+	o.progress("  %d routes %s after start (%s)", len(want), startup.Round(time.Millisecond), how)
+	// The agent's own figure, which it logs once ready.
+	var selfNote string
+	_ = poll(ctx, 50*time.Millisecond, func() error {
+		data, err := os.ReadFile(node.log)
+		if err != nil {
+			return err
+		}
+		if n, d, ok := parseProgrammed(data); ok {
+			selfNote = fmt.Sprintf("; agent logs \"programmed %d leases in %s\"", n, d)
+			return nil
+		}
+		if time.Since(allAt) > 5*time.Second {
+			return permanent(errors.New("no figure"))
+		}
+		return errors.New("not yet")
+	})
+	return pid, startup, selfNote, nil
 }
 
 // waitRoutesAt waits until every prefix in want has been added as a route

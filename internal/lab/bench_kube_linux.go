@@ -4,8 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
+	kubemanifest "github.com/weft-net/weft/deploy/kube"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -132,7 +132,7 @@ func benchKube(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := applyAgentRBAC(ctx, cs); err != nil {
+	if err := kubemanifest.ApplyAgentRBAC(ctx, cs); err != nil {
 		return nil, err
 	}
 
@@ -212,35 +212,10 @@ func benchKube(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	for _, f := range fakes {
 		want[f.Subnet] = true
 	}
-	o.progress("  starting weftd --kube-subnet-mgr on %s", node.ns)
-	start := time.Now()
-	pid, err := startDetached(node.ns, filepath.Join(l.BinDir, "weftd"), args, []string{"NODE_NAME=" + selfName}, node.log)
+	pid, startup, selfNote, err := startTimed(ctx, filepath.Join(l.BinDir, "weftd"), node, args, []string{"NODE_NAME=" + selfName}, "Nodes", want, events, overflow, h, o)
 	if err != nil {
 		return nil, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	allAt, how, err := waitRoutesAt(wctx, events, overflow, h, want, pid)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("weftd with %d Nodes: %w; last lines of %s:\n%s", len(fakes), err, node.log, tail(node.log, 10))
-	}
-	startup := allAt.Sub(start)
-	o.progress("  %d routes %s after start (%s)", len(fakes), startup.Round(time.Millisecond), how)
-	var selfNote string
-	_ = poll(ctx, 50*time.Millisecond, func() error {
-		data, err := os.ReadFile(node.log)
-		if err != nil {
-			return err
-		}
-		if n, d, ok := parseProgrammed(data); ok {
-			selfNote = fmt.Sprintf("; agent logs \"programmed %d leases in %s\"", n, d)
-			return nil
-		}
-		if time.Since(allAt) > 5*time.Second {
-			return permanent(errors.New("no figure"))
-		}
-		return errors.New("not yet")
-	})
 	// Time single events on a quiet agent: once the start-up's own work
 	// (its annotations, its NetworkUnavailable condition, the GC after the
 	// node list) is over.

@@ -13,7 +13,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -92,7 +91,7 @@ func (l *Lab) startKube(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := applyAgentRBAC(ctx, cs); err != nil {
+	if err := kubemanifest.ApplyAgentRBAC(ctx, cs); err != nil {
 		return err
 	}
 	if err := os.WriteFile(l.NetConfFile, []byte(l.networkConfig()+"\n"), 0o644); err != nil {
@@ -205,33 +204,3 @@ const (
 	agentNamespace      = kubemanifest.Namespace
 	agentServiceAccount = kubemanifest.ServiceAccount
 )
-
-// applyAgentRBAC creates the manifest's Namespace, ServiceAccount,
-// ClusterRole and ClusterRoleBinding: the agents' identity and rights, as
-// `kubectl apply -f weft.yml` gives them. The ConfigMap and DaemonSet are
-// the lab's own processes and files.
-func applyAgentRBAC(ctx context.Context, cs kubernetes.Interface) error {
-	objs, err := kubemanifest.Objects()
-	if err != nil {
-		return err
-	}
-	for _, obj := range objs {
-		var err error
-		switch o := obj.(type) {
-		case *corev1.Namespace:
-			_, err = cs.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
-		case *corev1.ServiceAccount:
-			_, err = cs.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRole:
-			_, err = cs.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRoleBinding:
-			_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-		default:
-			continue
-		}
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("weft.yml %T: %w", obj, err)
-		}
-	}
-	return nil
-}
