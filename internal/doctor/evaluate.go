@@ -237,7 +237,7 @@ func (e *eval) leasesCheck() {
 	if margin <= 0 {
 		margin = agentopts.DefaultRenewMargin
 	}
-	var garbage, outside, expired, soon, dups []string
+	var garbage, outside, expired, soon []string
 	reservations := 0
 	byIP := map[netip.Addr][]string{}
 	for _, r := range s.Leases {
@@ -274,13 +274,7 @@ func (e *eval) leasesCheck() {
 		e.leases = append(e.leases, l)
 	}
 	e.leasesOK = true
-	for ip, keys := range byIP {
-		if len(keys) > 1 {
-			slices.Sort(keys)
-			dups = append(dups, fmt.Sprintf("%s holds %s", ip, strings.Join(keys, ", ")))
-		}
-	}
-	slices.Sort(dups)
+	dups := sharedPublicIPs(byIP, "holds")
 
 	msg := plural(len(s.Leases), "lease", "leases")
 	if reservations > 0 {
@@ -375,5 +369,19 @@ func (e *eval) leasesOf(ip netip.Addr) []lease.Lease {
 			out = append(out, l)
 		}
 	}
+	return out
+}
+
+// sharedPublicIPs lists, sorted, each public IP that more than one holder
+// (a lease key, a Node) names: "<ip> <verb> <holders>".
+func sharedPublicIPs(byIP map[netip.Addr][]string, verb string) []string {
+	var out []string
+	for ip, holders := range byIP {
+		if len(holders) > 1 {
+			slices.Sort(holders)
+			out = append(out, fmt.Sprintf("%s %s %s", ip, verb, strings.Join(holders, ", ")))
+		}
+	}
+	slices.Sort(out)
 	return out
 }

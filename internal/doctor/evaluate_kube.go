@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
-	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -202,7 +201,7 @@ func (e *eval) kubeLeases() {
 		e.add("leases", Skip, fmt.Sprintf("%s not read into leases: needs a valid net-conf", plural(len(k.Nodes), "node", "nodes")), "")
 		return
 	}
-	var noCIDR, garbage, outside, dups []string
+	var noCIDR, garbage, outside []string
 	unmanaged := 0
 	byIP := map[netip.Addr][]string{}
 	for i := range k.Nodes {
@@ -231,13 +230,7 @@ func (e *eval) kubeLeases() {
 		e.leases = append(e.leases, l)
 	}
 	e.leasesOK = true
-	for ip, names := range byIP {
-		if len(names) > 1 {
-			slices.Sort(names)
-			dups = append(dups, fmt.Sprintf("%s is published by %s", ip, strings.Join(names, ", ")))
-		}
-	}
-	slices.Sort(dups)
+	dups := sharedPublicIPs(byIP, "is published by")
 
 	msg := fmt.Sprintf("%s, %d publish leases (kube-subnet-manager=true)", plural(len(k.Nodes), "node", "nodes"), len(e.leases))
 	if unmanaged > 0 {
