@@ -37,30 +37,14 @@ func TestVXLANScenarios(t *testing.T) {
 	})
 	e.converged(ctx, 10*time.Second)
 
-	for _, s := range []struct {
-		name string
-		run  func(*testing.T, context.Context, *env)
-	}{
+	runScenarios(t, ctx, e, e, []scenario[*env]{
 		{"RestartKeepsSubnetAndTraffic", testRestart},
 		{"DeletedDeviceAndRouteHeal", testHeal},
 		{"DeletedLease", testDeletedLease},
 		{"GarbageLease", testGarbageLease},
 		{"BadConfig", testBadConfig},
 		{"PoolExhausted", testPoolExhausted},
-	} {
-		ok := t.Run(s.name, func(t *testing.T) {
-			parent := e.t
-			e.t = t
-			defer func() { e.t = parent }()
-			s.run(t, ctx, e)
-			e.mesh(ctx)
-		})
-		if !ok {
-			// The lab may be left broken; later scenarios would only
-			// report that.
-			t.Fatalf("scenario %s failed; skipping the rest", s.name)
-		}
-	}
+	})
 }
 
 // An agent stopped with SIGTERM exits 0 and, started again, keeps its

@@ -282,6 +282,12 @@ func containsFunc[T any](s []T, f func(T) bool) bool {
 // waitFor calls f every 50 ms until it returns nil or within has passed,
 // and returns how long it took.
 func waitFor(ctx context.Context, within time.Duration, f func() error) (time.Duration, error) {
+	return waitEvery(ctx, 50*time.Millisecond, within, f)
+}
+
+// waitEvery calls f every `every` until it returns nil or within has
+// passed, and returns how long it took.
+func waitEvery(ctx context.Context, every, within time.Duration, f func() error) (time.Duration, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
@@ -293,7 +299,32 @@ func waitFor(ctx context.Context, within time.Duration, f func() error) (time.Du
 		select {
 		case <-ctx.Done():
 			return time.Since(start), fmt.Errorf("after %s: %w", time.Since(start).Round(time.Millisecond), err)
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(every):
+		}
+	}
+}
+
+// scenario is one step of an end-to-end test run on a shared lab.
+type scenario[E any] struct {
+	name string
+	run  func(*testing.T, context.Context, E)
+}
+
+// runScenarios runs each scenario as a subtest on the lab of base (e is
+// base or an environment around it), checks the full mesh after each, and
+// stops at the first failure: the lab may be left broken, and later
+// scenarios would only report that.
+func runScenarios[E any](t *testing.T, ctx context.Context, base *env, e E, ss []scenario[E]) {
+	for _, s := range ss {
+		ok := t.Run(s.name, func(t *testing.T) {
+			parent := base.t
+			base.t = t
+			defer func() { base.t = parent }()
+			s.run(t, ctx, e)
+			base.mesh(ctx)
+		})
+		if !ok {
+			t.Fatalf("scenario %s failed; skipping the rest", s.name)
 		}
 	}
 }

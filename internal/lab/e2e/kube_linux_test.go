@@ -162,24 +162,10 @@ func TestKubeVXLAN(t *testing.T) {
 	e := upKubeLab(t, ctx, lab.Options{Nodes: 4, LateNodes: 1, PodsPerNode: 1, Backend: "vxlan"})
 	e.converged(ctx, 10*time.Second)
 	e.mesh(ctx)
-	for _, s := range []struct {
-		name string
-		run  func(*testing.T, context.Context, *kubeEnv)
-	}{
+	runScenarios(t, ctx, e.env, e, []scenario[*kubeEnv]{
 		{"RestartKeepsSubnetAndVtepMAC", testKubeRestart},
 		{"NodeJoinsAndLeaves", testKubeJoinLeave},
-	} {
-		ok := t.Run(s.name, func(t *testing.T) {
-			parent := e.t
-			e.t = t
-			defer func() { e.t = parent }()
-			s.run(t, ctx, e)
-			e.mesh(ctx)
-		})
-		if !ok {
-			t.Fatalf("scenario %s failed; skipping the rest", s.name)
-		}
-	}
+	})
 }
 
 // The agent restarted keeps its subnet (the podCIDR) and its VtepMAC (the
@@ -420,24 +406,6 @@ func testKubeJoinLeave(t *testing.T, ctx context.Context, e *kubeEnv) {
 	t.Logf("node %d deleted: route, neighbour and FDB entry gone from nodes %v after %v (worst %s)", i, others, roundAll(goneAt), worst.Round(time.Millisecond))
 	if worst > leaveTarget {
 		t.Errorf("deleted node's route, neighbour and FDB entry gone after %s, want ≤ %s", worst.Round(time.Millisecond), leaveTarget)
-	}
-}
-
-// waitEvery is waitFor with its own poll interval.
-func waitEvery(ctx context.Context, every, within time.Duration, f func() error) (time.Duration, error) {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, within)
-	defer cancel()
-	for {
-		err := f()
-		if err == nil {
-			return time.Since(start), nil
-		}
-		select {
-		case <-ctx.Done():
-			return time.Since(start), fmt.Errorf("after %s: %w", time.Since(start).Round(time.Millisecond), err)
-		case <-time.After(every):
-		}
 	}
 }
 
