@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
@@ -159,7 +158,7 @@ func (s *Store) patchAnnotations(ctx context.Context, changes map[string]string)
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	_, err = s.client.CoreV1().Nodes().Patch(ctx, s.nodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+	err = s.client.patchNodeStatus(ctx, s.nodeName, patch)
 	if err != nil {
 		return apiErr("patch nodes/status of node "+s.nodeName, "nodes/status patch", err)
 	}
@@ -207,7 +206,7 @@ func (s *Store) Complete(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.client.CoreV1().Nodes().Patch(ctx, s.nodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
+	if err := s.client.patchNodeStatus(ctx, s.nodeName, patch); err != nil {
 		return apiErr("set NetworkUnavailable=False on node "+s.nodeName+" (patch nodes/status)", "nodes/status patch", err)
 	}
 	s.log.Info("node condition NetworkUnavailable=False", "node", s.nodeName)
@@ -253,7 +252,7 @@ func (s *Store) ownAnnotations(ctx context.Context) (map[string]string, error) {
 	if s.informer.HasSynced() {
 		return nil, nil
 	}
-	n, err := s.client.CoreV1().Nodes().Get(ctx, s.nodeName, metav1.GetOptions{})
+	n, err := s.client.getNode(ctx, s.nodeName)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}

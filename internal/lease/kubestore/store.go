@@ -31,8 +31,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1informers "k8s.io/client-go/informers/core/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
@@ -144,7 +142,7 @@ type Store struct {
 	o        Options
 	log      *slog.Logger
 	keys     kubeannot.Keys
-	client   kubernetes.Interface
+	client   *coreClient
 	nodeName string
 	informer cache.SharedIndexInformer
 
@@ -184,14 +182,14 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	// JSON in a large cluster. Patches keep their JSON patch types.
 	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := newCoreClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, err
 	}
 	return open(ctx, client, keys, o)
 }
 
-func open(ctx context.Context, client kubernetes.Interface, keys kubeannot.Keys, o Options) (*Store, error) {
+func open(ctx context.Context, client *coreClient, keys kubeannot.Keys, o Options) (*Store, error) {
 	s := &Store{o: o, log: o.Logger, keys: keys, client: client, own: make(chan struct{})}
 	name, err := s.resolveNodeName(ctx)
 	if err != nil {
@@ -202,7 +200,7 @@ func open(ctx context.Context, client kubernetes.Interface, keys kubeannot.Keys,
 	// No resync: Watch compares every event with what it reported, and
 	// the agent reconciles the datapath on its own timer, so replaying
 	// unchanged nodes every few minutes (flannel: 5) adds nothing.
-	s.informer = corev1informers.NewNodeInformer(client, 0, cache.Indexers{})
+	s.informer = cache.NewSharedIndexInformer(client.nodeListWatch(), &corev1.Node{}, 0, cache.Indexers{})
 	if err := s.informer.SetTransform(s.strip); err != nil {
 		return nil, fmt.Errorf("node informer: %w", err)
 	}
@@ -259,7 +257,7 @@ func (s *Store) resolveNodeName(ctx context.Context) (string, error) {
 		return "", errors.New("cannot tell which node this is: NODE_NAME is not set, nor are both POD_NAME and POD_NAMESPACE")
 	}
 	what := fmt.Sprintf("get pod %s/%s to learn the node name", s.o.PodNamespace, s.o.PodName)
-	pod, err := s.client.CoreV1().Pods(s.o.PodNamespace).Get(ctx, s.o.PodName, metav1.GetOptions{})
+	pod, err := s.client.getPod(ctx, s.o.PodNamespace, s.o.PodName)
 	if err != nil {
 		return "", apiErr(what, "pods get (or set NODE_NAME)", err)
 	}
