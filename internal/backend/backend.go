@@ -7,6 +7,7 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/netip"
 
@@ -75,6 +76,20 @@ type Backend interface {
 	// kernel state in place so that pods keep talking across a restart.
 	Close() error
 }
+
+// Updater is a Backend that can apply a few lease changes in time
+// proportional to them, however large the cluster: no lease set to walk,
+// no kernel table to dump.
+type Updater interface {
+	// Update applies evs, the watch's events since the previous Reconcile
+	// or Update, in order. It returns ErrStale when it has nothing
+	// reconciled to apply them to (no successful Reconcile for own since
+	// its last failure); the caller then reconciles in full.
+	Update(ctx context.Context, own lease.Lease, evs []lease.Event) error
+}
+
+// ErrStale is Update's answer when only a Reconcile will do.
+var ErrStale = errors.New("no reconciled state to update")
 
 // MetricsExporter is implemented by a backend that has metrics of its own
 // (the udp datapath's counters). The agent registers the collectors on

@@ -68,6 +68,23 @@ type SkipLog struct {
 	last map[netip.Prefix]string
 }
 
+// Set records one lease's verdict, logging it when it is a new reason; a
+// nil err (programmed, or gone) forgets the lease.
+func (s *SkipLog) Set(log *slog.Logger, subnet netip.Prefix, err error) {
+	if err == nil {
+		delete(s.last, subnet)
+		return
+	}
+	msg := err.Error()
+	if s.last[subnet] != msg {
+		log.Warn("lease not programmed", "subnet", subnet, "reason", msg)
+	}
+	if s.last == nil {
+		s.last = map[netip.Prefix]string{}
+	}
+	s.last[subnet] = msg
+}
+
 // Report logs the errors in errs not reported by the previous call, and
 // forgets leases no longer skipped.
 func (s *SkipLog) Report(log *slog.Logger, errs []*LeaseError) {

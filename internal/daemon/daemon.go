@@ -666,13 +666,15 @@ func maskedOr(p netip.Prefix) netip.Prefix {
 }
 
 // applyBatches folds watch batches into the lease set and reports whether
-// our own lease was lost. A snapshot replaces the set.
-func (d *daemon) applyBatches(bs []batch) (full, lost bool) {
+// our own lease was lost. A snapshot replaces the set and asks for a full
+// reconcile; otherwise evs are the events, in order.
+func (d *daemon) applyBatches(bs []batch) (full, lost bool, evs []lease.Event) {
 	for _, b := range bs {
 		if b.snapshot {
 			d.leases = leaseSet{}
 			full = true
 		}
+		evs = append(evs, b.events...)
 		for _, ev := range b.events {
 			d.log.Debug("lease "+ev.Type.String(), "subnet", leaseName(ev.Lease), "public_ip", ev.Lease.Attrs.PublicIP, "backend", ev.Lease.Attrs.BackendType)
 		}
@@ -681,7 +683,7 @@ func (d *daemon) applyBatches(bs []batch) (full, lost bool) {
 		}
 	}
 	d.metrics.leases.Set(float64(len(d.leases)))
-	return full, lost
+	return full, lost, evs
 }
 
 // loop is the steady state: events, periodic full reconciles, renewals.
@@ -752,11 +754,14 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
 			d.log.Info("stopping; the datapath stays in place")
 			return nil
 		case b := <-events:
-			full, lost := d.applyBatches(drain(events, b))
+			full, lost, evs := d.applyBatches(drain(events, b))
 			if lost && !needAcquire {
 				d.log.Warn("our lease was removed or taken; acquiring again", "subnet", leaseName(d.own))
 				d.dropLease("lease " + leaseName(d.own) + " lost; acquiring again")
 				reacquire()
+				continue
+			}
+			if !full && !needFull && d.update(ctx, evs) {
 				continue
 			}
 			reconcile(full)
@@ -790,6 +795,33 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
 			scheduleRenew()
 		}
 	}
+}
+
+// update hands evs to a backend that applies changes on their own
+// (backend.Updater), in time that does not grow with the cluster. It
+// reports false when a reconcile must do it instead: another backend, no
+// reconciled state yet, or a failure.
+func (d *daemon) update(ctx context.Context, evs []lease.Event) bool {
+	u, ok := d.be.(backend.Updater)
+	if !ok || !d.configured {
+		return false
+	}
+	t0 := time.Now()
+	err := u.Update(ctx, d.own, evs)
+	if errors.Is(err, backend.ErrStale) {
+		return false
+	}
+	d.metrics.reconcileDur.WithLabelValues(modeIncremental).Observe(time.Since(t0).Seconds())
+	if err != nil {
+		d.metrics.reconcileErrs.WithLabelValues(modeIncremental).Inc()
+		if ctx.Err() == nil {
+			d.log.Error("update failed; reconciling instead", "events", len(evs), "err", err)
+		}
+		return false
+	}
+	d.metrics.lastReconcile.Set(unixSeconds(time.Now()))
+	d.log.Debug("updated", "events", len(evs), "took", time.Since(t0))
+	return true
 }
 
 // reconcile sets the datapath up for our lease if needed, then converges

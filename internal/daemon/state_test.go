@@ -87,12 +87,12 @@ func TestDrainCoalesces(t *testing.T) {
 	}
 	// One reconcile for the burst: the daemon applies all, then reconciles.
 	d := &daemon{leases: leaseSet{}, metrics: newMetrics(), log: discardLogger()}
-	full, lost := d.applyBatches(got)
-	if full || lost || len(d.leases) != 5 {
-		t.Errorf("full=%v lost=%v leases=%d", full, lost, len(d.leases))
+	full, lost, evs := d.applyBatches(got)
+	if full || lost || len(d.leases) != 5 || len(evs) != 5 {
+		t.Errorf("full=%v lost=%v leases=%d events=%d", full, lost, len(d.leases), len(evs))
 	}
 	// A snapshot in the burst replaces the set and asks for a full reconcile.
-	full, _ = d.applyBatches([]batch{{snapshot: true, events: []lease.Event{{Lease: mkLease("10.244.9.0/24", "192.0.2.9")}}}})
+	full, _, _ = d.applyBatches([]batch{{snapshot: true, events: []lease.Event{{Lease: mkLease("10.244.9.0/24", "192.0.2.9")}}}})
 	if !full || len(d.leases) != 1 {
 		t.Errorf("snapshot: full=%v leases=%d", full, len(d.leases))
 	}

@@ -44,16 +44,27 @@ func Desired(p Params, leases []lease.Lease) ([]netlinkx.Route, []*backend.Lease
 	var routes []netlinkx.Route
 	var skipped []*backend.LeaseError
 	for _, l := range sorted {
-		if l.Subnet == p.Own || !l.Subnet.IsValid() {
-			continue // ourselves, or an IPv6-only lease
-		}
-		if err := checkRemote(p, l); err != nil {
+		r, ok, err := route(p, l)
+		switch {
+		case err != nil:
 			skipped = append(skipped, &backend.LeaseError{Subnet: l.Subnet, Err: err})
-			continue
+		case ok:
+			routes = append(routes, r)
 		}
-		routes = append(routes, netlinkx.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: p.Underlay})
 	}
 	return routes, skipped
+}
+
+// route is the route to one remote lease, or why there is none; ok false
+// with no error when l is not a remote lease (ourselves, or IPv6-only).
+func route(p Params, l lease.Lease) (r netlinkx.Route, ok bool, err error) {
+	if l.Subnet == p.Own || !l.Subnet.IsValid() {
+		return r, false, nil
+	}
+	if err := checkRemote(p, l); err != nil {
+		return r, false, err
+	}
+	return netlinkx.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: p.Underlay}, true, nil
 }
 
 func checkRemote(p Params, l lease.Lease) error {

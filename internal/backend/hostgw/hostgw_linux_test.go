@@ -110,6 +110,24 @@ func TestThreeNodes(t *testing.T) {
 	if err := nodes[0].Pod.Ping(nodes[0].PodIP, nodes[1].PodIP); err != nil {
 		t.Fatal(err)
 	}
+
+	// Update, as watch events: node 2 leaves, a far node is refused, node
+	// 2 comes back with a new PublicIP's route.
+	if err := bs[0].Update(ctx, leases[0], []lease.Event{{Type: lease.Removed, Lease: leases[2]}, {Type: lease.Added, Lease: far}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := managed(t, a); !slices.Equal(got, want[:1]) || bs[0].Refused() != 1 {
+		t.Fatalf("after Update removing node 2: routes %v, want %v; refused %d", got, want[:1], bs[0].Refused())
+	}
+	if err := bs[0].Update(ctx, leases[0], []lease.Event{{Type: lease.Added, Lease: leases[2]}, {Type: lease.Removed, Lease: far}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := managed(t, a); !slices.Equal(got, want) || bs[0].Refused() != 0 {
+		t.Fatalf("after Update adding node 2: routes %v, want %v; refused %d", got, want, bs[0].Refused())
+	}
+	if err := nodes[0].Pod.Ping(nodes[0].PodIP, nodes[2].PodIP); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // managed lists the node's underlay routes inside 10.244.0.0/16.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -187,4 +189,123 @@ func BenchmarkDesired1000(b *testing.B) {
 			}
 		}
 	})
+}
+
+// kernelTables is a model of the three tables a vxlan node programs, by
+// the kernel's keys.
+type kernelTables struct {
+	routes map[netlinkx.RouteKey]netlinkx.Route
+	neighs map[netlinkx.NeighKey]netlinkx.Neigh
+	fdb    map[netlinkx.FDBKey]netlinkx.FDB
+}
+
+func tablesOf(st State) kernelTables {
+	k := kernelTables{map[netlinkx.RouteKey]netlinkx.Route{}, map[netlinkx.NeighKey]netlinkx.Neigh{}, map[netlinkx.FDBKey]netlinkx.FDB{}}
+	k.apply(State{}, st)
+	return k
+}
+
+// apply does what the backend's apply does to the kernel: Diff, then
+// delete and replace by key.
+func (k kernelTables) apply(before, after State) {
+	applyDiff(k.routes, before.Routes, after.Routes, netlinkx.Route.Key)
+	applyDiff(k.neighs, before.Neighs, after.Neighs, netlinkx.Neigh.Key)
+	applyDiff(k.fdb, before.FDB, after.FDB, netlinkx.FDB.Key)
+}
+
+func applyDiff[T comparable, K comparable](m map[K]T, before, after []T, key func(T) K) {
+	put, del := backend.Diff(before, after, key, nil)
+	for _, e := range del {
+		delete(m, key(e))
+	}
+	for _, e := range put {
+		m[key(e)] = e
+	}
+}
+
+// TestPlannerUpdate drives random event sequences (new, changed and
+// removed leases, duplicate VtepMACs, bad data, DirectRouting peers)
+// through Update, applies each before → after to a model of the kernel,
+// and checks it against a fresh Desired of the whole set every step.
+func TestPlannerUpdate(t *testing.T) {
+	p := params()
+	p.DirectRouting = true
+	rnd := rand.New(rand.NewPCG(1, 2))
+	randomLease := func() lease.Lease {
+		sn := fmt.Sprintf("10.244.%d.0/24", rnd.IntN(12))
+		pub := fmt.Sprintf("198.51.100.%d", 1+rnd.IntN(20))
+		if rnd.IntN(4) == 0 {
+			pub = fmt.Sprintf("192.0.2.%d", 2+rnd.IntN(5)) // on the underlay's segment: DirectRouting
+		}
+		data := fmt.Sprintf(`{"VNI":1,"VtepMAC":"02:00:00:00:00:%02x"}`, 1+rnd.IntN(6)) // MACs collide often
+		switch rnd.IntN(10) {
+		case 0:
+			data = `{"VNI":2,"VtepMAC":"02:00:00:00:00:09"}`
+		case 1:
+			data = `not json`
+		}
+		return vxLease(sn, pub, data)
+	}
+	for run := range 50 {
+		var pl Planner
+		set := map[string]lease.Lease{}
+		st, _ := pl.Desired(p, nil)
+		k := tablesOf(st)
+		for step := range 40 {
+			var evs []lease.Event
+			for range 1 + rnd.IntN(4) {
+				l := randomLease()
+				if old, ok := set[l.Key()]; ok && rnd.IntN(3) == 0 {
+					evs = append(evs, lease.Event{Type: lease.Removed, Lease: old})
+					delete(set, l.Key())
+					continue
+				}
+				set[l.Key()] = l
+				evs = append(evs, lease.Event{Type: lease.Added, Lease: l})
+			}
+			before, after, verdicts := pl.Update(evs)
+			k.apply(before, after)
+
+			want, skipped := Desired(p, slices.Collect(maps.Values(set)))
+			if got := tablesOf(want); !maps.Equal(k.routes, got.routes) || !maps.Equal(k.neighs, got.neighs) || !maps.Equal(k.fdb, got.fdb) {
+				t.Fatalf("run %d step %d: after %v the kernel holds\n%v\n%v\n%v\nbut Desired says\n%v\n%v\n%v",
+					run, step, evs, k.routes, k.neighs, k.fdb, got.routes, got.neighs, got.fdb)
+			}
+			// Every lease Desired skips and Update touched has that verdict.
+			skip := map[netip.Prefix]string{}
+			for _, e := range skipped {
+				skip[e.Subnet] = e.Err.Error()
+			}
+			for _, v := range verdicts {
+				if got := errString(v.Err); got != skip[v.Subnet] {
+					t.Fatalf("run %d step %d: verdict for %s %q, Desired says %q", run, step, v.Subnet, got, skip[v.Subnet])
+				}
+			}
+		}
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// BenchmarkUpdateOne5000 is the per-event cost with 5,000 nodes: one lease
+// added and removed again.
+func BenchmarkUpdateOne5000(b *testing.B) {
+	p := params()
+	p.Network, p.Own = pfx("10.0.0.0/8"), pfx("10.0.0.0/24")
+	var pl Planner
+	pl.Desired(p, manyLeases(0, 5000))
+	more := manyLeases(5000, 1)[0]
+	add := []lease.Event{{Type: lease.Added, Lease: more}}
+	del := []lease.Event{{Type: lease.Removed, Lease: more}}
+	for b.Loop() {
+		if _, after, _ := pl.Update(add); len(after.Routes) != 1 {
+			b.Fatalf("%d routes", len(after.Routes))
+		}
+		pl.Update(del)
+	}
 }

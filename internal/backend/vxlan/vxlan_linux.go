@@ -35,15 +35,19 @@ type Backend struct {
 	mac  netlinkx.MAC // published VtepMAC; a recreated device gets it again
 	link int          // ifindex of the device; 0 until known
 
-	// applied is the state the kernel was last converged to, the base of
-	// an incremental reconcile; nil forces the next one to be full.
-	applied *State
-	own     netip.Prefix // subnet applied was computed for
-	plan    Planner
-	skips   backend.SkipLog
+	// plan is the state the kernel was last converged to when synced, the
+	// base of an incremental reconcile and of Update; !synced forces the
+	// next reconcile to be full.
+	plan   Planner
+	synced bool
+	own    netip.Prefix // subnet plan was made for
+	skips  backend.SkipLog
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Updater = (*Backend)(nil)
+)
 
 // New returns the vxlan backend for p, programming the namespace of h.
 func New(p backend.Params, h *netlinkx.Handle, log *slog.Logger) (*Backend, error) {
@@ -132,25 +136,50 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 	if !own.Subnet.IsValid() {
 		return errors.New("vxlan: own lease has no IPv4 subnet")
 	}
-	if full || b.applied == nil || b.link == 0 || own.Subnet != b.own {
+	if full || !b.synced || b.link == 0 || own.Subnet != b.own {
 		return b.reconcileFull(ctx, own, leases)
 	}
+	have, _ := b.plan.State()
 	want, skipped := b.plan.Desired(b.params(own), leases)
 	b.skips.Report(b.log, skipped)
-	n, err := b.apply(*b.applied, want, nil, nil)
+	n, err := b.apply(have, want, nil, nil)
 	if err != nil {
-		b.applied = nil // the kernel is now somewhere in between: re-read it next time
+		b.synced = false // the kernel is now somewhere in between: re-read it next time
 		return fmt.Errorf("vxlan: %w", err)
 	}
-	b.applied = &want
 	if n > 0 {
 		b.log.Debug("reconciled", "changes", n, "leases", len(leases))
 	}
 	return nil
 }
 
+// Update implements backend.Updater: it plans evs against the lease set
+// of the previous call and writes just the entries they change (for a new
+// lease: a neighbour, an FDB entry and a route), reading nothing back.
+func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !b.synced || b.link == 0 || own.Subnet != b.own {
+		return backend.ErrStale
+	}
+	before, after, verdicts := b.plan.Update(evs)
+	for _, v := range verdicts {
+		b.skips.Set(b.log, v.Subnet, v.Err)
+	}
+	n, err := b.apply(before, after, nil, nil)
+	if err != nil {
+		b.synced = false
+		return fmt.Errorf("vxlan: %w", err)
+	}
+	if n > 0 {
+		b.log.Debug("updated", "changes", n, "events", len(evs))
+	}
+	return nil
+}
+
 func (b *Backend) reconcileFull(ctx context.Context, own lease.Lease, leases []lease.Lease) error {
-	b.applied = nil
+	b.synced = false
 	l, err := b.device(ctx)
 	if err != nil {
 		return err
@@ -178,7 +207,7 @@ func (b *Backend) reconcileFull(ctx context.Context, own lease.Lease, leases []l
 	if n > 0 {
 		b.log.Info("converged kernel state", "changes", n, "routes", len(want.Routes), "leases", len(leases))
 	}
-	b.applied, b.own = &want, own.Subnet
+	b.synced, b.own = true, own.Subnet
 	return nil
 }
 
@@ -314,7 +343,7 @@ func (b *Backend) device(ctx context.Context) (netlinkx.Link, error) {
 		}
 	}
 	if b.link != 0 && b.link != l.Attrs().Index {
-		b.applied = nil // entries hang off the old ifindex
+		b.synced = false // entries hang off the old ifindex
 	}
 	b.link = l.Attrs().Index
 	return l, nil
@@ -376,7 +405,7 @@ func (b *Backend) create() (netlinkx.Link, error) {
 		return nil, fmt.Errorf("vxlan: %w", err)
 	}
 	b.log.Info("created device", "mac", b.mac, "mtu", b.mtu, "vni", b.vni, "port", b.port, "local", b.p.Ext.Addr, "underlay", b.p.Ext.Name)
-	b.applied, b.link = nil, l.Attrs().Index
+	b.synced, b.link = false, l.Attrs().Index
 	return l, nil
 }
 

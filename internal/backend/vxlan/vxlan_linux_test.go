@@ -416,6 +416,41 @@ func TestThousandLeases(t *testing.T) {
 	if r, n, f := count(t, v); r != 999 || n != 999 || f != 999 {
 		t.Fatalf("after removing two: %d routes, %d neighbours, %d fdb entries; want 999 each", r, n, f)
 	}
+
+	// Update: the same change told as events, written without a dump.
+	extra := manyLeases(1000, 1)[0]
+	dumps = v.NS.H.Dumps()
+	t0 = time.Now()
+	if err := v.b.Update(context.Background(), v.own, []lease.Event{{Type: lease.Added, Lease: extra}, {Type: lease.Removed, Lease: leases[1]}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Update, one lease added and one removed with 999 present: %v", time.Since(t0))
+	if n := v.NS.H.Dumps() - dumps; n != 0 {
+		t.Errorf("Update dumped kernel tables %d times", n)
+	}
+	if r, n, f := count(t, v); r != 999 || n != 999 || f != 999 {
+		t.Fatalf("after Update: %d routes, %d neighbours, %d fdb entries; want 999 each", r, n, f)
+	}
+	if !hasRoute(t, v, extra.Subnet) || hasRoute(t, v, leases[1].Subnet) {
+		t.Errorf("after Update: route to %s missing or route to %s left", extra.Subnet, leases[1].Subnet)
+	}
+	// A full pass finds nothing to repair.
+	if err := reconcile(append(slices.Clone(leases[2:]), extra), true); err != nil {
+		t.Fatal(err)
+	}
+	if r, n, f := count(t, v); r != 999 || n != 999 || f != 999 {
+		t.Fatalf("after the full pass: %d routes, %d neighbours, %d fdb entries; want 999 each", r, n, f)
+	}
+}
+
+func hasRoute(t *testing.T, v *vnode, dst netip.Prefix) bool {
+	t.Helper()
+	for _, r := range backendtest.Routes(t, v.NS.H, device(t, v).Index) {
+		if r.Dst == dst {
+			return true
+		}
+	}
+	return false
 }
 
 // BenchmarkReconcile1000 is a full reconcile of 1000 remote leases: "resync"
@@ -446,6 +481,29 @@ func BenchmarkReconcile1000(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkUpdateOneLease is the agent's fast path: one lease added while
+// 1000 are programmed, and removed again, as watch events.
+func BenchmarkUpdateOneLease(b *testing.B) {
+	v, reconcile := scaleNode(b)
+	if err := reconcile(manyLeases(0, 1000), true); err != nil {
+		b.Fatal(err)
+	}
+	extra := manyLeases(1000, 1)[0]
+	add := []lease.Event{{Type: lease.Added, Lease: extra}}
+	del := []lease.Event{{Type: lease.Removed, Lease: extra}}
+	b.ResetTimer()
+	for range b.N {
+		if err := v.b.Update(context.Background(), v.own, add); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := v.b.Update(context.Background(), v.own, del); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
 }
 
 // BenchmarkAddOneLease is the fast path: one new lease arrives while 1000
