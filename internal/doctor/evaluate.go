@@ -53,6 +53,11 @@ type eval struct {
 	nodeOf  map[netip.Prefix]string
 	meta    map[netip.Prefix]RawLease
 	missing map[netip.Prefix]string
+	// programChecked says the routes check compared the kernel with the
+	// leases; stale are routed subnets no lease holds.
+	programChecked bool
+	stale          []netip.Prefix
+	probed         map[netip.Prefix]*ProbeView
 }
 
 // Evaluate runs every check over f, in order: store (etcd, or with
@@ -66,7 +71,7 @@ func Evaluate(f Facts) Report {
 
 // evaluate runs every check but the peer probes'.
 func evaluate(f Facts) *eval {
-	e := &eval{f: f, nodeOf: map[netip.Prefix]string{}, meta: map[netip.Prefix]RawLease{}, missing: map[netip.Prefix]string{}}
+	e := &eval{f: f, nodeOf: map[netip.Prefix]string{}, meta: map[netip.Prefix]RawLease{}, missing: map[netip.Prefix]string{}, probed: map[netip.Prefix]*ProbeView{}}
 	if f.Kube != nil {
 		e.kube()
 	} else {

@@ -420,6 +420,7 @@ func (e *eval) routes() {
 	switch typ {
 	case config.BackendUDP:
 		// One route to the whole network; the peers live in weftd's table.
+		e.programChecked = true
 		r := netlinkx.Route{Dst: network.Masked(), LinkIndex: e.dev.Index}
 		for _, h := range on(e.dev.Index) {
 			if h.Dst == r.Dst && !h.Gw.IsValid() {
@@ -455,6 +456,7 @@ func (e *eval) routes() {
 			have = on(e.dev.Index)
 		}
 	}
+	e.programChecked = true
 	missing, wrong, extra := e.diffRoutes(have, want, owned)
 	e.routeMissing = len(missing) + len(wrong)
 	for _, s := range skipped {
@@ -544,6 +546,9 @@ func (e *eval) diffRoutes(have, want []netlinkx.Route, owned func(netlinkx.Route
 	}
 	for _, r := range del {
 		extra = append(extra, e.routeString(r))
+		if _, held := e.leaseFor(r.Dst); !held && !slices.Contains(e.stale, r.Dst) {
+			e.stale = append(e.stale, r.Dst)
+		}
 	}
 	return missing, wrong, extra
 }

@@ -243,6 +243,26 @@ func (e *eval) peers() {
 }
 
 func (e *eval) peer(p PeerProbe) {
+	n := len(e.out)
+	e.judgePeer(p)
+	if len(e.out) > n {
+		rtt := p.Overlay.RTT
+		if p.Overlay.Received == 0 {
+			rtt = p.Underlay.RTT
+		}
+		r := e.out[len(e.out)-1]
+		e.probed[p.Target.Subnet] = &ProbeView{Status: r.Status, Message: r.Message, RTT: rtt}
+	}
+}
+
+// ProbeView is the verdict of one peer's probe, for weft status.
+type ProbeView struct {
+	Status  Status        `json:"status"`
+	Message string        `json:"message"`
+	RTT     time.Duration `json:"rtt,omitempty"` // through the backend, else the underlay; 0 when nothing answered
+}
+
+func (e *eval) judgePeer(p PeerProbe) {
 	t := p.Target
 	who := t.PublicIP.String()
 	if t.Node != "" {
