@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/doctor"
 	"github.com/weft-net/weft/internal/lab"
@@ -250,4 +251,62 @@ func agentArgs(t *testing.T, l *lab.Lab, i int) []string {
 		t.Fatal(err)
 	}
 	return args
+}
+
+// TestLabUDPSocketBuffers brings up a two-node udp lab: doctor compares
+// net.core.rmem_max with what the udp datapath asks for and, below it,
+// warns with the sysctl to run; the peer answers through flannel0.
+func TestLabUDPSocketBuffers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds a lab in network namespaces")
+	}
+	bin, cni := labtest.Binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var suffix [3]byte
+	_, _ = rand.Read(suffix[:])
+	l, err := lab.Up(ctx, lab.Options{
+		Name: "docudp-" + hex.EncodeToString(suffix[:]), Root: t.TempDir(),
+		Nodes: 2, PodsPerNode: 1, Backend: config.BackendUDP,
+		BinDir: bin, CNIBinDir: cni,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+		defer dcancel()
+		if err := l.Down(dctx, lab.DownOptions{}); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	n1, n2 := l.Node(1), l.Node(2)
+	// A node namespace shows the host's rmem_max read-only: the limit
+	// cannot be lowered here without changing the host's, so the test
+	// checks doctor against whatever the host has.
+	out, err := l.Exec(ctx, n1.NS, "cat", "/proc/sys/net/core/rmem_max")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rmem := strings.TrimSpace(string(out))
+	r, _ := runDoctor(t, ctx, bin, n1.NS, nil)
+	var sb string
+	for _, x := range r.Results {
+		if x.Check == "socket-buffers" {
+			sb = x.Status + " " + x.Message + " | " + x.Hint
+		}
+	}
+	var n int
+	fmt.Sscan(rmem, &n)
+	if n < udp.SocketBuffer {
+		if !strings.HasPrefix(sb, "warn net.core.rmem_max = "+rmem) || !strings.Contains(sb, "sysctl -w net.core.rmem_max=7340032") {
+			t.Errorf("rmem_max %s: socket-buffers %q", rmem, sb)
+		}
+	} else if !strings.HasPrefix(sb, "ok ") && !strings.Contains(sb, "wmem_max") {
+		t.Errorf("rmem_max %s: socket-buffers %q", rmem, sb)
+	}
+	w := fmt.Sprintf("ok %s ", n2.PublicIP)
+	if p := peerResults(r); !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, w) }) {
+		t.Errorf("udp peer not ok: %q\n%s", p, r)
+	}
 }
