@@ -16,6 +16,7 @@ import (
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/lease/admit"
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
@@ -415,8 +416,8 @@ func (e *eval) routes() {
 	}
 
 	var want, have []netlinkx.Route
-	var skipped []*backend.LeaseError
 	var vx vxlan.State
+	leases, skipped := e.admitted()
 	switch typ {
 	case config.BackendUDP:
 		// One route to the whole network; the peers live in weftd's table.
@@ -438,17 +439,21 @@ func (e *eval) routes() {
 			"weftd adds it on its next resync: is weftd running? see its log")
 		return
 	case config.BackendHostGW:
-		want, skipped = hostgw.Desired(hostgw.Params{
+		var notProgrammable []*backend.LeaseError
+		want, notProgrammable = hostgw.Desired(hostgw.Params{
 			Network: network, Own: e.own, PublicIP: e.pubIP,
 			Underlay: e.ulIndex, UnderlayName: e.ulName, UnderlaySubnet: e.ulNet,
-		}, e.leases)
+		}, leases)
+		skipped = append(skipped, notProgrammable...)
 		have = on(e.ulIndex)
 	default:
 		p := vxlan.Params{
 			Network: network, Own: e.own, PublicIP: e.pubIP, VNI: e.net.Backend.VNI, Link: e.dev.Index,
 			DirectRouting: e.net.Backend.DirectRouting, Underlay: e.ulIndex, UnderlaySubnet: e.ulNet,
 		}
-		vx, skipped = vxlan.Desired(p, e.leases)
+		var notProgrammable []*backend.LeaseError
+		vx, notProgrammable = vxlan.Desired(p, leases)
+		skipped = append(skipped, notProgrammable...)
 		want = vx.Routes
 		if p.DirectRouting {
 			have = on(e.dev.Index, e.ulIndex)
@@ -526,6 +531,26 @@ func prefixAll(p string, items []string) []string {
 		out[i] = p + s
 	}
 	return out
+}
+
+// admitted is the leases weftd programs, by the agent's own admission
+// rules (package admit), and those it refuses.
+func (e *eval) admitted() ([]lease.Lease, []*backend.LeaseError) {
+	own := lease.Lease{Subnet: e.own, Attrs: lease.Attrs{PublicIP: e.pubIP}}
+	all := make(map[string]lease.Lease, len(e.leases))
+	for _, l := range e.leases {
+		all[l.Key()] = l
+		if l.Subnet == e.own && l.Attrs.PublicIP == e.pubIP {
+			own = l
+		}
+	}
+	var a admit.Set
+	ls, refused := a.Reset(e.net, own, all)
+	errs := make([]*backend.LeaseError, len(refused))
+	for i, r := range refused {
+		errs[i] = &backend.LeaseError{Subnet: r.Subnet, Err: errors.New("refused: " + r.Reason)}
+	}
+	return ls, errs
 }
 
 // diffRoutes compares the routes with what the backend would program, as
