@@ -98,6 +98,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	d.health.marker = readyfile.Path(o.SubnetFile)
 	// Three missed resyncs make the marker stale.
 	d.health.markFor = max(3*o.ResyncPeriod, 30*time.Second)
+	// A marker left by the previous agent would vouch for this one before
+	// it has programmed anything.
+	if err := readyfile.Clear(d.health.marker); err != nil {
+		d.log.Warn("clearing the previous agent's readiness marker", "err", err)
+	}
 	d.sd = newSystemd(o.Logger)
 	d.health.onNotReady = func(reason string) { d.sd.status("not ready: " + reason) }
 	// Shut down in order: stop the goroutines, then close what they use.
@@ -841,6 +846,9 @@ func (d *daemon) update(ctx context.Context, evs []lease.Event) bool {
 // admittedLeases judges the lease set afresh and returns what the
 // datapath may program, own first.
 func (d *daemon) admittedLeases() []lease.Lease {
+	if id, ok := d.be.(backend.Identifier); ok {
+		d.admit.Identity = id.Identities
+	}
 	ls, refused := d.admit.Reset(d.net, d.own, d.leases)
 	d.admitted = true
 	errs := make([]*backend.LeaseError, len(refused))

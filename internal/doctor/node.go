@@ -545,6 +545,9 @@ func (e *eval) admitted() ([]lease.Lease, []*backend.LeaseError) {
 		}
 	}
 	var a admit.Set
+	if e.net.Backend.Type == config.BackendVXLAN {
+		a.Identity = vxlan.Identities
+	}
 	ls, refused := a.Reset(e.net, own, all)
 	errs := make([]*backend.LeaseError, len(refused))
 	for i, r := range refused {

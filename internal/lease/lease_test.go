@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/weft-net/weft/internal/config"
@@ -164,5 +165,14 @@ func TestSameNode(t *testing.T) {
 		if got := SameNode(tt.a, tt.b); got != tt.want {
 			t.Errorf("%s: SameNode = %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// A megabyte of garbage in the store is quoted, not copied, in errors.
+func TestUnmarshalAttrsClipsValue(t *testing.T) {
+	big := `{"PublicIP":"` + strings.Repeat("x", 1<<20) + `"}`
+	_, err := UnmarshalAttrs([]byte(big))
+	if err == nil || len(err.Error()) > 400 || !strings.Contains(err.Error(), "bytes") {
+		t.Fatalf("error of %d bytes: %.300v", len(err.Error()), err)
 	}
 }

@@ -290,7 +290,7 @@ func testHostileLeases(t *testing.T, ctx context.Context, e *env) {
 	val := `{"PublicIP":"192.0.2.66","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:66:00:00:00:%02x"}}`
 	bad := map[netip.Prefix]string{
 		netip.MustParsePrefix("10.244.249.2/32"): "not /24",
-		half:                                     "overlaps this node's own",
+		half:                                     "not /24",
 		netip.MustParsePrefix("10.244.0.0/17"):   "not /24",
 		netip.MustParsePrefix("192.0.2.0/24"):    "not inside the cluster network",
 	}
@@ -304,6 +304,11 @@ func testHostileLeases(t *testing.T, ctx context.Context, e *env) {
 	// older lease.
 	dup := e.subnet(2)
 	keys[storePrefix+"/subnets/"+lease.Key(dup, netip.MustParsePrefix("fd00:66::/64"))] = dup
+	// Node 2's VtepMAC on a free subnet below every node's (SubnetMin is
+	// 10.244.1.0): the lowest subnet used to win the MAC.
+	macCopy := netip.MustParsePrefix("10.244.0.0/24")
+	macKey := storePrefix + "/subnets/" + lease.Key(macCopy, netip.Prefix{})
+	mac2 := peerMAC(t, e, 2)
 
 	var marks []logMark
 	for _, n := range e.l.Nodes {
@@ -314,6 +319,8 @@ func testHostileLeases(t *testing.T, ctx context.Context, e *env) {
 		i++
 		e.put(ctx, k, fmt.Sprintf(val, i))
 	}
+	e.put(ctx, macKey, strings.Replace(val, "02:66:00:00:00:%02x", mac2.String(), 1))
+	keys[macKey] = macCopy
 	defer func() {
 		for k := range keys {
 			_, _ = e.cli.Delete(context.WithoutCancel(ctx), k)
@@ -323,12 +330,14 @@ func testHostileLeases(t *testing.T, ctx context.Context, e *env) {
 		for k, sn := range keys {
 			want := bad[sn]
 			switch {
+			case sn == macCopy && n.Index != 2:
+				want = "VtepMAC " + mac2.String() + " is also lease " + lease.Key(e.subnet(2), netip.Prefix{}) + "'s"
+			case sn == macCopy:
+				want = "VtepMAC " + mac2.String() + " is this node's own"
 			case sn == dup && n.Index != 2:
-				want = "which was there first"
+				want = "subnet " + dup.String() + " is also lease"
 			case sn == dup:
 				want = "overlaps this node's own"
-			case sn == half && n.Index != 1:
-				want = "not /24"
 			}
 			line := e.waitLog(ctx, marks[j], 5*time.Second, `msg="lease not programmed"`, "subnet="+sn.String(), want)
 			if n.Index == 1 {

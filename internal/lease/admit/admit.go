@@ -8,6 +8,7 @@
 package admit
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"maps"
@@ -35,16 +36,23 @@ type Set struct {
 	ownKey string
 	bits4  int // subnet length every IPv4 lease must have
 	bits6  int
+	ownIDs []string // own's identities: no other lease may claim them
 
-	leases map[string]*entry                  // every lease but our own, by key
-	claims map[netip.Prefix]map[string]*entry // admissible leases by each subnet they claim
+	leases map[string]*entry            // every lease but our own, by key
+	claims map[string]map[string]*entry // admissible leases by each thing they claim
 	seq    uint64
+
+	// Identity, when set, names what else than its subnets a lease must
+	// hold alone: the backend's identity of the node (vxlan: "VtepMAC
+	// <mac>"; two FDB entries for one MAC cannot be).
+	Identity func(lease.Lease) []string
 }
 
 type entry struct {
 	l      lease.Lease
-	seq    uint64 // when first seen: the older lease wins a contested subnet
-	reason string // why inadmissible on its own; "" if admissible
+	seq    uint64   // when first seen: the older lease wins a contest
+	reason string   // why inadmissible on its own; "" if admissible
+	claims []string // its subnets and identities
 }
 
 // Reset judges the lease set afresh (by key, as the watch reported it)
@@ -65,8 +73,12 @@ func (s *Set) Reset(n *config.Network, own lease.Lease, leases map[string]lease.
 	if own.IPv6Subnet.IsValid() {
 		s.bits6 = own.IPv6Subnet.Bits()
 	}
+	s.ownIDs = nil
+	if s.Identity != nil {
+		s.ownIDs = s.Identity(own)
+	}
 	s.leases = make(map[string]*entry, len(leases))
-	s.claims = make(map[netip.Prefix]map[string]*entry, len(leases))
+	s.claims = make(map[string]map[string]*entry, len(leases))
 	// Known leases keep their age; new ones are aged in key order after
 	// them, so that nodes judging the same snapshot agree.
 	ks := slices.Sorted(maps.Keys(leases))
@@ -87,11 +99,20 @@ func (s *Set) Reset(n *config.Network, own lease.Lease, leases map[string]lease.
 		if key == s.ownKey && lease.SameNode(l.Attrs, own.Attrs) {
 			continue
 		}
-		e := &entry{l: l, reason: s.judge(l)}
-		if o := old[key]; o != nil {
+		o := old[key]
+		if o != nil && sameBytes(o.l, l) {
+			// Unchanged since the last pass: only the verdict may differ
+			// (own or the network may have changed).
+			e := &entry{l: l, seq: o.seq, claims: o.claims, reason: s.judge(l)}
+			if e.reason == "" {
+				e.reason = s.ownClash(e.claims)
+			}
+			s.insert(e)
+			continue
+		}
+		e := s.newEntry(l)
+		if o != nil {
 			e.seq = o.seq
-		} else {
-			e.seq = s.next()
 		}
 		s.insert(e)
 	}
@@ -107,19 +128,21 @@ func (s *Set) Reset(n *config.Network, own lease.Lease, leases map[string]lease.
 func (s *Set) Update(evs []lease.Event) (out []lease.Event, verdicts []Refusal) {
 	// The leases touched, and every lease contesting a subnet with them.
 	touched := map[string]bool{}
-	for _, ev := range evs {
+	fresh := make([]*entry, len(evs))
+	for i, ev := range evs {
 		key := ev.Lease.Key()
 		touched[key] = true
-		for _, p := range claimed(ev.Lease) {
-			for k := range s.claims[p] {
-				touched[k] = true
-			}
-		}
+		var claims []string
 		if e := s.leases[key]; e != nil {
-			for _, p := range claimed(e.l) {
-				for k := range s.claims[p] {
-					touched[k] = true
-				}
+			claims = e.claims
+		}
+		if ev.Type != lease.Removed {
+			fresh[i] = s.newEntry(ev.Lease)
+			claims = append(slices.Clip(claims), fresh[i].claims...)
+		}
+		for _, c := range claims {
+			for k := range s.claims[c] {
+				touched[k] = true
 			}
 		}
 	}
@@ -130,7 +153,7 @@ func (s *Set) Update(evs []lease.Event) (out []lease.Event, verdicts []Refusal) 
 			before[k] = e.l
 		}
 	}
-	for _, ev := range evs {
+	for i, ev := range evs {
 		key := ev.Lease.Key()
 		old := s.leases[key]
 		if old != nil {
@@ -139,11 +162,9 @@ func (s *Set) Update(evs []lease.Event) (out []lease.Event, verdicts []Refusal) 
 		if ev.Type == lease.Removed || key == s.ownKey && lease.SameNode(ev.Lease.Attrs, s.own.Attrs) {
 			continue
 		}
-		e := &entry{l: ev.Lease, reason: s.judge(ev.Lease)}
+		e := fresh[i]
 		if old != nil {
 			e.seq = old.seq // a changed lease keeps its age
-		} else {
-			e.seq = s.next()
 		}
 		s.insert(e)
 	}
@@ -200,16 +221,54 @@ func (s *Set) admitted() []lease.Lease {
 
 func (s *Set) next() uint64 { s.seq++; return s.seq }
 
+// newEntry judges l, as a lease seen for the first time.
+func (s *Set) newEntry(l lease.Lease) *entry {
+	e := &entry{l: l, seq: s.next(), reason: s.judge(l)}
+	if l.Subnet.IsValid() {
+		e.claims = append(e.claims, "subnet "+l.Subnet.String())
+	}
+	if l.IPv6Subnet.IsValid() {
+		e.claims = append(e.claims, "subnet "+l.IPv6Subnet.String())
+	}
+	if s.Identity != nil {
+		e.claims = append(e.claims, s.Identity(l)...)
+	}
+	if e.reason == "" {
+		e.reason = s.ownClash(e.claims)
+	}
+	return e
+}
+
+// ownClash says which of claims is our own node's identity, if one is.
+func (s *Set) ownClash(claims []string) string {
+	for _, c := range claims {
+		if slices.Contains(s.ownIDs, c) {
+			return c + " is this node's own"
+		}
+	}
+	return ""
+}
+
+// sameBytes reports whether a and b are the same lease, byte for byte: a
+// cheap test for "unchanged" on every full pass.
+func sameBytes(a, b lease.Lease) bool {
+	return a.Subnet == b.Subnet && a.IPv6Subnet == b.IPv6Subnet && a.Attrs.PublicIP == b.Attrs.PublicIP &&
+		a.Attrs.BackendType == b.Attrs.BackendType && bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData) &&
+		bytes.Equal(a.Attrs.BackendV6Data, b.Attrs.BackendV6Data) &&
+		(a.Attrs.PublicIPv6 == nil) == (b.Attrs.PublicIPv6 == nil) &&
+		(a.Attrs.PublicIPv6 == nil || *a.Attrs.PublicIPv6 == *b.Attrs.PublicIPv6)
+}
+
 func (s *Set) insert(e *entry) {
 	s.leases[e.l.Key()] = e
 	if e.reason != "" {
 		return
 	}
-	for _, p := range claimed(e.l) {
-		m := s.claims[p]
+	for _, c := range e.claims {
+		m := s.claims[c]
 		if m == nil {
 			m = map[string]*entry{}
-			s.claims[p] = m
+			s.claims[c] = m
 		}
 		m[e.l.Key()] = e
 	}
@@ -218,11 +277,11 @@ func (s *Set) insert(e *entry) {
 func (s *Set) remove(e *entry) {
 	key := e.l.Key()
 	delete(s.leases, key)
-	for _, p := range claimed(e.l) {
-		if m := s.claims[p]; m != nil {
+	for _, c := range e.claims {
+		if m := s.claims[c]; m != nil {
 			delete(m, key)
 			if len(m) == 0 {
-				delete(s.claims, p)
+				delete(s.claims, c)
 			}
 		}
 	}
@@ -231,26 +290,30 @@ func (s *Set) remove(e *entry) {
 // admits reports whether e is admissible and the oldest claimant of each
 // subnet it claims.
 func (s *Set) admits(e *entry) bool {
-	return e.reason == "" && s.rival(e) == nil
+	if e.reason != "" {
+		return false
+	}
+	o, _ := s.rival(e)
+	return o == nil
 }
 
-// rival is the older lease that holds a subnet e claims, if any.
-func (s *Set) rival(e *entry) *entry {
-	for _, p := range claimed(e.l) {
-		for _, o := range s.claims[p] {
+// rival is the older lease that holds something e claims, and what.
+func (s *Set) rival(e *entry) (*entry, string) {
+	for _, c := range e.claims {
+		for _, o := range s.claims[c] {
 			if o != e && (o.seq < e.seq || o.seq == e.seq && o.l.Key() < e.l.Key()) {
-				return o
+				return o, c
 			}
 		}
 	}
-	return nil
+	return nil, ""
 }
 
 func (s *Set) refusal(e *entry) Refusal {
 	r := Refusal{Key: e.l.Key(), Subnet: subnetOf(e.l), Reason: e.reason}
 	if r.Reason == "" {
-		if o := s.rival(e); o != nil {
-			r.Reason = fmt.Sprintf("overlaps lease %s (%s), which was there first", o.l.Key(), publicIP(o.l))
+		if o, c := s.rival(e); o != nil {
+			r.Reason = fmt.Sprintf("%s is also lease %s's (%s), which was there first", c, o.l.Key(), publicIP(o.l))
 		}
 	}
 	return r
@@ -283,18 +346,6 @@ func (s *Set) judgeFamily(sn netip.Prefix, enabled bool, network netip.Prefix, b
 		return fmt.Sprintf("subnet %s overlaps this node's own %s", sn, own)
 	}
 	return ""
-}
-
-// claimed lists the subnets a lease claims.
-func claimed(l lease.Lease) []netip.Prefix {
-	var out []netip.Prefix
-	if l.Subnet.IsValid() {
-		out = append(out, l.Subnet)
-	}
-	if l.IPv6Subnet.IsValid() {
-		out = append(out, l.IPv6Subnet)
-	}
-	return out
 }
 
 func subnetOf(l lease.Lease) netip.Prefix {

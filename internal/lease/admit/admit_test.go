@@ -110,7 +110,7 @@ func TestOlderWins(t *testing.T) {
 	if len(out) != 0 {
 		t.Errorf("the newcomer changed the admitted set: %v", out)
 	}
-	if r := find(verdicts, second.Key()); !strings.Contains(r.Reason, "overlaps lease "+first.Key()) {
+	if r := find(verdicts, second.Key()); !strings.Contains(r.Reason, "subnet 10.244.2.0/24 is also lease "+first.Key()) {
 		t.Errorf("newcomer's verdict %q", r.Reason)
 	}
 	// A full pass keeps the ages.
@@ -151,7 +151,8 @@ func TestUpdateInvariants(t *testing.T) {
 		return l
 	}
 	for run := range 40 {
-		var s Set
+		// The identity here is the PublicIP: leases collide on it often.
+		s := Set{Identity: func(l lease.Lease) []string { return []string{"PublicIP " + l.Attrs.PublicIP.String()} }}
 		s.Reset(n, own, nil)
 		store := map[string]lease.Lease{}
 		model := map[string]lease.Lease{}
@@ -187,16 +188,21 @@ func TestUpdateInvariants(t *testing.T) {
 				if !store[a.Key()].Equal(a) {
 					t.Fatalf("run %d step %d: admitted %s is not the store's", run, step, a.Key())
 				}
-				for _, p := range claimed(a) {
+				for _, p := range subnets(a) {
 					if p.Overlaps(own.Subnet) || p.Overlaps(own.IPv6Subnet) {
 						t.Fatalf("run %d step %d: admitted %s overlaps our own", run, step, a.Key())
 					}
 					for _, b := range adm[i+1:] {
-						for _, q := range claimed(b) {
+						for _, q := range subnets(b) {
 							if p.Overlaps(q) {
 								t.Fatalf("run %d step %d: admitted %s and %s overlap", run, step, a.Key(), b.Key())
 							}
 						}
+					}
+				}
+				for _, b := range adm[i+1:] {
+					if a.Attrs.PublicIP == b.Attrs.PublicIP {
+						t.Fatalf("run %d step %d: admitted %s and %s share identity %s", run, step, a.Key(), b.Key(), a.Attrs.PublicIP)
 					}
 				}
 			}
@@ -205,7 +211,7 @@ func TestUpdateInvariants(t *testing.T) {
 				if e == nil || !e.l.Equal(l) {
 					t.Fatalf("run %d step %d: %s not held as the store has it", run, step, k)
 				}
-				if e.reason == "" && !s.admits(e) && s.rival(e) == nil {
+				if o, _ := s.rival(e); e.reason == "" && !s.admits(e) && o == nil {
 					t.Fatalf("run %d step %d: %s left out without a reason", run, step, k)
 				}
 			}
@@ -213,9 +219,51 @@ func TestUpdateInvariants(t *testing.T) {
 	}
 }
 
+func subnets(l lease.Lease) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+		if p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 func sameSet(m map[string]lease.Lease, ls []lease.Lease) bool {
 	if len(m) != len(ls) {
 		return false
 	}
 	return !slices.ContainsFunc(ls, func(l lease.Lease) bool { return !m[l.Key()].Equal(l) })
+}
+
+// A lease that copies a real node's VtepMAC (issue 11: the lowest subnet
+// used to win it, taking the real node's traffic) is refused while the
+// real node's older lease holds it, and so is one copying our own.
+func TestIdentityOlderWins(t *testing.T) {
+	n := network(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`)
+	mac := func(l lease.Lease, m string) lease.Lease {
+		l.Attrs.BackendData = []byte(`{"VNI":1,"VtepMAC":"` + m + `"}`)
+		return l
+	}
+	own := mac(mk("10.244.5.0/24", "192.0.2.1"), "02:00:00:00:00:01")
+	real := mac(mk("10.244.9.0/24", "192.0.2.2"), "02:00:00:00:00:02")
+	copyReal := mac(mk("10.244.0.0/24", "192.0.2.66"), "02:00:00:00:00:02")
+	copyOwn := mac(mk("10.244.1.0/24", "192.0.2.66"), "02:00:00:00:00:01")
+	s := Set{Identity: func(l lease.Lease) []string { return []string{"VtepMAC " + string(l.Attrs.BackendData[20:37])} }}
+	s.Reset(n, own, byKey(own, real))
+	out, verdicts := s.Update([]lease.Event{{Type: lease.Added, Lease: copyReal}, {Type: lease.Added, Lease: copyOwn}})
+	if len(out) != 0 {
+		t.Errorf("copies changed the admitted set: %v", out)
+	}
+	if r := find(verdicts, copyReal.Key()); r.Reason != "VtepMAC 02:00:00:00:00:02 is also lease 10.244.9.0-24's (192.0.2.2), which was there first" {
+		t.Errorf("copy of a real node's MAC: %q", r.Reason)
+	}
+	if r := find(verdicts, copyOwn.Key()); r.Reason != "VtepMAC 02:00:00:00:00:01 is this node's own" {
+		t.Errorf("copy of our MAC: %q", r.Reason)
+	}
+	// A full pass agrees.
+	got, _ := s.Reset(n, own, byKey(own, real, copyReal, copyOwn))
+	if keys(got) != own.Key()+" "+real.Key() {
+		t.Errorf("after Reset admitted %s", keys(got))
+	}
 }

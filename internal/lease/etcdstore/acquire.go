@@ -44,13 +44,13 @@ func (s *Store) scan(kvs []*mvccpb.KeyValue) snapshot {
 		key := string(kv.Key)
 		v4, v6, err := lease.ParseKey(strings.TrimPrefix(key, s.subnets))
 		if err != nil {
-			s.log.Warn("ignoring unparsable subnet key", "key", key, "err", err)
+			s.log.Warn("ignoring unparsable subnet key", "key", lease.Clip(key), "err", lease.Clip(err.Error()))
 			continue
 		}
 		snap.taken4[v4], snap.taken6[v6] = true, true
 		e := entry{key: key, v4: v4, v6: v6, leaseID: kv.Lease, createRev: kv.CreateRevision, modRev: kv.ModRevision}
 		if e.attrs, err = lease.UnmarshalAttrs(kv.Value); err != nil {
-			s.log.Warn("ignoring unparsable lease value; its subnet stays taken", "key", key, "err", err)
+			s.log.Warn("ignoring unparsable lease value; its subnet stays taken", "key", lease.Clip(key), "err", err)
 		} else {
 			e.ok = true
 		}

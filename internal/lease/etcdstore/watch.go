@@ -88,7 +88,7 @@ func (w *watcher) list(ctx context.Context) error {
 	for _, kv := range resp.Kvs {
 		l, err := w.s.parse(kv)
 		if err != nil {
-			w.s.log.Warn("ignoring bad lease", "key", string(kv.Key), "err", err)
+			w.s.log.Warn("ignoring bad lease", "key", lease.Clip(string(kv.Key)), "err", err)
 			continue
 		}
 		key := string(kv.Key)
@@ -173,7 +173,7 @@ func (w *watcher) apply(ctx context.Context, ev *clientv3.Event) ([]lease.Event,
 	}
 	l, err := w.s.parse(ev.Kv)
 	if err != nil {
-		w.s.log.Warn("ignoring bad lease", "key", key, "err", err)
+		w.s.log.Warn("ignoring bad lease", "key", lease.Clip(key), "err", err)
 		if !had {
 			return nil, false
 		}
