@@ -18,8 +18,8 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/cni"
+	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/kubecp"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
