@@ -115,7 +115,7 @@ func TestDesired(t *testing.T) {
 		wgLease("10.244.1.0/24", "192.0.2.1", own, 51820), // ourselves
 		wgLease("10.244.3.0/24", "192.0.2.3", k3, 0),      // flannel before Port: our port
 		wgLease("10.244.2.0/24", "192.0.2.2", k2, 4000),
-		wgLease("10.244.4.0/24", "192.0.2.4", k2, 51820), // k2 again
+		wgLease("10.244.4.0/24", "192.0.2.4", k2, 51820),  // k2 again
 		wgLease("10.244.5.0/24", "192.0.2.5", own, 51820), // our key elsewhere
 		wgLease("10.9.0.0/24", "192.0.2.6", k4, 51820),    // outside the network
 		vx,
