@@ -56,4 +56,3 @@ func loadOrCreateSAKey(dir string) (keyPath, pubPath string, err error) {
 	}
 	return keyPath, pubPath, nil
 }
-
