@@ -18,6 +18,8 @@ type PKI struct {
 	ClientCert, ClientKey string
 	// OtherKey is a valid key that is not ClientCert's.
 	OtherKey string
+	// A client certificate OtherCA signed.
+	OtherClientCert, OtherClientKey string
 }
 
 // NewPKI writes a PKI into dir, with the server certificate valid for ips.
@@ -27,17 +29,26 @@ func NewPKI(t testing.TB, dir string, ips ...netip.Addr) PKI {
 		CA: filepath.Join(dir, "ca.crt"), OtherCA: filepath.Join(dir, "other-ca.crt"),
 		ServerCert: filepath.Join(dir, "server.crt"), ServerKey: filepath.Join(dir, "server.key"),
 		ClientCert: filepath.Join(dir, "client.crt"), ClientKey: filepath.Join(dir, "client.key"),
-		OtherKey: filepath.Join(dir, "other.key"),
+		OtherKey:        filepath.Join(dir, "other.key"),
+		OtherClientCert: filepath.Join(dir, "other-client.crt"), OtherClientKey: filepath.Join(dir, "other-client.key"),
 	}
 	ca, err := pki.LoadOrCreateCA(p.CA, filepath.Join(dir, "ca.key"), "etcdtest CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pki.LoadOrCreateCA(p.OtherCA, filepath.Join(dir, "other-ca.key"), "etcdtest other CA"); err != nil {
+	other, err := pki.LoadOrCreateCA(p.OtherCA, filepath.Join(dir, "other-ca.key"), "etcdtest other CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := other.ClientCert("weft", nil)
+	if err == nil {
+		err = pki.WritePair(p.OtherClientCert, p.OtherClientKey, cert, key)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	ips = append(ips, netip.MustParseAddr("127.0.0.1"))
-	cert, key, err := ca.PeerCert("etcdtest", ips, []string{"localhost"})
+	cert, key, err = ca.PeerCert("etcdtest", ips, []string{"localhost"})
 	if err == nil {
 		err = pki.WritePair(p.ServerCert, p.ServerKey, cert, key)
 	}
