@@ -47,8 +47,8 @@ func needRoot() error {
 // labFlags are the flags that say how to build a lab.
 type labFlags struct {
 	name, root, backend, store, binDir, cniBinDir, logLevel string
-	nodes, pods, underlayGSO                                int
-	ipMasq                                                  bool
+	nodes, pods, underlayGSO, etcdMembers                   int
+	ipMasq, etcdTLS                                         bool
 	timeout                                                 time.Duration
 	weftdArgs                                               stringList
 }
@@ -60,6 +60,8 @@ func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
 	}
 	fs.StringVar(&f.root, "root", lab.DefaultRoot, "directory holding the labs")
 	fs.StringVar(&f.store, "store", lab.StoreEtcd, "where leases live: etcd, or kube (a real kube-apiserver and controller-manager; agents run with --kube-subnet-mgr)")
+	fs.IntVar(&f.etcdMembers, "etcd-members", 1, "etcd members, one cluster in the control namespace; agents get every endpoint")
+	fs.BoolVar(&f.etcdTLS, "etcd-tls", false, "secure etcd as in production: TLS for clients and peers, client certificates required, user/password auth (files in <lab>/pki)")
 	fs.IntVar(&f.nodes, "nodes", lab.DefaultNodes, "number of nodes")
 	fs.IntVar(&f.pods, "pods", lab.DefaultPodsPerNode, "pods per node")
 	fs.StringVar(&f.binDir, "bin-dir", "", "directory with weft and weftd (default: this binary's)")
@@ -85,6 +87,8 @@ func (f *labFlags) options() (lab.Options, error) {
 		PodsPerNode:  f.pods,
 		Backend:      f.backend,
 		Store:        f.store,
+		EtcdMembers:  f.etcdMembers,
+		EtcdTLS:      f.etcdTLS,
 		IPMasq:       &ipMasq,
 		UnderlayGSO:  f.underlayGSO,
 		BinDir:       f.binDir,
