@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // ClientOptions are flanneld's --etcd-* flags.
@@ -67,6 +68,13 @@ func Connect(ctx context.Context, o ClientOptions, dial ...Dial) (*clientv3.Clie
 		// The client logs every reconnect at warn; the store reports what
 		// matters itself.
 		Logger: zap.NewNop(),
+		// gRPC's reconnect backoff grows to two minutes; a member back
+		// from a restart, or a cluster back from an outage, is used again
+		// within a second.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		})},
 	}
 	if o.CertFile != "" || o.KeyFile != "" || o.CAFile != "" {
 		tlsCfg, err := clientTLS(o)

@@ -1,6 +1,7 @@
 package etcdstore
 
 import (
+	"context"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -189,4 +190,30 @@ func TestConnectRejectsBadOptions(t *testing.T) {
 			t.Errorf("Connect(%+v) = %v, want an error mentioning %q", tc.o, err, tc.want)
 		}
 	}
+}
+
+// After an outage of several seconds the client uses the server again
+// within a second of its return, not after gRPC's growing backoff.
+func TestConnectReconnectsQuickly(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t)
+	cli, err := Connect(ctx, ClientOptions{Endpoints: []string{srv.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	// gRPC's default backoff would have grown past 4 s by now.
+	time.Sleep(8 * time.Second)
+	srv.Restart(t)
+	back := time.Now()
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := cli.Get(short, "k"); err != nil {
+		t.Fatalf("get %v after the server came back: %v", time.Since(back), err)
+	}
+	t.Logf("served again %v after the server came back", time.Since(back).Round(time.Millisecond))
 }
