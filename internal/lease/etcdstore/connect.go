@@ -181,12 +181,24 @@ func probeTLS(ctx context.Context, o ClientOptions, cfg *tls.Config, dial Dial) 
 		wg.Go(func() { accepted[i], errs[i] = probeOne(ctx, o, cfg, dial, host) })
 	}
 	wg.Wait()
-	for _, ok := range accepted {
+	var first error
+	refused := 0
+	for i, ok := range accepted {
 		if ok {
 			return nil
 		}
+		if errs[i] != nil {
+			if first == nil {
+				first = errs[i]
+			}
+			refused++
+		}
 	}
-	return errors.Join(errs...)
+	if refused > 1 {
+		// The same settings fail alike everywhere: say it once.
+		return fmt.Errorf("%w (and %d more endpoints refused)", first, refused-1)
+	}
+	return first
 }
 
 // probeOne reports whether host accepted a TLS session, or the error that
