@@ -206,6 +206,10 @@ func (e *env) allReady(ctx context.Context, what string) {
 // One member killed: pods keep pinging with no loss, agents stay ready,
 // and a lease added meanwhile is routed at once.
 func testMemberLost(t *testing.T, ctx context.Context, e *env) {
+	var marks []logMark
+	for _, n := range e.l.Nodes {
+		marks = append(marks, e.mark(n.Index))
+	}
 	ps := e.ringPings(ctx)
 	if err := e.l.KillEtcdMember(ctx, 1); err != nil {
 		t.Fatal(err)
@@ -227,6 +231,13 @@ func testMemberLost(t *testing.T, ctx context.Context, e *env) {
 	time.Sleep(time.Second)
 	e.allReady(ctx, "one member down")
 	ps.lossless(t, "one member down")
+	for j, m := range marks {
+		for _, line := range strings.Split(m.since(), "\n") {
+			if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+				t.Errorf("node %d's agent noticed a member gone: %s", j+1, line)
+			}
+		}
+	}
 }
 
 // Two of three members killed: no quorum, yet the datapath forwards with
