@@ -635,6 +635,12 @@ func (l *Lab) Health() string {
 			running++
 		}
 	}
+	etcd := 0
+	for _, m := range l.EtcdMembers {
+		if pid, err := readPID(m.PIDFile); err == nil && inNamespace(pid, l.ControlNS) {
+			etcd++
+		}
+	}
 	state := "up"
 	switch {
 	case !l.Ready:
@@ -642,5 +648,6 @@ func (l *Lab) Health() string {
 	case missing > 0:
 		state = "broken"
 	}
-	return fmt.Sprintf("%s: %d/%d agents running, %d namespaces missing", state, running, len(l.Nodes), missing)
+	return fmt.Sprintf("%s: %d/%d agents running, %d/%d etcd members, %d namespaces missing", state, running, len(l.Nodes),
+		etcd, len(l.EtcdMembers), missing)
 }
