@@ -293,3 +293,40 @@ func TestThreeMemberCluster(t *testing.T) {
 		t.Fatalf("put after the members came back: %v", err)
 	}
 }
+
+// A member added to a running cluster, as `etcdctl member add` and
+// --initial-cluster-state existing do.
+func TestJoinExistingCluster(t *testing.T) {
+	first := testConfig(t, t.TempDir())
+	first.Name = "m1"
+	s1, err := Start(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	cli := dial(t, first.ListenClientURLs)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	second := testConfig(t, t.TempDir())
+	second.Name = "m2"
+	if _, err := cli.MemberAdd(ctx, second.ListenPeerURLs); err != nil {
+		t.Fatal(err)
+	}
+	second.InitialCluster = "m1=" + first.ListenPeerURLs[0] + ",m2=" + second.ListenPeerURLs[0]
+	second.InitialClusterState = "existing"
+	s2, err := Start(second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := dial(t, second.ListenClientURLs).Get(ctx, "k")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("get from the new member: %v %v", resp, err)
+	}
+	if m, err := cli.MemberList(ctx); err != nil || len(m.Members) != 2 {
+		t.Fatalf("members: %v %v", m, err)
+	}
+}
