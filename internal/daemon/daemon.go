@@ -818,7 +818,7 @@ func (d *daemon) update(ctx context.Context, evs []lease.Event) bool {
 	t0 := time.Now()
 	evs, verdicts := d.admit.Update(evs)
 	for _, v := range verdicts {
-		if d.refusals.Set(d.log, v.Subnet, refusalErr(v)) {
+		if d.refusals.Set(d.log, &backend.LeaseError{Subnet: v.Subnet, Key: v.Key, Err: refusalErr(v)}) {
 			d.metrics.refusals.Inc()
 		}
 	}
@@ -853,7 +853,7 @@ func (d *daemon) admittedLeases() []lease.Lease {
 	d.admitted = true
 	errs := make([]*backend.LeaseError, len(refused))
 	for i, r := range refused {
-		errs[i] = &backend.LeaseError{Subnet: r.Subnet, Err: refusalErr(r)}
+		errs[i] = &backend.LeaseError{Subnet: r.Subnet, Key: r.Key, Err: refusalErr(r)}
 	}
 	d.metrics.refusals.Add(float64(d.refusals.Report(d.log, errs)))
 	d.metrics.refused.Set(float64(len(refused)))
