@@ -130,6 +130,13 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	closers = append(closers, store.close)
 	d.store = store
+	if p, ok := store.Store.(pinger); ok {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.probeStore(ctx, p)
+		}()
+	}
 	if store.kube != nil {
 		// The node's node-public-ip(v6) annotations win over
 		// --public-ip(v6), before the interface is chosen (flanneld
@@ -334,7 +341,13 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	if !d.acquireBlocking(ctx, hint) {
 		return nil
 	}
-	return d.loop(ctx, events)
+	repairs := make(chan string, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.watchKernel(ctx, repairs)
+	}()
+	return d.loop(ctx, events, repairs)
 }
 
 // configSource names where the config is read from, for logs.
@@ -371,9 +384,13 @@ func (d *daemon) waitConfig(ctx context.Context) (*config.Network, bool) {
 		d.health.notReady("waiting for a valid network config: " + err.Error())
 		if msg := err.Error(); msg != lastErr {
 			lastErr = msg
-			if errors.Is(err, lease.ErrNoConfig) || errors.Is(err, os.ErrNotExist) {
+			var se *storeError
+			switch {
+			case errors.As(err, &se):
+				d.log.Warn("cannot read the network config: the store does not answer; retrying", "source", d.configSource(), "err", se.err, "retry_every", d.o.ConfigRetry)
+			case errors.Is(err, lease.ErrNoConfig) || errors.Is(err, os.ErrNotExist):
 				d.log.Warn("no network config yet; waiting for one", "source", d.configSource(), "err", err, "retry_every", d.o.ConfigRetry)
-			} else {
+			default:
 				d.log.Error("network config unusable; waiting for a corrected one", "source", d.configSource(), "err", err, "retry_every", d.o.ConfigRetry)
 			}
 		}
@@ -394,6 +411,9 @@ func (d *daemon) readConfig(ctx context.Context) (*config.Network, []string, err
 		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		raw, err = d.store.NetworkConfig(sctx)
 		cancel()
+		if err != nil && !errors.Is(err, lease.ErrNoConfig) {
+			return nil, nil, &storeError{err}
+		}
 	}
 	if err != nil {
 		return nil, nil, err
@@ -487,6 +507,13 @@ func (d *daemon) complete(ctx context.Context) {
 
 // watchError is a lease watch that stopped for good.
 type watchError struct{ err error }
+
+// storeError is a store that failed to answer (timeout, refused, auth),
+// as opposed to a config it returned that does not parse.
+type storeError struct{ err error }
+
+func (e *storeError) Error() string { return "lease store: " + e.err.Error() }
+func (e *storeError) Unwrap() error { return e.err }
 
 func (e *watchError) Error() string { return "lease watch: " + e.err.Error() }
 func (e *watchError) Unwrap() error { return e.err }
@@ -695,8 +722,14 @@ func (d *daemon) applyBatches(bs []batch) (full, lost bool, evs []lease.Event) {
 	return full, lost, evs
 }
 
+// How soon after a kernel change a repair runs, and how often at most.
+const (
+	repairDebounce = 50 * time.Millisecond
+	repairEvery    = 500 * time.Millisecond
+)
+
 // loop is the steady state: events, periodic full reconciles, renewals.
-func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
+func (d *daemon) loop(ctx context.Context, events <-chan batch, repairs <-chan string) error {
 	resync := time.NewTicker(d.o.ResyncPeriod)
 	defer resync.Stop()
 	// retry fires a full reconcile (or set-up) sooner than resync after
@@ -705,6 +738,13 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
 	defer retry.Stop()
 	leaseT := time.NewTimer(time.Hour)
 	defer leaseT.Stop()
+	// repairT fires a full reconcile shortly after the kernel lost part
+	// of the datapath: long enough for a burst of deletions (a device and
+	// its routes) to end, and at most every repairEvery.
+	repairT := time.NewTimer(time.Hour)
+	repairT.Stop()
+	var repairWhy string
+	var lastRepair time.Time
 	schedule := func(t *time.Timer, in time.Duration) {
 		t.Stop()
 		select {
@@ -774,6 +814,16 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
 				continue
 			}
 			reconcile(full)
+		case why := <-repairs:
+			if repairWhy == "" {
+				repairWhy = why
+				schedule(repairT, max(repairDebounce, time.Until(lastRepair.Add(repairEvery))))
+			}
+		case <-repairT.C:
+			d.log.Info("repairing: the kernel lost part of the datapath", "change", repairWhy)
+			d.metrics.repairs.Inc()
+			repairWhy, lastRepair = "", time.Now()
+			reconcile(true)
 		case <-resync.C:
 			reconcile(true)
 		case <-retry.C:

@@ -124,6 +124,9 @@ type metrics struct {
 	leaseExpiry   prometheus.Gauge
 	configErrs    prometheus.Counter
 	refused       prometheus.Gauge
+	repairs       prometheus.Counter
+	storeUp       prometheus.Gauge
+	storeLastOK   prometheus.Gauge
 	refusals      prometheus.Counter
 	info          *prometheus.GaugeVec
 }
@@ -154,6 +157,15 @@ func newMetrics() *metrics {
 		refused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weft_leases_refused", Help: "Leases in the store this node refuses to program (not subnet-sized, outside the network, overlapping its own subnet or an older lease).",
 		}),
+		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_store_up", Help: "1 while the lease store answers this agent's probes, 0 during an outage.",
+		}),
+		storeLastOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_store_last_success_timestamp_seconds", Help: "Unix time the lease store last answered a probe.",
+		}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_repairs_total", Help: "Full reconciles run because the kernel lost part of the datapath (a route, neighbour, FDB entry, address or device deleted; a device down).",
+		}),
 		refusals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_lease_refusals_total", Help: "Leases refused, counted once per lease and reason.",
 		}),
@@ -161,7 +173,7 @@ func newMetrics() *metrics {
 			Name: "weft_info", Help: "Always 1: the backend and version this agent runs.",
 		}, []string{"backend", "version"}),
 	}
-	m.reg.MustRegister(m.leases, m.reconcileDur, m.reconcileErrs, m.lastReconcile, m.leaseExpiry, m.configErrs, m.refused, m.refusals, m.info,
+	m.reg.MustRegister(m.leases, m.reconcileDur, m.reconcileErrs, m.lastReconcile, m.leaseExpiry, m.configErrs, m.refused, m.refusals, m.repairs, m.info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, mode := range []string{modeFull, modeIncremental} {
 		m.reconcileErrs.WithLabelValues(mode) // export zero before the first error

@@ -439,3 +439,6 @@ func (b *Backend) address(l netlinkx.Link, subnet netip.Prefix) error {
 
 // Close does nothing: the kernel datapath outlives the agent.
 func (b *Backend) Close() error { return nil }
+
+// Devices implements backend.Devicer.
+func (b *Backend) Devices() []string { return []string{b.name} }

@@ -384,3 +384,6 @@ func (b *Backend) Collectors() []prometheus.Collector {
 
 // Identities implements backend.Identifier: the lease's public key.
 func (b *Backend) Identities(l lease.Lease) []string { return Identities(l) }
+
+// Devices implements backend.Devicer.
+func (b *Backend) Devices() []string { return []string{DeviceName} }
