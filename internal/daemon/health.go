@@ -63,11 +63,17 @@ func (h *health) notReady(reason string) {
 	}
 }
 
+// setReady writes the marker before /readyz says ready, so that whoever
+// sees one also finds the other.
 func (h *health) setReady() {
+	if h.marker != "" {
+		if err := readyfile.Mark(h.marker, h.now().Add(h.markFor)); err != nil {
+			h.log.Warn("writing readiness marker", "err", err)
+		}
+	}
 	h.mu.Lock()
 	h.ready, h.reason, h.beat = true, "", h.now()
 	h.mu.Unlock()
-	h.vouch()
 }
 
 // vouch renews the readiness marker while ready; called after every
