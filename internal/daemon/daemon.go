@@ -600,9 +600,7 @@ func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (tim
 		how = "hint"
 	}
 	if d.own.Key() != l.Key() {
-		if d.configured {
-			d.log.Warn("lease moved to another subnet; pods on the old one lose connectivity", "old", leaseName(d.own), "new", leaseName(l))
-		}
+		d.subnetChanged(hint, l)
 		d.configured = false
 	}
 	d.own, d.gotOwn, d.leaseHeld = l, time.Now(), true
@@ -610,6 +608,29 @@ func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (tim
 	d.log.Info(fmt.Sprintf("subnet %s (%s)", leaseName(l), how), "expires", expiry(l))
 	d.metrics.leaseExpiry.Set(unixSeconds(l.Expiration))
 	return 0, nil
+}
+
+// subnetChanged says loudly that this node's subnet changed, when pods may
+// hold addresses in the old one: the subnet held until now, or at start
+// the one the previous run wrote to subnet.env. Those pods keep their
+// addresses and lose connectivity until they are restarted; issue 11 found
+// this happening silently after a change of Network.
+func (d *daemon) subnetChanged(hint lease.Hint, l lease.Lease) {
+	old := d.own.Subnet
+	if !d.configured {
+		old = hint.Subnet
+	}
+	if !old.IsValid() || old == l.Subnet {
+		return
+	}
+	why := "the old subnet was taken by another node or deleted"
+	if d.net.Network.IsValid() && !d.net.Network.Contains(old.Addr()) {
+		why = fmt.Sprintf("the old subnet is outside the network config's Network %s", d.net.Network)
+	}
+	d.metrics.subnetChanges.Inc()
+	d.log.Error("this node's subnet changed: pods with addresses in the old one lose connectivity until they are recreated",
+		"old", old, "new", leaseName(l), "why", why,
+		"fix", "drain the node (kubectl drain) before changing Network or deleting its lease; see README, Changing the network")
 }
 
 // notReadyUnlessHeld reports reason on /readyz unless a lease is still
@@ -944,11 +965,26 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 		}
 		if !d.ready {
 			d.health.notReady("reconcile failed: " + err.Error())
+		} else if full {
+			// The node is set up and serves its pods; some remote entries
+			// did not go in (logged, counted, retried). /readyz, the marker
+			// and CNI STATUS keep telling the same story: ready.
+			d.health.vouch()
 		}
 		return err
 	}
 	d.metrics.lastReconcile.Set(unixSeconds(time.Now()))
 	d.log.Debug("reconciled", "mode", m, "leases", len(leases), "took", took)
+	if full {
+		for _, own := range []netip.Prefix{d.own.Subnet, d.own.IPv6Subnet} {
+			if did, err := keepBridgeRoute(d.h, own); err != nil {
+				d.log.Warn("checking the pod bridge's route", "subnet", own, "err", err)
+			} else if did != "" {
+				d.metrics.repairs.Inc()
+				d.log.Warn("restored the pod bridge's route to this node's subnet", "route", did)
+			}
+		}
+	}
 	if full && d.ready {
 		d.health.vouch()
 		d.sd.status(d.readyStatus(len(leases)))

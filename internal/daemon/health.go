@@ -131,6 +131,7 @@ type metrics struct {
 	configErrs    prometheus.Counter
 	refused       prometheus.Gauge
 	repairs       prometheus.Counter
+	subnetChanges prometheus.Counter
 	storeUp       prometheus.Gauge
 	storeLastOK   prometheus.Gauge
 	refusals      prometheus.Counter
@@ -169,6 +170,9 @@ func newMetrics() *metrics {
 		storeLastOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weft_store_last_success_timestamp_seconds", Help: "Unix time the lease store last answered a probe.",
 		}),
+		subnetChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_subnet_changes_total", Help: "Times this node's subnet changed while pods may hold addresses in the old one.",
+		}),
 		repairs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_repairs_total", Help: "Full reconciles run because the kernel lost part of the datapath (a route, neighbour, FDB entry, address or device deleted; a device down).",
 		}),
@@ -179,7 +183,7 @@ func newMetrics() *metrics {
 			Name: "weft_info", Help: "Always 1: the backend and version this agent runs.",
 		}, []string{"backend", "version"}),
 	}
-	m.reg.MustRegister(m.leases, m.reconcileDur, m.reconcileErrs, m.lastReconcile, m.leaseExpiry, m.configErrs, m.refused, m.refusals, m.repairs, m.info,
+	m.reg.MustRegister(m.leases, m.reconcileDur, m.reconcileErrs, m.lastReconcile, m.leaseExpiry, m.configErrs, m.refused, m.refusals, m.repairs, m.subnetChanges, m.info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, mode := range []string{modeFull, modeIncremental} {
 		m.reconcileErrs.WithLabelValues(mode) // export zero before the first error
