@@ -82,10 +82,10 @@ func TestSubscribeChanges(t *testing.T) {
 		}
 	}
 	want := map[string]bool{
-		"route 10.8.0.0/24 on #" + itoa(idx) + " deleted": false,
+		"route 10.8.0.0/24 on #" + itoa(idx) + " deleted":      false,
 		"neighbour or FDB entry on #" + itoa(idx) + " deleted": false,
-		"address 192.0.2.1/24 on #" + itoa(idx) + " deleted": false,
-		"link ul0 (#" + itoa(idx) + ") deleted":               false,
+		"address 192.0.2.1/24 on #" + itoa(idx) + " deleted":   false,
+		"link ul0 (#" + itoa(idx) + ") deleted":                false,
 	}
 	for left := len(want); left > 0; {
 		select {
