@@ -22,6 +22,8 @@ type (
 	Bridge    = netlink.Bridge
 	// NsFd names a namespace by an open file descriptor (Veth.PeerNamespace).
 	NsFd = netlink.NsFd
+	// Wireguard is a kernel WireGuard device (`ip link add D type wireguard`).
+	Wireguard = netlink.Wireguard
 )
 
 // NewLinkAttrs returns LinkAttrs with the library's defaults (TxQLen -1 lets
@@ -31,8 +33,9 @@ func NewLinkAttrs() LinkAttrs { return netlink.NewLinkAttrs() }
 // Handle talks to one network namespace. Its sockets live in that namespace,
 // so no thread has to switch into it. Safe for concurrent use.
 type Handle struct {
-	nh    *netlink.Handle
-	dumps atomic.Uint64
+	nh     *netlink.Handle
+	dumps  atomic.Uint64
+	nsPath string // "" for the process's own namespace
 }
 
 // New returns a handle on the calling process's network namespace.
@@ -57,7 +60,7 @@ func NewAt(nsPath string) (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket in %s: %w", nsPath, err)
 	}
-	return &Handle{nh: nh}, nil
+	return &Handle{nh: nh, nsPath: nsPath}, nil
 }
 
 // Close releases the handle's sockets.

@@ -151,11 +151,11 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 		}
 		delete(b.notAdjacent, key)
 		if ev.Type == lease.Removed {
-			b.skips.Set(b.log, ev.Lease.Subnet, nil)
+			b.skips.Set(b.log, &backend.LeaseError{Subnet: ev.Lease.Subnet})
 			continue
 		}
 		r, ok, err := route(p, ev.Lease)
-		b.skips.Set(b.log, ev.Lease.Subnet, err)
+		b.skips.Set(b.log, &backend.LeaseError{Subnet: ev.Lease.Subnet, Err: err})
 		if errors.Is(err, ErrNotAdjacent) {
 			b.notAdjacent[key] = true
 		}

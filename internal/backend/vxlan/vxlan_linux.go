@@ -169,7 +169,7 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 	}
 	before, after, verdicts := b.plan.Update(evs)
 	for _, v := range verdicts {
-		b.skips.Set(b.log, v.Subnet, v.Err)
+		b.skips.Set(b.log, v)
 	}
 	n, err := b.apply(before, after, nil, nil)
 	if err != nil {
@@ -439,3 +439,6 @@ func (b *Backend) address(l netlinkx.Link, subnet netip.Prefix) error {
 
 // Close does nothing: the kernel datapath outlives the agent.
 func (b *Backend) Close() error { return nil }
+
+// Devices implements backend.Devicer.
+func (b *Backend) Devices() []string { return []string{b.name} }
