@@ -19,6 +19,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/invoke"
+
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/kubecp"
 )
@@ -198,6 +200,9 @@ type Pod struct {
 type Lab struct {
 	State
 	log *slog.Logger
+	// cniExec runs the CNI plugins of pods; nil is libcni's own. The CNI
+	// bench times the plugins through it.
+	cniExec invoke.Exec
 }
 
 // NewName returns a fresh lab name, weft-<6 hex>.
