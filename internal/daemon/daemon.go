@@ -594,7 +594,9 @@ func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (tim
 			d.notReadyUnlessHeld("subnet pool exhausted: " + err.Error())
 			return backoff.Jittered(0, time.Minute, time.Minute), err
 		}
-		wait := backoff.Jittered(attempt, time.Second, 30*time.Second)
+		// Short: a node that starts while the store is away is to be
+		// routed within a second or two of the store's return.
+		wait := backoff.Jittered(attempt, 250*time.Millisecond, 2*time.Second)
 		d.log.Warn("cannot acquire a lease; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
 		d.notReadyUnlessHeld("acquiring a lease: " + err.Error())
 		return wait, err
