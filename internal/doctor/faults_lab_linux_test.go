@@ -1,0 +1,127 @@
+package doctor_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/lab"
+)
+
+// TestLabFaults makes, one at a time on node 1 of a 3-node vxlan lab
+// whose agent is stopped (a running agent would repair most of them at
+// once), the faults of issue 12 that TestLab and TestLabProbes do not:
+// the store stopped, subnet.env edited to a wrong subnet, an FDB entry
+// pointing at a wrong address, ip_forward off, the device's MTU changed.
+// weft doctor names each, with its fix, and passes again once it is
+// undone.
+func TestLabFaults(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds a lab in network namespaces")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	l := upLab(t, ctx, "docflt", lab.Options{Nodes: 3, PodsPerNode: 1, Backend: config.BackendVXLAN})
+	n1, n2 := l.Node(1), l.Node(2)
+	args := agentArgs(t, l, 1)
+	if err := l.StopAgent(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	sh := func(argv ...string) {
+		t.Helper()
+		if out, err := l.Exec(ctx, n1.NS, argv...); err != nil {
+			t.Fatalf("%s: %v %s", strings.Join(argv, " "), err, out)
+		}
+	}
+	// The agent is stopped: every check but the agent's own is ok.
+	baseline := func(when string) {
+		t.Helper()
+		r, _ := runDoctor(t, ctx, l.BinDir, n1.NS, args)
+		for _, x := range r.Results {
+			if x.Status == "fail" && x.Check != "agent" && x.Check != "healthz" && x.Check != "readyz" && x.Check != "ready-marker" {
+				t.Fatalf("%s: %s fails: %s\n%s", when, x.Check, x.Message, r)
+			}
+		}
+	}
+	baseline("agent stopped")
+
+	env, err := os.ReadFile(n1.SubnetFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := n2.Subnet.Masked()
+	var peerMAC string
+	if out, err := l.Exec(ctx, n1.NS, "ip", "neigh", "show", peer.Addr().String(), "dev", "flannel.1"); err == nil {
+		if f := strings.Fields(string(out)); len(f) >= 3 {
+			peerMAC = f[2]
+		}
+	}
+	if peerMAC == "" {
+		t.Fatalf("no neighbour for node 2's VTEP %s on node 1", peer.Addr())
+	}
+	faults := []struct {
+		name        string
+		make, undo  func()
+		check, want string
+		hint        string
+	}{
+		{"store stopped",
+			func() {
+				if err := l.KillEtcdMember(ctx, 1); err != nil {
+					t.Fatal(err)
+				}
+			},
+			func() {
+				if err := l.StartEtcdMembers(ctx, 1); err != nil {
+					t.Fatal(err)
+				}
+			},
+			"store", "unreachable", "is the store up?"},
+		{"subnet.env edited to a wrong subnet",
+			func() {
+				wrong := strings.ReplaceAll(string(env), n1.Subnet.Addr().String(), "10.244.250.1")
+				if err := os.WriteFile(n1.SubnetFile, []byte(wrong), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			func() {
+				if err := os.WriteFile(n1.SubnetFile, env, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			"subnet-lease", "no lease for 10.244.250.0/24", ""},
+		{"FDB entry pointing at a wrong address",
+			func() { sh("bridge", "fdb", "replace", peerMAC, "dev", "flannel.1", "dst", "192.0.2.99", "self", "permanent") },
+			func() { sh("bridge", "fdb", "replace", peerMAC, "dev", "flannel.1", "dst", n2.PublicIP.String(), "self", "permanent") },
+			"fdb", peerMAC + " dst " + n2.PublicIP.String(), ""},
+		{"ip_forward off",
+			func() { sh("sysctl", "-qw", "net.ipv4.ip_forward=0") },
+			func() { sh("sysctl", "-qw", "net.ipv4.ip_forward=1") },
+			"ip-forward", "net.ipv4.ip_forward = 0", "sysctl -w net.ipv4.ip_forward=1"},
+		{"device MTU changed",
+			func() { sh("ip", "link", "set", "flannel.1", "mtu", "1300") },
+			func() { sh("ip", "link", "set", "flannel.1", "mtu", "1450") },
+			"subnet-mtu", "exceeds flannel.1's MTU 1300", ""},
+	}
+	for _, f := range faults {
+		f.make()
+		r, ok := runDoctor(t, ctx, l.BinDir, n1.NS, args)
+		found := false
+		for _, x := range r.Results {
+			text := strings.Join(append([]string{x.Message, x.Hint}, x.Details...), "\n")
+			if x.Check == f.check && x.Status == "fail" && strings.Contains(text, f.want) && strings.Contains(text, f.hint) {
+				found = true
+				t.Logf("%s: %s: %s | %s", f.name, x.Check, x.Message, x.Hint)
+			}
+		}
+		if ok || !found {
+			t.Errorf("%s: doctor exit 0 %v; want %s to fail naming %q (fix %q):\n%s", f.name, ok, f.check, f.want, f.hint, r)
+		}
+		f.undo()
+		baseline(fmt.Sprintf("after undoing %q", f.name))
+	}
+}
