@@ -95,8 +95,12 @@ func TestLabFaults(t *testing.T) {
 			},
 			"subnet-lease", "no lease for 10.244.250.0/24", ""},
 		{"FDB entry pointing at a wrong address",
-			func() { sh("bridge", "fdb", "replace", peerMAC, "dev", "flannel.1", "dst", "192.0.2.99", "self", "permanent") },
-			func() { sh("bridge", "fdb", "replace", peerMAC, "dev", "flannel.1", "dst", n2.PublicIP.String(), "self", "permanent") },
+			func() {
+				sh("bridge", "fdb", "replace", peerMAC, "dev", "flannel.1", "dst", "192.0.2.99", "self", "permanent")
+			},
+			func() {
+				sh("bridge", "fdb", "replace", peerMAC, "dev", "flannel.1", "dst", n2.PublicIP.String(), "self", "permanent")
+			},
 			"fdb", peerMAC + " dst " + n2.PublicIP.String(), ""},
 		{"ip_forward off",
 			func() { sh("sysctl", "-qw", "net.ipv4.ip_forward=0") },
