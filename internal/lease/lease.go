@@ -45,6 +45,17 @@ func (l Lease) Equal(o Lease) bool {
 	return l.Subnet == o.Subnet && l.IPv6Subnet == o.IPv6Subnet && l.Attrs.Equal(o.Attrs)
 }
 
+// Identical reports whether l and o are the same lease byte for byte
+// (expiration aside): a cheap test for "unchanged", where Equal's
+// semantic comparison of BackendData would cost a JSON pass per lease.
+func (l Lease) Identical(o Lease) bool {
+	a, b := l.Attrs, o.Attrs
+	return l.Subnet == o.Subnet && l.IPv6Subnet == o.IPv6Subnet && a.PublicIP == b.PublicIP &&
+		a.BackendType == b.BackendType && bytes.Equal(a.BackendData, b.BackendData) &&
+		bytes.Equal(a.BackendV6Data, b.BackendV6Data) &&
+		(a.PublicIPv6 == nil) == (b.PublicIPv6 == nil) && (a.PublicIPv6 == nil || *a.PublicIPv6 == *b.PublicIPv6)
+}
+
 // Equal compares attributes semantically (BackendData by compacted bytes).
 func (a Attrs) Equal(o Attrs) bool {
 	if a.PublicIP != o.PublicIP || a.BackendType != o.BackendType {

@@ -122,7 +122,16 @@ func (pl *Planner) Desired(p Params, leases []lease.Lease) (State, []*backend.Le
 	pl.byMAC = make(map[netlinkx.MAC]map[string]*remote, len(leases))
 	for _, l := range leases {
 		key := l.Key()
-		if r := pl.plan(l, key, prev[key]); r != nil {
+		o := prev[key]
+		if o != nil && o.l.Identical(l) && l.Subnet != p.Own {
+			// Unchanged: the plan is reused (a full pass over thousands
+			// of leases allocates nothing for them), its verdict redone
+			// for p.
+			pl.judge(o)
+			pl.insert(o)
+			continue
+		}
+		if r := pl.plan(l, key, o); r != nil {
 			pl.insert(r)
 		}
 	}
@@ -233,9 +242,14 @@ func (pl *Planner) plan(l lease.Lease, key string, old *remote) *remote {
 	} else {
 		r.d, r.dataErr = ParseBackendData(l.Attrs.BackendData)
 	}
-	r.err = pl.check(r)
-	r.direct = r.err == nil && pl.p.DirectRouting && pl.p.UnderlaySubnet.Contains(l.Attrs.PublicIP)
+	pl.judge(r)
 	return r
+}
+
+// judge sets r's verdict for the planner's Params.
+func (pl *Planner) judge(r *remote) {
+	r.err = pl.check(r)
+	r.direct = r.err == nil && pl.p.DirectRouting && pl.p.UnderlaySubnet.Contains(r.l.Attrs.PublicIP)
 }
 
 func (pl *Planner) insert(r *remote) {

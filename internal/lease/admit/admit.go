@@ -8,7 +8,6 @@
 package admit
 
 import (
-	"bytes"
 	"cmp"
 	"fmt"
 	"maps"
@@ -50,6 +49,7 @@ type Set struct {
 
 type entry struct {
 	l      lease.Lease
+	key    string   // l.Key(), rendered once
 	seq    uint64   // when first seen: the older lease wins a contest
 	reason string   // why inadmissible on its own; "" if admissible
 	claims []string // its subnets and identities
@@ -100,17 +100,19 @@ func (s *Set) Reset(n *config.Network, own lease.Lease, leases map[string]lease.
 			continue
 		}
 		o := old[key]
-		if o != nil && sameBytes(o.l, l) {
+		if o != nil && o.l.Identical(l) {
 			// Unchanged since the last pass: only the verdict may differ
 			// (own or the network may have changed).
-			e := &entry{l: l, seq: o.seq, claims: o.claims, reason: s.judge(l)}
-			if e.reason == "" {
-				e.reason = s.ownClash(e.claims)
+			// The entry is reused: a full pass every resync over
+			// thousands of leases allocates nothing for them.
+			o.l, o.reason = l, s.judge(l)
+			if o.reason == "" {
+				o.reason = s.ownClash(o.claims)
 			}
-			s.insert(e)
+			s.insert(o)
 			continue
 		}
-		e := s.newEntry(l)
+		e := s.newEntry(l, key)
 		if o != nil {
 			e.seq = o.seq
 		}
@@ -137,7 +139,7 @@ func (s *Set) Update(evs []lease.Event) (out []lease.Event, verdicts []Refusal) 
 			claims = e.claims
 		}
 		if ev.Type != lease.Removed {
-			fresh[i] = s.newEntry(ev.Lease)
+			fresh[i] = s.newEntry(ev.Lease, key)
 			claims = append(slices.Clip(claims), fresh[i].claims...)
 		}
 		for _, c := range claims {
@@ -222,8 +224,8 @@ func (s *Set) admitted() []lease.Lease {
 func (s *Set) next() uint64 { s.seq++; return s.seq }
 
 // newEntry judges l, as a lease seen for the first time.
-func (s *Set) newEntry(l lease.Lease) *entry {
-	e := &entry{l: l, seq: s.next(), reason: s.judge(l)}
+func (s *Set) newEntry(l lease.Lease, key string) *entry {
+	e := &entry{l: l, key: key, seq: s.next(), reason: s.judge(l)}
 	if l.Subnet.IsValid() {
 		e.claims = append(e.claims, "subnet "+l.Subnet.String())
 	}
@@ -249,18 +251,8 @@ func (s *Set) ownClash(claims []string) string {
 	return ""
 }
 
-// sameBytes reports whether a and b are the same lease, byte for byte: a
-// cheap test for "unchanged" on every full pass.
-func sameBytes(a, b lease.Lease) bool {
-	return a.Subnet == b.Subnet && a.IPv6Subnet == b.IPv6Subnet && a.Attrs.PublicIP == b.Attrs.PublicIP &&
-		a.Attrs.BackendType == b.Attrs.BackendType && bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData) &&
-		bytes.Equal(a.Attrs.BackendV6Data, b.Attrs.BackendV6Data) &&
-		(a.Attrs.PublicIPv6 == nil) == (b.Attrs.PublicIPv6 == nil) &&
-		(a.Attrs.PublicIPv6 == nil || *a.Attrs.PublicIPv6 == *b.Attrs.PublicIPv6)
-}
-
 func (s *Set) insert(e *entry) {
-	s.leases[e.l.Key()] = e
+	s.leases[e.key] = e
 	if e.reason != "" {
 		return
 	}
@@ -270,12 +262,12 @@ func (s *Set) insert(e *entry) {
 			m = map[string]*entry{}
 			s.claims[c] = m
 		}
-		m[e.l.Key()] = e
+		m[e.key] = e
 	}
 }
 
 func (s *Set) remove(e *entry) {
-	key := e.l.Key()
+	key := e.key
 	delete(s.leases, key)
 	for _, c := range e.claims {
 		if m := s.claims[c]; m != nil {
@@ -301,7 +293,7 @@ func (s *Set) admits(e *entry) bool {
 func (s *Set) rival(e *entry) (*entry, string) {
 	for _, c := range e.claims {
 		for _, o := range s.claims[c] {
-			if o != e && (o.seq < e.seq || o.seq == e.seq && o.l.Key() < e.l.Key()) {
+			if o != e && (o.seq < e.seq || o.seq == e.seq && o.key < e.key) {
 				return o, c
 			}
 		}
@@ -310,10 +302,10 @@ func (s *Set) rival(e *entry) (*entry, string) {
 }
 
 func (s *Set) refusal(e *entry) Refusal {
-	r := Refusal{Key: e.l.Key(), Subnet: subnetOf(e.l), Reason: e.reason}
+	r := Refusal{Key: e.key, Subnet: subnetOf(e.l), Reason: e.reason}
 	if r.Reason == "" {
 		if o, c := s.rival(e); o != nil {
-			r.Reason = fmt.Sprintf("%s is also lease %s's (%s), which was there first", c, o.l.Key(), publicIP(o.l))
+			r.Reason = fmt.Sprintf("%s is also lease %s's (%s), which was there first", c, o.key, publicIP(o.l))
 		}
 	}
 	return r
