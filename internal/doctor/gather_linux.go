@@ -315,8 +315,15 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 		return nf
 	}
 	defer h.Close()
-	// As weftd chooses: IPv4.
-	nf.Ext, nf.ExtErr = netif.SelectOn(h, o.Iface, netif.IPv4, nil)
+	// As weftd chooses: for the config's families (IPv4 while the config
+	// is unknown).
+	stack := netif.IPv4
+	if n != nil {
+		if st, err := netif.StackOf(n.EnableIPv4, n.EnableIPv6); err == nil {
+			stack = st
+		}
+	}
+	nf.Ext, nf.ExtErr = netif.SelectOn(h, o.Iface, stack, nil)
 	nf.Links, nf.LinksErr = links(h)
 	nf.Routes, nf.RoutesErr = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
 
