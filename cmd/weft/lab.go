@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -249,8 +250,13 @@ directory; it also takes down a lab that failed half-way.`)
 }
 
 func labStatus(ctx context.Context, args []string) error {
-	fs := newFlags("weft lab status", "[flags]", `Lists the labs under --root with their health; * marks the current one.`)
+	fs := newFlags("weft lab status", "[flags]", `Lists the labs under --root with their health; * marks the current one.
+As root, it also shows the current lab (or --lab) as a node sees it: weft
+status run in node --node's namespace (--probe: with the peer probes).`)
 	root := fs.String("root", lab.DefaultRoot, "directory holding the labs")
+	ref := fs.String("lab", "", "lab to show the cluster of (default: the current one)")
+	node := fs.Int("node", 1, "node whose view weft status shows")
+	probe := fs.Bool("probe", false, "probe the peers from that node")
 	if err := fs.parseNoArgs(args); err != nil {
 		return err
 	}
@@ -277,6 +283,41 @@ func labStatus(ctx context.Context, args []string) error {
 		if s.Store == lab.StoreKube {
 			printKubeStatus(ctx, l)
 		}
+	}
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	l, err := lab.Open(*root, *ref, nil)
+	if err != nil {
+		return err
+	}
+	if *node < 1 || *node > len(l.Nodes) {
+		return fs.usageErr(fmt.Errorf("--node %d: want 1..%d", *node, len(l.Nodes)))
+	}
+	fmt.Printf("\n== lab %s as node %d (%s) sees it\n", l.Name, *node, l.Node(*node).NS)
+	var extra []string
+	if *probe {
+		extra = append(extra, "--probe")
+	}
+	return runInNode(ctx, l, *node, "status", extra)
+}
+
+// runInNode runs `weft <cmd> [extra] [the node's agent flags]` in lab
+// node i's namespace, as the node's agent would see it.
+func runInNode(ctx context.Context, l *lab.Lab, i int, cmd string, extra []string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	argv := append([]string{"netns", "exec", l.Node(i).NS, self, cmd}, extra...)
+	c := exec.CommandContext(ctx, "ip", append(argv, labDoctorArgs(l, i)...)...)
+	c.Stdout, c.Stderr = os.Stdout, os.Stderr
+	if l.Store == lab.StoreKube {
+		// As the DaemonSet gives weftd; doctor reads it when no weftd runs.
+		c.Env = append(os.Environ(), "NODE_NAME="+l.Node(i).Name)
+	}
+	if err := c.Run(); err != nil {
+		return fmt.Errorf("node %d: weft %s: %w", i, cmd, err)
 	}
 	return nil
 }

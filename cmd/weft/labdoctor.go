@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"strconv"
 
@@ -15,9 +14,10 @@ import (
 // namespace (or the one given), with the flags that node's weftd runs with.
 func labDoctor(ctx context.Context, args []string) error {
 	fs := newFlags("weft lab doctor", "[flags] [node]",
-		"Runs weft doctor in a lab node's namespace (every node's without [node]).")
+		"Runs weft doctor in a lab node's namespace (every node's without [node]),\nwith its peer probes: each node says which of the others it reaches.")
 	root, ref := openFlags(fs)
 	jsonOut := fs.Bool("json", false, "print each node's results as JSON")
+	peers := fs.String("peers", "", "peers doctor probes (doctor's --peers; default all)")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -44,29 +44,21 @@ func labDoctor(ctx context.Context, args []string) error {
 		}
 		nodes = append(nodes, i)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	failed := 0
 	for _, i := range nodes {
-		n := l.Node(i)
-		dargs := labDoctorArgs(l, i)
+		var extra []string
 		if *jsonOut {
-			dargs = append([]string{"--json"}, dargs...)
+			extra = append(extra, "--json")
 		} else {
-			fmt.Printf("== node %d (%s)\n", i, n.NS)
+			fmt.Printf("== node %d (%s)\n", i, l.Node(i).NS)
 		}
-		cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.NS, self, "doctor"}, dargs...)...)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if l.Store == lab.StoreKube {
-			// As the DaemonSet gives weftd; doctor reads it when no weftd runs.
-			cmd.Env = append(os.Environ(), "NODE_NAME="+n.Name)
+		if *peers != "" {
+			extra = append(extra, "--peers="+*peers)
 		}
-		if err := cmd.Run(); err != nil {
+		if err := runInNode(ctx, l, i, "doctor", extra); err != nil {
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) {
-				return fmt.Errorf("node %d: %w", i, err)
+				return err
 			}
 			failed++
 		}

@@ -28,6 +28,7 @@ network fabric (node agent weftd, CNI plugin weft-cni).`,
 			{name: "etcd", summary: "run a single-member embedded etcd server", run: runEtcd},
 			{name: "install-cni", summary: "install the CNI plugin and conflist", run: runInstallCNI},
 			{name: "lab", summary: "run a multi-node lab in network namespaces", group: labGroup()},
+			{name: "status", summary: "the cluster as this node sees it: one row per lease", run: runStatus},
 			{name: "version", summary: "print weft's version", run: runVersion},
 		},
 	}

@@ -108,6 +108,14 @@ type Updater interface {
 	Update(ctx context.Context, own lease.Lease, evs []lease.Event) error
 }
 
+// Identifier is a Backend whose leases carry something two nodes cannot
+// share (vxlan's VtepMAC: one FDB entry per MAC). The daemon's admission
+// lets the older of two leases that claim one identity win, so a stale or
+// hostile copy cannot take a real node's traffic.
+type Identifier interface {
+	Identities(l lease.Lease) []string
+}
+
 // ErrStale is Update's answer when only a Reconcile will do.
 var ErrStale = errors.New("no reconciled state to update")
 

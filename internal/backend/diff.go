@@ -69,32 +69,41 @@ type SkipLog struct {
 }
 
 // Set records one lease's verdict, logging it when it is a new reason; a
-// nil err (programmed, or gone) forgets the lease.
-func (s *SkipLog) Set(log *slog.Logger, subnet netip.Prefix, err error) {
+// nil err (programmed, or gone) forgets the lease. It reports whether it
+// logged.
+func (s *SkipLog) Set(log *slog.Logger, subnet netip.Prefix, err error) bool {
 	if err == nil {
 		delete(s.last, subnet)
-		return
+		return false
 	}
 	msg := err.Error()
-	if s.last[subnet] != msg {
+	logged := s.last[subnet] != msg
+	if logged {
 		log.Warn("lease not programmed", "subnet", subnet, "reason", msg)
 	}
 	if s.last == nil {
 		s.last = map[netip.Prefix]string{}
 	}
 	s.last[subnet] = msg
+	return logged
 }
 
 // Report logs the errors in errs not reported by the previous call, and
-// forgets leases no longer skipped.
-func (s *SkipLog) Report(log *slog.Logger, errs []*LeaseError) {
+// forgets leases no longer skipped. It returns how many it logged.
+func (s *SkipLog) Report(log *slog.Logger, errs []*LeaseError) int {
 	next := make(map[netip.Prefix]string, len(errs))
+	n := 0
 	for _, e := range errs {
 		msg := e.Err.Error()
 		next[e.Subnet] = msg
 		if s.last[e.Subnet] != msg {
+			n++
 			log.Warn("lease not programmed", "subnet", e.Subnet, "reason", msg)
 		}
 	}
 	s.last = next
+	return n
 }
+
+// Len is how many leases are being skipped.
+func (s *SkipLog) Len() int { return len(s.last) }

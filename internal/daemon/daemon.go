@@ -21,6 +21,7 @@ import (
 	"github.com/weft-net/weft/internal/backoff"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/lease/admit"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
 	"github.com/weft-net/weft/internal/lease/kubestore"
 	"github.com/weft-net/weft/internal/masq"
@@ -73,7 +74,10 @@ type daemon struct {
 
 	own        lease.Lease
 	gotOwn     time.Time // when own was acquired or last renewed
-	leases     leaseSet
+	leases     leaseSet  // as the watch reported them
+	admit      admit.Set // what of leases the datapath may program
+	admitted   bool      // admit was Reset for own and the network
+	refusals   backend.SkipLog
 	leaseHeld  bool // own is ours: acquired, not lost or expired since
 	configured bool // Configure and subnet.env done for own
 	ready      bool // lease held and a full reconcile succeeded since
@@ -94,6 +98,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	d.health.marker = readyfile.Path(o.SubnetFile)
 	// Three missed resyncs make the marker stale.
 	d.health.markFor = max(3*o.ResyncPeriod, 30*time.Second)
+	// A marker left by the previous agent would vouch for this one before
+	// it has programmed anything.
+	if err := readyfile.Clear(d.health.marker); err != nil {
+		d.log.Warn("clearing the previous agent's readiness marker", "err", err)
+	}
 	d.sd = newSystemd(o.Logger)
 	d.health.onNotReady = func(reason string) { d.sd.status("not ready: " + reason) }
 	// Shut down in order: stop the goroutines, then close what they use.
@@ -816,10 +825,20 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
 // reconciled state yet, or a failure.
 func (d *daemon) update(ctx context.Context, evs []lease.Event) bool {
 	u, ok := d.be.(backend.Updater)
-	if !ok || !d.configured {
+	if !ok || !d.configured || !d.admitted {
 		return false
 	}
 	t0 := time.Now()
+	evs, verdicts := d.admit.Update(evs)
+	for _, v := range verdicts {
+		if d.refusals.Set(d.log, v.Subnet, refusalErr(v)) {
+			d.metrics.refusals.Inc()
+		}
+	}
+	d.metrics.refused.Set(float64(d.refusals.Len()))
+	if len(evs) == 0 {
+		return true
+	}
 	err := u.Update(ctx, d.own, evs)
 	if errors.Is(err, backend.ErrStale) {
 		return false
@@ -837,6 +856,31 @@ func (d *daemon) update(ctx context.Context, evs []lease.Event) bool {
 	return true
 }
 
+// admittedLeases judges the lease set afresh and returns what the
+// datapath may program, own first.
+func (d *daemon) admittedLeases() []lease.Lease {
+	if id, ok := d.be.(backend.Identifier); ok {
+		d.admit.Identity = id.Identities
+	}
+	ls, refused := d.admit.Reset(d.net, d.own, d.leases)
+	d.admitted = true
+	errs := make([]*backend.LeaseError, len(refused))
+	for i, r := range refused {
+		errs[i] = &backend.LeaseError{Subnet: r.Subnet, Err: refusalErr(r)}
+	}
+	d.metrics.refusals.Add(float64(d.refusals.Report(d.log, errs)))
+	d.metrics.refused.Set(float64(len(refused)))
+	return ls
+}
+
+// refusalErr is r as the error a SkipLog keeps: nil when admitted.
+func refusalErr(r admit.Refusal) error {
+	if r.Reason == "" {
+		return nil
+	}
+	return errors.New("refused: " + r.Reason)
+}
+
 // reconcile sets the datapath up for our lease if needed, then converges
 // it to the lease set.
 func (d *daemon) reconcile(ctx context.Context, full bool) error {
@@ -851,7 +895,7 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 			return err
 		}
 	}
-	leases := d.leases.list(d.own)
+	leases := d.admittedLeases()
 	t0 := time.Now()
 	err := d.be.Reconcile(ctx, d.own, leases, full)
 	took := time.Since(t0)

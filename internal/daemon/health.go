@@ -123,6 +123,8 @@ type metrics struct {
 	lastReconcile prometheus.Gauge
 	leaseExpiry   prometheus.Gauge
 	configErrs    prometheus.Counter
+	refused       prometheus.Gauge
+	refusals      prometheus.Counter
 	info          *prometheus.GaugeVec
 }
 
@@ -149,11 +151,17 @@ func newMetrics() *metrics {
 		configErrs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_config_errors_total", Help: "Reads of the network config that found it missing or invalid.",
 		}),
+		refused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_leases_refused", Help: "Leases in the store this node refuses to program (not subnet-sized, outside the network, overlapping its own subnet or an older lease).",
+		}),
+		refusals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_lease_refusals_total", Help: "Leases refused, counted once per lease and reason.",
+		}),
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "weft_info", Help: "Always 1: the backend and version this agent runs.",
 		}, []string{"backend", "version"}),
 	}
-	m.reg.MustRegister(m.leases, m.reconcileDur, m.reconcileErrs, m.lastReconcile, m.leaseExpiry, m.configErrs, m.info,
+	m.reg.MustRegister(m.leases, m.reconcileDur, m.reconcileErrs, m.lastReconcile, m.leaseExpiry, m.configErrs, m.refused, m.refusals, m.info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, mode := range []string{modeFull, modeIncremental} {
 		m.reconcileErrs.WithLabelValues(mode) // export zero before the first error

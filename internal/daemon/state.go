@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"slices"
 	"time"
 
 	"github.com/weft-net/weft/internal/lease"
@@ -34,38 +33,6 @@ func (s leaseSet) apply(evs []lease.Event, own lease.Lease) (lost bool) {
 		}
 	}
 	return lost
-}
-
-// list returns every lease, ordered by key, with own in it as this node
-// last wrote it (the watch may not have reported it yet) — unless the set
-// says another node now holds that key: while we re-acquire, that node's
-// lease is the one to route to.
-func (s leaseSet) list(own lease.Lease) []lease.Lease {
-	// Sorted by the map's keys, which are the leases' keys: rendering
-	// Key() in the comparison cost thousands of allocations per call with
-	// a thousand leases, on every event.
-	ownKey := own.Key()
-	keys := make([]string, 0, len(s)+1)
-	for k := range s {
-		if k != ownKey {
-			keys = append(keys, k)
-		}
-	}
-	keys = append(keys, ownKey)
-	slices.Sort(keys)
-	out := make([]lease.Lease, 0, len(keys))
-	for _, k := range keys {
-		if k == ownKey {
-			if l, ok := s[k]; ok && !lease.SameNode(l.Attrs, own.Attrs) {
-				out = append(out, l)
-			} else {
-				out = append(out, own)
-			}
-		} else {
-			out = append(out, s[k])
-		}
-	}
-	return out
 }
 
 // holder returns the lease naming publicIP, if the set has one.

@@ -135,6 +135,9 @@ type Facts struct {
 	Agent      AgentFacts
 	SubnetFile SubnetFileFacts
 	Node       NodeFacts
+	// Probe are the overlay probes of the remote peers; nil when doctor
+	// did not probe.
+	Probe *ProbeFacts
 }
 
 // StoreFacts are what etcd (or --net-config-file) holds.
@@ -179,6 +182,10 @@ type RawLease struct {
 	Value   []byte
 	LeaseID int64         // etcd lease; 0 for a reservation
 	TTL     time.Duration // remaining; valid when LeaseID != 0 and TTLErr is nil; < 0 when expired
+	// Granted is the etcd lease's TTL as granted; weftd renews with a
+	// keep-alive, which restarts it, so Granted - TTL is the time since
+	// the last grant or renewal.
+	Granted time.Duration
 	TTLErr  error
 }
 

@@ -45,13 +45,33 @@ type eval struct {
 
 	dev          *Link // the backend's device, when found
 	routeMissing int   // from the routes check, for the rp_filter note
+
+	// nodeOf names each lease's Node (Kubernetes store); meta is each
+	// etcd lease's record (etcd store); missing says, per remote subnet,
+	// what this node lacks of it ("route", "fdb entry"), from the
+	// datapath checks, for weft status and the peer probes.
+	nodeOf  map[netip.Prefix]string
+	meta    map[netip.Prefix]RawLease
+	missing map[netip.Prefix]string
+	// programChecked says the routes check compared the kernel with the
+	// leases; stale are routed subnets no lease holds.
+	programChecked bool
+	stale          []netip.Prefix
+	probed         map[netip.Prefix]*ProbeView
 }
 
 // Evaluate runs every check over f, in order: store (etcd, or with
 // f.Kube the Kubernetes API), agent, subnet file, this node's Node object
 // (Kubernetes), datapath, forwarding, masquerade.
 func Evaluate(f Facts) Report {
-	e := &eval{f: f}
+	e := evaluate(f)
+	e.peers()
+	return Report{Results: e.out}
+}
+
+// evaluate runs every check but the peer probes'.
+func evaluate(f Facts) *eval {
+	e := &eval{f: f, nodeOf: map[netip.Prefix]string{}, meta: map[netip.Prefix]RawLease{}, missing: map[netip.Prefix]string{}, probed: map[netip.Prefix]*ProbeView{}}
 	if f.Kube != nil {
 		e.kube()
 	} else {
@@ -65,7 +85,8 @@ func Evaluate(f Facts) Report {
 	e.datapath()
 	e.forwarding()
 	e.masquerade()
-	return Report{Results: e.out}
+	e.kernelLimits()
+	return e
 }
 
 func (e *eval) add(check string, s Status, msg, hint string, details ...string) {
@@ -252,6 +273,7 @@ func (e *eval) leasesCheck() {
 			continue
 		}
 		l := lease.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs}
+		e.meta[v4] = r
 		switch {
 		case r.LeaseID == 0:
 			reservations++

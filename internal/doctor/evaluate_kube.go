@@ -227,6 +227,7 @@ func (e *eval) kubeLeases() {
 		if ip := l.Attrs.PublicIP; ip.IsValid() && !ip.IsUnspecified() {
 			byIP[ip] = append(byIP[ip], n.Name)
 		}
+		e.nodeOf[l.Subnet] = n.Name
 		e.leases = append(e.leases, l)
 	}
 	e.leasesOK = true

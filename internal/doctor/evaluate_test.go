@@ -108,6 +108,8 @@ func healthy() Facts {
 				"net/ipv4/conf/all/rp_filter":       "0",
 				"net/ipv4/conf/flannel.1/rp_filter": "0",
 				"net/ipv4/conf/eth0/rp_filter":      "0",
+				"net/core/rmem_max":                 "7340032",
+				"net/core/wmem_max":                 "7340032",
 			},
 			Masq: MasqFacts{Checked: true, Tool: "iptables", ChainExists: true, Jump: true, Rules: iptablesListing(network, own)},
 		},

@@ -204,6 +204,7 @@ func fillTTLs(ctx context.Context, cli *clientv3.Client, leases []RawLease, time
 				return
 			}
 			r.TTL = time.Duration(resp.TTL) * time.Second // -1 s when expired
+			r.Granted = time.Duration(resp.GrantedTTL) * time.Second
 		}(&leases[i])
 	}
 	wg.Wait()
@@ -337,7 +338,7 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 	}
 
 	nf.Sysctls = map[string]string{}
-	keys := []string{"net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter"}
+	keys := append([]string{"net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter"}, limitSysctls...)
 	for _, l := range nf.Links {
 		keys = append(keys, "net/ipv4/conf/"+l.Name+"/rp_filter")
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/lease/admit"
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
@@ -415,11 +416,12 @@ func (e *eval) routes() {
 	}
 
 	var want, have []netlinkx.Route
-	var skipped []*backend.LeaseError
 	var vx vxlan.State
+	leases, skipped := e.admitted()
 	switch typ {
 	case config.BackendUDP:
 		// One route to the whole network; the peers live in weftd's table.
+		e.programChecked = true
 		r := netlinkx.Route{Dst: network.Masked(), LinkIndex: e.dev.Index}
 		for _, h := range on(e.dev.Index) {
 			if h.Dst == r.Dst && !h.Gw.IsValid() {
@@ -428,21 +430,30 @@ func (e *eval) routes() {
 			}
 		}
 		e.routeMissing = 1
+		for _, l := range e.leases {
+			if l.Subnet.IsValid() && l.Subnet != e.own {
+				e.note(l.Subnet, "route to the network")
+			}
+		}
 		e.add("routes", Fail, fmt.Sprintf("missing route %s dev %s", r.Dst, e.dev.Name),
 			"weftd adds it on its next resync: is weftd running? see its log")
 		return
 	case config.BackendHostGW:
-		want, skipped = hostgw.Desired(hostgw.Params{
+		var notProgrammable []*backend.LeaseError
+		want, notProgrammable = hostgw.Desired(hostgw.Params{
 			Network: network, Own: e.own, PublicIP: e.pubIP,
 			Underlay: e.ulIndex, UnderlayName: e.ulName, UnderlaySubnet: e.ulNet,
-		}, e.leases)
+		}, leases)
+		skipped = append(skipped, notProgrammable...)
 		have = on(e.ulIndex)
 	default:
 		p := vxlan.Params{
 			Network: network, Own: e.own, PublicIP: e.pubIP, VNI: e.net.Backend.VNI, Link: e.dev.Index,
 			DirectRouting: e.net.Backend.DirectRouting, Underlay: e.ulIndex, UnderlaySubnet: e.ulNet,
 		}
-		vx, skipped = vxlan.Desired(p, e.leases)
+		var notProgrammable []*backend.LeaseError
+		vx, notProgrammable = vxlan.Desired(p, leases)
+		skipped = append(skipped, notProgrammable...)
 		want = vx.Routes
 		if p.DirectRouting {
 			have = on(e.dev.Index, e.ulIndex)
@@ -450,8 +461,12 @@ func (e *eval) routes() {
 			have = on(e.dev.Index)
 		}
 	}
+	e.programChecked = true
 	missing, wrong, extra := e.diffRoutes(have, want, owned)
 	e.routeMissing = len(missing) + len(wrong)
+	for _, s := range skipped {
+		e.note(s.Subnet, "programming (not programmable: "+s.Err.Error()+")")
+	}
 	var details []string
 	details = append(details, prefixAll("missing: ", missing)...)
 	details = append(details, prefixAll("differs: ", wrong)...)
@@ -489,12 +504,56 @@ func (e *eval) routes() {
 	}
 }
 
+// note records that this node lacks what of the lease holding subnet.
+func (e *eval) note(subnet netip.Prefix, what string) {
+	if old := e.missing[subnet]; old != "" {
+		if strings.Contains(old, what) {
+			return
+		}
+		what = old + ", " + what
+	}
+	e.missing[subnet] = what
+}
+
+// noteOf notes what missing for the remote lease whose subnet holds dst
+// (a route's destination, a neighbour's address).
+func (e *eval) noteOf(dst netip.Prefix, what string) {
+	for _, l := range e.leases {
+		if l.Subnet.IsValid() && l.Subnet != e.own && l.Subnet.Overlaps(dst) {
+			e.note(l.Subnet, what)
+		}
+	}
+}
+
 func prefixAll(p string, items []string) []string {
 	out := make([]string, len(items))
 	for i, s := range items {
 		out[i] = p + s
 	}
 	return out
+}
+
+// admitted is the leases weftd programs, by the agent's own admission
+// rules (package admit), and those it refuses.
+func (e *eval) admitted() ([]lease.Lease, []*backend.LeaseError) {
+	own := lease.Lease{Subnet: e.own, Attrs: lease.Attrs{PublicIP: e.pubIP}}
+	all := make(map[string]lease.Lease, len(e.leases))
+	for _, l := range e.leases {
+		all[l.Key()] = l
+		if l.Subnet == e.own && l.Attrs.PublicIP == e.pubIP {
+			own = l
+		}
+	}
+	var a admit.Set
+	if e.net.Backend.Type == config.BackendVXLAN {
+		a.Identity = vxlan.Identities
+	}
+	ls, refused := a.Reset(e.net, own, all)
+	errs := make([]*backend.LeaseError, len(refused))
+	for i, r := range refused {
+		errs[i] = &backend.LeaseError{Subnet: r.Subnet, Err: errors.New("refused: " + r.Reason)}
+	}
+	return ls, errs
 }
 
 // diffRoutes compares the routes with what the backend would program, as
@@ -506,6 +565,7 @@ func (e *eval) diffRoutes(have, want []netlinkx.Route, owned func(netlinkx.Route
 		haveKey[h.Key()] = h
 	}
 	for _, r := range put {
+		e.noteOf(r.Dst, "route")
 		if h, ok := haveKey[r.Key()]; ok {
 			wrong = append(wrong, fmt.Sprintf("%s (want %s)", e.routeString(h), e.routeString(r)))
 		} else {
@@ -514,6 +574,9 @@ func (e *eval) diffRoutes(have, want []netlinkx.Route, owned func(netlinkx.Route
 	}
 	for _, r := range del {
 		extra = append(extra, e.routeString(r))
+		if _, held := e.leaseFor(r.Dst); !held && !slices.Contains(e.stale, r.Dst) {
+			e.stale = append(e.stale, r.Dst)
+		}
 	}
 	return missing, wrong, extra
 }
@@ -530,6 +593,10 @@ func (e *eval) vxlanTables(want vxlan.State) {
 			func(x netlinkx.Neigh) bool { return network.Contains(x.IP) },
 			func(x netlinkx.Neigh) string { return fmt.Sprintf("%s lladdr %s", x.IP, x.MAC) })
 		e.tableResult("neighbours", dev, len(want.Neighs), "permanent neighbour entries", missing, wrong, extra)
+		put, _ := backend.Diff(n.Neighs, want.Neighs, netlinkx.Neigh.Key, func(x netlinkx.Neigh) bool { return network.Contains(x.IP) })
+		for _, x := range put {
+			e.noteOf(netip.PrefixFrom(x.IP, 32), "neighbour entry")
+		}
 	}
 	if n.FDBErr != nil {
 		e.add("fdb", Fail, fmt.Sprintf("listing the FDB of %s: %v", dev, n.FDBErr), "run doctor as root")
@@ -537,6 +604,14 @@ func (e *eval) vxlanTables(want vxlan.State) {
 	}
 	missing, wrong, extra := diffEntries(n.FDB, want.FDB, netlinkx.FDB.Key, nil,
 		func(x netlinkx.FDB) string { return fmt.Sprintf("%s dst %s", x.MAC, x.Dst) })
+	put, _ := backend.Diff(n.FDB, want.FDB, netlinkx.FDB.Key, nil)
+	for _, x := range put {
+		for _, l := range e.leases {
+			if l.Attrs.PublicIP == x.Dst && l.Subnet.IsValid() {
+				e.note(l.Subnet, "fdb entry")
+			}
+		}
+	}
 	e.tableResult("fdb", dev, len(want.FDB), "FDB entries", missing, wrong, extra)
 }
 
@@ -633,12 +708,24 @@ func (e *eval) rpFilter() {
 	switch {
 	case strict && e.routeMissing > 0:
 		e.add("rp-filter", Warn, msg+": strict reverse-path filtering drops packets from remote subnets this node has no route back to (see routes)",
-			"fix the routes; or set rp_filter=2 (loose)")
+			"fix the routes; or loosen it: "+e.rpFilterFix())
 	case strict:
 		e.add("rp-filter", OK, msg+" (strict, fine while every remote subnet is routed back the way it arrives)", "")
 	default:
 		e.add("rp-filter", OK, msg, "")
 	}
+}
+
+// rpFilterFix is the sysctl that makes reverse-path filtering loose on
+// the interfaces overlay traffic arrives by.
+func (e *eval) rpFilterFix() string {
+	keys := []string{"net.ipv4.conf.all.rp_filter=2"}
+	for _, ifc := range []string{e.devName(), e.ulName} {
+		if ifc != "" {
+			keys = append(keys, "net.ipv4.conf."+ifc+".rp_filter=2")
+		}
+	}
+	return "sysctl -w " + strings.Join(keys, " ")
 }
 
 func (e *eval) devName() string {

@@ -260,7 +260,7 @@ func (l *Lab) startEtcd(ctx context.Context) error {
 		if !alive(pid) {
 			return permanent(fmt.Errorf("etcd exited; see %s:\n%s", l.EtcdLog, tail(l.EtcdLog, 15)))
 		}
-		code, body, err := httpGetInNS(wctx, l.ControlNS, addr, "/health")
+		code, body, err := httpGetInNS(wctx, l.ControlNS, addr, "/health", 512)
 		if err != nil {
 			return err
 		}

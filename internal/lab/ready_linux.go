@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -80,7 +81,7 @@ func (l *Lab) waitAgent(ctx context.Context, n *Node) error {
 		if err != nil {
 			return err
 		}
-		code, body, err := httpGetInNS(ctx, n.NS, addr, readyPath)
+		code, body, err := httpGetInNS(ctx, n.NS, addr, readyPath, 512)
 		if err != nil {
 			return err
 		}
@@ -155,7 +156,9 @@ func routeDsts(ctx context.Context, name string) (map[netip.Prefix]bool, error) 
 // socket is created on a thread switched into the namespace; once created it
 // belongs there, so the rest runs on any thread. (http.Client would dial on
 // another goroutine, in the wrong namespace.)
-func httpGetInNS(ctx context.Context, name, addr, path string) (int, string, error) {
+// httpGetInNS GETs path from addr inside namespace name and returns the
+// status and up to limit bytes of the body.
+func httpGetInNS(ctx context.Context, name, addr, path string, limit int64) (int, string, error) {
 	dctx, cancel := context.WithTimeout(ctx, time.Second)
 	conn, err := dialInNS(name)(dctx, "tcp", addr)
 	cancel()
@@ -177,9 +180,8 @@ func httpGetInNS(ctx context.Context, name, addr, path string) (int, string, err
 		return 0, "", err
 	}
 	defer resp.Body.Close()
-	var body [512]byte
-	k, _ := resp.Body.Read(body[:])
-	return resp.StatusCode, string(body[:k]), nil
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, limit))
+	return resp.StatusCode, string(body), nil
 }
 
 func ipOutput(ctx context.Context, args ...string) ([]byte, error) {

@@ -31,12 +31,18 @@ func (l *Lab) StoreClient(ctx context.Context) (*clientv3.Client, error) {
 // the start of the body.
 func (l *Lab) Readyz(ctx context.Context, i int) (int, string, error) {
 	n := l.node(i)
-	return httpGetInNS(ctx, n.NS, net.JoinHostPort("127.0.0.1", strconv.Itoa(healthzPort)), readyPath)
+	return httpGetInNS(ctx, n.NS, net.JoinHostPort("127.0.0.1", strconv.Itoa(healthzPort)), readyPath, 512)
 }
 
 // Healthz asks node i's agent for /healthz and returns the status code and
 // the start of the body.
 func (l *Lab) Healthz(ctx context.Context, i int) (int, string, error) {
 	n := l.node(i)
-	return httpGetInNS(ctx, n.NS, net.JoinHostPort("127.0.0.1", strconv.Itoa(healthzPort)), "/healthz")
+	return httpGetInNS(ctx, n.NS, net.JoinHostPort("127.0.0.1", strconv.Itoa(healthzPort)), "/healthz", 512)
+}
+
+// Metrics reads node i's agent's /metrics.
+func (l *Lab) Metrics(ctx context.Context, i int) (int, string, error) {
+	n := l.node(i)
+	return httpGetInNS(ctx, n.NS, net.JoinHostPort("127.0.0.1", strconv.Itoa(healthzPort)), "/metrics", 4<<20)
 }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -76,7 +77,9 @@ func MarshalAttrs(a Attrs) ([]byte, error) {
 func UnmarshalAttrs(data []byte) (Attrs, error) {
 	var a Attrs
 	if err := json.Unmarshal(data, &a); err != nil {
-		return Attrs{}, fmt.Errorf("lease value: %w", err)
+		// The decoder quotes what it could not parse: a value of a
+		// megabyte would be logged whole on every node.
+		return Attrs{}, fmt.Errorf("lease value (%d bytes): %s", len(data), Clip(err.Error()))
 	}
 	if a.PublicIP.IsValid() && !a.PublicIP.Is4() {
 		return Attrs{}, fmt.Errorf("lease value: PublicIP %s is not IPv4", a.PublicIP)
@@ -85,6 +88,17 @@ func UnmarshalAttrs(data []byte) (Attrs, error) {
 		return Attrs{}, fmt.Errorf("lease value: PublicIPv6 %s is not IPv6", a.PublicIPv6)
 	}
 	return a, nil
+}
+
+// clipLen is how much of a value from the store a message quotes.
+const clipLen = 200
+
+// Clip shortens s, text from the store or quoting it, for a log line.
+func Clip(s string) string {
+	if len(s) <= clipLen {
+		return s
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:clipLen], ""), len(s))
 }
 
 // Key renders a subnet key: "10.244.1.0-24", or "10.244.1.0-24&fd00:0:0:1::-64"

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/weft-net/weft/internal/config"
@@ -181,5 +182,14 @@ func TestSameNode(t *testing.T) {
 		if got := SameNode(tt.a, tt.b); got != tt.want {
 			t.Errorf("%s: SameNode = %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// A megabyte of garbage in the store is quoted, not copied, in errors.
+func TestUnmarshalAttrsClipsValue(t *testing.T) {
+	big := `{"PublicIP":"` + strings.Repeat("x", 1<<20) + `"}`
+	_, err := UnmarshalAttrs([]byte(big))
+	if err == nil || len(err.Error()) > 400 || !strings.Contains(err.Error(), "bytes") {
+		t.Fatalf("error of %d bytes: %.300v", len(err.Error()), err)
 	}
 }

@@ -63,6 +63,8 @@ type Store interface {
 	// concurrently. Values that do not parse are logged and skipped. Watch
 	// survives reconnects and compaction on its own, by re-listing and
 	// reporting the difference; an error it returns before ctx ends is one
-	// no retry can fix, and stops the agent.
+	// no retry can fix, and stops the agent. The leases it reports need
+	// not carry an Expiration (etcd's would cost a call per lease), so
+	// their Reservation() is not to be trusted.
 	Watch(ctx context.Context, fn func([]Event)) error
 }

@@ -30,6 +30,12 @@ const (
 	// overhead is what encapsulation adds: an outer IPv4 and UDP header.
 	overhead = 20 + 8
 	minMTU   = 576 // the least every IPv4 host must accept (RFC 791)
+
+	// SocketBuffer is the receive and send buffer the datapath's socket
+	// asks for: wireguard-go's conn.StdNetBind sets SO_RCVBUF/SO_SNDBUF
+	// (capped by net.core.rmem_max/wmem_max) and, with CAP_NET_ADMIN,
+	// SO_RCVBUFFORCE/SO_SNDBUFFORCE to 7 MiB (conn/controlfns.go).
+	SocketBuffer = 7 << 20
 )
 
 // settings are what the backend derives from its parameters.

@@ -36,12 +36,33 @@ func ParseBackendData(raw json.RawMessage) (BackendData, error) {
 	}
 	// A missing VtepMAC would leave the zero MAC; the check below rejects it.
 	if err := json.Unmarshal(raw, &d); err != nil {
-		return d, fmt.Errorf("BackendData %s: %w", raw, err)
+		return d, fmt.Errorf("BackendData %s: %s", lease.Clip(string(raw)), lease.Clip(err.Error()))
 	}
 	if !d.VtepMAC.IsUnicast() {
-		return d, fmt.Errorf("BackendData %s: VtepMAC %s is not a unicast MAC", raw, d.VtepMAC)
+		return d, fmt.Errorf("BackendData %s: VtepMAC %s is not a unicast MAC", lease.Clip(string(raw)), d.VtepMAC)
 	}
 	return d, nil
+}
+
+// Identities names the VtepMACs a lease publishes, which no other lease
+// may (admission's rule, package admit: the older lease keeps it): one per
+// family, flannel.<VNI>'s and flannel-v6.<VNI>'s, each unique on its own
+// device. BackendData that does not parse names none; the planner refuses
+// it.
+func Identities(l lease.Lease) []string {
+	if l.Attrs.BackendType != config.BackendVXLAN {
+		return nil
+	}
+	var out []string
+	if d, err := ParseBackendData(l.Attrs.BackendData); err == nil {
+		out = append(out, "VtepMAC "+d.VtepMAC.String())
+	}
+	if l.IPv6Subnet.IsValid() {
+		if d, err := ParseBackendData(l.Attrs.BackendV6Data); err == nil {
+			out = append(out, "IPv6 VtepMAC "+d.VtepMAC.String())
+		}
+	}
+	return out
 }
 
 // Params is what Desired needs besides the leases. One Planner serves one

@@ -79,10 +79,14 @@ func (d *device) family() string {
 }
 
 var (
-	_ backend.Backend   = (*Backend)(nil)
-	_ backend.Updater   = (*Backend)(nil)
-	_ backend.V6Backend = (*Backend)(nil)
+	_ backend.Backend    = (*Backend)(nil)
+	_ backend.Updater    = (*Backend)(nil)
+	_ backend.V6Backend  = (*Backend)(nil)
+	_ backend.Identifier = (*Backend)(nil)
 )
+
+// Identities implements backend.Identifier: the lease's VtepMAC.
+func (b *Backend) Identities(l lease.Lease) []string { return Identities(l) }
 
 // New returns the vxlan backend for p, programming the namespace of h.
 func New(p backend.Params, h *netlinkx.Handle, log *slog.Logger) (*Backend, error) {

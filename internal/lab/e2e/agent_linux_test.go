@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lab/labtest"
+	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
@@ -42,6 +44,7 @@ func TestVXLANScenarios(t *testing.T) {
 		{"DeletedDeviceAndRouteHeal", testHeal},
 		{"DeletedLease", testDeletedLease},
 		{"GarbageLease", testGarbageLease},
+		{"HostileLeases", testHostileLeases},
 		{"BadConfig", testBadConfig},
 		{"PoolExhausted", testPoolExhausted},
 	})
@@ -273,6 +276,125 @@ func testGarbageLease(t *testing.T, ctx context.Context, e *env) {
 			t.Errorf("node %d /readyz after garbage leases: %d %q %v", n.Index, code, body, err)
 		}
 	}
+}
+
+// Leases that parse but would take traffic from pods that own the
+// addresses (issue 11), all written at once: not subnet-sized, half of
+// node 1's subnet, a catch-all, the underlay outside Network, a copy of
+// node 2's subnet under a dual-stack key. Every node refuses each, once,
+// with the reason; none is routed; the mesh stays whole; /metrics counts
+// them.
+func testHostileLeases(t *testing.T, ctx context.Context, e *env) {
+	own := e.subnet(1)
+	half := netip.PrefixFrom(addOctet3(own.Addr(), 128), own.Bits()+1)
+	val := `{"PublicIP":"192.0.2.66","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:66:00:00:00:%02x"}}`
+	bad := map[netip.Prefix]string{
+		netip.MustParsePrefix("10.244.249.2/32"): "not /24",
+		half:                                     "not /24",
+		netip.MustParsePrefix("10.244.0.0/17"):   "not /24",
+		netip.MustParsePrefix("192.0.2.0/24"):    "not inside the cluster network",
+	}
+	keys := map[string]netip.Prefix{}
+	i := 0
+	for sn := range bad {
+		i++
+		keys[storePrefix+"/subnets/"+lease.Key(sn, netip.Prefix{})] = sn
+	}
+	// Node 2's IPv4 subnet again, under a dual-stack key: overlaps an
+	// older lease.
+	dup := e.subnet(2)
+	keys[storePrefix+"/subnets/"+lease.Key(dup, netip.MustParsePrefix("fd00:66::/64"))] = dup
+	// Node 2's VtepMAC on a free subnet below every node's (SubnetMin is
+	// 10.244.1.0): the lowest subnet used to win the MAC.
+	macCopy := netip.MustParsePrefix("10.244.0.0/24")
+	macKey := storePrefix + "/subnets/" + lease.Key(macCopy, netip.Prefix{})
+	mac2 := peerMAC(t, e, 2)
+
+	var marks []logMark
+	for _, n := range e.l.Nodes {
+		marks = append(marks, e.mark(n.Index))
+	}
+	i = 0
+	for k := range keys {
+		i++
+		e.put(ctx, k, fmt.Sprintf(val, i))
+	}
+	e.put(ctx, macKey, strings.Replace(val, "02:66:00:00:00:%02x", mac2.String(), 1))
+	keys[macKey] = macCopy
+	defer func() {
+		for k := range keys {
+			_, _ = e.cli.Delete(context.WithoutCancel(ctx), k)
+		}
+	}()
+	for j, n := range e.l.Nodes {
+		for k, sn := range keys {
+			want := bad[sn]
+			switch {
+			case sn == macCopy && n.Index != 2:
+				want = "VtepMAC " + mac2.String() + " is also lease " + lease.Key(e.subnet(2), netip.Prefix{}) + "'s"
+			case sn == macCopy:
+				want = "VtepMAC " + mac2.String() + " is this node's own"
+			case sn == dup && n.Index != 2:
+				want = "subnet " + dup.String() + " is also lease"
+			case sn == dup:
+				want = "overlaps this node's own"
+			}
+			line := e.waitLog(ctx, marks[j], 5*time.Second, `msg="lease not programmed"`, "subnet="+sn.String(), want)
+			if n.Index == 1 {
+				t.Logf("node %d, %s: %s", n.Index, k, line)
+			}
+		}
+	}
+	e.converged(ctx, resync+slack)
+	// Two resyncs later nothing is routed to them, and nothing repeats.
+	time.Sleep(2 * resync)
+	for _, n := range e.l.Nodes {
+		routes, err := e.h[n.Index].RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			for sn := range bad {
+				// The underlay's own prefix route is the kernel's, on eth0.
+				if r.Dst == sn && (r.Gw.IsValid() || r.OnLink) {
+					t.Errorf("node %d routes hostile lease %s: %s", n.Index, sn, r)
+				}
+			}
+		}
+		e.alive(n.Index)
+		if code, body, err := e.l.Readyz(ctx, n.Index); err != nil || code != 200 {
+			t.Errorf("node %d /readyz with hostile leases: %d %q %v", n.Index, code, body, err)
+		}
+	}
+	for j, n := range e.l.Nodes {
+		if got := strings.Count(marks[j].since(), `msg="lease not programmed"`); got != len(keys) {
+			t.Errorf("node %d logged %d refusals, want one per lease (%d)", n.Index, got, len(keys))
+		}
+	}
+	_, body, err := e.l.Metrics(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(body, fmt.Sprintf("weft_leases_refused %d\n", len(keys))) {
+		t.Errorf("node 1 /metrics does not count %d refused leases:\n%s", len(keys), grepLines(body, "weft_lease"))
+	}
+}
+
+// addOctet3 is a with n added to its last octet.
+func addOctet3(a netip.Addr, n byte) netip.Addr {
+	b := a.As4()
+	b[3] += n
+	return netip.AddrFrom4(b)
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // A fresh agent facing a bad network config says what is wrong, naming

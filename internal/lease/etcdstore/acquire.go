@@ -44,13 +44,13 @@ func (s *Store) scan(kvs []*mvccpb.KeyValue) snapshot {
 		key := string(kv.Key)
 		v4, v6, err := lease.ParseKey(strings.TrimPrefix(key, s.subnets))
 		if err != nil {
-			s.log.Warn("ignoring unparsable subnet key", "key", key, "err", err)
+			s.log.Warn("ignoring unparsable subnet key", "key", lease.Clip(key), "err", lease.Clip(err.Error()))
 			continue
 		}
 		snap.taken4[v4], snap.taken6[v6] = true, true
 		e := entry{key: key, v4: v4, v6: v6, leaseID: kv.Lease, createRev: kv.CreateRevision, modRev: kv.ModRevision}
 		if e.attrs, err = lease.UnmarshalAttrs(kv.Value); err != nil {
-			s.log.Warn("ignoring unparsable lease value; its subnet stays taken", "key", key, "err", err)
+			s.log.Warn("ignoring unparsable lease value; its subnet stays taken", "key", lease.Clip(key), "err", err)
 		} else {
 			e.ok = true
 		}
@@ -222,7 +222,29 @@ func (a *acquisition) reuse(ctx context.Context, e *entry) (lease.Lease, bool, [
 	}
 	a.used = a.used || e.leaseID != 0
 	a.s.log.Debug("reusing lease", "key", e.key, "reservation", e.leaseID == 0)
+	if e.leaseID != 0 && clientv3.LeaseID(e.leaseID) != a.grant {
+		a.revokeOrphan(ctx, clientv3.LeaseID(e.leaseID))
+	}
 	return l, true, nil, nil
+}
+
+// revokeOrphan revokes the etcd lease our key was bound to before reuse
+// moved it to a fresh one, unless some key still uses it: left alone it
+// lives out its TTL, one per agent restart (issue 11 counted 49).
+func (a *acquisition) revokeOrphan(ctx context.Context, id clientv3.LeaseID) {
+	ttl, err := a.s.cli.TimeToLive(ctx, id, clientv3.WithAttachedKeys())
+	switch {
+	case err != nil || ttl.TTL < 0:
+		return // gone already, or unknown: nothing to leak
+	case len(ttl.Keys) > 0:
+		a.s.log.Debug("previous etcd lease still holds keys; leaving it", "id", fmt.Sprintf("%x", int64(id)), "keys", len(ttl.Keys))
+		return
+	}
+	if _, err := a.s.cli.Revoke(ctx, id); err != nil {
+		a.s.log.Debug("could not revoke the previous etcd lease", "id", fmt.Sprintf("%x", int64(id)), "err", err)
+		return
+	}
+	a.s.log.Debug("revoked the previous etcd lease", "id", fmt.Sprintf("%x", int64(id)))
 }
 
 // choose picks a subnet of one family: the hint if it is in the pool and

@@ -462,3 +462,31 @@ func TestAcquireIPv6Only(t *testing.T) {
 		t.Errorf("store holds %d leases, want 2", c)
 	}
 }
+
+// An agent restarting takes its key over with a fresh etcd lease; the one
+// it had is revoked rather than left to live out its TTL.
+func TestRestartsLeakNoEtcdLeases(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	ctx := ctxT(t)
+	n := network(t, net16)
+	var first lease.Lease
+	for i := range 5 {
+		s, _ := newStore(t, cli, time.Hour)
+		l, err := s.Acquire(ctx, n, vxlanAttrs("192.0.2.3", "c6:d2:32:6f:8f:44"), lease.Hint{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = l
+		} else if l.Key() != first.Key() {
+			t.Fatalf("restart %d took %s, had %s", i, l.Key(), first.Key())
+		}
+	}
+	resp, err := cli.Leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Leases) != 1 {
+		t.Errorf("%d etcd leases after 5 acquisitions of one key, want 1", len(resp.Leases))
+	}
+}

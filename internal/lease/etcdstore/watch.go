@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -22,10 +21,10 @@ const (
 	maxBackoff = 10 * time.Second
 )
 
-// ttlLookups bounds concurrent TimeToLive calls when a listing is large.
-const ttlLookups = 8
-
-// Watch implements lease.Store. It lists the subnets at revision R, reports
+// Watch implements lease.Store. The leases it reports carry no Expiration:
+// the agent needs only its own lease's, which Acquire and Renew return,
+// and a TimeToLive call per lease made a cluster restart cost N² calls.
+// It lists the subnets at revision R, reports
 // them all (fn is called even when there are none, so the caller knows the
 // snapshot is complete), then follows changes from R+1. A lost connection
 // resumes from the last revision seen; a compacted revision is recovered by
@@ -89,7 +88,7 @@ func (w *watcher) list(ctx context.Context) error {
 	for _, kv := range resp.Kvs {
 		l, err := w.s.parse(kv)
 		if err != nil {
-			w.s.log.Warn("ignoring bad lease", "key", string(kv.Key), "err", err)
+			w.s.log.Warn("ignoring bad lease", "key", lease.Clip(string(kv.Key)), "err", err)
 			continue
 		}
 		key := string(kv.Key)
@@ -100,7 +99,6 @@ func (w *watcher) list(ctx context.Context) error {
 		fresh[key] = l
 		changed = append(changed, kv)
 	}
-	w.fillExpirations(ctx, fresh, changed)
 
 	var events []lease.Event
 	for _, kv := range changed {
@@ -119,41 +117,6 @@ func (w *watcher) list(ctx context.Context) error {
 		w.emit(events)
 	}
 	return nil
-}
-
-// fillExpirations looks up the etcd lease of each changed key.
-func (w *watcher) fillExpirations(ctx context.Context, leases map[string]lease.Lease, kvs []*mvccpb.KeyValue) {
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, ttlLookups)
-	for _, kv := range kvs {
-		if kv.Lease == 0 {
-			continue
-		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			exp := w.expiration(ctx, kv)
-			mu.Lock()
-			l := leases[string(kv.Key)]
-			l.Expiration = exp
-			leases[string(kv.Key)] = l
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-}
-
-// expiration never returns zero for a key bound to an etcd lease, so that
-// Reservation() stays truthful even when the lookup fails.
-func (w *watcher) expiration(ctx context.Context, kv *mvccpb.KeyValue) time.Time {
-	exp, err := w.s.expiration(ctx, kv.Lease)
-	if err != nil {
-		w.s.log.Debug("could not read lease TTL", "key", string(kv.Key), "err", err)
-		return time.Now()
-	}
-	return exp
 }
 
 // follow watches from rev+1 until the watch ends. progress is called
@@ -210,7 +173,7 @@ func (w *watcher) apply(ctx context.Context, ev *clientv3.Event) ([]lease.Event,
 	}
 	l, err := w.s.parse(ev.Kv)
 	if err != nil {
-		w.s.log.Warn("ignoring bad lease", "key", key, "err", err)
+		w.s.log.Warn("ignoring bad lease", "key", lease.Clip(key), "err", err)
 		if !had {
 			return nil, false
 		}
@@ -221,7 +184,6 @@ func (w *watcher) apply(ctx context.Context, ev *clientv3.Event) ([]lease.Event,
 		// A renewal that rewrote the same value (flannel renews this way).
 		return nil, false
 	}
-	l.Expiration = w.expiration(ctx, ev.Kv)
 	w.known[key] = l
 	w.s.log.Debug("lease added", "key", key, "public_ip", l.Attrs.PublicIP)
 	return []lease.Event{{Type: lease.Added, Lease: l}}, true

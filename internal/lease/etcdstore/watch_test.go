@@ -32,14 +32,6 @@ func TestWatchEvents(t *testing.T) {
 	if want := "added " + a.Key() + " 192.0.2.1; added 10.244.9.0-24 192.0.2.9"; describe(snap) != want && describe(snap) != "added 10.244.9.0-24 192.0.2.9; added "+a.Key()+" 192.0.2.1" {
 		t.Fatalf("snapshot: %s; want %s", describe(snap), want)
 	}
-	for _, e := range snap {
-		if e.Lease.Attrs.PublicIP == netip.MustParseAddr("192.0.2.9") != e.Lease.Reservation() {
-			t.Errorf("%s: Reservation() = %v", e.Lease.Key(), e.Lease.Reservation())
-		}
-		if !e.Lease.Reservation() && time.Until(e.Lease.Expiration) < 59*time.Minute {
-			t.Errorf("%s expires in %v, want about 1h", e.Lease.Key(), time.Until(e.Lease.Expiration))
-		}
-	}
 
 	b, err := s.Acquire(ctx, n, vxlanAttrs("192.0.2.2", "c6:d2:32:6f:8f:02"), lease.Hint{})
 	if err != nil {
@@ -330,11 +322,6 @@ func TestWatchThousandLeases(t *testing.T) {
 	t.Logf("snapshot of %d leases in %v", len(evs), time.Since(begin).Round(time.Millisecond))
 	if len(evs) != leases {
 		t.Fatalf("snapshot has %d leases, want %d", len(evs), leases)
-	}
-	for _, e := range evs {
-		if e.Lease.Reservation() || time.Until(e.Lease.Expiration) < 59*time.Minute {
-			t.Fatalf("%s: expiration %v", e.Lease.Key(), e.Lease.Expiration)
-		}
 	}
 	begin = time.Now()
 	l, err := s.Acquire(ctxT(t), network(t, `{"Network":"10.16.0.0/12","Backend":{"Type":"vxlan"}}`),

@@ -1,0 +1,312 @@
+package doctor_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/backend/udp"
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/doctor"
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lab/labtest"
+)
+
+type statusJSON struct {
+	OK    bool
+	Nodes []struct {
+		Key, State string
+		Subnet     netip.Prefix
+		PublicIP   netip.Addr
+	}
+	Problems []string
+}
+
+// runStatus runs `weft status -o json` in ns and returns it parsed, and
+// whether it exited 0.
+func runStatus(t *testing.T, ctx context.Context, bin, ns string, args []string) (statusJSON, bool) {
+	t.Helper()
+	argv := append([]string{"netns", "exec", ns, filepath.Join(bin, "weft"), "status", "-o", "json"}, args...)
+	cmd := exec.CommandContext(ctx, "ip", argv...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var s statusJSON
+	if jerr := json.Unmarshal(out, &s); jerr != nil {
+		t.Fatalf("weft status: %v %v\n%s\n%s", err, jerr, out, stderr.String())
+	}
+	return s, err == nil
+}
+
+// peers returns the peer results of a doctor report, by the message.
+func peerResults(r jsonReport) []string {
+	var out []string
+	for _, x := range r.Results {
+		if x.Check == "peer" {
+			out = append(out, x.Status+" "+x.Message)
+		}
+	}
+	return out
+}
+
+func mustExec(t *testing.T, ctx context.Context, l *lab.Lab, ns string, argv ...string) {
+	t.Helper()
+	if out, err := l.Exec(ctx, ns, argv...); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
+	}
+}
+
+// TestLabProbes brings up a three-node vxlan lab: doctor is all ok and
+// fast, weft status lists the lease set; then each fault is named by the
+// hop that fails: UDP 8472 dropped by an nftables rule in one node (on
+// both ends), the underlay MTU lowered on one node's link (an MTU black
+// hole); 50 peers are probed in under 5 s; a node whose lease is gone and
+// a route deleted show in weft status, which exits non-zero.
+func TestLabProbes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds a lab in network namespaces")
+	}
+	bin, cni := labtest.Binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var suffix [3]byte
+	_, _ = rand.Read(suffix[:])
+	l, err := lab.Up(ctx, lab.Options{
+		Name: "docprb-" + hex.EncodeToString(suffix[:]), Root: t.TempDir(),
+		Nodes: 3, PodsPerNode: 1, Backend: config.BackendVXLAN,
+		BinDir: bin, CNIBinDir: cni,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+		defer dcancel()
+		if err := l.Down(dctx, lab.DownOptions{}); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	n1, n2, n3 := l.Node(1), l.Node(2), l.Node(3)
+
+	// Healthy: every check ok, two peers probed, under 2 s.
+	start := time.Now()
+	r, ok := runDoctor(t, ctx, bin, n1.NS, nil)
+	took := time.Since(start)
+	t.Logf("doctor on a healthy 3-node lab took %s", took.Round(time.Millisecond))
+	if !ok || !r.OK {
+		t.Fatalf("healthy lab: doctor failed:\n%s", r)
+	}
+	for _, x := range r.Results {
+		if x.Status != "ok" {
+			t.Errorf("healthy lab: %s is %s: %s", x.Check, x.Status, x.Message)
+		}
+	}
+	if p := peerResults(r); len(p) != 2 {
+		t.Errorf("healthy lab: %d peer results, want 2: %v", len(p), p)
+	}
+	if took > 2*time.Second {
+		t.Errorf("doctor took %s on a healthy 3-node lab, want under 2 s", took)
+	}
+
+	// weft status: the lease set, this node's and two programmed.
+	s, ok := runStatus(t, ctx, bin, n1.NS, []string{"--probe"})
+	if !ok || !s.OK {
+		t.Fatalf("healthy lab: weft status failed: %+v", s)
+	}
+	var got, want []string
+	for _, n := range s.Nodes {
+		got = append(got, fmt.Sprintf("%s %s %s", n.Subnet, n.PublicIP, n.State))
+	}
+	for _, n := range []*lab.Node{n1, n2, n3} {
+		state := "programmed"
+		if n == n1 {
+			state = "this node"
+		}
+		want = append(want, fmt.Sprintf("%s %s %s", n.Subnet.Masked(), n.PublicIP, state))
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("weft status rows\n got %q\nwant %q", got, want)
+	}
+
+	// UDP 8472 from node 1 dropped in node 2: both ends name the tunnel.
+	mustExec(t, ctx, l, n2.NS, "nft", "add table inet docprobe")
+	mustExec(t, ctx, l, n2.NS, "nft", "add chain inet docprobe input { type filter hook input priority 0 ; }")
+	mustExec(t, ctx, l, n2.NS, "nft", fmt.Sprintf("add rule inet docprobe input ip saddr %s udp dport 8472 drop", n1.PublicIP))
+	for _, c := range []struct{ from, to *lab.Node }{{n1, n2}, {n2, n1}} {
+		r, ok := runDoctor(t, ctx, bin, c.from.NS, nil)
+		w := fmt.Sprintf("fail VXLAN (UDP 8472) to %s dropped: the underlay passes ICMP but not the tunnel", c.to.PublicIP)
+		p := peerResults(r)
+		if ok || !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, w) }) {
+			t.Errorf("UDP 8472 dropped: doctor on node %d: want %q in %q", c.from.Index, w, p)
+		}
+	}
+	mustExec(t, ctx, l, n2.NS, "nft", "delete table inet docprobe")
+
+	// Node 3's link MTU lowered: an MTU black hole from node 1.
+	mustExec(t, ctx, l, n3.NS, "ip", "link", "set", "eth0", "mtu", "1400")
+	r, ok = runDoctor(t, ctx, bin, n1.NS, nil)
+	w := fmt.Sprintf("fail MTU black hole to %s: 1450-byte packets do not cross, ", n3.PublicIP)
+	if p := peerResults(r); ok || !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, w) }) {
+		t.Errorf("underlay MTU lowered: want %q in %q", w, p)
+	}
+	mustExec(t, ctx, l, n3.NS, "ip", "link", "set", "eth0", "mtu", "1500")
+
+	// 50 peers: 47 more leases whose PublicIPs answer on the underlay
+	// (addresses on the lab's switch) but have no VXLAN endpoint.
+	cli, err := l.StoreClient(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	var fakes []string
+	for i := range 47 {
+		ip := fmt.Sprintf("192.0.2.%d", 100+i)
+		mustExec(t, ctx, l, l.UnderlayNS, "ip", "addr", "add", ip+"/24", "dev", "br0")
+		key := fmt.Sprintf("10.244.%d.0-24", 200+i)
+		if n1.Subnet.Masked().String() == strings.Replace(key, "-", "/", 1) || n2.Subnet.Masked().String() == strings.Replace(key, "-", "/", 1) || n3.Subnet.Masked().String() == strings.Replace(key, "-", "/", 1) {
+			continue
+		}
+		val := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ce:00:00:00:01:%02x"}}`, ip, i)
+		if _, err := cli.Put(ctx, "/coreos.com/network/subnets/"+key, val); err != nil {
+			t.Fatal(err)
+		}
+		fakes = append(fakes, ip)
+	}
+	time.Sleep(time.Second) // the agent programs them; doctor then finds its routes in place
+	start = time.Now()
+	r, _ = runDoctor(t, ctx, bin, n1.NS, nil)
+	took = time.Since(start)
+	p := peerResults(r)
+	t.Logf("doctor with %d peers took %s", len(p), took.Round(time.Millisecond))
+	if len(p) != 2+len(fakes) {
+		t.Errorf("%d peer results, want %d", len(p), 2+len(fakes))
+	}
+	if took > 5*time.Second {
+		t.Errorf("doctor took %s with %d peers, want under 5 s", took, len(p))
+	}
+	for _, ip := range fakes[:3] {
+		w := fmt.Sprintf("fail VXLAN (UDP 8472) to %s dropped", ip)
+		if !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, w) }) {
+			t.Errorf("fake peer %s: want %q in %q", ip, w, p)
+		}
+	}
+	for _, n := range []*lab.Node{n2, n3} {
+		if !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, "ok "+n.PublicIP.String()+" ") }) {
+			t.Errorf("node %d not ok among 50 peers: %q", n.Index, p)
+		}
+	}
+
+	// Node 3's agent stopped and its lease gone: its own status says so.
+	args3 := agentArgs(t, l, 3)
+	if err := l.StopAgent(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, "/coreos.com/network/subnets/"+strings.Replace(n3.Subnet.Masked().String(), "/", "-", 1)); err != nil {
+		t.Fatal(err)
+	}
+	s, ok = runStatus(t, ctx, bin, n3.NS, args3)
+	w = fmt.Sprintf("this node's subnet %s has no lease", n3.Subnet.Masked())
+	if ok || s.OK || !slices.ContainsFunc(s.Problems, func(p string) bool { return strings.Contains(p, w) }) {
+		t.Errorf("node 3's lease deleted: status exit 0 %v, problems %q, want %q", ok, s.Problems, w)
+	}
+
+	// Node 1's agent stopped and its route to node 2 deleted.
+	args1 := agentArgs(t, l, 1)
+	if err := l.StopAgent(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, l, n1.NS, "ip", "route", "del", n2.Subnet.Masked().String())
+	s, ok = runStatus(t, ctx, bin, n1.NS, args1)
+	found := false
+	for _, n := range s.Nodes {
+		if n.Subnet == n2.Subnet.Masked() {
+			found = n.State == "missing route"
+		}
+	}
+	if ok || s.OK || !found {
+		t.Errorf("route to node 2 deleted: status exit 0 %v, rows %+v, problems %q", ok, s.Nodes, s.Problems)
+	}
+}
+
+func agentArgs(t *testing.T, l *lab.Lab, i int) []string {
+	t.Helper()
+	pid, err := l.AgentPID(i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args, err := doctor.AgentArgs(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return args
+}
+
+// TestLabUDPSocketBuffers brings up a two-node udp lab: doctor compares
+// net.core.rmem_max with what the udp datapath asks for and, below it,
+// warns with the sysctl to run; the peer answers through flannel0.
+func TestLabUDPSocketBuffers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds a lab in network namespaces")
+	}
+	bin, cni := labtest.Binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var suffix [3]byte
+	_, _ = rand.Read(suffix[:])
+	l, err := lab.Up(ctx, lab.Options{
+		Name: "docudp-" + hex.EncodeToString(suffix[:]), Root: t.TempDir(),
+		Nodes: 2, PodsPerNode: 1, Backend: config.BackendUDP,
+		BinDir: bin, CNIBinDir: cni,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+		defer dcancel()
+		if err := l.Down(dctx, lab.DownOptions{}); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	n1, n2 := l.Node(1), l.Node(2)
+	// A node namespace shows the host's rmem_max read-only: the limit
+	// cannot be lowered here without changing the host's, so the test
+	// checks doctor against whatever the host has.
+	out, err := l.Exec(ctx, n1.NS, "cat", "/proc/sys/net/core/rmem_max")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rmem := strings.TrimSpace(string(out))
+	r, _ := runDoctor(t, ctx, bin, n1.NS, nil)
+	var sb string
+	for _, x := range r.Results {
+		if x.Check == "socket-buffers" {
+			sb = x.Status + " " + x.Message + " | " + x.Hint
+		}
+	}
+	var n int
+	fmt.Sscan(rmem, &n)
+	if n < udp.SocketBuffer {
+		if !strings.HasPrefix(sb, "warn net.core.rmem_max = "+rmem) || !strings.Contains(sb, "sysctl -w net.core.rmem_max=7340032") {
+			t.Errorf("rmem_max %s: socket-buffers %q", rmem, sb)
+		}
+	} else if !strings.HasPrefix(sb, "ok ") && !strings.Contains(sb, "wmem_max") {
+		t.Errorf("rmem_max %s: socket-buffers %q", rmem, sb)
+	}
+	w := fmt.Sprintf("ok %s ", n2.PublicIP)
+	if p := peerResults(r); !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, w) }) {
+		t.Errorf("udp peer not ok: %q\n%s", p, r)
+	}
+}

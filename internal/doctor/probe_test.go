@@ -1,0 +1,119 @@
+package doctor
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func ping(sent, recv int, rtt time.Duration) Ping {
+	return Ping{Sent: sent, Received: recv, RTT: rtt, Size: 84}
+}
+
+func peerFacts(p PeerProbe) Facts {
+	f := healthy()
+	p.Target = ProbeTarget{Key: "10.244.2.0-24", Subnet: pfx("10.244.2.0/24"), PublicIP: addr("192.0.2.2"), Overlay: addr("10.244.2.0"), Backend: "vxlan", Port: 8472, MTU: 1450}
+	f.Probe = &ProbeFacts{Peers: []PeerProbe{p}}
+	return f
+}
+
+func TestPeerVerdicts(t *testing.T) {
+	ok := ping(3, 3, 400*time.Microsecond)
+	full := Ping{Sent: 3, Received: 3, RTT: time.Millisecond, Size: 1450}
+	tests := []struct {
+		name   string
+		p      PeerProbe
+		mutate func(*Facts)
+		status Status
+		want   string
+	}{
+		{"healthy", PeerProbe{Underlay: ok, Overlay: ok, Full: full}, nil, OK,
+			"192.0.2.2 (10.244.2.0/24): underlay 0.40 ms, vxlan 0.40 ms, 1450-byte DF 1.00 ms"},
+		{"underlay down", PeerProbe{Underlay: ping(3, 0, 0)}, nil, Fail, "underlay to 192.0.2.2 unreachable (3 of 3 lost)"},
+		{"tunnel blocked", PeerProbe{Underlay: ok, Overlay: ping(3, 0, 0)}, nil, Fail,
+			"VXLAN (UDP 8472) to 192.0.2.2 dropped: the underlay passes ICMP but not the tunnel — check firewalls and security groups"},
+		{"MTU black hole", PeerProbe{Underlay: ok, Overlay: ok, Full: Ping{Sent: 3, Size: 1450}, Largest: 1400}, nil, Fail,
+			"MTU black hole to 192.0.2.2: 1450-byte packets do not cross, 1400 do"},
+		{"no route here", PeerProbe{Underlay: ok, Overlay: Ping{Sent: 3, Err: "no route"}}, nil, Fail, "fails on this node: no route"},
+		{"route missing here", PeerProbe{Underlay: ok, Overlay: ping(3, 0, 0)}, func(f *Facts) { f.Node.Routes = f.Node.Routes[:2] }, Fail,
+			"this node lacks its route"},
+		{"loss", PeerProbe{Underlay: ok, Overlay: ping(3, 2, time.Millisecond), Full: full}, nil, Warn, "33% loss"},
+		{"no socket", PeerProbe{Err: "ICMP socket: permission denied"}, nil, Warn, "not probed: ICMP socket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := peerFacts(tt.p)
+			if tt.mutate != nil {
+				tt.mutate(&f)
+			}
+			r, found := find(Evaluate(f), "peer")
+			if !found {
+				t.Fatal("no peer result")
+			}
+			if r.Status != tt.status || !strings.Contains(r.Message, tt.want) {
+				t.Errorf("got %s %q (hint %q), want %s with %q", r.Status, r.Message, r.Hint, tt.status, tt.want)
+			}
+		})
+	}
+	t.Run("udp agent down", func(t *testing.T) {
+		f := peerFacts(PeerProbe{Underlay: ok, Overlay: ping(3, 0, 0)})
+		f.Probe.Peers[0].Target.Backend, f.Probe.Peers[0].Target.Port = "udp", 8285
+		r, _ := find(Evaluate(f), "peer")
+		if r.Status != Fail || !strings.Contains(r.Message, "peer's agent not answering on its subnet") || !strings.Contains(r.Hint, "UDP 8285") {
+			t.Errorf("got %s %q %q", r.Status, r.Message, r.Hint)
+		}
+	})
+}
+
+func TestPlanProbes(t *testing.T) {
+	f := healthy()
+	f.Store.Leases = append(f.Store.Leases,
+		RawLease{Key: "10.244.3.0-24", Value: vxlanValue("192.0.2.3", mac3), LeaseID: 0x13, TTL: time.Hour},
+		RawLease{Key: "10.244.9.0-24", Value: vxlanValue("192.0.2.1", mac3), LeaseID: 0x14, TTL: time.Hour}, // a stale lease of this node
+	)
+	targets, unmatched, notProbed := PlanProbes(f, ProbeOptions{})
+	if len(targets) != 2 || len(unmatched) != 0 || notProbed != 0 {
+		t.Fatalf("targets %+v unmatched %v notProbed %d", targets, unmatched, notProbed)
+	}
+	t0 := targets[0]
+	if t0.PublicIP != addr("192.0.2.2") || t0.Overlay != addr("10.244.2.0") || t0.Source != addr("10.244.1.0") || t0.MTU != 1450 || t0.Port != 8472 {
+		t.Errorf("target %+v", t0)
+	}
+	targets, unmatched, _ = PlanProbes(f, ProbeOptions{Peers: []string{"192.0.2.3", "10.244.7.0/24"}})
+	if len(targets) != 1 || targets[0].PublicIP != addr("192.0.2.3") || len(unmatched) != 1 || unmatched[0] != "10.244.7.0/24" {
+		t.Errorf("--peers: targets %+v unmatched %v", targets, unmatched)
+	}
+	targets, _, notProbed = PlanProbes(f, ProbeOptions{Max: 1})
+	if len(targets) != 1 || notProbed != 1 {
+		t.Errorf("--max-peers 1: %d targets, %d not probed", len(targets), notProbed)
+	}
+}
+
+func TestKernelLimits(t *testing.T) {
+	udp := func() Facts {
+		f := healthy()
+		f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
+		return f
+	}
+	f := udp()
+	f.Node.Sysctls["net/core/rmem_max"] = "212992"
+	r, _ := find(Evaluate(f), "socket-buffers")
+	if r.Status != Warn || !strings.Contains(r.Message, "rmem_max is below the 7340032 bytes") || !strings.Contains(r.Hint, "sysctl -w net.core.rmem_max=7340032") {
+		t.Errorf("low rmem_max: %s %q %q", r.Status, r.Message, r.Hint)
+	}
+	if _, found := find(Evaluate(healthy()), "socket-buffers"); found {
+		t.Error("socket-buffers checked for vxlan, which uses no socket")
+	}
+	for _, c := range []struct {
+		count  string
+		status Status
+	}{{"100", OK}, {"800", Warn}, {"950", Fail}} {
+		f := healthy()
+		f.Node.Sysctls["net/netfilter/nf_conntrack_count"] = c.count
+		f.Node.Sysctls["net/netfilter/nf_conntrack_max"] = "1000"
+		r, _ := find(Evaluate(f), "conntrack")
+		if r.Status != c.status || (c.status != OK && !strings.Contains(r.Hint, "sysctl -w net.netfilter.nf_conntrack_max=2000")) {
+			t.Errorf("conntrack %s/1000: %s %q %q", c.count, r.Status, r.Message, r.Hint)
+		}
+	}
+}

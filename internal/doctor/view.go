@@ -1,0 +1,82 @@
+package doctor
+
+import (
+	"encoding/json"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// View is the cluster as this node sees it: every lease, whether this
+// node has programmed it, and the checks' report. weft status renders it.
+type View struct {
+	Report Report
+	// Own is this node's subnet (from its subnet file); invalid when unknown.
+	Own netip.Prefix
+	// Programmed says whether Leases' Missing are known: the datapath
+	// checks ran.
+	Programmed bool
+	Leases     []LeaseView
+	// Stale are subnets this node routes that no lease holds: a node
+	// whose lease expired or was deleted.
+	Stale []netip.Prefix
+}
+
+// LeaseView is one lease.
+type LeaseView struct {
+	Key         string          `json:"key"`
+	Node        string          `json:"node,omitempty"` // the Node's name (Kubernetes store)
+	Subnet      netip.Prefix    `json:"subnet,omitzero"`
+	IPv6Subnet  netip.Prefix    `json:"ipv6Subnet,omitzero"`
+	PublicIP    netip.Addr      `json:"publicIP"`
+	BackendType string          `json:"backendType"`
+	BackendData json.RawMessage `json:"backendData,omitempty"`
+	Own         bool            `json:"own"` // this node's
+	// Reservation: an etcd key without a lease, which never expires.
+	Reservation bool `json:"reservation"`
+	// TTL is the time left and Renewed the time since the lease was
+	// granted or last renewed; both valid when TTLKnown.
+	TTLKnown bool          `json:"ttlKnown"`
+	TTL      time.Duration `json:"ttl,omitempty"`
+	Renewed  time.Duration `json:"renewed,omitempty"`
+	Expired  bool          `json:"expired"`
+	// Missing is what this node lacks to reach the lease ("route, fdb
+	// entry"); empty when all is programmed, for its own, or when not
+	// known (View.Programmed false).
+	Missing string `json:"missing,omitempty"`
+	// Probe is the probe's verdict, when doctor probed this peer.
+	Probe *ProbeView `json:"probe,omitempty"`
+}
+
+// ClusterView runs the checks over f (with its probes, if any) and
+// returns every lease as this node sees it.
+func ClusterView(f Facts) View {
+	e := evaluate(f)
+	e.peers()
+	v := View{Report: Report{Results: e.out}, Own: e.own, Programmed: e.programChecked, Stale: slices.Clone(e.stale)}
+	for _, l := range e.leases {
+		lv := LeaseView{
+			Key: l.Key(), Node: e.nodeOf[l.Subnet], Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet,
+			PublicIP: l.Attrs.PublicIP, BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData,
+			Own: e.own.IsValid() && l.Subnet == e.own,
+		}
+		if r, ok := e.meta[l.Subnet]; ok && f.Kube == nil {
+			switch {
+			case r.LeaseID == 0:
+				lv.Reservation = true
+			case r.TTLErr == nil:
+				lv.TTLKnown, lv.TTL, lv.Expired = true, r.TTL, r.TTL <= 0
+				if r.Granted > 0 {
+					lv.Renewed = max(r.Granted-r.TTL, 0)
+				}
+			}
+		}
+		if !lv.Own {
+			lv.Missing = e.missing[l.Subnet]
+			lv.Probe = e.probed[l.Subnet]
+		}
+		v.Leases = append(v.Leases, lv)
+	}
+	slices.SortFunc(v.Leases, func(a, b LeaseView) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	return v
+}

@@ -1,0 +1,377 @@
+// Package admit decides which leases of the store a node may program. The
+// store is writable by every node (and by whoever holds its credentials),
+// so a lease is only a claim: one that is not subnet-sized, lies outside
+// the cluster network, or overlaps this node's subnet or another node's
+// lease would, once routed, take traffic away from pods that own those
+// addresses. flannel routes all of them. Every backend gets the same
+// verdicts, because the daemon hands them only the admitted set.
+package admit
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// Refusal says why a lease is not admitted.
+type Refusal struct {
+	Key    string
+	Subnet netip.Prefix // what the lease claims (IPv4, else IPv6)
+	Reason string
+}
+
+// Set is the lease set with the verdict on each lease, kept across events
+// so that a change costs time proportional to it. Of two leases that claim
+// one subnet, the one seen first keeps it: the newcomer is the suspect.
+// The zero value is not usable; call Reset. Not safe for concurrent use.
+type Set struct {
+	n      *config.Network
+	own    lease.Lease
+	ownKey string
+	bits4  int // subnet length every IPv4 lease must have
+	bits6  int
+	ownIDs []string // own's identities: no other lease may claim them
+
+	leases map[string]*entry            // every lease but our own, by key
+	claims map[string]map[string]*entry // admissible leases by each thing they claim
+	seq    uint64
+
+	// Identity, when set, names what else than its subnets a lease must
+	// hold alone: the backend's identity of the node (vxlan: "VtepMAC
+	// <mac>"; two FDB entries for one MAC cannot be).
+	Identity func(lease.Lease) []string
+}
+
+type entry struct {
+	l      lease.Lease
+	seq    uint64   // when first seen: the older lease wins a contest
+	reason string   // why inadmissible on its own; "" if admissible
+	claims []string // its subnets and identities
+}
+
+// Reset judges the lease set afresh (by key, as the watch reported it)
+// for the network and our own lease, keeping the age of leases already
+// known, and returns the admitted ones (own first, as it was acquired,
+// then in key order) and the refusals.
+func (s *Set) Reset(n *config.Network, own lease.Lease, leases map[string]lease.Lease) ([]lease.Lease, []Refusal) {
+	old := s.leases
+	s.n, s.own = n, own
+	s.ownKey = own.Key()
+	s.bits4, s.bits6 = n.SubnetLen, n.IPv6SubnetLen
+	// In Kubernetes mode the subnets are podCIDRs, whose length is the
+	// controller-manager's --node-cidr-mask-size, not SubnetLen: every
+	// node's is the same as ours.
+	if own.Subnet.IsValid() {
+		s.bits4 = own.Subnet.Bits()
+	}
+	if own.IPv6Subnet.IsValid() {
+		s.bits6 = own.IPv6Subnet.Bits()
+	}
+	s.ownIDs = nil
+	if s.Identity != nil {
+		s.ownIDs = s.Identity(own)
+	}
+	s.leases = make(map[string]*entry, len(leases))
+	s.claims = make(map[string]map[string]*entry, len(leases))
+	// Known leases keep their age; new ones are aged in key order after
+	// them, so that nodes judging the same snapshot agree.
+	ks := slices.Sorted(maps.Keys(leases))
+	slices.SortStableFunc(ks, func(a, b string) int {
+		ea, eb := old[a], old[b]
+		switch {
+		case ea != nil && eb != nil:
+			return cmp.Compare(ea.seq, eb.seq)
+		case ea != nil:
+			return -1
+		case eb != nil:
+			return 1
+		}
+		return 0
+	})
+	for _, key := range ks {
+		l := leases[key]
+		if key == s.ownKey && lease.SameNode(l.Attrs, own.Attrs) {
+			continue
+		}
+		o := old[key]
+		if o != nil && sameBytes(o.l, l) {
+			// Unchanged since the last pass: only the verdict may differ
+			// (own or the network may have changed).
+			e := &entry{l: l, seq: o.seq, claims: o.claims, reason: s.judge(l)}
+			if e.reason == "" {
+				e.reason = s.ownClash(e.claims)
+			}
+			s.insert(e)
+			continue
+		}
+		e := s.newEntry(l)
+		if o != nil {
+			e.seq = o.seq
+		}
+		s.insert(e)
+	}
+	return s.admitted(), s.refusals()
+}
+
+// Update applies watch events, in order, and returns the events that take
+// the admitted set along: a lease admitted or changed is Added, one no
+// longer admitted (gone, changed into something inadmissible, or beaten
+// by an older claim) is Removed. verdicts holds, for every lease whose
+// verdict may have changed, its refusal, or one with an empty Reason when
+// it is admitted or gone.
+func (s *Set) Update(evs []lease.Event) (out []lease.Event, verdicts []Refusal) {
+	// The leases touched, and every lease contesting a subnet with them.
+	touched := map[string]bool{}
+	fresh := make([]*entry, len(evs))
+	for i, ev := range evs {
+		key := ev.Lease.Key()
+		touched[key] = true
+		var claims []string
+		if e := s.leases[key]; e != nil {
+			claims = e.claims
+		}
+		if ev.Type != lease.Removed {
+			fresh[i] = s.newEntry(ev.Lease)
+			claims = append(slices.Clip(claims), fresh[i].claims...)
+		}
+		for _, c := range claims {
+			for k := range s.claims[c] {
+				touched[k] = true
+			}
+		}
+	}
+	keys := slices.Sorted(maps.Keys(touched))
+	before := make(map[string]lease.Lease, len(keys))
+	for _, k := range keys {
+		if e := s.leases[k]; e != nil && s.admits(e) {
+			before[k] = e.l
+		}
+	}
+	for i, ev := range evs {
+		key := ev.Lease.Key()
+		old := s.leases[key]
+		if old != nil {
+			s.remove(old)
+		}
+		if ev.Type == lease.Removed || key == s.ownKey && lease.SameNode(ev.Lease.Attrs, s.own.Attrs) {
+			continue
+		}
+		e := fresh[i]
+		if old != nil {
+			e.seq = old.seq // a changed lease keeps its age
+		}
+		s.insert(e)
+	}
+	// Removals first: a subnet that passes from one lease to another is
+	// withdrawn before it is routed anew.
+	var added []lease.Event
+	for _, k := range keys {
+		e := s.leases[k]
+		was, had := before[k]
+		now := e != nil && s.admits(e)
+		switch {
+		case had && (!now || !was.Equal(e.l)):
+			out = append(out, lease.Event{Type: lease.Removed, Lease: was})
+			if now {
+				added = append(added, lease.Event{Type: lease.Added, Lease: e.l})
+			}
+		case now && !had:
+			added = append(added, lease.Event{Type: lease.Added, Lease: e.l})
+		}
+		switch {
+		case e == nil:
+			verdicts = append(verdicts, Refusal{Key: k, Subnet: subnetOf(evLease(evs, k))})
+		case now:
+			verdicts = append(verdicts, Refusal{Key: k, Subnet: subnetOf(e.l)})
+		default:
+			verdicts = append(verdicts, s.refusal(e))
+		}
+	}
+	return append(out, added...), verdicts
+}
+
+// Refusals lists every lease not admitted, in key order.
+func (s *Set) refusals() []Refusal {
+	var out []Refusal
+	for _, k := range slices.Sorted(maps.Keys(s.leases)) {
+		if e := s.leases[k]; !s.admits(e) {
+			out = append(out, s.refusal(e))
+		}
+	}
+	return out
+}
+
+// admitted lists own and every admitted lease, in key order after own.
+func (s *Set) admitted() []lease.Lease {
+	out := make([]lease.Lease, 0, len(s.leases)+1)
+	out = append(out, s.own)
+	for _, k := range slices.Sorted(maps.Keys(s.leases)) {
+		if e := s.leases[k]; s.admits(e) {
+			out = append(out, e.l)
+		}
+	}
+	return out
+}
+
+func (s *Set) next() uint64 { s.seq++; return s.seq }
+
+// newEntry judges l, as a lease seen for the first time.
+func (s *Set) newEntry(l lease.Lease) *entry {
+	e := &entry{l: l, seq: s.next(), reason: s.judge(l)}
+	if l.Subnet.IsValid() {
+		e.claims = append(e.claims, "subnet "+l.Subnet.String())
+	}
+	if l.IPv6Subnet.IsValid() {
+		e.claims = append(e.claims, "subnet "+l.IPv6Subnet.String())
+	}
+	if s.Identity != nil {
+		e.claims = append(e.claims, s.Identity(l)...)
+	}
+	if e.reason == "" {
+		e.reason = s.ownClash(e.claims)
+	}
+	return e
+}
+
+// ownClash says which of claims is our own node's identity, if one is.
+func (s *Set) ownClash(claims []string) string {
+	for _, c := range claims {
+		if slices.Contains(s.ownIDs, c) {
+			return c + " is this node's own"
+		}
+	}
+	return ""
+}
+
+// sameBytes reports whether a and b are the same lease, byte for byte: a
+// cheap test for "unchanged" on every full pass.
+func sameBytes(a, b lease.Lease) bool {
+	return a.Subnet == b.Subnet && a.IPv6Subnet == b.IPv6Subnet && a.Attrs.PublicIP == b.Attrs.PublicIP &&
+		a.Attrs.BackendType == b.Attrs.BackendType && bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData) &&
+		bytes.Equal(a.Attrs.BackendV6Data, b.Attrs.BackendV6Data) &&
+		(a.Attrs.PublicIPv6 == nil) == (b.Attrs.PublicIPv6 == nil) &&
+		(a.Attrs.PublicIPv6 == nil || *a.Attrs.PublicIPv6 == *b.Attrs.PublicIPv6)
+}
+
+func (s *Set) insert(e *entry) {
+	s.leases[e.l.Key()] = e
+	if e.reason != "" {
+		return
+	}
+	for _, c := range e.claims {
+		m := s.claims[c]
+		if m == nil {
+			m = map[string]*entry{}
+			s.claims[c] = m
+		}
+		m[e.l.Key()] = e
+	}
+}
+
+func (s *Set) remove(e *entry) {
+	key := e.l.Key()
+	delete(s.leases, key)
+	for _, c := range e.claims {
+		if m := s.claims[c]; m != nil {
+			delete(m, key)
+			if len(m) == 0 {
+				delete(s.claims, c)
+			}
+		}
+	}
+}
+
+// admits reports whether e is admissible and the oldest claimant of each
+// subnet it claims.
+func (s *Set) admits(e *entry) bool {
+	if e.reason != "" {
+		return false
+	}
+	o, _ := s.rival(e)
+	return o == nil
+}
+
+// rival is the older lease that holds something e claims, and what.
+func (s *Set) rival(e *entry) (*entry, string) {
+	for _, c := range e.claims {
+		for _, o := range s.claims[c] {
+			if o != e && (o.seq < e.seq || o.seq == e.seq && o.l.Key() < e.l.Key()) {
+				return o, c
+			}
+		}
+	}
+	return nil, ""
+}
+
+func (s *Set) refusal(e *entry) Refusal {
+	r := Refusal{Key: e.l.Key(), Subnet: subnetOf(e.l), Reason: e.reason}
+	if r.Reason == "" {
+		if o, c := s.rival(e); o != nil {
+			r.Reason = fmt.Sprintf("%s is also lease %s's (%s), which was there first", c, o.l.Key(), publicIP(o.l))
+		}
+	}
+	return r
+}
+
+// judge says why l is inadmissible whatever the other leases, or "".
+func (s *Set) judge(l lease.Lease) string {
+	if !l.Subnet.IsValid() && !l.IPv6Subnet.IsValid() {
+		return "no subnet"
+	}
+	if why := s.judgeFamily(l.Subnet, s.n.EnableIPv4, s.n.Network, s.bits4, s.own.Subnet, "Network", "SubnetLen"); why != "" {
+		return why
+	}
+	return s.judgeFamily(l.IPv6Subnet, s.n.EnableIPv6, s.n.IPv6Network, s.bits6, s.own.IPv6Subnet, "IPv6Network", "IPv6SubnetLen")
+}
+
+func (s *Set) judgeFamily(sn netip.Prefix, enabled bool, network netip.Prefix, bits int, own netip.Prefix, netKey, lenKey string) string {
+	switch {
+	case !sn.IsValid():
+		return ""
+	case !enabled || !network.IsValid():
+		return "" // a family this network does not route: the backends ignore that part
+	case sn != sn.Masked():
+		return fmt.Sprintf("subnet %s is not a network address", sn)
+	case !network.Contains(sn.Addr()) || sn.Bits() < network.Bits():
+		return fmt.Sprintf("subnet %s is not inside the cluster network (%s %s)", sn, netKey, network)
+	case sn.Bits() != bits:
+		return fmt.Sprintf("subnet %s is not /%d (%s, and this node's subnet)", sn, bits, lenKey)
+	case own.IsValid() && own.Overlaps(sn):
+		return fmt.Sprintf("subnet %s overlaps this node's own %s", sn, own)
+	}
+	return ""
+}
+
+func subnetOf(l lease.Lease) netip.Prefix {
+	if l.Subnet.IsValid() {
+		return l.Subnet
+	}
+	return l.IPv6Subnet
+}
+
+func publicIP(l lease.Lease) string {
+	if l.Attrs.PublicIP.IsValid() {
+		return l.Attrs.PublicIP.String()
+	}
+	if l.Attrs.PublicIPv6 != nil {
+		return l.Attrs.PublicIPv6.String()
+	}
+	return "no PublicIP"
+}
+
+// evLease is the last lease evs name under key.
+func evLease(evs []lease.Event, key string) lease.Lease {
+	var l lease.Lease
+	for _, ev := range evs {
+		if ev.Lease.Key() == key {
+			l = ev.Lease
+		}
+	}
+	return l
+}

@@ -1,0 +1,242 @@
+// Package status renders the cluster as one node sees it (weft status):
+// a header with the store, the network config and the agent, then one row
+// per lease with its subnet, public IP, backend data, time left, whether
+// this node has programmed it and, when probed, the round trip. The facts
+// and the checks are doctor's (doctor.Gather, doctor.ClusterView); this
+// package picks what an operator scans for and says what is wrong.
+package status
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/weft-net/weft/internal/doctor"
+)
+
+// Status is what weft status prints.
+type Status struct {
+	Store  Line `json:"store"`
+	Config Line `json:"config"`
+	Agent  Line `json:"agent"`
+	// Own is this node's subnet; invalid when its subnet file is unusable.
+	Own        netip.Prefix `json:"own,omitzero"`
+	Programmed bool         `json:"programmedKnown"` // Rows' Programmed is known
+	Probed     bool         `json:"probed"`
+	Rows       []Row        `json:"nodes"`
+	// Stale are subnets this node routes that no lease holds.
+	Stale    []netip.Prefix `json:"stale,omitempty"`
+	Problems []string       `json:"problems"`
+	OK       bool           `json:"ok"`
+}
+
+// Line is one header line: a check's verdict and evidence.
+type Line struct {
+	Status  string `json:"status"`
+	Message string `json:"message"`
+}
+
+// Row is one lease.
+type Row struct {
+	doctor.LeaseView
+	// Data is the backend data in short: the VtepMAC (vxlan), a key's
+	// fingerprint (wireguard).
+	Data string `json:"data,omitempty"`
+	// State is "this node", "programmed", "missing <what>", "unknown"
+	// (the datapath was not checked) or "expired".
+	State string `json:"state"`
+}
+
+// Build makes the status from doctor's view.
+func Build(v doctor.View) Status {
+	s := Status{Own: v.Own, Programmed: v.Programmed, Stale: v.Stale}
+	var fails []string
+	for _, r := range v.Report.Results {
+		l := Line{Status: r.Status.String(), Message: r.Message}
+		switch r.Check {
+		case "store", "kube-api":
+			s.Store = l
+		case "config":
+			s.Config = l
+		case "agent":
+			s.Agent = l
+		case "readyz":
+			if r.Status != doctor.Skip {
+				s.Agent.Message += "; " + r.Message
+				if r.Status > doctor.OK {
+					s.Agent.Status = r.Status.String()
+				}
+			}
+		}
+		switch {
+		case r.Status != doctor.Fail:
+		case r.Check == "peer":
+			// named on the lease's row and below
+		default:
+			fails = append(fails, fmt.Sprintf("%s: %s", r.Check, r.Message))
+		}
+	}
+	ownHeld := false
+	for _, lv := range v.Leases {
+		row := Row{LeaseView: lv, Data: backendData(lv.BackendData)}
+		who := lv.Key + " (" + lv.PublicIP.String() + ")"
+		if lv.Node != "" {
+			who = lv.Node + " " + who
+		}
+		switch {
+		case lv.Expired:
+			row.State = "expired"
+			s.Problems = append(s.Problems, fmt.Sprintf("%s: lease expired: its agent stopped renewing", who))
+		case lv.Own:
+			row.State, ownHeld = "this node", true
+		case !v.Programmed:
+			row.State = "unknown"
+		case lv.Missing != "":
+			row.State = "missing " + lv.Missing
+			s.Problems = append(s.Problems, fmt.Sprintf("%s: this node lacks its %s", who, lv.Missing))
+		default:
+			row.State = "programmed"
+		}
+		if lv.Probe != nil {
+			s.Probed = true
+			if lv.Probe.Status == doctor.Fail {
+				s.Problems = append(s.Problems, fmt.Sprintf("%s: %s", who, lv.Probe.Message))
+			}
+		}
+		s.Rows = append(s.Rows, row)
+	}
+	if v.Own.IsValid() && !ownHeld && len(v.Leases) > 0 {
+		s.Problems = append(s.Problems, fmt.Sprintf("this node's subnet %s has no lease: it expired or was deleted", v.Own))
+	}
+	for _, p := range v.Stale {
+		s.Problems = append(s.Problems, fmt.Sprintf("%s is routed but no lease holds it: its node's lease expired or was deleted", p))
+	}
+	s.Problems = append(s.Problems, fails...)
+	if s.Problems == nil {
+		s.Problems = []string{}
+	}
+	s.OK = len(s.Problems) == 0
+	return s
+}
+
+// backendData shortens a lease's backend data for the table.
+func backendData(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	var d struct {
+		VtepMAC   string
+		PublicKey string
+	}
+	if json.Unmarshal(raw, &d) != nil {
+		return "unparsable"
+	}
+	switch {
+	case d.VtepMAC != "":
+		return d.VtepMAC
+	case d.PublicKey != "":
+		return "key " + d.PublicKey[:min(8, len(d.PublicKey))] + "…"
+	}
+	return ""
+}
+
+// WriteText prints the header, the table and the problems.
+func (s Status) WriteText(w io.Writer) error {
+	var b strings.Builder
+	line := func(name string, l Line) {
+		if l.Message == "" {
+			return
+		}
+		fmt.Fprintf(&b, "%-7s %-4s %s\n", name, l.Status, l.Message)
+	}
+	line("store", s.Store)
+	line("config", s.Config)
+	line("agent", s.Agent)
+	b.WriteString("\n")
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	head := "NODE\tSUBNET\tPUBLIC IP\tBACKEND\tDATA\tRENEWED\tEXPIRES\tTHIS NODE"
+	if s.Probed {
+		head += "\tPROBE"
+	}
+	fmt.Fprintln(tw, head)
+	for _, r := range s.Rows {
+		node := r.Node
+		if node == "" {
+			node = r.Key
+		}
+		subnet := dash(r.Subnet.String())
+		if r.IPv6Subnet.IsValid() {
+			subnet += "," + r.IPv6Subnet.String()
+		}
+		renewed, expires := "-", "-"
+		switch {
+		case r.Reservation:
+			expires = "reservation"
+		case r.TTLKnown && r.Expired:
+			expires = "expired"
+		case r.TTLKnown:
+			expires = dur(r.TTL)
+			if r.Renewed > 0 {
+				renewed = dur(r.Renewed) + " ago"
+			}
+		}
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", node, subnet, r.PublicIP, dash(r.BackendType), dash(r.Data), renewed, expires, r.State)
+		if s.Probed {
+			p := "-"
+			if r.Probe != nil {
+				switch {
+				case r.Probe.Status == doctor.OK:
+					p = fmt.Sprintf("%.2f ms", float64(r.Probe.RTT.Microseconds())/1000)
+				default:
+					p = r.Probe.Status.String() + ": " + r.Probe.Message
+				}
+			}
+			row += "\t" + p
+		}
+		fmt.Fprintln(tw, row)
+	}
+	for _, p := range s.Stale {
+		fmt.Fprintf(tw, "-\t%s\t-\t-\t-\t-\tno lease\trouted, stale\n", p)
+	}
+	_ = tw.Flush()
+	if len(s.Problems) > 0 {
+		b.WriteString("\n")
+		for _, p := range s.Problems {
+			fmt.Fprintf(&b, "FAIL  %s\n", p)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteJSON prints the status as one JSON object.
+func (s Status) WriteJSON(w io.Writer) error {
+	if s.Rows == nil {
+		s.Rows = []Row{}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+func dash(s string) string {
+	if s == "" || s == "invalid Prefix" {
+		return "-"
+	}
+	return s
+}
+
+// dur rounds d for a table: 23h59m, 4m10s, 12s.
+func dur(d time.Duration) string {
+	switch {
+	case d >= time.Hour:
+		return strings.TrimSuffix(d.Truncate(time.Minute).String(), "0s")
+	case d >= time.Minute:
+		return d.Truncate(time.Second).String()
+	}
+	return d.Round(time.Second).String()
+}

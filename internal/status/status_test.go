@@ -1,0 +1,120 @@
+package status
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/doctor"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func view() doctor.View {
+	p := netip.MustParsePrefix
+	a := netip.MustParseAddr
+	vx := func(mac string) json.RawMessage { return json.RawMessage(`{"VNI":1,"VtepMAC":"` + mac + `"}`) }
+	return doctor.View{
+		Report: doctor.Report{Results: []doctor.Result{
+			{Check: "store", Status: doctor.OK, Message: "etcd http://192.0.2.254:2379 v3.7.3"},
+			{Check: "config", Status: doctor.OK, Message: "network 10.244.0.0/16, backend vxlan"},
+			{Check: "agent", Status: doctor.OK, Message: "weftd pid 7 runs in this network namespace"},
+			{Check: "readyz", Status: doctor.OK, Message: "GET http://127.0.0.1:8471/readyz: ready"},
+			{Check: "peer", Status: doctor.Fail, Message: "VXLAN (UDP 8472) to 192.0.2.3 dropped"},
+		}},
+		Own:        p("10.244.1.0/24"),
+		Programmed: true,
+		Leases: []doctor.LeaseView{
+			{Key: "10.244.1.0-24", Subnet: p("10.244.1.0/24"), PublicIP: a("192.0.2.1"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:01"), Own: true, TTLKnown: true, TTL: 23*time.Hour + 10*time.Minute, Renewed: 50 * time.Minute},
+			{Key: "10.244.2.0-24", Subnet: p("10.244.2.0/24"), PublicIP: a("192.0.2.2"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:02"), Reservation: true,
+				Probe: &doctor.ProbeView{Status: doctor.OK, RTT: 420 * time.Microsecond}},
+			{Key: "10.244.3.0-24", Subnet: p("10.244.3.0/24"), PublicIP: a("192.0.2.3"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:03"), TTLKnown: true, TTL: 5 * time.Hour, Renewed: 19 * time.Hour, Missing: "route",
+				Probe: &doctor.ProbeView{Status: doctor.Fail, Message: "VXLAN (UDP 8472) to 192.0.2.3 dropped"}},
+			{Key: "10.244.4.0-24", Subnet: p("10.244.4.0/24"), PublicIP: a("192.0.2.4"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:04"), TTLKnown: true, TTL: -time.Second, Expired: true},
+		},
+		Stale: []netip.Prefix{p("10.244.5.0/24")},
+	}
+}
+
+func TestBuild(t *testing.T) {
+	s := Build(view())
+	if s.OK {
+		t.Error("OK with an expired lease, a missing route and a stale one")
+	}
+	states := map[string]string{}
+	for _, r := range s.Rows {
+		states[r.Key] = r.State
+	}
+	want := map[string]string{"10.244.1.0-24": "this node", "10.244.2.0-24": "programmed", "10.244.3.0-24": "missing route", "10.244.4.0-24": "expired"}
+	for k, v := range want {
+		if states[k] != v {
+			t.Errorf("%s: state %q, want %q", k, states[k], v)
+		}
+	}
+	all := strings.Join(s.Problems, "\n")
+	for _, w := range []string{"10.244.4.0-24 (192.0.2.4): lease expired", "10.244.3.0-24 (192.0.2.3): this node lacks its route",
+		"10.244.3.0-24 (192.0.2.3): VXLAN (UDP 8472) to 192.0.2.3 dropped", "10.244.5.0/24 is routed but no lease holds it"} {
+		if !strings.Contains(all, w) {
+			t.Errorf("problems lack %q:\n%s", w, all)
+		}
+	}
+	if len(s.Problems) != 4 {
+		t.Errorf("%d problems, want 4 (the peer's failure once):\n%s", len(s.Problems), all)
+	}
+
+	v := view()
+	v.Leases = v.Leases[:2]
+	v.Leases[1].Probe = nil
+	v.Report.Results = v.Report.Results[:4]
+	v.Stale = nil
+	if s := Build(v); !s.OK || len(s.Problems) != 0 {
+		t.Errorf("healthy: problems %v", s.Problems)
+	}
+	v.Leases = v.Leases[1:]
+	if s := Build(v); s.OK || !strings.Contains(strings.Join(s.Problems, ""), "this node's subnet 10.244.1.0/24 has no lease") {
+		t.Errorf("own lease gone: problems %v", s.Problems)
+	}
+}
+
+func TestGolden(t *testing.T) {
+	s := Build(view())
+	var text, js bytes.Buffer
+	if err := s.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	for name, got := range map[string][]byte{"status.txt.golden": text.Bytes(), "status.json.golden": js.Bytes()} {
+		path := filepath.Join("testdata", name)
+		if *update {
+			if err := os.WriteFile(path, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (run go test -update)", err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs:\n got:\n%s\nwant:\n%s", name, got, want)
+		}
+	}
+	var back struct {
+		OK    bool
+		Nodes []struct {
+			Key, State string
+			Subnet     netip.Prefix
+		}
+	}
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.OK || len(back.Nodes) != 4 || back.Nodes[3].State != "expired" {
+		t.Errorf("JSON does not parse back: %v %+v", err, back)
+	}
+}
