@@ -56,7 +56,7 @@ type labFlags struct {
 func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
 	if withName {
 		fs.StringVar(&f.name, "name", "", "lab name (default weft-<6 hex>)")
-		fs.StringVar(&f.backend, "backend", lab.DefaultBackend, "backend: vxlan, host-gw or udp")
+		fs.StringVar(&f.backend, "backend", lab.DefaultBackend, "backend: vxlan, host-gw, udp or wireguard")
 	}
 	fs.StringVar(&f.root, "root", lab.DefaultRoot, "directory holding the labs")
 	fs.StringVar(&f.store, "store", lab.StoreEtcd, "where leases live: etcd, or kube (a real kube-apiserver and controller-manager; agents run with --kube-subnet-mgr)")

@@ -6,6 +6,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,8 @@ const (
 	BackendVXLAN  = "vxlan"
 	BackendHostGW = "host-gw"
 	BackendUDP    = "udp"
+	// BackendWireGuard encrypts pod traffic: flannel's "wireguard" backend.
+	BackendWireGuard = "wireguard"
 )
 
 // Default UDP ports per backend (flannel's).
@@ -28,6 +31,27 @@ const (
 	DefaultVXLANPort = 8472
 	DefaultUDPPort   = 8285
 	DefaultVNI       = 1
+
+	DefaultWireGuardPort   = 51820
+	DefaultWireGuardPortV6 = 51821
+)
+
+// WireGuard modes (Backend.Mode), flannel's: separate devices per address
+// family, or one device whose peers are reached over IPv4, IPv6 or the
+// family auto picks per peer.
+const (
+	WireGuardSeparate = "separate"
+	WireGuardAuto     = "auto"
+	WireGuardIPv4     = "ipv4"
+	WireGuardIPv6     = "ipv6"
+)
+
+// WireGuard implementations (Backend.Implementation, weft's own key): the
+// kernel's device where the module exists, else wireguard-go in weftd.
+const (
+	WireGuardImplAuto      = "auto"
+	WireGuardImplKernel    = "kernel"
+	WireGuardImplUserspace = "userspace"
 )
 
 // Network is a parsed, validated and defaulted network config.
@@ -60,7 +84,18 @@ type Backend struct {
 	DirectRouting bool
 	Learning      bool
 	MacPrefix     string
-	Raw           json.RawMessage
+
+	// WireGuard (Type "wireguard") keys, flannel's, defaulted.
+	ListenPort   int
+	ListenPortV6 int
+	PSK          string // base64 pre-shared key, "" for none
+	// PersistentKeepaliveInterval in seconds; 0 is off.
+	PersistentKeepaliveInterval int
+	Mode                        string
+	// Implementation is weft's: auto, kernel or userspace. flannel ignores it.
+	Implementation string
+
+	Raw json.RawMessage
 }
 
 // FieldError says which key was wrong and why. Every validation error is one.
@@ -106,6 +141,13 @@ type backendWire struct {
 	DirectRouting bool
 	Learning      bool
 	MacPrefix     string
+
+	ListenPort                  *int
+	ListenPortV6                *int
+	PSK                         string
+	PersistentKeepaliveInterval *int
+	Mode                        *string
+	Implementation              *string
 }
 
 var (
@@ -113,7 +155,8 @@ var (
 		"SubnetLen", "SubnetMin", "SubnetMax", "IPv6Network", "IPv6Networks", "IPv6SubnetLen",
 		"IPv6SubnetMin", "IPv6SubnetMax", "Backend")
 	knownBackendKeys = keySet("Type", "VNI", "Port", "MTU", "GBP", "DirectRouting",
-		"Learning", "MacPrefix")
+		"Learning", "MacPrefix", "ListenPort", "ListenPortV6", "PSK", "PersistentKeepaliveInterval",
+		"Mode", "Implementation")
 )
 
 func keySet(keys ...string) map[string]bool {
@@ -306,9 +349,14 @@ func parseBackend(raw json.RawMessage) (Backend, []string, error) {
 		b.Type = strings.ToLower(*w.Type)
 	}
 	switch b.Type {
-	case BackendVXLAN, BackendHostGW, BackendUDP:
+	case BackendVXLAN, BackendHostGW, BackendUDP, BackendWireGuard:
 	default:
-		return b, warnings, fieldErr("Backend.Type", quote(*w.Type), "unknown backend; weft supports %q, %q and %q", BackendVXLAN, BackendHostGW, BackendUDP)
+		return b, warnings, fieldErr("Backend.Type", quote(*w.Type), "unknown backend; weft supports %q, %q, %q and %q", BackendVXLAN, BackendHostGW, BackendUDP, BackendWireGuard)
+	}
+	if b.Type == BackendWireGuard {
+		if err := b.wireGuard(w); err != nil {
+			return b, warnings, err
+		}
 	}
 	if w.VNI != nil {
 		b.VNI = *w.VNI
@@ -321,6 +369,57 @@ func parseBackend(raw json.RawMessage) (Backend, []string, error) {
 	}
 	b.GBP, b.DirectRouting, b.Learning, b.MacPrefix = w.GBP, w.DirectRouting, w.Learning, w.MacPrefix
 	return b, warnings, b.defaults()
+}
+
+// wireGuard decodes and checks the wireguard keys, with flannel's defaults.
+func (b *Backend) wireGuard(w backendWire) error {
+	b.ListenPort, b.ListenPortV6 = DefaultWireGuardPort, DefaultWireGuardPortV6
+	b.Mode, b.Implementation = WireGuardSeparate, WireGuardImplAuto
+	for _, port := range []struct {
+		key string
+		w   *int
+		dst *int
+	}{{"Backend.ListenPort", w.ListenPort, &b.ListenPort}, {"Backend.ListenPortV6", w.ListenPortV6, &b.ListenPortV6}} {
+		if port.w == nil {
+			continue
+		}
+		if *port.w < 1 || *port.w > 65535 {
+			return fieldErr(port.key, fmt.Sprint(*port.w), "must be between 1 and 65535")
+		}
+		*port.dst = *port.w
+	}
+	if w.PersistentKeepaliveInterval != nil {
+		v := *w.PersistentKeepaliveInterval
+		if v < 0 || v > 65535 {
+			return fieldErr("Backend.PersistentKeepaliveInterval", fmt.Sprint(v), "must be between 0 (off) and 65535 seconds")
+		}
+		b.PersistentKeepaliveInterval = v
+	}
+	if w.PSK != "" {
+		// The key itself stays out of the message: it is a secret.
+		k, err := base64.StdEncoding.DecodeString(w.PSK)
+		if err != nil || len(k) != 32 {
+			return fieldErr("Backend.PSK", fmt.Sprintf("(%d characters)", len(w.PSK)), "not a base64 32-byte key (make one with `wg genpsk`)")
+		}
+		b.PSK = w.PSK
+	}
+	if w.Mode != nil {
+		switch m := strings.ToLower(*w.Mode); m {
+		case WireGuardSeparate, WireGuardAuto, WireGuardIPv4, WireGuardIPv6:
+			b.Mode = m
+		default:
+			return fieldErr("Backend.Mode", quote(*w.Mode), "want %q, %q, %q or %q", WireGuardSeparate, WireGuardAuto, WireGuardIPv4, WireGuardIPv6)
+		}
+	}
+	if w.Implementation != nil {
+		switch i := strings.ToLower(*w.Implementation); i {
+		case WireGuardImplAuto, WireGuardImplKernel, WireGuardImplUserspace:
+			b.Implementation = i
+		default:
+			return fieldErr("Backend.Implementation", quote(*w.Implementation), "want %q, %q or %q", WireGuardImplAuto, WireGuardImplKernel, WireGuardImplUserspace)
+		}
+	}
+	return nil
 }
 
 // defaults fills per-backend defaults and checks ranges.

@@ -12,6 +12,7 @@ import (
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
@@ -26,6 +27,9 @@ func newBackend(typ string, p backend.Params, h *netlinkx.Handle, log *slog.Logg
 	case config.BackendUDP:
 		limitProcsForUDP(log)
 		return udp.New(p, h, log)
+	case config.BackendWireGuard:
+		// flannel's variable names the key file.
+		return wireguard.New(p, h, log, wireguard.Options{KeyFile: os.Getenv(wireguard.KeyFileEnv)})
 	default:
 		return nil, fmt.Errorf("unknown backend type %q", typ)
 	}

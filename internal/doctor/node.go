@@ -14,6 +14,7 @@ import (
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/admit"
@@ -33,6 +34,8 @@ func DeviceName(n *config.Network) string {
 		return "flannel." + strconv.Itoa(vni)
 	case config.BackendUDP:
 		return udp.DeviceName
+	case config.BackendWireGuard:
+		return wireguard.DeviceName
 	}
 	return ""
 }
@@ -312,8 +315,11 @@ func (e *eval) device() {
 		}
 	}
 	overhead := vxlanOverhead
-	if e.net.Backend.Type == config.BackendUDP {
+	switch e.net.Backend.Type {
+	case config.BackendUDP:
 		overhead = udpOverhead
+	case config.BackendWireGuard:
+		overhead = wireguard.Overhead
 	}
 	wantMTU, why := e.net.Backend.MTU, "Backend.MTU"
 	if wantMTU == 0 && e.ulMTU > 0 {
@@ -336,6 +342,14 @@ func (e *eval) device() {
 	mtu := fmt.Sprintf("MTU %d", d.MTU)
 	if wantMTU != 0 {
 		mtu += " (" + why + ")"
+	}
+	if e.net.Backend.Type == config.BackendWireGuard {
+		// The kernel's device, or a TUN that wireguard-go in weftd serves.
+		impl := wireguard.ImplUserspace + " (wireguard-go in weftd)"
+		if d.Kind == "wireguard" {
+			impl = wireguard.ImplKernel
+		}
+		mtu += ", " + impl
 	}
 	e.add("device", OK, fmt.Sprintf("%s up, %s, %s", name, prefixes(ipv4(d.Addrs)), mtu), "")
 }
@@ -419,13 +433,14 @@ func (e *eval) routes() {
 	var vx vxlan.State
 	leases, skipped := e.admitted()
 	switch typ {
-	case config.BackendUDP:
-		// One route to the whole network; the peers live in weftd's table.
+	case config.BackendUDP, config.BackendWireGuard:
+		// One route to the whole network; the peers live in weftd's table
+		// (udp) or the WireGuard device's (wireguard).
 		e.programChecked = true
 		r := netlinkx.Route{Dst: network.Masked(), LinkIndex: e.dev.Index}
 		for _, h := range on(e.dev.Index) {
 			if h.Dst == r.Dst && !h.Gw.IsValid() {
-				e.add("routes", OK, fmt.Sprintf("%s dev %s (udp routes the whole network into weftd)", r.Dst, e.dev.Name), "")
+				e.add("routes", OK, fmt.Sprintf("%s dev %s (%s routes the whole network into its device)", r.Dst, e.dev.Name, typ), "")
 				return
 			}
 		}

@@ -12,6 +12,7 @@ import (
 
 // Benchmarks lists every benchmark, in the order their sections print.
 func Benchmarks() []Benchmark {
+	flows := &flowRuns{seen: map[string]map[string]flowFigure{}}
 	return []Benchmark{
 		{
 			Name:          "throughput",
@@ -20,7 +21,7 @@ func Benchmarks() []Benchmark {
 			Run:           benchThroughput,
 		},
 		{Name: "cni", Run: benchCNI},
-		agentBenchmark(), kubeBenchmark(), udpBenchmark(),
+		agentBenchmark(), kubeBenchmark(), udpBenchmark(flows), wireguardBenchmark(flows),
 	}
 }
 

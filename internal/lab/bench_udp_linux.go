@@ -143,9 +143,8 @@ const (
 // per gigabyte received. It runs in the vxlan lab and in the udp lab of a
 // suite; the udp run reports the ratios to the vxlan run's figures, which
 // the returned Benchmark keeps between the two.
-func udpBenchmark() Benchmark {
-	var mu sync.Mutex
-	seen := map[string]map[string]flowFigure{} // backend -> kind -> best
+func udpBenchmark(fr *flowRuns) Benchmark {
+	mu, seen := &fr.mu, fr.seen
 	return Benchmark{
 		Name:     "udp",
 		Backends: []string{config.BackendVXLAN, config.BackendUDP},
@@ -177,6 +176,13 @@ func udpBenchmark() Benchmark {
 			return results, nil
 		},
 	}
+}
+
+// flowRuns keeps benchFlows' figures per backend across the labs of one
+// suite, so that the udp and wireguard benchmarks compare with vxlan's.
+type flowRuns struct {
+	mu   sync.Mutex
+	seen map[string]map[string]flowFigure // backend -> kind -> best
 }
 
 // benchFlows measures, node 1 to node 2, the bare underlay with one stream

@@ -65,7 +65,7 @@ type Options struct {
 	Dir         string // the lab directory; default Root/Name
 	Nodes       int
 	PodsPerNode int
-	Backend     string // vxlan, host-gw or udp
+	Backend     string // vxlan, host-gw, udp or wireguard
 	Network     string // cluster network CIDR
 	Store       string // StoreEtcd (default) or StoreKube
 	// LateNodes, with StoreKube, are how many of the last nodes join
@@ -200,9 +200,9 @@ func (o Options) withDefaults() (Options, error) {
 		o.Backend = DefaultBackend
 	}
 	switch o.Backend {
-	case config.BackendVXLAN, config.BackendHostGW, config.BackendUDP:
+	case config.BackendVXLAN, config.BackendHostGW, config.BackendUDP, config.BackendWireGuard:
 	default:
-		return o, fmt.Errorf("backend %q: want vxlan, host-gw or udp", o.Backend)
+		return o, fmt.Errorf("backend %q: want vxlan, host-gw, udp or wireguard", o.Backend)
 	}
 	if o.Network == "" {
 		o.Network = DefaultNetwork
@@ -337,6 +337,10 @@ func plan(o Options) State {
 func (s *State) networkConfig() string {
 	return fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q}}`, s.Network, s.Backend)
 }
+
+// WGKeyFile is where node n's weftd keeps its WireGuard key
+// (WIREGUARD_KEY_FILE): one per node, in the node's directory.
+func (n *Node) WGKeyFile() string { return filepath.Join(n.Dir, "wgkey") }
 
 // NodeNS returns the namespace of node i (1-based).
 func (l *Lab) NodeNS(i int) string { return l.node(i).NS }

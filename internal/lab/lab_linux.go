@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weft-net/weft/internal/cni"
+	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/kubecp"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
@@ -300,7 +301,17 @@ func (l *Lab) StartAgent(ctx context.Context, i int, extraArgs ...string) error 
 		// As the DaemonSet gives it, from spec.nodeName.
 		env = []string{"NODE_NAME=" + n.Name}
 	}
-	pid, err := startDetached(n.NS, filepath.Join(l.BinDir, "weftd"), args, env, n.Log)
+	bin := filepath.Join(l.BinDir, "weftd")
+	if l.Backend == config.BackendWireGuard {
+		env = append(env, "WIREGUARD_KEY_FILE="+n.WGKeyFile())
+		// The nodes share one file system, and wireguard-go's UAPI socket
+		// path (/run/wireguard/flannel-wg.sock) is fixed: each agent gets
+		// a /run/wireguard of its own, a tmpfs in the mount namespace `ip
+		// netns exec` made for it (slave to the host's, so nothing leaks).
+		args = append([]string{"-c", `mkdir -p /run/wireguard && mount -t tmpfs -o mode=0700 weft-wg /run/wireguard && exec "$0" "$@"`, bin}, args...)
+		bin = "/bin/sh"
+	}
+	pid, err := startDetached(n.NS, bin, args, env, n.Log)
 	if err != nil {
 		return fmt.Errorf("node %d: starting weftd: %w", i, err)
 	}

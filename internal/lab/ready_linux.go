@@ -99,10 +99,10 @@ func (l *Lab) waitAgent(ctx context.Context, n *Node) error {
 }
 
 // waitRoutes waits until node n routes every other node's subnet (or, for
-// udp, the whole network) into the fabric.
+// udp and wireguard, the whole network) into the fabric.
 func (l *Lab) waitRoutes(ctx context.Context, n *Node) error {
 	var want []netip.Prefix
-	if l.Backend == config.BackendUDP {
+	if l.Backend == config.BackendUDP || l.Backend == config.BackendWireGuard {
 		want = append(want, netip.MustParsePrefix(l.Network).Masked())
 	} else {
 		for _, o := range l.Nodes {

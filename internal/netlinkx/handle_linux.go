@@ -25,6 +25,8 @@ type (
 	Bridge    = netlink.Bridge
 	// NsFd names a namespace by an open file descriptor (Veth.PeerNamespace).
 	NsFd = netlink.NsFd
+	// Wireguard is a kernel WireGuard device (`ip link add D type wireguard`).
+	Wireguard = netlink.Wireguard
 )
 
 // NewLinkAttrs returns LinkAttrs with the library's defaults (TxQLen -1 lets

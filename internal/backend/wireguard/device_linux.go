@@ -1,0 +1,132 @@
+package wireguard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weft-net/weft/internal/netlinkx"
+)
+
+// errNoKernel says the kernel has no WireGuard (no module).
+var errNoKernel = errors.New("the kernel has no WireGuard (module wireguard missing)")
+
+// createKernel makes the kernel device name:
+//
+//	ip link add NAME mtu MTU type wireguard
+//
+// An EOPNOTSUPP (no module to load) is errNoKernel.
+func createKernel(h *netlinkx.Handle, name string, mtu int) error {
+	la := netlinkx.NewLinkAttrs()
+	la.Name, la.MTU = name, mtu
+	err := h.LinkAdd(&netlinkx.Wireguard{LinkAttrs: la})
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EAFNOSUPPORT) {
+		return fmt.Errorf("%w: %v", errNoKernel, err)
+	}
+	return err
+}
+
+// userDevice is wireguard-go running in this process on the TUN device
+// name, serving the UAPI socket /var/run/wireguard/<name>.sock through
+// which wgctrl (and wg(8)) configure it.
+type userDevice struct {
+	dev  *device.Device
+	uapi net.Listener
+}
+
+// startUserspace opens (or re-attaches to) the TUN device name and runs
+// wireguard-go on it. The TUN is persistent: when weftd exits, it stays
+// with its address and route, so pod packets to other nodes go into it
+// and are dropped there, not out by the default route in clear.
+func startUserspace(name string, mtu int, log *slog.Logger, drops *userDrops) (*userDevice, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	// IFF_VNET_HDR: the kernel hands over whole TCP segments and takes
+	// coalesced ones back (tun's offloads), as for the udp backend.
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EBUSY) {
+			return nil, fmt.Errorf("TUNSETIFF %s: %w (another process holds it)", name, err)
+		}
+		return nil, fmt.Errorf("TUNSETIFF %s: %w", name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TUNSETPERSIST %s: %w", name, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	t, err := tun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), mtu)
+	if err != nil {
+		return nil, fmt.Errorf("TUN %s: %w", name, err)
+	}
+	wlog := log.With("wireguard-go", name)
+	dev := device.NewDevice(t, conn.NewDefaultBind(), &device.Logger{
+		Verbosef: func(format string, args ...any) {
+			if drops.count(format) || isRoutine(format) {
+				return
+			}
+			if wlog.Enabled(context.Background(), slog.LevelDebug) {
+				wlog.Debug(fmt.Sprintf(format, args...))
+			}
+		},
+		Errorf: func(format string, args ...any) { wlog.Warn(fmt.Sprintf(format, args...)) },
+	})
+	f, err := ipc.UAPIOpen(name)
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("UAPI socket for %s: %w", name, err)
+	}
+	l, err := ipc.UAPIListen(name, f)
+	if err != nil {
+		f.Close()
+		dev.Close()
+		return nil, fmt.Errorf("UAPI socket for %s: %w", name, err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return // closed
+			}
+			go dev.IpcHandle(c)
+		}
+	}()
+	return &userDevice{dev: dev, uapi: l}, nil
+}
+
+// stopped reports whether wireguard-go stopped by itself (its TUN device
+// was deleted).
+func (u *userDevice) stopped() bool {
+	select {
+	case <-u.dev.Wait():
+		return true
+	default:
+		return false
+	}
+}
+
+// Close stops wireguard-go and removes the socket. The TUN device stays.
+func (u *userDevice) Close() {
+	u.uapi.Close()
+	u.dev.Close()
+}
