@@ -47,6 +47,7 @@ func needRoot() error {
 // labFlags are the flags that say how to build a lab.
 type labFlags struct {
 	name, root, backend, store, binDir, cniBinDir, logLevel string
+	ipFamily                                                string
 	nodes, pods, underlayGSO                                int
 	ipMasq                                                  bool
 	timeout                                                 time.Duration
@@ -60,6 +61,7 @@ func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
 	}
 	fs.StringVar(&f.root, "root", lab.DefaultRoot, "directory holding the labs")
 	fs.StringVar(&f.store, "store", lab.StoreEtcd, "where leases live: etcd, or kube (a real kube-apiserver and controller-manager; agents run with --kube-subnet-mgr)")
+	fs.StringVar(&f.ipFamily, "ip-family", lab.IPFamilyIPv4, "pod addresses: ipv4, dual (IPv4 and IPv6) or ipv6; with IPv6 the underlay has 2001:db8::/64 beside 192.0.2.0/24 (vxlan and host-gw)")
 	fs.IntVar(&f.nodes, "nodes", lab.DefaultNodes, "number of nodes")
 	fs.IntVar(&f.pods, "pods", lab.DefaultPodsPerNode, "pods per node")
 	fs.StringVar(&f.binDir, "bin-dir", "", "directory with weft and weftd (default: this binary's)")
@@ -85,6 +87,7 @@ func (f *labFlags) options() (lab.Options, error) {
 		PodsPerNode:  f.pods,
 		Backend:      f.backend,
 		Store:        f.store,
+		IPFamily:     f.ipFamily,
 		IPMasq:       &ipMasq,
 		UnderlayGSO:  f.underlayGSO,
 		BinDir:       f.binDir,
@@ -132,7 +135,8 @@ func openFlags(fs *flags) (root, ref *string) {
 
 func labCheck(ctx context.Context, args []string) error {
 	fs := newFlags("weft lab check", "[flags]", `Pings every pod from every pod (and with --from-nodes, from every node) and
-prints the matrix. Exits 1 if any ping fails.`)
+prints the matrix, one per IP family of the lab (IPv4, IPv6 or both). Exits
+1 if any ping fails.`)
 	root, ref := openFlags(fs)
 	nodes := fs.Bool("from-nodes", false, "also ping every pod from every node")
 	parallel := fs.Int("parallel", 8, "pings in flight")
@@ -150,14 +154,23 @@ prints the matrix. Exits 1 if any ping fails.`)
 }
 
 func check(ctx context.Context, l *lab.Lab, o lab.CheckOptions, w io.Writer) error {
-	fmt.Fprintf(w, "lab %s (%s): ping every pod from every pod\n", l.Name, l.Backend)
-	m, err := l.Check(ctx, o)
-	if err != nil {
-		return err
+	failed, tested := 0, 0
+	for _, v6 := range l.Families() {
+		fam := "IPv4"
+		if v6 {
+			fam = "IPv6"
+		}
+		fmt.Fprintf(w, "lab %s (%s): ping every pod from every pod over %s\n", l.Name, l.Backend, fam)
+		o.IPv6 = v6
+		m, err := l.Check(ctx, o)
+		if err != nil {
+			return err
+		}
+		m.Render(w)
+		failed, tested = failed+m.Failures(), tested+m.Tested()
 	}
-	m.Render(w)
-	if n := m.Failures(); n > 0 {
-		return fmt.Errorf("%d of %d pings failed", n, m.Tested())
+	if failed > 0 {
+		return fmt.Errorf("%d of %d pings failed", failed, tested)
 	}
 	return nil
 }
