@@ -48,7 +48,7 @@ const (
 	ctlAddr         = "192.0.2.254"
 	underlayPrefix6 = "2001:db8::/64"
 	ctlAddr6        = "2001:db8::fe"
-	etcdPort       = 2379
+	etcdPort        = 2379
 	// healthzPort is where each weftd serves /healthz and /readyz, on the
 	// node namespace's loopback.
 	healthzPort = 8471
@@ -179,7 +179,7 @@ type Pod struct {
 	NS          string     `json:"ns"`
 	Node        int        `json:"node"`
 	ContainerID string     `json:"containerID"`
-	IP          netip.Addr `json:"ip"`            // invalid in an IPv6-only lab
+	IP          netip.Addr `json:"ip"`           // invalid in an IPv6-only lab
 	IP6         netip.Addr `json:"ip6,omitzero"` // with IPv6
 }
 
