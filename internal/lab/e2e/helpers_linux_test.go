@@ -28,8 +28,8 @@ import (
 )
 
 const (
-	storePrefix = "/coreos.com/network"
-	configKey   = storePrefix + "/config"
+	storePrefix  = "/coreos.com/network"
+	configKey    = storePrefix + "/config"
 	vxlanDevice  = "flannel.1"
 	vxlanDevice6 = "flannel-v6.1"
 )
