@@ -40,6 +40,19 @@ func DeviceName(n *config.Network) string {
 	return ""
 }
 
+// DeviceNameV6 is the backend's IPv6 device: flannel-v6.<VNI> for vxlan
+// with IPv6, none otherwise.
+func DeviceNameV6(n *config.Network) string {
+	if n.Backend.Type != config.BackendVXLAN || !n.EnableIPv6 {
+		return ""
+	}
+	vni := n.Backend.VNI
+	if vni == 0 {
+		vni = config.DefaultVNI
+	}
+	return "flannel-v6." + strconv.Itoa(vni)
+}
+
 func (e *eval) link(name string) *Link {
 	for i := range e.f.Node.Links {
 		if e.f.Node.Links[i].Name == name {
@@ -78,6 +91,9 @@ func (e *eval) subnetFile() {
 		e.env = &env
 		if env.Subnet.IsValid() {
 			e.own = env.Subnet.Masked()
+		}
+		if env.IPv6Subnet.IsValid() {
+			e.own6 = env.IPv6Subnet.Masked()
 		}
 	}
 	e.underlay()
@@ -534,8 +550,16 @@ func (e *eval) note(subnet netip.Prefix, what string) {
 // (a route's destination, a neighbour's address).
 func (e *eval) noteOf(dst netip.Prefix, what string) {
 	for _, l := range e.leases {
-		if l.Subnet.IsValid() && l.Subnet != e.own && l.Subnet.Overlaps(dst) {
+		switch {
+		case l.Subnet.IsValid() && l.Subnet != e.own && l.Subnet.Overlaps(dst):
 			e.note(l.Subnet, what)
+		case l.IPv6Subnet.IsValid() && l.IPv6Subnet != e.own6 && l.IPv6Subnet.Overlaps(dst):
+			// A lease is named by its IPv4 subnet where it has one.
+			key := l.Subnet
+			if !key.IsValid() {
+				key = l.IPv6Subnet
+			}
+			e.note(key, "IPv6 "+what)
 		}
 	}
 }
@@ -551,11 +575,12 @@ func prefixAll(p string, items []string) []string {
 // admitted is the leases weftd programs, by the agent's own admission
 // rules (package admit), and those it refuses.
 func (e *eval) admitted() ([]lease.Lease, []*backend.LeaseError) {
-	own := lease.Lease{Subnet: e.own, Attrs: lease.Attrs{PublicIP: e.pubIP}}
+	own := lease.Lease{Subnet: e.own, IPv6Subnet: e.own6, Attrs: lease.Attrs{PublicIP: e.pubIP}}
 	all := make(map[string]lease.Lease, len(e.leases))
 	for _, l := range e.leases {
 		all[l.Key()] = l
-		if l.Subnet == e.own && l.Attrs.PublicIP == e.pubIP {
+		if e.own.IsValid() && l.Subnet == e.own && l.Attrs.PublicIP == e.pubIP ||
+			!e.own.IsValid() && e.own6.IsValid() && l.IPv6Subnet == e.own6 {
 			own = l
 		}
 	}
