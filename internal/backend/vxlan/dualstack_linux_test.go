@@ -140,7 +140,8 @@ func TestDualStack(t *testing.T) {
 		ping(t, a, b)
 	})
 
-	t.Run("deleted IPv6 route is repaired", func(t *testing.T) {
+	t.Run("deleted IPv6 route and accept_ra are repaired", func(t *testing.T) {
+		a.NS.Sysctl(t, "net/ipv6/conf/flannel-v6.1/accept_ra", "1")
 		idx := device6(t, a).Index
 		if err := a.NS.H.RouteDel(netlinkx.Route{Dst: b.Subnet6, Gw: b.Subnet6.Addr(), LinkIndex: idx, OnLink: true}); err != nil {
 			t.Fatal(err)
@@ -150,6 +151,9 @@ func TestDualStack(t *testing.T) {
 		}
 		if r, _, _ := entries6(t, a, b.Subnet6); len(r) != 1 {
 			t.Fatalf("routes to %s: %v", b.Subnet6, r)
+		}
+		if got := sysctl(t, a, "net/ipv6/conf/flannel-v6.1/accept_ra"); got != "0" {
+			t.Errorf("accept_ra = %s after a full reconcile, want 0", got)
 		}
 		// The kernel's prefix route of the /128 stays.
 		if !slices.ContainsFunc(backendtest.Routes6(t, a.NS.H, idx), func(r netlinkx.Route) bool { return r.Dst == pfx("fd00:10:244:1::/128") }) {

@@ -50,9 +50,8 @@ type device struct {
 	mtu   int
 	log   *slog.Logger
 
-	mac   netlinkx.MAC // published VtepMAC; a recreated device gets it again
-	link  int          // ifindex of the device; 0 until known
-	raOff bool         // accept_ra=0 written since the device was made
+	mac  netlinkx.MAC // published VtepMAC; a recreated device gets it again
+	link int          // ifindex of the device; 0 until known
 
 	// plan is the state the kernel was last converged to when synced, the
 	// base of an incremental reconcile and of Update; !synced forces the
@@ -489,9 +488,6 @@ func (b *Backend) device(ctx context.Context, d *device) (netlinkx.Link, error) 
 			return nil, fmt.Errorf("vxlan: %w", err)
 		}
 	}
-	if d.link != l.Attrs().Index {
-		d.raOff = false // another device than the one last seen
-	}
 	if err := b.noRA(d); err != nil {
 		return nil, err
 	}
@@ -508,15 +504,15 @@ func (b *Backend) device(ctx context.Context, d *device) (netlinkx.Link, error) 
 }
 
 // noRA sets accept_ra=0 on the IPv6 device, as flannel does: a router
-// advertisement there must not add addresses or routes.
+// advertisement there must not add addresses or routes. Written on every
+// full pass, so that a change by hand is repaired like the rest.
 func (b *Backend) noRA(d *device) error {
-	if !d.v6 || d.raOff {
+	if !d.v6 {
 		return nil
 	}
 	if err := b.h.SetSysctl("net/ipv6/conf/"+d.name+"/accept_ra", "0"); err != nil {
 		return fmt.Errorf("vxlan: %w", err)
 	}
-	d.raOff = true
 	return nil
 }
 
@@ -576,7 +572,6 @@ func (b *Backend) create(d *device) (netlinkx.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vxlan: %w", err)
 	}
-	d.raOff = false
 	if err := b.noRA(d); err != nil {
 		return nil, err
 	}
