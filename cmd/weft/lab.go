@@ -178,9 +178,9 @@ func check(ctx context.Context, l *lab.Lab, o lab.CheckOptions, w io.Writer) err
 func labBench(ctx context.Context, args []string) error {
 	fs := newFlags("weft lab bench", "[flags]", `Measures the lab: iperf3 throughput of the bare underlay against pod to
 pod. With --all, runs every benchmark (throughput per backend with and
-without BIG TCP, the agent's programming time and memory, the udp
-datapath, CNI ADD latency), each in fresh labs it brings up and takes down,
-and prints one table.`)
+without BIG TCP, IPv6 beside IPv4 in dual-stack vxlan and host-gw labs, the
+agent's programming time and memory, the udp datapath, CNI ADD latency),
+each in fresh labs it brings up and takes down, and prints one table.`)
 	root, ref := openFlags(fs)
 	var f labFlags
 	f.register(flag.NewFlagSet("", flag.ContinueOnError), false) // defaults
