@@ -411,7 +411,15 @@ func (d *daemon) readConfig(ctx context.Context) (*config.Network, []string, err
 	if err != nil {
 		return nil, nil, err
 	}
-	return config.Parse(raw)
+	n, warnings, err := config.Parse(raw)
+	if err == nil && d.store.kube == nil {
+		// Refused as a config error, named and waited on like the others.
+		err = etcdstore.CheckNetwork(n)
+	}
+	if err != nil {
+		return nil, warnings, err
+	}
+	return n, warnings, nil
 }
 
 // watch runs the store's watch until ctx ends. The first call of fn is

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/weft-net/weft/internal/agentopts"
 	"github.com/weft-net/weft/internal/etcdtest"
 	"github.com/weft-net/weft/internal/lease"
@@ -173,5 +175,49 @@ func TestDaemonDualStackNeedsBothFamilies(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "ext0") || !strings.Contains(err.Error(), "IPv6") || !strings.Contains(err.Error(), "dual stack") {
 		t.Fatalf("Run = %v, want an error naming ext0, IPv6 and dual stack; log:\n%s", err, logs.String())
+	}
+}
+
+// TestDaemonIPv6OnlyNeedsKube: with the etcd store an IPv6-only config is
+// a config error naming EnableIPv4 (flannel nodes cannot read such keys);
+// weftd waits for a corrected one and writes no lease.
+func TestDaemonIPv6OnlyNeedsKube(t *testing.T) {
+	nstest.RequireRoot(t)
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	hostNS, peerNS := nstest.New(t), nstest.New(t)
+	hostNS.Sysctl(t, "net/ipv6/conf/default/accept_dad", "0")
+	nstest.Veth(t, hostNS, "ext0", netip.MustParsePrefix("192.0.2.10/24"), peerNS, "p0", netip.MustParsePrefix("192.0.2.1/24"))
+	if err := hostNS.H.AddrReplace(hostNS.Link(t, "ext0"), netip.MustParsePrefix("2001:db8::10/64")); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	confPath := filepath.Join(dir, "net-conf.json")
+	if err := os.WriteFile(confPath, []byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
+		Options: agentopts.Options{
+			Etcd:          agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+			Iface:         netif.Spec{Ifaces: []string{"ext0"}},
+			SubnetFile:    filepath.Join(dir, "subnet.env"),
+			NetConfigFile: confPath,
+			ConfigRetry:   100 * time.Millisecond,
+		},
+		Logger:  slog.New(slog.NewTextHandler(logs, nil)),
+		Netlink: hostNS.H,
+	}}
+	n.start()
+	waitFor(t, "the config error", 10*time.Second, func() bool {
+		return strings.Contains(logs.String(), "network config unusable") && strings.Contains(logs.String(), "EnableIPv4 false") &&
+			strings.Contains(logs.String(), "kube-subnet-mgr")
+	})
+	if err := n.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	resp, err := cli.Get(context.Background(), prefix+"/subnets/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 0 {
+		t.Errorf("leases written: %v, %v", resp, err)
 	}
 }

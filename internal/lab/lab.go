@@ -252,6 +252,10 @@ func (o Options) withDefaults() (Options, error) {
 		if o.Backend != config.BackendVXLAN && o.Backend != config.BackendHostGW {
 			return o, fmt.Errorf("ip family %s: backend %s carries IPv4 only; use vxlan or host-gw", o.IPFamily, o.Backend)
 		}
+		if o.IPFamily == IPFamilyIPv6 && o.Store != StoreKube {
+			// As flannel: etcd keys need an IPv4 subnet (see etcdstore.CheckNetwork).
+			return o, fmt.Errorf("ip family %s: needs --store %s; an IPv6-only network cannot live in etcd beside flannel nodes", o.IPFamily, StoreKube)
+		}
 		if o.IPv6Network == "" {
 			o.IPv6Network = DefaultIPv6Network
 		}
