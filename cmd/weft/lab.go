@@ -31,6 +31,7 @@ the CNI plugins, with nothing created in the root namespace.`,
 			{name: "status", summary: "list labs", run: labStatus},
 			{name: "demo", summary: "up, check, a short bench and down, for each backend", run: labDemo},
 			{name: "doctor", summary: "run weft doctor in a node's namespace with its agent's flags", run: labDoctor},
+			{name: "chaos", summary: "random faults while every pod pings every other; per fault, loss\nand time to heal; non-zero exit on an unhealed fault", run: labChaos},
 		},
 	}
 }
@@ -171,6 +172,42 @@ func check(ctx context.Context, l *lab.Lab, o lab.CheckOptions, w io.Writer) err
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d pings failed", failed, tested)
+	}
+	return nil
+}
+
+func labChaos(ctx context.Context, args []string) error {
+	fs := newFlags("weft lab chaos", "[flags]", `Makes random faults in a running lab, one at a time, while every pod pings
+every other: weftd killed (SIGKILL) and started again, etcd killed and
+started again, a route, neighbour, FDB entry or the backend's device
+deleted, a node's underlay link flapped, a hostile lease written. After each
+it waits until every agent is ready and every pod reaches every other, then
+prints, per kind of fault, the echoes lost and the time to heal. Exits 1 if
+a fault did not heal, or if a fault that cuts no path (agent kill, etcd
+loss, hostile lease) lost packets.`)
+	root, ref := openFlags(fs)
+	dur := fs.Duration("duration", time.Minute, "how long to keep making faults")
+	seed := fs.Uint64("seed", 0, "random seed, to replay a run (default: random, printed)")
+	heal := fs.Duration("heal-within", 15*time.Second, "how long a fault may take to heal")
+	if err := fs.parseNoArgs(args); err != nil {
+		return err
+	}
+	if err := needRoot(); err != nil {
+		return err
+	}
+	l, err := lab.Open(*root, *ref, nil)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("lab %s (%s): chaos for %s\n", l.Name, l.Backend, *dur)
+	r, err := l.Chaos(ctx, lab.ChaosOptions{Duration: *dur, Seed: *seed, HealWithin: *heal, Progress: os.Stdout})
+	fmt.Printf("\nseed %d\n", r.Seed)
+	r.Render(os.Stdout)
+	if err != nil {
+		return err
+	}
+	if n := r.Unhealed(); n > 0 {
+		return fmt.Errorf("%d faults unhealed or lost packets they should not have", n)
 	}
 	return nil
 }

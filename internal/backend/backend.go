@@ -116,6 +116,12 @@ type Identifier interface {
 	Identities(l lease.Lease) []string
 }
 
+// Devicer is a Backend with devices of its own (vxlan's flannel.<VNI>):
+// the agent watches them, and repairs at once what is deleted on them.
+type Devicer interface {
+	Devices() []string
+}
+
 // ErrStale is Update's answer when only a Reconcile will do.
 var ErrStale = errors.New("no reconciled state to update")
 

@@ -56,6 +56,16 @@ func Manages(network, own, dst netip.Prefix) bool {
 type LeaseError struct {
 	Subnet netip.Prefix
 	Err    error
+	// Key, when set, tells apart leases that claim one subnet (keys of
+	// two families); SkipLog keeps one verdict per Key, else per Subnet.
+	Key string
+}
+
+func (e *LeaseError) id() string {
+	if e.Key != "" {
+		return e.Key
+	}
+	return e.Subnet.String()
 }
 
 func (e *LeaseError) Error() string { return fmt.Sprintf("lease %s: %v", e.Subnet, e.Err) }
@@ -65,40 +75,48 @@ func (e *LeaseError) Unwrap() error { return e.Err }
 // that a periodic resync does not repeat the same warning forever. Not safe
 // for concurrent use (backends are called from one goroutine).
 type SkipLog struct {
-	last map[netip.Prefix]string
+	last map[string]string // by LeaseError.id
 }
 
 // Set records one lease's verdict, logging it when it is a new reason; a
-// nil err (programmed, or gone) forgets the lease. It reports whether it
-// logged.
-func (s *SkipLog) Set(log *slog.Logger, subnet netip.Prefix, err error) bool {
-	if err == nil {
-		delete(s.last, subnet)
+// nil e.Err (programmed, or gone) forgets the lease. It reports whether
+// it logged.
+func (s *SkipLog) Set(log *slog.Logger, e *LeaseError) bool {
+	id := e.id()
+	if e.Err == nil {
+		delete(s.last, id)
 		return false
 	}
-	msg := err.Error()
-	logged := s.last[subnet] != msg
+	msg := e.Err.Error()
+	logged := s.last[id] != msg
 	if logged {
-		log.Warn("lease not programmed", "subnet", subnet, "reason", msg)
+		log.Warn("lease not programmed", e.attrs(msg)...)
 	}
 	if s.last == nil {
-		s.last = map[netip.Prefix]string{}
+		s.last = map[string]string{}
 	}
-	s.last[subnet] = msg
+	s.last[id] = msg
 	return logged
+}
+
+func (e *LeaseError) attrs(reason string) []any {
+	if e.Key != "" {
+		return []any{"subnet", e.Subnet, "key", e.Key, "reason", reason}
+	}
+	return []any{"subnet", e.Subnet, "reason", reason}
 }
 
 // Report logs the errors in errs not reported by the previous call, and
 // forgets leases no longer skipped. It returns how many it logged.
 func (s *SkipLog) Report(log *slog.Logger, errs []*LeaseError) int {
-	next := make(map[netip.Prefix]string, len(errs))
+	next := make(map[string]string, len(errs))
 	n := 0
 	for _, e := range errs {
-		msg := e.Err.Error()
-		next[e.Subnet] = msg
-		if s.last[e.Subnet] != msg {
+		msg, id := e.Err.Error(), e.id()
+		next[id] = msg
+		if s.last[id] != msg {
 			n++
-			log.Warn("lease not programmed", "subnet", e.Subnet, "reason", msg)
+			log.Warn("lease not programmed", e.attrs(msg)...)
 		}
 	}
 	s.last = next

@@ -94,3 +94,39 @@ func TestBlackholeKeeper(t *testing.T) {
 		t.Errorf("errors logged:\n%s", logs.String())
 	}
 }
+
+// The pod bridge's route to our subnet, replaced by a route elsewhere and
+// then gone (issue 11), comes back; a bridge with it in place is left
+// alone, and so is a node without a bridge for the subnet.
+func TestKeepBridgeRoute(t *testing.T) {
+	n := nstest.New(t)
+	own := netip.MustParsePrefix("10.244.5.0/24")
+	if did, err := keepBridgeRoute(n.H, own); err != nil || did != "" {
+		t.Fatalf("no bridge: %q, %v", did, err)
+	}
+	la := netlinkx.NewLinkAttrs()
+	la.Name = "cni0"
+	if err := n.H.LinkAdd(&netlinkx.Bridge{LinkAttrs: la}); err != nil {
+		t.Fatal(err)
+	}
+	br := n.Link(t, "cni0")
+	if err := n.H.AddrReplace(br, netip.MustParsePrefix("10.244.5.1/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.H.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
+	if did, err := keepBridgeRoute(n.H, own); err != nil || did != "" {
+		t.Fatalf("route in place: %q, %v", did, err)
+	}
+	if err := n.H.RouteDel(netlinkx.Route{Dst: own, LinkIndex: br.Attrs().Index}); err != nil {
+		t.Fatal(err)
+	}
+	did, err := keepBridgeRoute(n.H, own)
+	if err != nil || !strings.Contains(did, "10.244.5.0/24 dev cni0") {
+		t.Fatalf("route deleted: %q, %v", did, err)
+	}
+	if r, err := n.H.RouteGet(netip.MustParseAddr("10.244.5.9")); err != nil || r.LinkIndex != br.Attrs().Index {
+		t.Errorf("a pod's address now goes %+v, %v; want dev cni0", r, err)
+	}
+}

@@ -130,6 +130,13 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	closers = append(closers, store.close)
 	d.store = store
+	if p, ok := store.Store.(pinger); ok {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.probeStore(ctx, p)
+		}()
+	}
 	if store.kube != nil {
 		// The node's node-public-ip(v6) annotations win over
 		// --public-ip(v6), before the interface is chosen (flanneld
@@ -347,7 +354,13 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	if !d.acquireBlocking(ctx, hint) {
 		return nil
 	}
-	return d.loop(ctx, events)
+	repairs := make(chan string, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.watchKernel(ctx, repairs)
+	}()
+	return d.loop(ctx, events, repairs)
 }
 
 // configSource names where the config is read from, for logs.
@@ -384,9 +397,13 @@ func (d *daemon) waitConfig(ctx context.Context) (*config.Network, bool) {
 		d.health.notReady("waiting for a valid network config: " + err.Error())
 		if msg := err.Error(); msg != lastErr {
 			lastErr = msg
-			if errors.Is(err, lease.ErrNoConfig) || errors.Is(err, os.ErrNotExist) {
+			var se *storeError
+			switch {
+			case errors.As(err, &se):
+				d.log.Warn("cannot read the network config: the store does not answer; retrying", "source", d.configSource(), "err", se.err, "retry_every", d.o.ConfigRetry)
+			case errors.Is(err, lease.ErrNoConfig) || errors.Is(err, os.ErrNotExist):
 				d.log.Warn("no network config yet; waiting for one", "source", d.configSource(), "err", err, "retry_every", d.o.ConfigRetry)
-			} else {
+			default:
 				d.log.Error("network config unusable; waiting for a corrected one", "source", d.configSource(), "err", err, "retry_every", d.o.ConfigRetry)
 			}
 		}
@@ -407,6 +424,9 @@ func (d *daemon) readConfig(ctx context.Context) (*config.Network, []string, err
 		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		raw, err = d.store.NetworkConfig(sctx)
 		cancel()
+		if err != nil && !errors.Is(err, lease.ErrNoConfig) {
+			return nil, nil, &storeError{err}
+		}
 	}
 	if err != nil {
 		return nil, nil, err
@@ -509,6 +529,13 @@ func (d *daemon) complete(ctx context.Context) {
 // watchError is a lease watch that stopped for good.
 type watchError struct{ err error }
 
+// storeError is a store that failed to answer (timeout, refused, auth),
+// as opposed to a config it returned that does not parse.
+type storeError struct{ err error }
+
+func (e *storeError) Error() string { return "lease store: " + e.err.Error() }
+func (e *storeError) Unwrap() error { return e.err }
+
 func (e *watchError) Error() string { return "lease watch: " + e.err.Error() }
 func (e *watchError) Unwrap() error { return e.err }
 
@@ -594,9 +621,7 @@ func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (tim
 		how = "hint"
 	}
 	if d.own.Key() != l.Key() {
-		if d.configured {
-			d.log.Warn("lease moved to another subnet; pods on the old one lose connectivity", "old", leaseName(d.own), "new", leaseName(l))
-		}
+		d.subnetChanged(hint, l)
 		d.configured = false
 	}
 	d.own, d.gotOwn, d.leaseHeld = l, time.Now(), true
@@ -604,6 +629,29 @@ func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (tim
 	d.log.Info(fmt.Sprintf("subnet %s (%s)", leaseName(l), how), "expires", expiry(l))
 	d.metrics.leaseExpiry.Set(unixSeconds(l.Expiration))
 	return 0, nil
+}
+
+// subnetChanged says loudly that this node's subnet changed, when pods may
+// hold addresses in the old one: the subnet held until now, or at start
+// the one the previous run wrote to subnet.env. Those pods keep their
+// addresses and lose connectivity until they are restarted; issue 11 found
+// this happening silently after a change of Network.
+func (d *daemon) subnetChanged(hint lease.Hint, l lease.Lease) {
+	old := d.own.Subnet
+	if !d.configured {
+		old = hint.Subnet
+	}
+	if !old.IsValid() || old == l.Subnet {
+		return
+	}
+	why := "the old subnet was taken by another node or deleted"
+	if d.net.Network.IsValid() && !d.net.Network.Contains(old.Addr()) {
+		why = fmt.Sprintf("the old subnet is outside the network config's Network %s", d.net.Network)
+	}
+	d.metrics.subnetChanges.Inc()
+	d.log.Error("this node's subnet changed: pods with addresses in the old one lose connectivity until they are recreated",
+		"old", old, "new", leaseName(l), "why", why,
+		"fix", "drain the node (kubectl drain) before changing Network or deleting its lease; see README, Changing the network")
 }
 
 // notReadyUnlessHeld reports reason on /readyz unless a lease is still
@@ -716,8 +764,14 @@ func (d *daemon) applyBatches(bs []batch) (full, lost bool, evs []lease.Event) {
 	return full, lost, evs
 }
 
+// How soon after a kernel change a repair runs, and how often at most.
+const (
+	repairDebounce = 50 * time.Millisecond
+	repairEvery    = 500 * time.Millisecond
+)
+
 // loop is the steady state: events, periodic full reconciles, renewals.
-func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
+func (d *daemon) loop(ctx context.Context, events <-chan batch, repairs <-chan string) error {
 	resync := time.NewTicker(d.o.ResyncPeriod)
 	defer resync.Stop()
 	// retry fires a full reconcile (or set-up) sooner than resync after
@@ -726,6 +780,13 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
 	defer retry.Stop()
 	leaseT := time.NewTimer(time.Hour)
 	defer leaseT.Stop()
+	// repairT fires a full reconcile shortly after the kernel lost part
+	// of the datapath: long enough for a burst of deletions (a device and
+	// its routes) to end, and at most every repairEvery.
+	repairT := time.NewTimer(time.Hour)
+	repairT.Stop()
+	var repairWhy string
+	var lastRepair time.Time
 	schedule := func(t *time.Timer, in time.Duration) {
 		t.Stop()
 		select {
@@ -795,6 +856,16 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch) error {
 				continue
 			}
 			reconcile(full)
+		case why := <-repairs:
+			if repairWhy == "" {
+				repairWhy = why
+				schedule(repairT, max(repairDebounce, time.Until(lastRepair.Add(repairEvery))))
+			}
+		case <-repairT.C:
+			d.log.Info("repairing: the kernel lost part of the datapath", "change", repairWhy)
+			d.metrics.repairs.Inc()
+			repairWhy, lastRepair = "", time.Now()
+			reconcile(true)
 		case <-resync.C:
 			reconcile(true)
 		case <-retry.C:
@@ -839,7 +910,7 @@ func (d *daemon) update(ctx context.Context, evs []lease.Event) bool {
 	t0 := time.Now()
 	evs, verdicts := d.admit.Update(evs)
 	for _, v := range verdicts {
-		if d.refusals.Set(d.log, v.Subnet, refusalErr(v)) {
+		if d.refusals.Set(d.log, &backend.LeaseError{Subnet: v.Subnet, Key: v.Key, Err: refusalErr(v)}) {
 			d.metrics.refusals.Inc()
 		}
 	}
@@ -874,7 +945,7 @@ func (d *daemon) admittedLeases() []lease.Lease {
 	d.admitted = true
 	errs := make([]*backend.LeaseError, len(refused))
 	for i, r := range refused {
-		errs[i] = &backend.LeaseError{Subnet: r.Subnet, Err: refusalErr(r)}
+		errs[i] = &backend.LeaseError{Subnet: r.Subnet, Key: r.Key, Err: refusalErr(r)}
 	}
 	d.metrics.refusals.Add(float64(d.refusals.Report(d.log, errs)))
 	d.metrics.refused.Set(float64(len(refused)))
@@ -915,11 +986,26 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 		}
 		if !d.ready {
 			d.health.notReady("reconcile failed: " + err.Error())
+		} else if full {
+			// The node is set up and serves its pods; some remote entries
+			// did not go in (logged, counted, retried). /readyz, the marker
+			// and CNI STATUS keep telling the same story: ready.
+			d.health.vouch()
 		}
 		return err
 	}
 	d.metrics.lastReconcile.Set(unixSeconds(time.Now()))
 	d.log.Debug("reconciled", "mode", m, "leases", len(leases), "took", took)
+	if full {
+		for _, own := range []netip.Prefix{d.own.Subnet, d.own.IPv6Subnet} {
+			if did, err := keepBridgeRoute(d.h, own); err != nil {
+				d.log.Warn("checking the pod bridge's route", "subnet", own, "err", err)
+			} else if did != "" {
+				d.metrics.repairs.Inc()
+				d.log.Warn("restored the pod bridge's route to this node's subnet", "route", did)
+			}
+		}
+	}
 	if full && d.ready {
 		d.health.vouch()
 		d.sd.status(d.readyStatus(len(leases)))

@@ -63,11 +63,17 @@ func (h *health) notReady(reason string) {
 	}
 }
 
+// setReady writes the marker before /readyz says ready, so that whoever
+// sees one also finds the other.
 func (h *health) setReady() {
+	if h.marker != "" {
+		if err := readyfile.Mark(h.marker, h.now().Add(h.markFor)); err != nil {
+			h.log.Warn("writing readiness marker", "err", err)
+		}
+	}
 	h.mu.Lock()
 	h.ready, h.reason, h.beat = true, "", h.now()
 	h.mu.Unlock()
-	h.vouch()
 }
 
 // vouch renews the readiness marker while ready; called after every
@@ -124,6 +130,10 @@ type metrics struct {
 	leaseExpiry   prometheus.Gauge
 	configErrs    prometheus.Counter
 	refused       prometheus.Gauge
+	repairs       prometheus.Counter
+	subnetChanges prometheus.Counter
+	storeUp       prometheus.Gauge
+	storeLastOK   prometheus.Gauge
 	refusals      prometheus.Counter
 	info          *prometheus.GaugeVec
 }
@@ -154,6 +164,18 @@ func newMetrics() *metrics {
 		refused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weft_leases_refused", Help: "Leases in the store this node refuses to program (not subnet-sized, outside the network, overlapping its own subnet or an older lease).",
 		}),
+		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_store_up", Help: "1 while the lease store answers this agent's probes, 0 during an outage.",
+		}),
+		storeLastOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_store_last_success_timestamp_seconds", Help: "Unix time the lease store last answered a probe.",
+		}),
+		subnetChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_subnet_changes_total", Help: "Times this node's subnet changed while pods may hold addresses in the old one.",
+		}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_repairs_total", Help: "Full reconciles run because the kernel lost part of the datapath (a route, neighbour, FDB entry, address or device deleted; a device down).",
+		}),
 		refusals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weft_lease_refusals_total", Help: "Leases refused, counted once per lease and reason.",
 		}),
@@ -161,7 +183,7 @@ func newMetrics() *metrics {
 			Name: "weft_info", Help: "Always 1: the backend and version this agent runs.",
 		}, []string{"backend", "version"}),
 	}
-	m.reg.MustRegister(m.leases, m.reconcileDur, m.reconcileErrs, m.lastReconcile, m.leaseExpiry, m.configErrs, m.refused, m.refusals, m.info,
+	m.reg.MustRegister(m.leases, m.reconcileDur, m.reconcileErrs, m.lastReconcile, m.leaseExpiry, m.configErrs, m.refused, m.refusals, m.repairs, m.subnetChanges, m.info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, mode := range []string{modeFull, modeIncremental} {
 		m.reconcileErrs.WithLabelValues(mode) // export zero before the first error

@@ -585,8 +585,11 @@ func (e *eval) admitted() ([]lease.Lease, []*backend.LeaseError) {
 		}
 	}
 	var a admit.Set
-	if e.net.Backend.Type == config.BackendVXLAN {
+	switch e.net.Backend.Type {
+	case config.BackendVXLAN:
 		a.Identity = vxlan.Identities
+	case config.BackendWireGuard:
+		a.Identity = wireguard.Identities
 	}
 	ls, refused := a.Reset(e.net, own, all)
 	errs := make([]*backend.LeaseError, len(refused))

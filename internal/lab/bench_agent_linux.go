@@ -22,18 +22,19 @@ import (
 
 // The agent benchmark's figures: flannel's, measured the same way, and
 // weft's targets.
+// Issue 11's scale: 5,000 leases; flannel's figures on this machine.
 const (
-	agentBenchLeases   = 1000
-	agentBenchAdds     = 20
-	targetStartup      = 500 * time.Millisecond
-	targetAddLatency   = 10 * time.Millisecond
-	targetPeakRSS      = 40 << 20
-	flannelStartup     = "0.9 s"
-	flannelAddLatency  = "4 ms"
-	flannelPeakRSS     = "43 MiB"
-	agentBenchNetwork  = "10.96.0.0/12"
+	agentBenchLeases   = 5000
+	agentBenchAdds     = 40
+	targetStartup      = time.Second
+	targetAddLatency   = 5 * time.Millisecond // p99
+	targetPeakRSS      = 35 << 20
+	flannelStartup     = "6.6–7.1 s"
+	flannelAddLatency  = "12–17 ms"
+	flannelPeakRSS     = "50 MiB"
+	agentBenchNetwork  = "10.64.0.0/10"
 	agentBenchSubnets  = 24
-	agentBenchPoolLast = 2047 // SubnetMax index: the agent's own lease stays below the added ones
+	agentBenchPoolLast = 8191 // SubnetMax index: the agent's own lease stays below the added ones
 )
 
 // agentBenchmark is the agent's start-up, event latency and memory.
@@ -41,7 +42,7 @@ func agentBenchmark() Benchmark {
 	return Benchmark{Name: "agent", Backends: []string{config.BackendVXLAN}, Run: benchAgent}
 }
 
-// benchAgent measures one weftd against a store that already holds 1,000
+// benchAgent measures one weftd against a store that already holds 5,000
 // leases: the time from its start until every one of their routes is in the
 // kernel, the time from one more lease written to its route, and its peak
 // RSS. The agent runs on a node of its own (a fresh namespace on the lab's
@@ -151,8 +152,8 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 		}
 		lat = append(lat, at.Sub(t0))
 	}
-	med, p90 := quantile(lat, 0.5), quantile(lat, 0.9)
-	o.progress("  new lease -> route: median %s, p90 %s", med.Round(10*time.Microsecond), p90.Round(10*time.Microsecond))
+	med, p99 := quantile(lat, 0.5), quantile(lat, 0.99)
+	o.progress("  new lease -> route: p50 %s, p99 %s; all: %v", med.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), roundAll(lat))
 
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -167,9 +168,10 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	return []Result{
 		{Section: "agent", Metric: fmt.Sprintf("start → %d leases' routes", len(fakes)), Value: startup.Seconds(), Unit: "s",
 			Note: fmt.Sprintf("%s target ≤ %s (flannel %s)%s", verdict(startup.Seconds(), targetStartup.Seconds(), true), targetStartup, flannelStartup, selfNote)},
-		{Section: "agent", Metric: "new lease → route, median", Value: ms(med), Unit: "ms",
-			Note: fmt.Sprintf("%s target ≤ %s (flannel %s); %d adds, p90 %.1f ms, from Put sent (Put itself: median %.1f ms)",
-				verdict(ms(med), ms(targetAddLatency), true), targetAddLatency, flannelAddLatency, len(lat), ms(p90), ms(quantile(puts, 0.5)))},
+		{Section: "agent", Metric: "new lease → route, p50", Value: ms(med), Unit: "ms",
+			Note: fmt.Sprintf("%d adds one at a time, from Put sent to the route's netlink notification (Put itself: p50 %.1f ms)", len(lat), ms(quantile(puts, 0.5)))},
+		{Section: "agent", Metric: "new lease → route, p99", Value: ms(p99), Unit: "ms",
+			Note: fmt.Sprintf("%s target ≤ %s (flannel %s)", verdict(ms(p99), ms(targetAddLatency), true), targetAddLatency, flannelAddLatency)},
 		{Section: "agent", Metric: "peak RSS (VmHWM)", Value: float64(hwm) / (1 << 20), Unit: "MiB",
 			Note: fmt.Sprintf("%s target ≤ %d MiB (flannel %s); %d leases", verdict(float64(hwm), targetPeakRSS, true), targetPeakRSS>>20, flannelPeakRSS, len(fakes)+len(adds)+1)},
 	}, nil

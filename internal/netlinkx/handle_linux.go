@@ -36,11 +36,9 @@ func NewLinkAttrs() LinkAttrs { return netlink.NewLinkAttrs() }
 // Handle talks to one network namespace. Its sockets live in that namespace,
 // so no thread has to switch into it. Safe for concurrent use.
 type Handle struct {
-	nh    *netlink.Handle
-	dumps atomic.Uint64
-	// ns is the namespace of a handle made by NewAt, for what netlink
-	// cannot do (sysctls); nil for the process's own.
-	ns *netns.NsHandle
+	nh     *netlink.Handle
+	dumps  atomic.Uint64
+	nsPath string // "" for the process's own namespace
 }
 
 // New returns a handle on the calling process's network namespace.
@@ -59,21 +57,17 @@ func NewAt(nsPath string) (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", nsPath, err)
 	}
+	// The sockets keep the namespace alive; the descriptor is not needed.
+	defer ns.Close()
 	nh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
-		ns.Close()
 		return nil, fmt.Errorf("netlink socket in %s: %w", nsPath, err)
 	}
-	return &Handle{nh: nh, ns: &ns}, nil
+	return &Handle{nh: nh, nsPath: nsPath}, nil
 }
 
 // Close releases the handle's sockets.
-func (h *Handle) Close() {
-	h.nh.Close()
-	if h.ns != nil {
-		h.ns.Close()
-	}
-}
+func (h *Handle) Close() { h.nh.Close() }
 
 // SetSysctl is `sysctl -w` of a /proc/sys key ("net/ipv6/conf/flannel-v6.1/accept_ra")
 // in the handle's namespace. /proc/sys/net shows the namespace of the
@@ -87,9 +81,14 @@ func (h *Handle) SetSysctl(key, value string) error {
 		}
 		return nil
 	}
-	if h.ns == nil {
+	if h.nsPath == "" {
 		return write()
 	}
+	target, err := netns.GetFromPath(h.nsPath)
+	if err != nil {
+		return fmt.Errorf("sysctl %s: open netns %s: %w", key, h.nsPath, err)
+	}
+	defer target.Close()
 	errc := make(chan error, 1)
 	go func() {
 		// The thread stays locked if it cannot be switched back, so the
@@ -101,7 +100,7 @@ func (h *Handle) SetSysctl(key, value string) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(*h.ns); err != nil {
+		if err := netns.Set(target); err != nil {
 			errc <- fmt.Errorf("sysctl %s: enter namespace: %w", key, err)
 			return
 		}

@@ -122,6 +122,14 @@ const (
 	FamilyV6  Family = 10 // AF_INET6
 )
 
+// FamilyOf is a's family.
+func FamilyOf(a netip.Addr) Family {
+	if a.Is4() {
+		return FamilyV4
+	}
+	return FamilyV6
+}
+
 // Neighbour states (NUD_*), as `ip neigh` names them.
 const (
 	NUDReachable = 0x02

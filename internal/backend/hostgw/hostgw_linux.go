@@ -185,13 +185,13 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 			sn := p.subnet(ev.Lease)
 			if ev.Type == lease.Removed {
 				if sn.IsValid() {
-					b.skips.Set(b.log, sn, nil)
+					b.skips.Set(b.log, &backend.LeaseError{Subnet: sn})
 				}
 				continue
 			}
 			r, ok, err := route(p, ev.Lease)
 			if sn.IsValid() {
-				b.skips.Set(b.log, sn, err)
+				b.skips.Set(b.log, &backend.LeaseError{Subnet: sn, Err: err})
 			}
 			if errors.Is(err, ErrNotAdjacent) {
 				b.notAdjacent[fk] = true

@@ -299,3 +299,6 @@ func (b *Backend) configureLink() error {
 	}
 	return nil
 }
+
+// Devices implements backend.Devicer.
+func (b *Backend) Devices() []string { return []string{DeviceName} }

@@ -301,7 +301,7 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 	for _, d := range b.devs {
 		before, after, verdicts := d.plan.Update(evs)
 		for _, v := range verdicts {
-			d.skips.Set(d.log, v.Subnet, v.Err)
+			d.skips.Set(d.log, v)
 		}
 		n, err := b.apply(before, after, nil, nil)
 		if err != nil {
@@ -615,3 +615,13 @@ func (b *Backend) address(d *device, l netlinkx.Link, subnet netip.Prefix) error
 
 // Close does nothing: the kernel datapath outlives the agent.
 func (b *Backend) Close() error { return nil }
+
+// Devices implements backend.Devicer: flannel.<VNI> and flannel-v6.<VNI>,
+// as the config has them.
+func (b *Backend) Devices() []string {
+	names := make([]string, len(b.devs))
+	for i, d := range b.devs {
+		names[i] = d.name
+	}
+	return names
+}

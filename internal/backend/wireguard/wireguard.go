@@ -21,6 +21,7 @@ import (
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/lease"
 )
 
 const (
@@ -50,6 +51,19 @@ const (
 type LeaseData struct {
 	PublicKey string
 	Port      uint16
+}
+
+// Identities names the public key a lease publishes, which no other lease
+// may (package admit: the older lease keeps it): a copied key would make
+// its holder receive the real node's traffic.
+func Identities(l lease.Lease) []string {
+	if l.Attrs.BackendType != config.BackendWireGuard {
+		return nil
+	}
+	if k, _, err := ParseLeaseData(l.Attrs.BackendData); err == nil {
+		return []string{"WireGuard key " + k.String()}
+	}
+	return nil
 }
 
 // Marshal returns the BackendData bytes: {"PublicKey":"…","Port":51820}.

@@ -24,6 +24,7 @@ import (
 var (
 	_ backend.Backend         = (*Backend)(nil)
 	_ backend.MetricsExporter = (*Backend)(nil)
+	_ backend.Identifier      = (*Backend)(nil)
 )
 
 // Options are the backend's settings that do not come from the network
@@ -380,3 +381,9 @@ func (b *Backend) Stats() Stats {
 func (b *Backend) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{newCollector(b.Stats)}
 }
+
+// Identities implements backend.Identifier: the lease's public key.
+func (b *Backend) Identities(l lease.Lease) []string { return Identities(l) }
+
+// Devices implements backend.Devicer.
+func (b *Backend) Devices() []string { return []string{DeviceName} }

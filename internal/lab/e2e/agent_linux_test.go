@@ -23,6 +23,10 @@ import (
 const (
 	resync = 3 * time.Second
 	slack  = 3 * time.Second
+	// eventRepair bounds a repair triggered by the kernel's notification:
+	// the target is 1 s; the rest is for a loaded machine, and it stays
+	// under resync so that a periodic pass cannot pass for it.
+	eventRepair = 2500 * time.Millisecond
 	// configRetry is the daemon's default re-read interval of a bad config.
 	configRetry = 5 * time.Second
 )
@@ -143,37 +147,45 @@ func testRestart(t *testing.T, ctx context.Context, e *env) {
 	}
 }
 
-// The agent puts back, within one resync period, a VXLAN device and a
-// route deleted by hand.
+// The agent puts back what is deleted behind its back — the VXLAN device,
+// a route, a neighbour, an FDB entry, the device set down — as soon as
+// the kernel says so, well within one resync period.
 func testHeal(t *testing.T, ctx context.Context, e *env) {
 	const i = 1
 	n := e.l.Node(i)
 	peers := e.others(i)
-	within := resync + slack
-
-	if _, err := e.l.Exec(ctx, n.NS, "ip", "link", "del", vxlanDevice); err != nil {
-		t.Fatal(err)
+	p := peers[0]
+	faults := []struct {
+		name string
+		cmd  []string
+	}{
+		{vxlanDevice + " deleted", []string{"ip", "link", "del", vxlanDevice}},
+		{"route to " + p.subnet.String() + " deleted", []string{"ip", "route", "del", p.subnet.String()}},
+		{"neighbour " + p.subnet.Addr().String() + " deleted", []string{"ip", "neigh", "del", p.subnet.Addr().String(), "dev", vxlanDevice}},
+		{"FDB entry " + p.mac.String() + " deleted", []string{"bridge", "fdb", "del", p.mac.String(), "dev", vxlanDevice, "dst", p.public.String()}},
+		{vxlanDevice + " set down", []string{"ip", "link", "set", vxlanDevice, "down"}},
 	}
-	took, err := waitFor(ctx, within, func() error { return e.fabricErr(i, peers) })
-	if err != nil {
-		t.Fatalf("%s not back with its address, routes, neighbours and FDB: %v", vxlanDevice, err)
+	for _, f := range faults {
+		mark := e.mark(i)
+		if _, err := e.l.Exec(ctx, n.NS, f.cmd...); err != nil {
+			t.Fatalf("%s: %v", f.name, err)
+		}
+		// Event-driven: back well before the next periodic resync could
+		// have done it (the lab's is 3 s).
+		took, err := waitFor(ctx, eventRepair, func() error { return e.fabricErr(i, peers) })
+		if err != nil {
+			t.Fatalf("%s: not repaired within %s: %v", f.name, eventRepair, err)
+		}
+		t.Logf("%s: repaired in %s", f.name, took.Round(time.Millisecond))
+		e.waitLog(ctx, mark, 2*time.Second, `msg="repairing: the kernel lost part of the datapath"`)
+		if f.name == vxlanDevice+" deleted" {
+			// The recreated device has the MAC the others know it by.
+			if got := e.peer(i); got.mac != peerMAC(t, e, i) {
+				t.Errorf("recreated %s has MAC %s, the lease says otherwise", vxlanDevice, got.mac)
+			}
+		}
+		e.mesh(ctx)
 	}
-	t.Logf("%s deleted: back, with everything on it, in %s", vxlanDevice, took.Round(time.Millisecond))
-	// The recreated device has the MAC the others know it by.
-	if got := e.peer(i); got.mac != peerMAC(t, e, i) {
-		t.Errorf("recreated %s has MAC %s, the lease says otherwise", vxlanDevice, got.mac)
-	}
-	e.mesh(ctx)
-
-	dst := peers[0].subnet.String()
-	if _, err := e.l.Exec(ctx, n.NS, "ip", "route", "del", dst); err != nil {
-		t.Fatal(err)
-	}
-	took, err = waitFor(ctx, within, func() error { return e.fabricErr(i, peers) })
-	if err != nil {
-		t.Fatalf("route to %s not back: %v", dst, err)
-	}
-	t.Logf("route to %s deleted: back in %s", dst, took.Round(time.Millisecond))
 }
 
 // peerMAC is node i's VtepMAC as its lease publishes it.

@@ -347,11 +347,11 @@ func readPublicKey(t *testing.T, keyFile string) wgtypes.Key {
 // metric reads one sample from node i's /metrics.
 func metric(t *testing.T, ctx context.Context, e *env, i int, name string) float64 {
 	t.Helper()
-	out, err := e.l.Exec(ctx, e.l.Node(i).NS, "curl", "-s", "http://127.0.0.1:8471/metrics")
+	_, out, err := e.l.Metrics(ctx, i)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			var f float64
 			if _, err := fmt.Sscan(v, &f); err == nil {

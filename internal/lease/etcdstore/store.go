@@ -161,3 +161,12 @@ func (s *Store) expiration(ctx context.Context, id int64) (time.Time, error) {
 func (s *Store) ttlSeconds() int64 {
 	return int64(math.Ceil(s.ttl.Seconds()))
 }
+
+// Ping reads the config key's existence, linearizably: it fails while the
+// cluster has no quorum, as every write would.
+func (s *Store) Ping(ctx context.Context) error {
+	if _, err := s.cli.Get(ctx, s.ConfigKey(), clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	return nil
+}

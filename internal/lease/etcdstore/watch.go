@@ -15,10 +15,12 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 )
 
-// Reconnect backoff bounds.
+// Reconnect backoff bounds: short, so that an agent follows the store
+// again within a second or two of its return (a watch is one stream per
+// agent; retrying it costs the cluster little).
 const (
 	minBackoff = 100 * time.Millisecond
-	maxBackoff = 10 * time.Second
+	maxBackoff = time.Second
 )
 
 // Watch implements lease.Store. The leases it reports carry no Expiration:
