@@ -111,7 +111,14 @@ func (e *eval) subnetFile() {
 		e.add("subnet-file", Fail, sf.Err.Error(), "weftd rewrites it at start: restart weftd")
 	default:
 		env := sf.Env
-		msg := fmt.Sprintf("%s: network %s, subnet %s, MTU %d, ipmasq %v", sf.Path, env.Network, env.Subnet, env.MTU, env.IPMasq)
+		var parts []string
+		if env.Subnet.IsValid() {
+			parts = append(parts, fmt.Sprintf("network %s, subnet %s", env.Network, env.Subnet))
+		}
+		if env.IPv6Subnet.IsValid() {
+			parts = append(parts, fmt.Sprintf("IPv6 network %s, subnet %s", env.IPv6Network, env.IPv6Subnet))
+		}
+		msg := fmt.Sprintf("%s: %s, MTU %d, ipmasq %v", sf.Path, strings.Join(parts, ", "), env.MTU, env.IPMasq)
 		switch {
 		case e.net != nil && e.net.EnableIPv4 && env.Network != e.net.Network:
 			e.add("subnet-file", Fail, fmt.Sprintf("%s: FLANNEL_NETWORK %s, but the config's network is %s", sf.Path, env.Network, e.net.Network),
@@ -119,6 +126,9 @@ func (e *eval) subnetFile() {
 		case e.net != nil && e.net.EnableIPv4 && !e.net.Network.Contains(env.Subnet.Addr()):
 			e.add("subnet-file", Fail, fmt.Sprintf("%s: FLANNEL_SUBNET %s is outside the network %s", sf.Path, env.Subnet, e.net.Network),
 				"restart weftd to acquire a subnet of the current network")
+		case e.net != nil && e.net.EnableIPv6 && (env.IPv6Network != e.net.IPv6Network || !e.net.IPv6Network.Contains(env.IPv6Subnet.Addr())):
+			e.add("subnet-file", Fail, fmt.Sprintf("%s: FLANNEL_IPV6_NETWORK %s, FLANNEL_IPV6_SUBNET %s, but the config's IPv6 network is %s", sf.Path, env.IPv6Network, env.IPv6Subnet, e.net.IPv6Network),
+				"restart weftd to rewrite the file for the current config, then the pods")
 		default:
 			e.add("subnet-file", OK, msg, "")
 		}
