@@ -55,6 +55,10 @@ func newLab(t *testing.T) *lab {
 	for _, n := range []string{l.node, l.pod, l.remote, l.out} {
 		run(t, "ip", "netns", "add", n)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", n).Run() })
+		// No duplicate address detection, for the link-local addresses
+		// too: while one is tentative, neighbour discovery on its link
+		// can stall past the connections' timeout.
+		run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
 	}
 	// Each link has both families: the IPv4 and the IPv6 rules are shown
 	// by the same cases.
