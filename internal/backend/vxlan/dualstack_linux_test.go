@@ -2,6 +2,7 @@ package vxlan_test
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weft-net/weft/internal/backend/backendtest"
+	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
@@ -236,4 +238,32 @@ func TestIPv6Only(t *testing.T) {
 	}
 	ping6(t, vs[0], vs[1])
 	ping6(t, vs[1], vs[0])
+}
+
+// TestRestoredVtepMACv6: the VtepMAC published in backend-v6-data goes to a
+// new flannel-v6.1, as backend-data's goes to flannel.1.
+func TestRestoredVtepMACv6(t *testing.T) {
+	nodes := dualNodes(t, 1)
+	nw := backendtest.Network(t, dualConf)
+	p := nodes[0].Params(nw)
+	p.VtepMAC, _ = net.ParseMAC("0e:11:22:33:44:55")
+	p.VtepMACv6, _ = net.ParseMAC("0e:11:22:33:44:66")
+	b, err := vxlan.New(p, nodes[0].NS.H, backendtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, data, err := b.LeaseAttrs(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(data) != `{"VNI":1,"VtepMAC":"0e:11:22:33:44:55"}` || string(b.LeaseV6Data()) != `{"VNI":1,"VtepMAC":"0e:11:22:33:44:66"}` {
+		t.Errorf("published %s and %s", data, b.LeaseV6Data())
+	}
+	l, err := nodes[0].NS.H.LinkByName("flannel-v6.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.Attrs().HardwareAddr.String(); got != "0e:11:22:33:44:66" {
+		t.Errorf("flannel-v6.1 MAC %s, want the restored 0e:11:22:33:44:66", got)
+	}
 }
