@@ -42,8 +42,9 @@ func TestDualStackVXLANScenarios(t *testing.T) {
 
 // TestDualStackHostGW: a three-node dual-stack host-gw lab: routes of both
 // families via the peers' public addresses, full mesh over each, an IPv6
-// stream; a deleted IPv6 route comes back within a resync, and a deleted
-// lease takes both of its routes off the other nodes.
+// stream; a restart loses no ping of either family, a deleted IPv6 route
+// comes back within a resync, and a deleted lease takes both of its routes
+// off the other nodes.
 func TestDualStackHostGW(t *testing.T) {
 	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -65,6 +66,7 @@ func TestDualStackHostGW(t *testing.T) {
 
 	runScenarios(t, ctx, e, e, []scenario[*env]{
 		{"IPv6Stream", testStream6},
+		{"RestartKeepsSubnetsAndTraffic", testRestart},
 		{"DeletedIPv6RouteHeals", func(t *testing.T, ctx context.Context, e *env) {
 			const i = 1
 			o := e.l.Node(2)
