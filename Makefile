@@ -37,7 +37,7 @@ IMAGE_BIN ?= $(BIN)/image
 # The last commit's time, so that one commit gives one image digest.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
 
-.PHONY: all deps build cni-plugins kube-bins test vet demo bench clean image print-image
+.PHONY: all deps build cni-plugins kube-bins test vet fuzz demo bench clean image print-image
 
 all: build
 
@@ -73,8 +73,13 @@ kube-bins: deps
 vet:
 	$(GO) vet ./...
 
+# Every fuzz test (each Fuzz function the tree has) for a fixed number of
+# inputs; under a minute in all. FUZZ_EXECS=200000x fuzzes longer.
+fuzz:
+	GO=$(GO) scripts/fuzz.sh
+
 # Root-only tests (namespaces) run too: they skip, saying so, without root.
-test: deps build vet kube-bins
+test: deps build vet fuzz kube-bins
 	WEFT_BIN_DIR=$(BIN) WEFT_KUBE_BIN_DIR=$$(scripts/kube-bins.sh | tail -n 1) $(GO) test -count=1 -timeout 14m ./...
 
 demo: deps build

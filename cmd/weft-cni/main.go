@@ -34,6 +34,9 @@ Plugin config keys (besides flannel's delegate and ipam):
   subnetFile  default %s
   dataDir     default %s
 
+With WEFT_CNI_TIMINGS naming a file, each ADD appends one JSON line to it:
+the time each of its steps took (weft lab bench reads them).
+
 Run without CNI_COMMAND it prints what it is; --version prints its version.
 `
 
@@ -55,6 +58,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "weft-cni: unknown %s %q: the plugin is run by the container runtime, with CNI_COMMAND set (see weft-cni --help)\n", kind, os.Args[1])
 		os.Exit(2)
 	}
-	p := &cni.Plugin{}
+	p := &cni.Plugin{TimingsFile: os.Getenv(cni.TimingsEnv)}
 	skel.PluginMainFuncs(p.Funcs(), cni.Versions, "CNI plugin weft (flannel-compatible) "+buildinfo.Version(version))
 }

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/weft-net/weft/internal/etcdtest"
+	"github.com/weft-net/weft/internal/lease/etcdstore"
 )
 
 const etcdTestNetConf = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
@@ -119,6 +120,8 @@ func TestEtcdCommandRejectsBadInput(t *testing.T) {
 		{[]string{"--listen-client-urls", "127.0.0.1:2379"}, "listen client URL"},
 		{[]string{"--listen-peer-urls", "ftp://127.0.0.1:2380"}, "http://host:port"},
 		{[]string{"--bogus"}, "bogus"},
+		{[]string{"--listen-client-urls", "https://127.0.0.1:2379"}, "need --cert-file and --key-file"},
+		{[]string{"--initial-cluster-state", "maybe"}, "initial cluster state"},
 		{[]string{"extra"}, "unexpected arguments"},
 	} {
 		args := append([]string{"--data-dir", filepath.Join(dir, "data")}, tc.args...)
@@ -129,5 +132,59 @@ func TestEtcdCommandRejectsBadInput(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
 		t.Errorf("bad input still started etcd (data dir created)")
+	}
+}
+
+// etcd's TLS flags: a client with a certificate the CA signed is served,
+// with the config seeded; one without is refused.
+func TestEtcdCommandTLS(t *testing.T) {
+	client, peer := etcdtest.FreeURL(t), etcdtest.FreeURL(t)
+	p := etcdtest.NewPKI(t, t.TempDir(), etcdtest.Addr(t, client), etcdtest.Addr(t, peer))
+	clientURL := "https://" + strings.TrimPrefix(client, "http://")
+	peerURL := "https://" + strings.TrimPrefix(peer, "http://")
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runEtcd(ctx, []string{"--name", "m1", "--data-dir", t.TempDir(),
+			"--listen-client-urls", clientURL, "--listen-peer-urls", peerURL,
+			"--initial-advertise-peer-urls", peerURL, "--initial-cluster", "m1=" + peerURL,
+			"--initial-cluster-state", "new", "--initial-cluster-token", "t1",
+			"--cert-file", p.ServerCert, "--key-file", p.ServerKey, "--trusted-ca-file", p.CA, "--client-cert-auth",
+			"--peer-cert-file", p.ServerCert, "--peer-key-file", p.ServerKey, "--peer-trusted-ca-file", p.CA, "--peer-client-cert-auth",
+			"--network-config", etcdTestNetConf})
+	}()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("weft etcd: %v", err)
+		}
+	}()
+	opCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var cli *clientv3.Client
+	var err error
+	// Until it listens, Connect takes the endpoint as down and succeeds;
+	// the config read then waits for the server.
+	if cli, err = etcdstore.Connect(opCtx, etcdstore.ClientOptions{Endpoints: []string{clientURL},
+		CertFile: p.ClientCert, KeyFile: p.ClientKey, CAFile: p.CA}); err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	var got string
+	for got == "" && opCtx.Err() == nil {
+		if resp, err := cli.Get(opCtx, etcdstore.DefaultPrefix+"/config"); err == nil && len(resp.Kvs) == 1 {
+			got = string(resp.Kvs[0].Value)
+		} else {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if got != etcdTestNetConf {
+		t.Fatalf("config over TLS = %q", got)
+	}
+	if c, err := etcdstore.Connect(opCtx, etcdstore.ClientOptions{Endpoints: []string{clientURL}, CAFile: p.CA}); err == nil || !strings.Contains(err.Error(), "wants a client certificate") {
+		if c != nil {
+			c.Close()
+		}
+		t.Errorf("a client without a certificate: %v", err)
 	}
 }

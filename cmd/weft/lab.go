@@ -49,8 +49,8 @@ func needRoot() error {
 type labFlags struct {
 	name, root, backend, store, binDir, cniBinDir, logLevel string
 	ipFamily                                                string
-	nodes, pods, underlayGSO                                int
-	ipMasq                                                  bool
+	nodes, pods, underlayGSO, etcdMembers                   int
+	ipMasq, etcdTLS                                         bool
 	timeout                                                 time.Duration
 	weftdArgs                                               stringList
 }
@@ -63,6 +63,8 @@ func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
 	fs.StringVar(&f.root, "root", lab.DefaultRoot, "directory holding the labs")
 	fs.StringVar(&f.store, "store", lab.StoreEtcd, "where leases live: etcd, or kube (a real kube-apiserver and controller-manager; agents run with --kube-subnet-mgr)")
 	fs.StringVar(&f.ipFamily, "ip-family", lab.IPFamilyIPv4, "pod addresses: ipv4, dual (IPv4 and IPv6) or ipv6; with IPv6 the underlay has 2001:db8::/64 beside 192.0.2.0/24 (vxlan and host-gw)")
+	fs.IntVar(&f.etcdMembers, "etcd-members", 1, "etcd members, one cluster in the control namespace; agents get every endpoint")
+	fs.BoolVar(&f.etcdTLS, "etcd-tls", false, "secure etcd as in production: TLS for clients and peers, client certificates required, user/password auth (files in <lab>/pki)")
 	fs.IntVar(&f.nodes, "nodes", lab.DefaultNodes, "number of nodes")
 	fs.IntVar(&f.pods, "pods", lab.DefaultPodsPerNode, "pods per node")
 	fs.StringVar(&f.binDir, "bin-dir", "", "directory with weft and weftd (default: this binary's)")
@@ -89,6 +91,8 @@ func (f *labFlags) options() (lab.Options, error) {
 		Backend:      f.backend,
 		Store:        f.store,
 		IPFamily:     f.ipFamily,
+		EtcdMembers:  f.etcdMembers,
+		EtcdTLS:      f.etcdTLS,
 		IPMasq:       &ipMasq,
 		UnderlayGSO:  f.underlayGSO,
 		BinDir:       f.binDir,

@@ -78,7 +78,7 @@ func labDoctorArgs(l *lab.Lab, i int) []string {
 		return nil
 	}
 	n := l.Node(i)
-	args := []string{"--etcd-endpoints=" + l.EtcdEndpoint(), "--iface=eth0", "--subnet-file=" + n.SubnetFile}
+	args := append(l.EtcdClientArgs(true), "--iface=eth0", "--subnet-file="+n.SubnetFile)
 	if l.Store == lab.StoreKube {
 		args = []string{"--kube-subnet-mgr", "--kubeconfig-file=" + n.Kubeconfig, "--net-config-path=" + l.NetConfFile, "--iface=eth0", "--subnet-file=" + n.SubnetFile}
 	}

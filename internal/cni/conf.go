@@ -158,24 +158,31 @@ func renderIPAM(base map[string]any, env subnetenv.Env) (map[string]any, error) 
 }
 
 // delegated is the part of a saved delegate config the plugin reads back.
+// It is read by exact key, as the runtime and flannel read the type:
+// Go's struct decoding would also take a user's "tYpe" or "MTU" key from
+// the delegate object, and a config that cannot be read back would wedge
+// DEL for good.
 type delegated struct {
-	Type       string `json:"type"`
-	CNIVersion string `json:"cniVersion"`
-	MTU        int    `json:"mtu"`
-	IPAM       struct {
-		Routes []struct {
-			Dst string `json:"dst"`
-		} `json:"routes"`
-	} `json:"ipam"`
+	Type   string
+	MTU    int   // 0 (not checked) when absent or not a whole number
+	Routes []any // ipam.routes as saved
 }
 
 func parseDelegated(data []byte) (delegated, error) {
 	var d delegated
-	if err := json.Unmarshal(data, &d); err != nil {
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
 		return d, fmt.Errorf("decoding delegate config: %w", err)
 	}
+	d.Type, _ = m["type"].(string)
 	if d.Type == "" {
 		return d, fmt.Errorf("delegate config has no type")
+	}
+	if mtu, ok := m["mtu"].(float64); ok && mtu == float64(int(mtu)) {
+		d.MTU = int(mtu)
+	}
+	if ipam, ok := m["ipam"].(map[string]any); ok {
+		d.Routes, _ = ipam["routes"].([]any)
 	}
 	return d, nil
 }
@@ -184,10 +191,11 @@ func parseDelegated(data []byte) (delegated, error) {
 // plus any the user added).
 func (d delegated) routeDsts() ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	for _, r := range d.IPAM.Routes {
-		p, err := netip.ParsePrefix(r.Dst)
+	for _, r := range d.Routes {
+		dst, _ := r.(map[string]any)["dst"].(string)
+		p, err := netip.ParsePrefix(dst)
 		if err != nil {
-			return nil, fmt.Errorf("delegate ipam route %q: %w", r.Dst, err)
+			return nil, fmt.Errorf("delegate ipam route %v: %w", r, err)
 		}
 		out = append(out, p.Masked())
 	}

@@ -180,6 +180,11 @@ func TestParseDelegated(t *testing.T) {
 	if _, err := parseDelegated([]byte(`{"mtu":1}`)); err == nil {
 		t.Error("a saved config without type parsed")
 	}
+	// A user's delegate key that differs from ours only in case is theirs
+	// (the fuzzer found DEL refusing such a saved config for good).
+	if got, err := parseDelegated([]byte(`{"MTU":"x","mtu":1400,"tYpe":0,"type":"bridge"}`)); err != nil || got.Type != "bridge" || got.MTU != 1400 {
+		t.Errorf("case-variant keys: %+v %v", got, err)
+	}
 }
 
 // TestRenderDelegateGolden renders flannel's own test cases (cni-plugin

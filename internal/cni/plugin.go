@@ -31,6 +31,9 @@ const CodeCheckFailed uint = 100
 type Plugin struct {
 	// Exec runs delegates; nil means the real one (found in CNI_PATH).
 	Exec invoke.Exec
+	// TimingsFile, when set, is the file each ADD appends its Timing to
+	// (see TimingsEnv).
+	TimingsFile string
 }
 
 // Funcs is what skel.PluginMainFuncs dispatches to.
@@ -67,7 +70,16 @@ func delegateError(step string, err error) *types.Error {
 // BIG TCP, it raises the GSO limit of the interfaces the delegate made.
 // When a step fails, the delegate's work is undone with a delegate DEL and
 // the saved config removed: a failed ADD leaves nothing.
-func (p *Plugin) Add(args *skel.CmdArgs) error {
+func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
+	sw := &stopwatch{}
+	if p.TimingsFile != "" {
+		sw = newStopwatch(p.TimingsFile, "ADD", args.ContainerID)
+		defer func() { sw.write(err) }()
+	}
+	return p.add(args, sw)
+}
+
+func (p *Plugin) add(args *skel.CmdArgs, sw *stopwatch) error {
 	ctx := context.Background()
 	n, err := LoadNetConf(args.StdinData)
 	if err != nil {
@@ -76,10 +88,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err := n.checkDelegate(); err != nil {
 		return err
 	}
+	sw.lap("config")
 	env, terr := readEnv(n.SubnetFile, types.ErrTryAgainLater)
 	if terr != nil {
 		return terr
 	}
+	sw.lap("subnet.env")
 	d, err := RenderDelegate(n, env)
 	if err != nil {
 		return err
@@ -89,14 +103,17 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("encoding delegate config: %v", err), "")
 	}
 	typ := d["type"].(string) // checkDelegate or the default made it a string
+	sw.lap("render")
 	// A delegate that is not installed fails before anything is saved.
 	if _, err := invoke.FindInPath(typ, filepath.SplitList(args.Path)); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable,
 			fmt.Sprintf("delegate plugin %q is not installed: %v", typ, err), "install the reference CNI plugins (bridge, host-local) into CNI_PATH")
 	}
+	sw.lap("find delegate")
 	if err := saveDelegate(n.DataDir, args.ContainerID, conf); err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
+	sw.lap("save config")
 	// undo takes back what the delegate did before ADD failed. Should that
 	// fail too, the saved config stays, so the runtime's DEL can finish the
 	// job even once subnet.env is gone.
@@ -109,6 +126,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return addErr
 	}
 	res, err := invoke.DelegateAdd(ctx, typ, conf, p.Exec)
+	sw.lap("delegate " + typ)
 	if err != nil {
 		return undo(delegateError("delegate "+typ+" ADD", err))
 	}
@@ -117,6 +135,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 			return undo(types.NewError(types.ErrInternal,
 				fmt.Sprintf("setting gso_ipv4_max_size %d (BIG TCP, from %s): %v", env.GSOIPv4MaxSize, n.SubnetFile, err), ""))
 		}
+		sw.lap("gso")
 	}
 	if n.CNIVersion != "" {
 		if res, err = res.GetAsVersion(n.CNIVersion); err != nil {
@@ -124,7 +143,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 				fmt.Sprintf("converting delegate result to %s: %v", n.CNIVersion, err), "")
 		}
 	}
-	return res.Print()
+	err = res.Print()
+	sw.lap("result")
+	return err
 }
 
 // Del delegates DEL with the config ADD saved, then removes it. Without a

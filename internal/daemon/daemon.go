@@ -72,16 +72,18 @@ type daemon struct {
 	keep  *masq.Keeper
 	holes *blackholeKeeper // --ip-blackhole-route
 
-	own        lease.Lease
-	gotOwn     time.Time // when own was acquired or last renewed
-	leases     leaseSet  // as the watch reported them
-	admit      admit.Set // what of leases the datapath may program
-	admitted   bool      // admit was Reset for own and the network
-	refusals   backend.SkipLog
-	leaseHeld  bool // own is ours: acquired, not lost or expired since
-	configured bool // Configure and subnet.env done for own
-	ready      bool // lease held and a full reconcile succeeded since
-	everReady  bool
+	own      lease.Lease
+	gotOwn   time.Time // when own was acquired or last renewed
+	leases   leaseSet  // as the watch reported them
+	admit    admit.Set // what of leases the datapath may program
+	admitted bool      // admit was Reset for own and the network
+	refusals backend.SkipLog
+	// watchKernelOnce starts following the kernel's changes (repair.go).
+	watchKernelOnce func()
+	leaseHeld       bool // own is ours: acquired, not lost or expired since
+	configured      bool // Configure and subnet.env done for own
+	ready           bool // lease held and a full reconcile succeeded since
+	everReady       bool
 }
 
 // Run runs weftd until ctx ends, then returns nil. It returns an error for
@@ -354,12 +356,17 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	if !d.acquireBlocking(ctx, hint) {
 		return nil
 	}
+	// The kernel is watched from the first full reconcile on: the
+	// notifications of programming thousands of leases would only cost
+	// CPU while it runs.
 	repairs := make(chan string, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		d.watchKernel(ctx, repairs)
-	}()
+	d.watchKernelOnce = sync.OnceFunc(func() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.watchKernel(ctx, repairs)
+		}()
+	})
 	return d.loop(ctx, events, repairs)
 }
 
@@ -753,8 +760,11 @@ func (d *daemon) applyBatches(bs []batch) (full, lost bool, evs []lease.Event) {
 			full = true
 		}
 		evs = append(evs, b.events...)
-		for _, ev := range b.events {
-			d.log.Debug("lease "+ev.Type.String(), "subnet", leaseName(ev.Lease), "public_ip", ev.Lease.Attrs.PublicIP, "backend", ev.Lease.Attrs.BackendType)
+		// Rendering 5,000 lines nobody reads would cost a snapshot dearly.
+		if d.log.Enabled(context.Background(), slog.LevelDebug) {
+			for _, ev := range b.events {
+				d.log.Debug("lease "+ev.Type.String(), "subnet", leaseName(ev.Lease), "public_ip", ev.Lease.Attrs.PublicIP, "backend", ev.Lease.Attrs.BackendType)
+			}
 		}
 		if d.leases.apply(b.events, d.own) {
 			lost = true
@@ -1009,6 +1019,9 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	if full && d.ready {
 		d.health.vouch()
 		d.sd.status(d.readyStatus(len(leases)))
+	}
+	if full && d.watchKernelOnce != nil {
+		d.watchKernelOnce()
 	}
 	if full && !d.ready && d.leaseHeld {
 		d.ready = true

@@ -2,8 +2,6 @@ package doctor_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
@@ -21,7 +19,6 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/kubetest"
 	"github.com/weft-net/weft/internal/lab"
-	"github.com/weft-net/weft/internal/lab/labtest"
 )
 
 // TestKubeLab brings up a two-node vxlan lab with --store kube and runs
@@ -33,27 +30,12 @@ func TestKubeLab(t *testing.T) {
 		t.Skip("needs root: builds a lab in network namespaces")
 	}
 	kubeBin := kubetest.BinDir(t)
-	bin, cni := labtest.Binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	var suffix [3]byte
-	_, _ = rand.Read(suffix[:])
-	l, err := lab.Up(ctx, lab.Options{
-		Name: "dockube-" + hex.EncodeToString(suffix[:]), Root: t.TempDir(),
+	l := upLab(t, ctx, "dockube", lab.Options{
 		Nodes: 2, PodsPerNode: 1, Backend: config.BackendVXLAN,
 		Store: lab.StoreKube, KubeBinDir: kubeBin,
-		BinDir: bin, CNIBinDir: cni,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
-		defer dcancel()
-		if err := l.Down(dctx, lab.DownOptions{}); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
 	})
 	n1 := l.Node(1)
 
@@ -64,7 +46,7 @@ func TestKubeLab(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var ok bool
-		r, ok = runLabDoctor(t, ctx, bin, l, 1)
+		r, ok = runLabDoctor(t, ctx, l.BinDir, l, 1)
 		allOK := ok && r.OK
 		for _, x := range r.Results {
 			allOK = allOK && x.Status == "ok"
@@ -120,7 +102,7 @@ func TestKubeLab(t *testing.T) {
 	if _, err := cs.CoreV1().Nodes().Patch(ctx, n1.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	r, ok := runLabDoctor(t, ctx, bin, l, 1)
+	r, ok := runLabDoctor(t, ctx, l.BinDir, l, 1)
 	if x := result(r, "annotations"); ok || x.Status != "fail" || !strings.Contains(x.Message, `public-ip="192.0.2.99", but this node's PublicIP is `+n1.PublicIP.String()) {
 		t.Errorf("changed public-ip: exit ok %v, annotations %s %s\n%s", ok, x.Status, x.Message, r)
 	}
@@ -146,7 +128,7 @@ func TestKubeLab(t *testing.T) {
 	}
 	deadline = time.Now().Add(30 * time.Second)
 	for {
-		r, ok = runLabDoctor(t, ctx, bin, l, 1)
+		r, ok = runLabDoctor(t, ctx, l.BinDir, l, 1)
 		x := result(r, "kube-rbac")
 		if x.Status == "fail" {
 			if ok || x.Message != "the agent may not nodes/status patch" || !strings.Contains(x.Hint, "ClusterRole weft") {

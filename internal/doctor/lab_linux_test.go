@@ -61,24 +61,15 @@ func (r jsonReport) String() string {
 	return b.String()
 }
 
-// TestLab brings up a two-node vxlan lab and runs weft doctor inside a
-// node: all ok; then, with the agent stopped and a route deleted by hand,
-// doctor names the missing route and exits non-zero.
-func TestLab(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds a lab in network namespaces")
-	}
-	bin, cni := labtest.Binaries(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-
+// upLab brings up a lab named prefix-<6 hex> under the test's temporary
+// directory with the test binaries, and takes it down when the test ends.
+func upLab(t *testing.T, ctx context.Context, prefix string, o lab.Options) *lab.Lab {
+	t.Helper()
 	var suffix [3]byte
 	_, _ = rand.Read(suffix[:])
-	l, err := lab.Up(ctx, lab.Options{
-		Name: "doctest-" + hex.EncodeToString(suffix[:]), Root: t.TempDir(),
-		Nodes: 2, PodsPerNode: 1, Backend: config.BackendVXLAN,
-		BinDir: bin, CNIBinDir: cni,
-	})
+	o.Name, o.Root = prefix+"-"+hex.EncodeToString(suffix[:]), t.TempDir()
+	o.BinDir, o.CNIBinDir = labtest.Binaries(t)
+	l, err := lab.Up(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +79,22 @@ func TestLab(t *testing.T) {
 		if err := l.Down(dctx, lab.DownOptions{}); err != nil {
 			t.Errorf("lab down: %v", err)
 		}
+	})
+	return l
+}
+
+// TestLab brings up a two-node vxlan lab and runs weft doctor inside a
+// node: all ok; then, with the agent stopped and a route deleted by hand,
+// doctor names the missing route and exits non-zero.
+func TestLab(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds a lab in network namespaces")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	l := upLab(t, ctx, "doctest", lab.Options{
+		Nodes: 2, PodsPerNode: 1, Backend: config.BackendVXLAN,
 	})
 	n1, n2 := l.Node(1), l.Node(2)
 	pid, err := l.AgentPID(1)
@@ -103,7 +110,7 @@ func TestLab(t *testing.T) {
 	// Doctor with no flags reads the running agent's, as `weft lab doctor`
 	// runs it.
 	start := time.Now()
-	r, ok := runDoctor(t, ctx, bin, n1.NS, nil)
+	r, ok := runDoctor(t, ctx, l.BinDir, n1.NS, nil)
 	t.Logf("doctor on a healthy node took %s", time.Since(start).Round(time.Millisecond))
 	if !ok || !r.OK {
 		t.Fatalf("healthy lab: doctor failed:\n%s", r)
@@ -131,7 +138,7 @@ func TestLab(t *testing.T) {
 	if out, err := l.Exec(ctx, n1.NS, "ip", "route", "del", remote.String()); err != nil {
 		t.Fatalf("ip route del: %v %s", err, out)
 	}
-	r, ok = runDoctor(t, ctx, bin, n1.NS, args)
+	r, ok = runDoctor(t, ctx, l.BinDir, n1.NS, args)
 	if ok || r.OK {
 		t.Fatalf("broken node: doctor exited 0:\n%s", r)
 	}

@@ -185,9 +185,13 @@ func (e *eval) target(l lease.Lease) ProbeTarget {
 		return netip.Addr{}
 	}
 	switch t.Backend {
-	case config.BackendVXLAN, config.BackendUDP:
+	case config.BackendVXLAN, config.BackendUDP, config.BackendWireGuard:
+		// The peer's device holds its subnet's network address.
 		t.Overlay = lease.SubnetIP(l.Subnet)
 		t.Port = e.net.Backend.Port
+		if t.Backend == config.BackendWireGuard {
+			t.Port = e.net.Backend.ListenPort
+		}
 		if e.own.IsValid() {
 			t.Source = local(lease.SubnetIP(e.own))
 		}
@@ -214,6 +218,8 @@ func tunnelName(t ProbeTarget) string {
 		return fmt.Sprintf("VXLAN (UDP %d)", t.Port)
 	case config.BackendUDP:
 		return fmt.Sprintf("udp (UDP %d)", t.Port)
+	case config.BackendWireGuard:
+		return fmt.Sprintf("WireGuard (UDP %d)", t.Port)
 	}
 	return t.Backend
 }
@@ -289,6 +295,9 @@ func (e *eval) judgePeer(p PeerProbe) {
 	case ov.lostAll() && t.Backend == config.BackendVXLAN:
 		e.add("peer", Fail, fmt.Sprintf("%s to %s dropped: the underlay passes ICMP but not the tunnel — check firewalls and security groups", tunnelName(t), t.PublicIP),
 			fmt.Sprintf("allow UDP %d between the nodes, both ways (nft list ruleset, iptables -S, the cloud's security groups); a probe of %s through the tunnel got no answer", t.Port, ov.Dst))
+	case ov.lostAll() && t.Backend == config.BackendWireGuard:
+		e.add("peer", Fail, fmt.Sprintf("%s to %s: no answer through the tunnel while the underlay passes ICMP — a firewall drops it, or the keys do not match", tunnelName(t), t.PublicIP),
+			fmt.Sprintf("allow UDP %d between the nodes, both ways; `wg show %s` on both nodes: a peer with no recent handshake has the other's old key (its lease's PublicKey) or is blocked", t.Port, "flannel-wg"))
 	case ov.lostAll() && t.Backend == config.BackendUDP:
 		e.add("peer", Fail, fmt.Sprintf("peer's agent not answering on its subnet: %s via %s to %s, none answered", ov.Dst, tunnelName(t), t.PublicIP),
 			fmt.Sprintf("is weftd running on %s? allow UDP %d between the nodes (firewalls, security groups)", who, t.Port))

@@ -2,8 +2,6 @@ package doctor_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -19,7 +17,6 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/doctor"
 	"github.com/weft-net/weft/internal/lab"
-	"github.com/weft-net/weft/internal/lab/labtest"
 )
 
 type statusJSON struct {
@@ -76,31 +73,16 @@ func TestLabProbes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: builds a lab in network namespaces")
 	}
-	bin, cni := labtest.Binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	var suffix [3]byte
-	_, _ = rand.Read(suffix[:])
-	l, err := lab.Up(ctx, lab.Options{
-		Name: "docprb-" + hex.EncodeToString(suffix[:]), Root: t.TempDir(),
+	l := upLab(t, ctx, "docprb", lab.Options{
 		Nodes: 3, PodsPerNode: 1, Backend: config.BackendVXLAN,
-		BinDir: bin, CNIBinDir: cni,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
-		defer dcancel()
-		if err := l.Down(dctx, lab.DownOptions{}); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
 	})
 	n1, n2, n3 := l.Node(1), l.Node(2), l.Node(3)
 
 	// Healthy: every check ok, two peers probed, under 2 s.
 	start := time.Now()
-	r, ok := runDoctor(t, ctx, bin, n1.NS, nil)
+	r, ok := runDoctor(t, ctx, l.BinDir, n1.NS, nil)
 	took := time.Since(start)
 	t.Logf("doctor on a healthy 3-node lab took %s", took.Round(time.Millisecond))
 	if !ok || !r.OK {
@@ -119,7 +101,7 @@ func TestLabProbes(t *testing.T) {
 	}
 
 	// weft status: the lease set, this node's and two programmed.
-	s, ok := runStatus(t, ctx, bin, n1.NS, []string{"--probe"})
+	s, ok := runStatus(t, ctx, l.BinDir, n1.NS, []string{"--probe"})
 	if !ok || !s.OK {
 		t.Fatalf("healthy lab: weft status failed: %+v", s)
 	}
@@ -145,7 +127,7 @@ func TestLabProbes(t *testing.T) {
 	mustExec(t, ctx, l, n2.NS, "nft", "add chain inet docprobe input { type filter hook input priority 0 ; }")
 	mustExec(t, ctx, l, n2.NS, "nft", fmt.Sprintf("add rule inet docprobe input ip saddr %s udp dport 8472 drop", n1.PublicIP))
 	for _, c := range []struct{ from, to *lab.Node }{{n1, n2}, {n2, n1}} {
-		r, ok := runDoctor(t, ctx, bin, c.from.NS, nil)
+		r, ok := runDoctor(t, ctx, l.BinDir, c.from.NS, nil)
 		w := fmt.Sprintf("fail VXLAN (UDP 8472) to %s dropped: the underlay passes ICMP but not the tunnel", c.to.PublicIP)
 		p := peerResults(r)
 		if ok || !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, w) }) {
@@ -156,7 +138,7 @@ func TestLabProbes(t *testing.T) {
 
 	// Node 3's link MTU lowered: an MTU black hole from node 1.
 	mustExec(t, ctx, l, n3.NS, "ip", "link", "set", "eth0", "mtu", "1400")
-	r, ok = runDoctor(t, ctx, bin, n1.NS, nil)
+	r, ok = runDoctor(t, ctx, l.BinDir, n1.NS, nil)
 	w := fmt.Sprintf("fail MTU black hole to %s: 1450-byte packets do not cross, ", n3.PublicIP)
 	if p := peerResults(r); ok || !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, w) }) {
 		t.Errorf("underlay MTU lowered: want %q in %q", w, p)
@@ -186,7 +168,7 @@ func TestLabProbes(t *testing.T) {
 	}
 	time.Sleep(time.Second) // the agent programs them; doctor then finds its routes in place
 	start = time.Now()
-	r, _ = runDoctor(t, ctx, bin, n1.NS, nil)
+	r, _ = runDoctor(t, ctx, l.BinDir, n1.NS, nil)
 	took = time.Since(start)
 	p := peerResults(r)
 	t.Logf("doctor with %d peers took %s", len(p), took.Round(time.Millisecond))
@@ -216,7 +198,7 @@ func TestLabProbes(t *testing.T) {
 	if _, err := cli.Delete(ctx, "/coreos.com/network/subnets/"+strings.Replace(n3.Subnet.Masked().String(), "/", "-", 1)); err != nil {
 		t.Fatal(err)
 	}
-	s, ok = runStatus(t, ctx, bin, n3.NS, args3)
+	s, ok = runStatus(t, ctx, l.BinDir, n3.NS, args3)
 	w = fmt.Sprintf("this node's subnet %s has no lease", n3.Subnet.Masked())
 	if ok || s.OK || !slices.ContainsFunc(s.Problems, func(p string) bool { return strings.Contains(p, w) }) {
 		t.Errorf("node 3's lease deleted: status exit 0 %v, problems %q, want %q", ok, s.Problems, w)
@@ -228,7 +210,7 @@ func TestLabProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustExec(t, ctx, l, n1.NS, "ip", "route", "del", n2.Subnet.Masked().String())
-	s, ok = runStatus(t, ctx, bin, n1.NS, args1)
+	s, ok = runStatus(t, ctx, l.BinDir, n1.NS, args1)
 	found := false
 	for _, n := range s.Nodes {
 		if n.Subnet == n2.Subnet.Masked() {
@@ -260,25 +242,10 @@ func TestLabUDPSocketBuffers(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: builds a lab in network namespaces")
 	}
-	bin, cni := labtest.Binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var suffix [3]byte
-	_, _ = rand.Read(suffix[:])
-	l, err := lab.Up(ctx, lab.Options{
-		Name: "docudp-" + hex.EncodeToString(suffix[:]), Root: t.TempDir(),
+	l := upLab(t, ctx, "docudp", lab.Options{
 		Nodes: 2, PodsPerNode: 1, Backend: config.BackendUDP,
-		BinDir: bin, CNIBinDir: cni,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
-		defer dcancel()
-		if err := l.Down(dctx, lab.DownOptions{}); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
 	})
 	n1, n2 := l.Node(1), l.Node(2)
 	// A node namespace shows the host's rmem_max read-only: the limit
@@ -289,7 +256,7 @@ func TestLabUDPSocketBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	rmem := strings.TrimSpace(string(out))
-	r, _ := runDoctor(t, ctx, bin, n1.NS, nil)
+	r, _ := runDoctor(t, ctx, l.BinDir, n1.NS, nil)
 	var sb string
 	for _, x := range r.Results {
 		if x.Check == "socket-buffers" {

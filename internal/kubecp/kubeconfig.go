@@ -44,11 +44,11 @@ func writeKubeconfig(path, server string, caPEM []byte, user string, auth *clien
 // (for example "system:node:n1" in "system:nodes", which the Node
 // authorizer and NodeRestriction then treat as that node's kubelet).
 func (c *ControlPlane) ClientCertKubeconfig(path, user string, groups ...string) error {
-	certPEM, keyPEM, err := c.ca.clientCert(user, groups)
+	certPEM, keyPEM, err := c.ca.ClientCert(user, groups)
 	if err != nil {
 		return err
 	}
-	return writeKubeconfig(path, c.url, c.ca.certPEM, user, &clientcmdapi.AuthInfo{
+	return writeKubeconfig(path, c.url, c.ca.CertPEM(), user, &clientcmdapi.AuthInfo{
 		ClientCertificateData: certPEM,
 		ClientKeyData:         keyPEM,
 	})
@@ -75,7 +75,7 @@ func (c *ControlPlane) ServiceAccountKubeconfig(ctx context.Context, namespace, 
 		return time.Time{}, fmt.Errorf("token for serviceaccount %s/%s: %w", namespace, name, err)
 	}
 	user := fmt.Sprintf("system:serviceaccount:%s:%s", namespace, name)
-	if err := writeKubeconfig(path, c.url, c.ca.certPEM, user, &clientcmdapi.AuthInfo{Token: tr.Status.Token}); err != nil {
+	if err := writeKubeconfig(path, c.url, c.ca.CertPEM(), user, &clientcmdapi.AuthInfo{Token: tr.Status.Token}); err != nil {
 		return time.Time{}, err
 	}
 	return tr.Status.ExpirationTimestamp.Time, nil

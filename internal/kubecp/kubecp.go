@@ -47,6 +47,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/weft-net/weft/internal/atomicfile"
+	"github.com/weft-net/weft/internal/pki"
 )
 
 // Binary names, in Config.BinDir.
@@ -135,7 +136,7 @@ type ControlPlane struct {
 	cfg       Config
 	log       *slog.Logger
 	url       string
-	ca        *authority
+	ca        *pki.CA
 	adminPath string
 	admin     *rest.Config
 
@@ -274,7 +275,7 @@ func (c *ControlPlane) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := c.ca.servingCert(cfg.servingIPs(), cfg.servingNames())
+	certPEM, keyPEM, err := servingCert(c.ca, cfg.servingIPs(), cfg.servingNames())
 	if err != nil {
 		return err
 	}
@@ -549,7 +550,7 @@ func (c *ControlPlane) URL() string { return c.url }
 func (c *ControlPlane) DataDir() string { return c.cfg.DataDir }
 
 // CACert is the cluster CA certificate, PEM.
-func (c *ControlPlane) CACert() []byte { return c.ca.certPEM }
+func (c *ControlPlane) CACert() []byte { return c.ca.CertPEM() }
 
 // AdminKubeconfig is the path of a kubeconfig with full rights (group
 // system:masters), for kubectl --kubeconfig and for tests.

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/weft-net/weft/internal/pki"
 )
 
 func parseCert(t *testing.T, certPEM []byte) *x509.Certificate {
@@ -32,15 +34,15 @@ func TestServingCertVerifiesForEveryAddressAndName(t *testing.T) {
 	}
 	cfg := Config{BinDir: "x", DataDir: "x", Address: netip.MustParseAddr("192.0.2.254"),
 		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00:96::/108")}}
-	certPEM, keyPEM, err := ca.servingCert(cfg.servingIPs(), cfg.servingNames())
+	certPEM, keyPEM, err := servingCert(ca, cfg.servingIPs(), cfg.servingNames())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := parseKey(keyPEM); err != nil {
+	if _, err := pki.ParseKey(keyPEM); err != nil {
 		t.Fatal(err)
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert())
 	cert := parseCert(t, certPEM)
 	for _, host := range []string{"192.0.2.254", "10.96.0.1", "fd00:96::1", "127.0.0.1", "localhost", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"} {
 		if _, err := cert.Verify(x509.VerifyOptions{DNSName: host, Roots: roots}); err != nil {
@@ -57,7 +59,7 @@ func TestClientCertNamesUserAndGroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM, _, err := ca.clientCert("system:node:n1", []string{"system:nodes"})
+	certPEM, _, err := ca.ClientCert("system:node:n1", []string{"system:nodes"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +71,7 @@ func TestClientCertNamesUserAndGroups(t *testing.T) {
 		t.Errorf("usage %v, CA %v: want a client certificate", c.ExtKeyUsage, c.IsCA)
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert())
 	if _, err := c.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Error(err)
 	}
@@ -97,7 +99,7 @@ func TestCAAndSigningKeySurviveARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	sa2, _ := os.ReadFile(k2)
-	if !bytes.Equal(ca1.certPEM, ca2.certPEM) || !bytes.Equal(sa1, sa2) {
+	if !bytes.Equal(ca1.CertPEM(), ca2.CertPEM()) || !bytes.Equal(sa1, sa2) {
 		t.Error("a second start made a new CA or signing key")
 	}
 	for _, f := range []string{"ca.key", "sa.key"} {

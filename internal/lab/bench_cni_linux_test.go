@@ -10,7 +10,8 @@ import (
 )
 
 // The `make bench` CNI measurement, small: it must run clean, give sane
-// figures and leave nothing behind. (make bench runs 100 pods.)
+// figures, split the time of an ADD and leave nothing behind. (make bench
+// runs 100 pods.)
 func TestBenchCNIAdd(t *testing.T) {
 	labtest.RequireRoot(t)
 	bin, cni := labtest.Binaries(t)
@@ -24,6 +25,26 @@ func TestBenchCNIAdd(t *testing.T) {
 	t.Logf("%+v", r)
 	if r.Pods != 20 || r.Median <= 0 || r.P99 < r.Median || r.Max < r.P99 || r.PluginSize < 1<<20 {
 		t.Errorf("implausible result %+v", r)
+	}
+	if r.Batch != cniBatch || r.BatchPods != 20 || r.BatchMedian <= 0 || r.BatchP99 < r.BatchMedian || r.BatchMax < r.BatchP99 {
+		t.Errorf("implausible batch result %+v", r)
+	}
+	// Every part is measured, and the parts of weft-cni's exec fit in it.
+	split := map[string]time.Duration{}
+	for _, s := range r.Split {
+		if s.Median <= 0 {
+			t.Errorf("step %q: %v", s.Name, s.Median)
+		}
+		split[s.Name] = s.Median
+	}
+	for _, name := range []string{"exec flannel (weft-cni)", "weft-cni delegate bridge", "weft-cni save config",
+		"weft-cni process start, exit", "exec portmap", "host-local ADD alone", "exec of a no-op Go plugin"} {
+		if _, ok := split[name]; !ok {
+			t.Errorf("no step %q in %+v", name, r.Split)
+		}
+	}
+	if split["weft-cni delegate bridge"] >= split["exec flannel (weft-cni)"] || split["exec portmap"] >= r.Median {
+		t.Errorf("parts larger than the whole: %+v, median %v", r.Split, r.Median)
 	}
 	l := &Lab{State: State{Name: r.Lab}}
 	if left := l.Leftovers(); len(left) != 0 {

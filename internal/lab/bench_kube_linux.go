@@ -105,7 +105,7 @@ func benchKube(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	cp, err := kubecp.Start(ctx, kubecp.Config{
 		BinDir:               binDir,
 		DataDir:              dataDir,
-		EtcdServers:          []string{l.State.EtcdEndpoint},
+		EtcdServers:          l.EtcdEndpoints(),
 		EtcdPrefix:           etcdPrefix + "/registry",
 		Address:              netip.MustParseAddr(ctlAddr),
 		Port:                 kubeBenchPort,

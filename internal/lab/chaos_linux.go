@@ -9,13 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/weft-net/weft/internal/lease"
@@ -347,10 +345,14 @@ func (c *chaos) faults() []fault {
 	}
 	if c.l.Store != StoreKube {
 		fs = append(fs, fault{name: "store-restart", inject: func(ctx context.Context, c *chaos) (func(context.Context) error, string, error) {
-			if err := c.l.stopEtcd(ctx); err != nil {
+			// One member of several (the others keep a quorum), or the
+			// only one.
+			m := 1 + c.rnd.IntN(len(c.l.EtcdMembers))
+			if err := c.l.KillEtcdMember(ctx, m); err != nil {
 				return nil, "", err
 			}
-			return c.l.startEtcd, "etcd stopped (SIGKILL), started again 1 s later", nil
+			restart := func(ctx context.Context) error { return c.l.StartEtcdMembers(ctx, m) }
+			return restart, fmt.Sprintf("etcd member %d of %d stopped (SIGKILL), started again 1 s later", m, len(c.l.EtcdMembers)), nil
 		}})
 	}
 	if dev := c.device(); dev != "" {
@@ -408,16 +410,6 @@ func (c *chaos) delOnDevice(ctx context.Context, what string, del func(h *netlin
 	}
 	which, err := del(h, l.Attrs().Index)
 	return nil, fmt.Sprintf("node %d: %s %s", n.Index, what, which), err
-}
-
-// stopEtcd kills the lab's etcd, as a crash would.
-func (l *Lab) stopEtcd(ctx context.Context) error {
-	pid, err := readPID(filepath.Join(l.Dir, "etcd.pid"))
-	if err != nil {
-		return err
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	return waitGone(ctx, []int{pid}, 10*time.Second)
 }
 
 // pinger is one `ping -D -O` from a pod to another, kept running.

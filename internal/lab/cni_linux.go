@@ -22,7 +22,7 @@ func cniIn(name string, f func() error) error {
 }
 
 func (l *Lab) cniConfig(n *Node) *libcni.CNIConfig {
-	return libcni.NewCNIConfigWithCacheDir([]string{l.CNIBinDir}, n.CNICache, nil)
+	return libcni.NewCNIConfigWithCacheDir([]string{l.CNIBinDir}, n.CNICache, l.cniExec)
 }
 
 // addPod creates the pod's namespace and attaches it to node n the way a

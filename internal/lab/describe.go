@@ -12,7 +12,16 @@ import (
 // Describe writes where everything of the lab is, and commands to try.
 func (s *State) Describe(w io.Writer) {
 	fmt.Fprintf(w, "lab %s (%s, %d nodes) in %s\n", s.Name, s.Backend, len(s.Nodes), s.Dir)
-	fmt.Fprintf(w, "  store     %s  (namespace %s, log %s)\n", s.EtcdEndpoint, s.ControlNS, s.EtcdLog)
+	for _, m := range s.EtcdMembers {
+		fmt.Fprintf(w, "  store     %s  (etcd %s in namespace %s, log %s)\n", m.ClientURL, m.Name, s.ControlNS, m.Log)
+	}
+	if len(s.EtcdMembers) == 0 {
+		fmt.Fprintf(w, "  store     %s  (namespace %s, log %s)\n", s.EtcdEndpoint, s.ControlNS, s.EtcdLog)
+	}
+	if t := s.EtcdTLS; t != nil {
+		fmt.Fprintf(w, "  etcd TLS  CA %s, client %s %s, user %s (root's password in %s)\n", t.CA, t.ClientCert, t.ClientKey, t.User,
+			filepath.Join(s.Dir, stateFile))
+	}
 	underlay, network := underlayPrefix, s.Network
 	switch s.IPFamily {
 	case IPFamilyDual:

@@ -71,7 +71,7 @@ func (l *Lab) startKube(ctx context.Context) error {
 	cp, err := kubecp.Start(ctx, kubecp.Config{
 		BinDir:       l.KubeBinDir,
 		DataDir:      l.KubeDir,
-		EtcdServers:  []string{l.State.EtcdEndpoint},
+		EtcdServers:  l.EtcdEndpoints(),
 		Address:      netip.MustParseAddr(ctlAddr),
 		Port:         apiServerPort,
 		ClusterCIDRs: cidrs,

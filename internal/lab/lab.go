@@ -19,6 +19,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/invoke"
+
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/kubecp"
 )
@@ -48,7 +50,8 @@ const (
 	ctlAddr         = "192.0.2.254"
 	underlayPrefix6 = "2001:db8::/64"
 	ctlAddr6        = "2001:db8::fe"
-	etcdPort        = 2379
+	etcdPort        = 2379 // member i serves clients on etcdPort+2(i-1), peers on the next port
+	maxEtcdMembers  = 5
 	// healthzPort is where each weftd serves /healthz and /readyz, on the
 	// node namespace's loopback.
 	healthzPort = 8471
@@ -89,6 +92,14 @@ type Options struct {
 	IPFamily    string
 	IPv6Network string // cluster IPv6 network; default DefaultIPv6Network
 	Store       string // StoreEtcd (default) or StoreKube
+	// EtcdMembers is how many etcd members the control namespace runs,
+	// one cluster; every agent is given every member's endpoint. Default 1.
+	EtcdMembers int
+	// EtcdTLS runs etcd as a secured cluster is run, with StoreEtcd: TLS
+	// for clients and peers, client certificates required (a CA and
+	// certificates made in the lab directory), and etcd's authentication
+	// on, each agent logging in as a user allowed the network prefix only.
+	EtcdTLS bool
 	// LateNodes, with StoreKube, are how many of the last nodes join
 	// later: Up lays out their namespaces and kubeconfigs but neither
 	// registers their Node objects nor starts their agents nor gives them
@@ -133,9 +144,12 @@ type State struct {
 	CNIBinDir    string    `json:"cniBinDir"`
 	UnderlayNS   string    `json:"underlayNS"`
 	ControlNS    string    `json:"controlNS"`
-	EtcdEndpoint string    `json:"etcdEndpoint"`
-	EtcdLog      string    `json:"etcdLog"`
-	Store        string    `json:"store"`
+	EtcdEndpoint string    `json:"etcdEndpoint"` // member 1's
+	EtcdLog      string    `json:"etcdLog"`      // member 1's
+	// EtcdMembers are the etcd cluster's members, all in ControlNS.
+	EtcdMembers []EtcdMember `json:"etcdMembers"`
+	EtcdTLS     *EtcdTLS     `json:"etcdTLS,omitempty"`
+	Store       string       `json:"store"`
 	// The Kubernetes side, with StoreKube: the control plane's files and
 	// URL, and the net-conf.json every agent reads (--net-config-path).
 	KubeBinDir      string   `json:"kubeBinDir,omitempty"`
@@ -148,6 +162,31 @@ type State struct {
 	Nodes           []Node   `json:"nodes"`
 	// Ready is set once Up has finished.
 	Ready bool `json:"ready"`
+}
+
+// EtcdMember is one member of the lab's etcd cluster.
+type EtcdMember struct {
+	Index     int    `json:"index"` // 1-based
+	Name      string `json:"name"`
+	ClientURL string `json:"clientURL"` // on the underlay, for the agents
+	PeerURL   string `json:"peerURL"`   // on the control namespace's loopback
+	DataDir   string `json:"dataDir"`
+	Log       string `json:"log"`
+	PIDFile   string `json:"pidFile"`
+}
+
+// EtcdTLS are a secured lab etcd's credentials: the files every member and
+// agent is given, the agents' user and the administrator's password.
+type EtcdTLS struct {
+	CA         string `json:"ca"`
+	ServerCert string `json:"serverCert"` // the members', for clients and peers
+	ServerKey  string `json:"serverKey"`
+	ClientCert string `json:"clientCert"` // the agents' and the lab's own
+	ClientKey  string `json:"clientKey"`
+	// User may read and write the network prefix only; root may do all.
+	User         string `json:"user"`
+	Password     string `json:"password"`
+	RootPassword string `json:"rootPassword"`
 }
 
 // Node is one weft node: a namespace with eth0 on the underlay and a weftd.
@@ -195,13 +234,18 @@ func (p Pod) Addr(ipv6 bool) netip.Addr {
 type Lab struct {
 	State
 	log *slog.Logger
+	// cniExec runs the CNI plugins of pods; nil is libcni's own. The CNI
+	// bench times the plugins through it.
+	cniExec invoke.Exec
 }
 
 // NewName returns a fresh lab name, weft-<6 hex>.
-func NewName() string {
-	var b [3]byte
-	_, _ = rand.Read(b[:]) // never fails (Go ≥ 1.24)
-	return "weft-" + hex.EncodeToString(b[:])
+func NewName() string { return "weft-" + randomHex(3) }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails (Go ≥ 1.24)
+	return hex.EncodeToString(b)
 }
 
 // withDefaults fills in the zero fields of o.
@@ -270,6 +314,15 @@ func (o Options) withDefaults() (Options, error) {
 	default:
 		return o, fmt.Errorf("store %q: want %s or %s", o.Store, StoreEtcd, StoreKube)
 	}
+	if o.EtcdMembers == 0 {
+		o.EtcdMembers = 1
+	}
+	if o.EtcdMembers < 1 || o.EtcdMembers > maxEtcdMembers {
+		return o, fmt.Errorf("etcd members %d: must be 1..%d", o.EtcdMembers, maxEtcdMembers)
+	}
+	if o.EtcdTLS && o.Store != StoreEtcd {
+		return o, fmt.Errorf("etcd TLS: only with store %s (the lab's API server talks plain HTTP to etcd)", StoreEtcd)
+	}
 	if o.LateNodes != 0 && o.Store != StoreKube {
 		return o, fmt.Errorf("late nodes: only with store %s, where nodes join by their Node objects", StoreKube)
 	}
@@ -335,26 +388,57 @@ func validName(name string) error {
 // plan lays out the lab's names, addresses and files; nothing is created.
 func plan(o Options) State {
 	s := State{
-		Name:         o.Name,
-		Dir:          o.Dir,
-		Created:      time.Now().UTC().Truncate(time.Second),
-		Backend:      o.Backend,
-		Network:      o.Network,
-		IPMasq:       *o.IPMasq,
-		IPv6Network:  o.IPv6Network,
-		BinDir:       o.BinDir,
-		CNIBinDir:    o.CNIBinDir,
-		UnderlayNS:   o.Name + "-ul",
-		ControlNS:    o.Name + "-ctl",
-		EtcdEndpoint: fmt.Sprintf("http://%s:%d", ctlAddr, etcdPort),
-		EtcdLog:      filepath.Join(o.Dir, "etcd.log"),
-		Store:        o.Store,
-		WeftdArgs:    o.WeftdArgs,
-		UnderlayGSO:  o.UnderlayGSO,
+		Name:        o.Name,
+		Dir:         o.Dir,
+		Created:     time.Now().UTC().Truncate(time.Second),
+		Backend:     o.Backend,
+		Network:     o.Network,
+		IPMasq:      *o.IPMasq,
+		IPv6Network: o.IPv6Network,
+		BinDir:      o.BinDir,
+		CNIBinDir:   o.CNIBinDir,
+		UnderlayNS:  o.Name + "-ul",
+		ControlNS:   o.Name + "-ctl",
+		Store:       o.Store,
+		WeftdArgs:   o.WeftdArgs,
+		UnderlayGSO: o.UnderlayGSO,
 	}
 	if o.IPFamily != IPFamilyIPv4 {
 		s.IPFamily = o.IPFamily
 	}
+	scheme := "http"
+	if o.EtcdTLS {
+		scheme = "https"
+		pki := filepath.Join(o.Dir, "pki")
+		s.EtcdTLS = &EtcdTLS{
+			CA:         filepath.Join(pki, "ca.crt"),
+			ServerCert: filepath.Join(pki, "etcd.crt"), ServerKey: filepath.Join(pki, "etcd.key"),
+			ClientCert: filepath.Join(pki, "weft.crt"), ClientKey: filepath.Join(pki, "weft.key"),
+			User: "weft", Password: randomHex(12), RootPassword: randomHex(12),
+		}
+	}
+	for i := 1; i <= o.EtcdMembers; i++ {
+		// Member 1 keeps the names a one-member lab always had.
+		m := EtcdMember{
+			Index:     i,
+			Name:      o.Name,
+			ClientURL: fmt.Sprintf("%s://%s:%d", scheme, ctlAddr, etcdPort+2*(i-1)),
+			PeerURL:   fmt.Sprintf("%s://127.0.0.1:%d", scheme, etcdPort+2*(i-1)+1),
+			DataDir:   filepath.Join(o.Dir, "etcd"),
+			Log:       filepath.Join(o.Dir, "etcd.log"),
+			PIDFile:   filepath.Join(o.Dir, "etcd.pid"),
+		}
+		if o.EtcdMembers > 1 {
+			m.Name = fmt.Sprintf("%s-e%d", o.Name, i)
+		}
+		if i > 1 {
+			m.DataDir = filepath.Join(o.Dir, fmt.Sprintf("etcd%d", i))
+			m.Log = filepath.Join(o.Dir, fmt.Sprintf("etcd%d.log", i))
+			m.PIDFile = filepath.Join(o.Dir, fmt.Sprintf("etcd%d.pid", i))
+		}
+		s.EtcdMembers = append(s.EtcdMembers, m)
+	}
+	s.EtcdEndpoint, s.EtcdLog = s.EtcdMembers[0].ClientURL, s.EtcdMembers[0].Log
 	if o.Store == StoreKube {
 		s.KubeBinDir = o.KubeBinDir
 		s.KubeDir = filepath.Join(o.Dir, "kube")
@@ -460,8 +544,45 @@ func (l *Lab) node(i int) *Node {
 	return &l.Nodes[i-1]
 }
 
-// EtcdEndpoint is the store's client URL, reachable from every node namespace.
+// EtcdEndpoint is the store's first client URL, reachable from every node
+// namespace.
 func (l *Lab) EtcdEndpoint() string { return l.State.EtcdEndpoint }
+
+// EtcdEndpoints are every member's client URL.
+func (s *State) EtcdEndpoints() []string {
+	if len(s.EtcdMembers) == 0 {
+		return []string{s.EtcdEndpoint} // a state file from before members
+	}
+	var out []string
+	for _, m := range s.EtcdMembers {
+		out = append(out, m.ClientURL)
+	}
+	return out
+}
+
+// EtcdClientArgs are the flags weftd and weft doctor reach the lab's etcd
+// with, as flanneld's: every endpoint and, with EtcdTLS, the client
+// certificate, the CA and the agents' user. The password is given as
+// FLANNELD_ETCD_PASSWORD (EtcdClientEnv), or with withPassword as a flag.
+func (s *State) EtcdClientArgs(withPassword bool) []string {
+	args := []string{"--etcd-endpoints=" + strings.Join(s.EtcdEndpoints(), ",")}
+	if t := s.EtcdTLS; t != nil {
+		args = append(args, "--etcd-certfile="+t.ClientCert, "--etcd-keyfile="+t.ClientKey, "--etcd-cafile="+t.CA,
+			"--etcd-username="+t.User)
+		if withPassword {
+			args = append(args, "--etcd-password="+t.Password)
+		}
+	}
+	return args
+}
+
+// EtcdClientEnv is the environment that goes with EtcdClientArgs(false).
+func (s *State) EtcdClientEnv() []string {
+	if s.EtcdTLS == nil {
+		return nil
+	}
+	return []string{"FLANNELD_ETCD_PASSWORD=" + s.EtcdTLS.Password}
+}
 
 // Pods returns every pod in node order, but for those of Unregistered
 // nodes: no longer in the cluster, they are not expected to answer.

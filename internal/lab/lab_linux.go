@@ -264,46 +264,6 @@ func setSysctl(name, key, value string) error {
 	return nil
 }
 
-func (l *Lab) startEtcd(ctx context.Context) error {
-	url := l.State.EtcdEndpoint
-	args := []string{"etcd",
-		"--name", l.Name,
-		"--data-dir", filepath.Join(l.Dir, "etcd"),
-		"--listen-client-urls", url,
-		"--advertise-client-urls", url,
-		"--listen-peer-urls", "http://127.0.0.1:2380",
-	}
-	// With the Kubernetes store, etcd only backs the API server; the
-	// agents read net-conf.json.
-	if l.Store != StoreKube {
-		args = append(args, "--network-config", l.networkConfig())
-	}
-	pid, err := startDetached(l.ControlNS, filepath.Join(l.BinDir, "weft"), args, nil, l.EtcdLog)
-	if err != nil {
-		return fmt.Errorf("starting etcd: %w", err)
-	}
-	if err := writePID(filepath.Join(l.Dir, "etcd.pid"), pid); err != nil {
-		return err
-	}
-	l.log.Info("waiting for etcd", "endpoint", url, "pid", pid)
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	addr := fmt.Sprintf("%s:%d", ctlAddr, etcdPort)
-	return poll(wctx, 100*time.Millisecond, func() error {
-		if !alive(pid) {
-			return permanent(fmt.Errorf("etcd exited; see %s:\n%s", l.EtcdLog, tail(l.EtcdLog, 15)))
-		}
-		code, body, err := httpGetInNS(wctx, l.ControlNS, addr, "/health", 512)
-		if err != nil {
-			return err
-		}
-		if code != 200 {
-			return fmt.Errorf("etcd /health: %d %s", code, body)
-		}
-		return nil
-	})
-}
-
 // weftdArgs is node n's agent command line.
 func (l *Lab) weftdArgs(n *Node, extra []string) []string {
 	args := []string{
@@ -315,7 +275,7 @@ func (l *Lab) weftdArgs(n *Node, extra []string) []string {
 	if l.Store == StoreKube {
 		args = append(args, "--kube-subnet-mgr", "--kubeconfig-file="+n.Kubeconfig, "--net-config-path="+l.NetConfFile)
 	} else {
-		args = append(args, "--etcd-endpoints="+l.State.EtcdEndpoint)
+		args = append(args, l.EtcdClientArgs(false)...)
 	}
 	if l.IPMasq {
 		args = append(args, "--ip-masq")
@@ -328,7 +288,7 @@ func (l *Lab) weftdArgs(n *Node, extra []string) []string {
 func (l *Lab) StartAgent(ctx context.Context, i int, extraArgs ...string) error {
 	n := l.node(i)
 	args := l.weftdArgs(n, append(append([]string(nil), l.WeftdArgs...), extraArgs...))
-	var env []string
+	env := l.EtcdClientEnv()
 	if l.Store == StoreKube {
 		// As the DaemonSet gives it, from spec.nodeName.
 		env = []string{"NODE_NAME=" + n.Name}
@@ -707,6 +667,12 @@ func (l *Lab) Health() string {
 			running++
 		}
 	}
+	etcd := 0
+	for _, m := range l.EtcdMembers {
+		if pid, err := readPID(m.PIDFile); err == nil && inNamespace(pid, l.ControlNS) {
+			etcd++
+		}
+	}
 	state := "up"
 	switch {
 	case !l.Ready:
@@ -714,5 +680,6 @@ func (l *Lab) Health() string {
 	case missing > 0:
 		state = "broken"
 	}
-	return fmt.Sprintf("%s: %d/%d agents running, %d namespaces missing", state, running, len(l.Nodes), missing)
+	return fmt.Sprintf("%s: %d/%d agents running, %d/%d etcd members, %d namespaces missing", state, running, len(l.Nodes),
+		etcd, len(l.EtcdMembers), missing)
 }

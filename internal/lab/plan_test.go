@@ -297,3 +297,51 @@ func TestPlanLateNodes(t *testing.T) {
 		t.Errorf("%d pods after node 2 left, want 2", got)
 	}
 }
+
+func TestPlanEtcdMembers(t *testing.T) {
+	o, err := Options{Name: "weft-abc123", Root: "/tmp/x", BinDir: "/b"}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := plan(o)
+	// One member keeps the layout labs always had.
+	if len(s.EtcdMembers) != 1 || s.EtcdEndpoint != "http://192.0.2.254:2379" || s.EtcdMembers[0].PeerURL != "http://127.0.0.1:2380" ||
+		s.EtcdMembers[0].Name != "weft-abc123" || s.EtcdLog != "/tmp/x/weft-abc123/etcd.log" || s.EtcdTLS != nil {
+		t.Errorf("one member: %+v %+v", s.EtcdMembers, s.EtcdTLS)
+	}
+	if got := strings.Join(s.EtcdClientArgs(true), " "); got != "--etcd-endpoints=http://192.0.2.254:2379" {
+		t.Errorf("client args %s", got)
+	}
+
+	o.EtcdMembers, o.EtcdTLS = 3, true
+	s = plan(o)
+	want := "https://192.0.2.254:2379,https://192.0.2.254:2381,https://192.0.2.254:2383"
+	if got := strings.Join(s.EtcdEndpoints(), ","); got != want {
+		t.Errorf("endpoints %s, want %s", got, want)
+	}
+	m3 := s.EtcdMembers[2]
+	if m3.Name != "weft-abc123-e3" || m3.PeerURL != "https://127.0.0.1:2384" || m3.DataDir != "/tmp/x/weft-abc123/etcd3" || m3.PIDFile != "/tmp/x/weft-abc123/etcd3.pid" {
+		t.Errorf("member 3: %+v", m3)
+	}
+	tls := s.EtcdTLS
+	if tls == nil || tls.User != "weft" || len(tls.Password) != 24 || tls.Password == tls.RootPassword {
+		t.Fatalf("TLS: %+v", tls)
+	}
+	args := strings.Join(s.EtcdClientArgs(false), " ")
+	if !strings.Contains(args, "--etcd-endpoints="+want) || !strings.Contains(args, "--etcd-cafile=/tmp/x/weft-abc123/pki/ca.crt") ||
+		!strings.Contains(args, "--etcd-username=weft") || strings.Contains(args, "password") {
+		t.Errorf("client args %s", args)
+	}
+	if env := s.EtcdClientEnv(); len(env) != 1 || env[0] != "FLANNELD_ETCD_PASSWORD="+tls.Password {
+		t.Errorf("client env %v", env)
+	}
+
+	for _, bad := range []Options{
+		{EtcdMembers: 6, BinDir: "/b"},
+		{EtcdTLS: true, Store: StoreKube, KubeBinDir: "/k", BinDir: "/b"},
+	} {
+		if _, err := bad.withDefaults(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}

@@ -78,11 +78,12 @@ func ParseLeaseData(raw json.RawMessage) (wgtypes.Key, uint16, error) {
 	}
 	var d LeaseData
 	if err := json.Unmarshal(raw, &d); err != nil {
-		return wgtypes.Key{}, 0, fmt.Errorf("BackendData %s: %w", raw, err)
+		// Clipped: a hostile value of a megabyte would be logged whole.
+		return wgtypes.Key{}, 0, fmt.Errorf("BackendData %s: %s", lease.Clip(string(raw)), lease.Clip(err.Error()))
 	}
 	k, err := wgtypes.ParseKey(d.PublicKey)
 	if err != nil {
-		return wgtypes.Key{}, 0, fmt.Errorf("BackendData PublicKey %q: %w", d.PublicKey, err)
+		return wgtypes.Key{}, 0, fmt.Errorf("BackendData PublicKey %q: %w", lease.Clip(d.PublicKey), err)
 	}
 	return k, d.Port, nil
 }

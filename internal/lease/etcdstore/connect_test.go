@@ -2,124 +2,67 @@ package etcdstore
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"fmt"
-	"math/big"
-	"net"
-	"net/url"
-	"os"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/etcdserver"
 	"github.com/weft-net/weft/internal/etcdtest"
 )
 
-// pki writes a CA, a server certificate for 127.0.0.1 and a client
-// certificate into dir and returns their paths.
-type pki struct{ ca, serverCert, serverKey, clientCert, clientKey string }
-
-func newPKI(t *testing.T, dir string) pki {
+// secureEtcd runs `weft etcd`'s server as a secured cluster is run: TLS,
+// client certificates required, and etcd's authentication with a root
+// user and a user "weft" allowed the network prefix only.
+func secureEtcd(t *testing.T) (endpoint string, p etcdtest.PKI) {
 	t.Helper()
-	caKey := genKey(t)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "weft test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	client, peer := etcdtest.FreeURL(t), etcdtest.FreeURL(t)
+	p = etcdtest.NewPKI(t, t.TempDir(), etcdtest.Addr(t, client))
+	endpoint = "https://" + strings.TrimPrefix(client, "http://")
+	s, err := etcdserver.Start(etcdserver.Config{
+		Name: "secure", DataDir: t.TempDir(),
+		ListenClientURLs: []string{endpoint}, ListenPeerURLs: []string{peer},
+		ClientTLS: etcdserver.TLS{CertFile: p.ServerCert, KeyFile: p.ServerKey, TrustedCAFile: p.CA, ClientCertAuth: true},
+		Logger:    slog.New(slog.DiscardHandler),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	p := pki{ca: filepath.Join(dir, "ca.pem")}
-	writePEM(t, p.ca, "CERTIFICATE", caDER)
-	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
-		key := genKey(t)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert, keyPath := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-		writePEM(t, cert, "CERTIFICATE", der)
-		writePEM(t, keyPath, "EC PRIVATE KEY", keyDER)
-		return cert, keyPath
-	}
-	p.serverCert, p.serverKey = leaf("server", 2, x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
-	return p
-}
-
-func genKey(t *testing.T) *ecdsa.PrivateKey {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func loopbackURL(t *testing.T, scheme string) url.URL {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return url.URL{Scheme: scheme, Host: l.Addr().String()}
-}
-
-// A flannel-style secured etcd: clients must present a certificate signed
-// by the CA and verify the server's.
-func TestConnectTLS(t *testing.T) {
-	p := newPKI(t, t.TempDir())
-	cfg := embed.NewConfig()
-	cfg.Dir, cfg.Name = t.TempDir(), "tls"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, peer := loopbackURL(t, "https"), loopbackURL(t, "http")
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-	cfg.InitialCluster = fmt.Sprintf("tls=%s", peer.String())
-	cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = p.serverCert, p.serverKey
-	cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = p.ca, true
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("etcd not ready")
-	}
-
+	t.Cleanup(s.Close)
+	admin := s.Client()
+	defer admin.Close()
 	ctx := ctxT(t)
-	cli, err := Connect(ctx, ClientOptions{Endpoints: []string{client.String()},
-		CertFile: p.clientCert, KeyFile: p.clientKey, CAFile: p.ca})
+	steps := []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.RoleAdd(ctx, "weft"); return err },
+		func() error {
+			_, err := admin.RoleGrantPermission(ctx, "weft", DefaultPrefix+"/", clientv3.GetPrefixRangeEnd(DefaultPrefix+"/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := admin.UserAdd(ctx, "weft", "weftpw"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "weft", "weft"); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return endpoint, p
+}
+
+// The agent's settings against a secured etcd: the right ones work, and
+// each wrong one is refused at once, naming the file or user at fault.
+func TestConnectSecured(t *testing.T) {
+	endpoint, p := secureEtcd(t)
+	ctx := ctxT(t)
+	good := ClientOptions{Endpoints: []string{endpoint}, CertFile: p.ClientCert, KeyFile: p.ClientKey, CAFile: p.CA,
+		Username: "weft", Password: "weftpw"}
+	cli, err := Connect(ctx, good)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,19 +70,73 @@ func TestConnectTLS(t *testing.T) {
 	put(t, cli, DefaultPrefix+"/config", net16)
 	got, err := New(cli, Options{}).NetworkConfig(ctx)
 	if err != nil || string(got) != net16 {
-		t.Fatalf("NetworkConfig over TLS = %q, %v", got, err)
+		t.Fatalf("NetworkConfig = %q, %v", got, err)
+	}
+	// The role stops at the prefix.
+	if _, err := cli.Put(ctx, "/elsewhere", "x"); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("put outside the prefix: %v", err)
 	}
 
-	// Without a client certificate the server refuses us.
-	anon, err := Connect(ctx, ClientOptions{Endpoints: []string{client.String()}, CAFile: p.ca})
+	for _, tc := range []struct {
+		name string
+		mod  func(*ClientOptions)
+		want []string
+	}{
+		{"wrong CA", func(o *ClientOptions) { o.CAFile = p.OtherCA },
+			[]string{"not signed by the CA in --etcd-cafile " + p.OtherCA, endpoint}},
+		{"no CA", func(o *ClientOptions) { o.CAFile = "" },
+			[]string{"not signed by a CA this system trusts", "--etcd-cafile"}},
+		{"wrong key", func(o *ClientOptions) { o.KeyFile = p.OtherKey },
+			[]string{"--etcd-keyfile " + p.OtherKey, "private key does not match public key"}},
+		{"certificate of another CA", func(o *ClientOptions) { o.CertFile, o.KeyFile = p.OtherClientCert, p.OtherClientKey },
+			[]string{"refused the client certificate --etcd-certfile " + p.OtherClientCert}},
+		{"no certificate", func(o *ClientOptions) { o.CertFile, o.KeyFile = "", "" },
+			[]string{"wants a client certificate"}},
+		{"wrong password", func(o *ClientOptions) { o.Password = "nope" },
+			[]string{`user "weft": authentication failed`, "--etcd-password"}},
+		{"unknown user", func(o *ClientOptions) { o.Username = "flannel" },
+			[]string{`user "flannel": authentication failed`}},
+		{"http to https", func(o *ClientOptions) {
+			o.Endpoints = []string{"http://" + strings.TrimPrefix(endpoint, "https://")}
+			o.Username, o.Password = "weft", "weftpw"
+			o.CertFile, o.KeyFile, o.CAFile = "", "", ""
+		}, []string{"authenticating user \"weft\""}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := good
+			tc.mod(&o)
+			begin := time.Now()
+			cli, err := Connect(ctx, o)
+			if err == nil {
+				cli.Close()
+				t.Fatal("Connect succeeded")
+			}
+			t.Logf("refused: %v", err)
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q: %v", w, err)
+				}
+			}
+			if d := time.Since(begin); d > 8*time.Second {
+				t.Errorf("took %v to refuse", d)
+			}
+		})
+	}
+}
+
+// An https endpoint that does not answer is no error: the agent may start
+// before etcd.
+func TestConnectTLSEndpointDown(t *testing.T) {
+	p := etcdtest.NewPKI(t, t.TempDir())
+	down := "https://" + strings.TrimPrefix(etcdtest.FreeURL(t), "http://")
+	begin := time.Now()
+	cli, err := Connect(ctxT(t), ClientOptions{Endpoints: []string{down}, CertFile: p.ClientCert, KeyFile: p.ClientKey, CAFile: p.CA})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer anon.Close()
-	short, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if _, err := anon.Get(short, "x"); err == nil {
-		t.Fatal("a client without a certificate was served")
+	cli.Close()
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Errorf("took %v", d)
 	}
 }
 
@@ -193,4 +190,30 @@ func TestConnectRejectsBadOptions(t *testing.T) {
 			t.Errorf("Connect(%+v) = %v, want an error mentioning %q", tc.o, err, tc.want)
 		}
 	}
+}
+
+// After an outage of several seconds the client uses the server again
+// within a second of its return, not after gRPC's growing backoff.
+func TestConnectReconnectsQuickly(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t)
+	cli, err := Connect(ctx, ClientOptions{Endpoints: []string{srv.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	// gRPC's default backoff would have grown past 4 s by now.
+	time.Sleep(8 * time.Second)
+	srv.Restart(t)
+	back := time.Now()
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := cli.Get(short, "k"); err != nil {
+		t.Fatalf("get %v after the server came back: %v", time.Since(back), err)
+	}
+	t.Logf("served again %v after the server came back", time.Since(back).Round(time.Millisecond))
 }
