@@ -78,7 +78,11 @@ func TestPlanIPFamilies(t *testing.T) {
 			t.Errorf("%s: families %v", tc.family, s.Families())
 		}
 	}
-	if s := plan(Options{Name: "weft-abc123", Nodes: 1, IPMasq: new(bool), IPFamily: IPFamilyIPv4}); s.Nodes[0].PublicIPv6.IsValid() || s.HasIPv6() {
+	o, err := Options{Name: "weft-abc123", Nodes: 1, BinDir: "/b"}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := plan(o); s.Nodes[0].PublicIPv6.IsValid() || s.HasIPv6() || s.IPFamily != "" {
 		t.Errorf("an IPv4 lab has IPv6: %+v", s.Nodes[0])
 	}
 }
