@@ -48,6 +48,7 @@ func needRoot() error {
 // labFlags are the flags that say how to build a lab.
 type labFlags struct {
 	name, root, backend, store, binDir, cniBinDir, logLevel string
+	ipFamily                                                string
 	nodes, pods, underlayGSO, etcdMembers                   int
 	ipMasq, etcdTLS                                         bool
 	timeout                                                 time.Duration
@@ -61,6 +62,7 @@ func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
 	}
 	fs.StringVar(&f.root, "root", lab.DefaultRoot, "directory holding the labs")
 	fs.StringVar(&f.store, "store", lab.StoreEtcd, "where leases live: etcd, or kube (a real kube-apiserver and controller-manager; agents run with --kube-subnet-mgr)")
+	fs.StringVar(&f.ipFamily, "ip-family", lab.IPFamilyIPv4, "pod addresses: ipv4, dual (IPv4 and IPv6) or ipv6; with IPv6 the underlay has 2001:db8::/64 beside 192.0.2.0/24 (vxlan and host-gw)")
 	fs.IntVar(&f.etcdMembers, "etcd-members", 1, "etcd members, one cluster in the control namespace; agents get every endpoint")
 	fs.BoolVar(&f.etcdTLS, "etcd-tls", false, "secure etcd as in production: TLS for clients and peers, client certificates required, user/password auth (files in <lab>/pki)")
 	fs.IntVar(&f.nodes, "nodes", lab.DefaultNodes, "number of nodes")
@@ -88,6 +90,7 @@ func (f *labFlags) options() (lab.Options, error) {
 		PodsPerNode:  f.pods,
 		Backend:      f.backend,
 		Store:        f.store,
+		IPFamily:     f.ipFamily,
 		EtcdMembers:  f.etcdMembers,
 		EtcdTLS:      f.etcdTLS,
 		IPMasq:       &ipMasq,
@@ -137,7 +140,8 @@ func openFlags(fs *flags) (root, ref *string) {
 
 func labCheck(ctx context.Context, args []string) error {
 	fs := newFlags("weft lab check", "[flags]", `Pings every pod from every pod (and with --from-nodes, from every node) and
-prints the matrix. Exits 1 if any ping fails.`)
+prints the matrix, one per IP family of the lab (IPv4, IPv6 or both). Exits
+1 if any ping fails.`)
 	root, ref := openFlags(fs)
 	nodes := fs.Bool("from-nodes", false, "also ping every pod from every node")
 	parallel := fs.Int("parallel", 8, "pings in flight")
@@ -155,14 +159,23 @@ prints the matrix. Exits 1 if any ping fails.`)
 }
 
 func check(ctx context.Context, l *lab.Lab, o lab.CheckOptions, w io.Writer) error {
-	fmt.Fprintf(w, "lab %s (%s): ping every pod from every pod\n", l.Name, l.Backend)
-	m, err := l.Check(ctx, o)
-	if err != nil {
-		return err
+	failed, tested := 0, 0
+	for _, v6 := range l.Families() {
+		fam := "IPv4"
+		if v6 {
+			fam = "IPv6"
+		}
+		fmt.Fprintf(w, "lab %s (%s): ping every pod from every pod over %s\n", l.Name, l.Backend, fam)
+		o.IPv6 = v6
+		m, err := l.Check(ctx, o)
+		if err != nil {
+			return err
+		}
+		m.Render(w)
+		failed, tested = failed+m.Failures(), tested+m.Tested()
 	}
-	m.Render(w)
-	if n := m.Failures(); n > 0 {
-		return fmt.Errorf("%d of %d pings failed", n, m.Tested())
+	if failed > 0 {
+		return fmt.Errorf("%d of %d pings failed", failed, tested)
 	}
 	return nil
 }
@@ -206,9 +219,9 @@ loss, hostile lease) lost packets.`)
 func labBench(ctx context.Context, args []string) error {
 	fs := newFlags("weft lab bench", "[flags]", `Measures the lab: iperf3 throughput of the bare underlay against pod to
 pod. With --all, runs every benchmark (throughput per backend with and
-without BIG TCP, the agent's programming time and memory, the udp
-datapath, CNI ADD latency), each in fresh labs it brings up and takes down,
-and prints one table.`)
+without BIG TCP, IPv6 beside IPv4 in dual-stack vxlan and host-gw labs, the
+agent's programming time and memory, the udp datapath, CNI ADD latency),
+each in fresh labs it brings up and takes down, and prints one table.`)
 	root, ref := openFlags(fs)
 	var f labFlags
 	f.register(flag.NewFlagSet("", flag.ContinueOnError), false) // defaults

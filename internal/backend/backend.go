@@ -41,6 +41,17 @@ type Params struct {
 	// VXLAN device made anew takes it, so that the other nodes' neighbour
 	// and FDB entries stay right across a reboot.
 	VtepMAC net.HardwareAddr
+	// VtepMACv6 is the same for flannel-v6.<VNI> (backend-v6-data).
+	VtepMACv6 net.HardwareAddr
+}
+
+// PublicIPv6 is what this node publishes as its IPv6 address: own's
+// PublicIPv6, else the underlay's (invalid without IPv6).
+func (p Params) PublicIPv6(own lease.Lease) netip.Addr {
+	if own.Attrs.PublicIPv6 != nil && own.Attrs.PublicIPv6.IsValid() {
+		return *own.Attrs.PublicIPv6
+	}
+	return p.Ext.PublicIPv6
 }
 
 // PublicIP is what this node publishes as its address: own's PublicIP,
@@ -75,6 +86,15 @@ type Backend interface {
 	// Close stops goroutines the backend runs (the udp datapath). It leaves
 	// kernel state in place so that pods keep talking across a restart.
 	Close() error
+}
+
+// V6Backend is a Backend that publishes BackendV6Data for the IPv6 half of
+// a dual-stack or IPv6-only lease (vxlan: flannel-v6.<VNI>'s VtepMAC). A
+// backend without it publishes none, as flannel's host-gw does.
+type V6Backend interface {
+	// LeaseV6Data is the BackendV6Data to publish, valid after LeaseAttrs;
+	// nil when the network has no IPv6.
+	LeaseV6Data() json.RawMessage
 }
 
 // Updater is a Backend that can apply a few lease changes in time

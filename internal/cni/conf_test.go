@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -182,5 +184,35 @@ func TestParseDelegated(t *testing.T) {
 	// (the fuzzer found DEL refusing such a saved config for good).
 	if got, err := parseDelegated([]byte(`{"MTU":"x","mtu":1400,"tYpe":0,"type":"bridge"}`)); err != nil || got.Type != "bridge" || got.MTU != 1400 {
 		t.Errorf("case-variant keys: %+v %v", got, err)
+	}
+}
+
+// TestRenderDelegateGolden renders flannel's own test cases (cni-plugin
+// flannel_linux_test.go: the IPv4, IPv6 and dual-stack subnet.env files and
+// the delegate each saves) from the subnet.env text, through the one codec:
+// one range per family, a route to each network.
+func TestRenderDelegateGolden(t *testing.T) {
+	for _, tt := range []struct{ file, env string }{
+		{"delegate-v4.json", "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n"},
+		{"delegate-v6.json", "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n"},
+		{"delegate-dual.json", "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n"},
+	} {
+		t.Run(tt.file, func(t *testing.T) {
+			env, err := subnetenv.Parse([]byte(tt.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := render(t, `{"name":"cni-flannel","type":"flannel","subnetFile":"/x/subnet.env","dataDir":"/x/data"}`, env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile(filepath.Join("testdata", tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got+"\n" != string(want) {
+				t.Errorf("delegate\n got %s\nwant %s", got, want)
+			}
+		})
 	}
 }

@@ -485,3 +485,77 @@ func TestBadDelegateThroughLibcni(t *testing.T) {
 	}
 	wantNodeClean(t, node)
 }
+
+// TestDualStackAddCheckDel: with both families in subnet.env the pod gets
+// an address from each range and a route to each network; CHECK passes,
+// and fails naming the IPv6 network once its route is gone.
+func TestDualStackAddCheckDel(t *testing.T) {
+	ctx := context.Background()
+	env := nodeEnv
+	env.IPv6Network = netip.MustParsePrefix("fd00:10:244::/56")
+	env.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:5::1/64")
+	node, err := cnirig.NewNode(t.TempDir(), binDir(t), env, "1.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := node.Close(); err != nil {
+			t.Errorf("remove node netns: %v", err)
+		}
+	})
+	pod := newPod(t)
+	res, err := node.Add(ctx, pod)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	var got4, got6 netip.Addr
+	for _, ip := range res.IPs {
+		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		switch a = a.Unmap(); {
+		case a.Is4():
+			got4 = a
+		case a.Is6():
+			got6 = a
+		}
+	}
+	if !env.Subnet.Masked().Contains(got4) || !env.IPv6Subnet.Masked().Contains(got6) {
+		t.Fatalf("ADD result IPs %v, want one in %s and one in %s", res.IPs, env.Subnet.Masked(), env.IPv6Subnet.Masked())
+	}
+	h, err := netlinkx.NewAt(pod.NS.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(pod.IfName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes6, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV6, LinkIndex: l.Attrs().Index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r6 netlinkx.Route
+	for _, r := range routes6 {
+		if r.Dst == env.IPv6Network {
+			r6 = r
+		}
+	}
+	if r6.Gw != env.IPv6Subnet.Addr() {
+		t.Fatalf("pod IPv6 routes %v, want %s via %s", routes6, env.IPv6Network, env.IPv6Subnet.Addr())
+	}
+	if err := node.Check(ctx, pod); err != nil {
+		t.Fatalf("CHECK of a healthy dual-stack pod: %v", err)
+	}
+	if err := h.RouteDel(r6); err != nil {
+		t.Fatal(err)
+	}
+	err = node.Check(ctx, pod)
+	var te *types.Error
+	if !errors.As(err, &te) || !strings.Contains(te.Msg, "route to fd00:10:244::/56 missing") {
+		t.Fatalf("CHECK without the IPv6 cluster route: %v", err)
+	}
+	if err := node.Del(ctx, pod); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	wantNodeClean(t, node)
+}

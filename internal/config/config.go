@@ -205,6 +205,11 @@ func Parse(data []byte) (*Network, []string, error) {
 	}
 	warnings = append(warnings, bw...)
 	n.Backend = b
+	if n.EnableIPv6 && b.Type == BackendUDP {
+		// flannel's udp backend carries IPv4 only; refusing here beats a
+		// node that leases an IPv6 subnet no peer can route to.
+		return nil, warnings, fieldErr("EnableIPv6", "true", "the udp backend (Backend.Type %q) carries IPv4 only; use vxlan or host-gw for IPv6", BackendUDP)
+	}
 	return n, warnings, nil
 }
 
@@ -243,7 +248,14 @@ func parseFamily(network *netip.Prefix, subnetLen *int, subnetMin, subnetMax *ne
 	wNet *string, wLen *int, wMin, wMax *string) error {
 	netKey := f.prefix + "Network"
 	if wNet == nil || *wNet == "" {
-		return fieldErr(netKey, "", "missing; it is required (for example \"10.244.0.0/16\")")
+		example := "10.244.0.0/16"
+		if f.bits == 128 {
+			example = "fd00:10:244::/56"
+		}
+		if f.prefix != "" {
+			return fieldErr(netKey, "", "missing; EnableIPv6 needs it (for example %q)", example)
+		}
+		return fieldErr(netKey, "", "missing; it is required (for example %q)", example)
 	}
 	p, err := netip.ParsePrefix(*wNet)
 	if err != nil {

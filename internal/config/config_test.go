@@ -117,7 +117,16 @@ func TestErrors(t *testing.T) {
 		{"port range", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":70000}}`, "Backend.Port", []string{"70000"}},
 		{"mtu small", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":100}}`, "Backend.MTU", []string{"100"}},
 		{"no family", `{"EnableIPv4":false}`, "EnableIPv4", []string{"EnableIPv6"}},
-		{"ipv6 missing", `{"Network":"10.244.0.0/16","EnableIPv6":true}`, "IPv6Network", []string{"IPv6Network", "missing"}},
+		{"ipv6 missing", `{"Network":"10.244.0.0/16","EnableIPv6":true}`, "IPv6Network", []string{"IPv6Network", "missing", "EnableIPv6"}},
+		{"ipv6 missing v6-only", `{"EnableIPv4":false,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}`, "IPv6Network", []string{"IPv6Network", "missing"}},
+		{"ipv6 not v6", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"10.245.0.0/16"}`, "IPv6Network", []string{`"10.245.0.0/16"`, "IPv6"}},
+		{"ipv6 subnetlen no room", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/64","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}`, "IPv6SubnetLen", []string{"IPv6SubnetLen 64", "IPv6Network fd00::/64", "four subnets"}},
+		{"ipv6 subnetlen 127", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127,"Backend":{"Type":"vxlan"}}`, "IPv6SubnetLen", []string{"IPv6SubnetLen 127", "at most 126"}},
+		{"ipv6 network too small", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/125","Backend":{"Type":"vxlan"}}`, "IPv6Network", []string{"fd00::/125", "too small"}},
+		{"ipv6 min outside", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::","Backend":{"Type":"vxlan"}}`, "IPv6SubnetMin", []string{`IPv6SubnetMin "fd01::"`, "outside IPv6Network fd00::/56"}},
+		{"both families off", `{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":false}`, "EnableIPv4", []string{"EnableIPv4 false", "EnableIPv6"}},
+		{"udp with ipv6", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"udp"}}`, "EnableIPv6", []string{"EnableIPv6 true", "Backend.Type", "udp"}},
+		{"default udp with ipv6", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56"}`, "EnableIPv6", []string{"EnableIPv6", "udp"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -174,15 +174,6 @@ func Run(ctx context.Context, o Options) (err error) {
 		closers = append(closers, h.Close)
 		d.h = h
 	}
-	// Flannel chooses for the config's families (EnableIPv4/EnableIPv6),
-	// but the config is read later: IPv4 until the choice follows it.
-	ext, err := netif.SelectOn(d.h, d.o.Iface, netif.IPv4, d.log)
-	if err != nil {
-		return fmt.Errorf("choose the external interface: %w", err)
-	}
-	d.ext = ext
-	d.log.Info("using interface", "iface", ext.Name, "addr", ext.Addr, "public_ip", ext.PublicIP, "mtu", ext.MTU, "subnet", ext.Subnet)
-
 	err = d.run(ctx, &wg)
 	if d.be != nil {
 		cancel()
@@ -246,14 +237,29 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	d.net = n
 	d.metrics.info.WithLabelValues(n.Backend.Type, d.o.Version).Set(1)
 
+	// The interface serves the config's families, as flanneld chooses it
+	// after reading the config (main.go:320-369): dual stack needs an
+	// interface with both an IPv4 and an IPv6 address.
+	stack, err := netif.StackOf(n.EnableIPv4, n.EnableIPv6)
+	if err != nil {
+		return fmt.Errorf("network config: %w", err)
+	}
+	ext, err := netif.SelectOn(d.h, d.o.Iface, stack, d.log)
+	if err != nil {
+		return fmt.Errorf("choose the external interface for %s: %w", stack, err)
+	}
+	d.ext = ext
+	d.log.Info("using interface", "iface", ext.Name, "stack", stack, "addr", ext.Addr, "public_ip", ext.PublicIP,
+		"addr6", ext.Addr6, "public_ipv6", ext.PublicIPv6, "mtu", ext.MTU, "subnet", ext.Subnet, "subnet6", ext.Subnet6)
+
 	params := backend.Params{Network: n, Ext: d.ext}
 	if d.store.kube != nil && n.Backend.Type == config.BackendVXLAN {
-		// A restarted node keeps the VtepMAC the others route to.
-		v4, _, err := d.store.kube.VtepMACs(ctx)
+		// A restarted node keeps the VtepMACs the others route to.
+		v4, v6, err := d.store.kube.VtepMACs(ctx)
 		if err != nil {
 			d.log.Warn("cannot read the VtepMAC this node published; the device keeps or gets its own", "err", err)
 		}
-		params.VtepMAC = v4
+		params.VtepMAC, params.VtepMACv6 = v4, v6
 	}
 	be, err := newBackend(n.Backend.Type, params, d.h, d.log)
 	if err != nil {
@@ -271,11 +277,18 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 		return fmt.Errorf("backend %s: prepare: %w", n.Backend.Type, err)
 	}
 	d.attrs = lease.Attrs{PublicIP: d.ext.PublicIP, BackendType: typ, BackendData: data}
-	if n.EnableIPv6 && d.o.Iface.PublicIPv6.IsValid() {
-		v6 := d.o.Iface.PublicIPv6
-		d.attrs.PublicIPv6 = &v6
+	if !n.EnableIPv4 {
+		d.attrs.PublicIP = netip.Addr{} // written as 0.0.0.0, as flannel's IPv6-only lease
 	}
-	d.log.Info("backend ready", "type", n.Backend.Type, "backend_data", string(data))
+	if n.EnableIPv6 && d.ext.PublicIPv6.IsValid() {
+		// --public-ipv6, else the interface's IPv6 address (ExtV6Addr).
+		v6 := d.ext.PublicIPv6
+		d.attrs.PublicIPv6 = &v6
+		if vb, ok := be.(backend.V6Backend); ok {
+			d.attrs.BackendV6Data = vb.LeaseV6Data()
+		}
+	}
+	d.log.Info("backend ready", "type", n.Backend.Type, "backend_data", string(data), "backend_v6_data", string(d.attrs.BackendV6Data))
 
 	// Watch first: the snapshot tells whether our lease already exists,
 	// and the lease set is complete when the lease is in hand. A store's
@@ -425,7 +438,15 @@ func (d *daemon) readConfig(ctx context.Context) (*config.Network, []string, err
 	if err != nil {
 		return nil, nil, err
 	}
-	return config.Parse(raw)
+	n, warnings, err := config.Parse(raw)
+	if err == nil && d.store.kube == nil {
+		// Refused as a config error, named and waited on like the others.
+		err = etcdstore.CheckNetwork(n)
+	}
+	if err != nil {
+		return nil, warnings, err
+	}
+	return n, warnings, nil
 }
 
 // watch runs the store's watch until ctx ends. The first call of fn is

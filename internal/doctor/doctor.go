@@ -243,11 +243,29 @@ type NodeFacts struct {
 	FDB      []netlinkx.FDB
 	FDBErr   error
 
+	// IPv6 is the IPv6 half of the datapath, gathered when the config
+	// enables IPv6; nil otherwise.
+	IPv6 *IPv6Facts
+
 	// Sysctls are /proc/sys/net values read in this namespace, keyed by
 	// their path below /proc/sys ("net/ipv4/ip_forward"); a missing key
 	// could not be read.
 	Sysctls map[string]string
 
+	Masq MasqFacts
+}
+
+// IPv6Facts are the kernel's IPv6 routes, and flannel-v6.<VNI>'s
+// neighbours and FDB (vxlan), and the ip6tables masquerade rules.
+type IPv6Facts struct {
+	Routes    []netlinkx.Route // main table, IPv6
+	RoutesErr error
+	Neighs    []netlinkx.Neigh
+	NeighErr  error
+	FDB       []netlinkx.FDB
+	FDBErr    error
+	// Masq is ip6tables' WEFT-POSTRTG (iptables mode; with nftables the
+	// inet table of NodeFacts.Masq holds both families' rules).
 	Masq MasqFacts
 }
 

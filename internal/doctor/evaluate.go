@@ -37,6 +37,7 @@ type eval struct {
 
 	env     *subnetenv.Env // nil when the subnet file is unusable
 	own     netip.Prefix   // this node's IPv4 subnet (from subnet.env)
+	own6    netip.Prefix   // this node's IPv6 subnet (from subnet.env)
 	pubIP   netip.Addr     // this node's PublicIP
 	ulName  string         // underlay interface
 	ulIndex int
@@ -85,6 +86,7 @@ func evaluate(f Facts) *eval {
 	e.datapath()
 	e.forwarding()
 	e.masquerade()
+	e.ipv6()
 	e.kernelLimits()
 	return e
 }

@@ -316,8 +316,15 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 		return nf
 	}
 	defer h.Close()
-	// As weftd chooses: IPv4.
-	nf.Ext, nf.ExtErr = netif.SelectOn(h, o.Iface, netif.IPv4, nil)
+	// As weftd chooses: for the config's families (IPv4 while the config
+	// is unknown).
+	stack := netif.IPv4
+	if n != nil {
+		if st, err := netif.StackOf(n.EnableIPv4, n.EnableIPv6); err == nil {
+			stack = st
+		}
+	}
+	nf.Ext, nf.ExtErr = netif.SelectOn(h, o.Iface, stack, nil)
 	nf.Links, nf.LinksErr = links(h)
 	nf.Routes, nf.RoutesErr = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
 
@@ -330,8 +337,18 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 		}
 	}
 
+	if n != nil && n.EnableIPv6 {
+		nf.IPv6 = gatherIPv6(h, n, nf.Links, sf)
+	}
+
 	nf.Sysctls = map[string]string{}
 	keys := append([]string{"net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter"}, limitSysctls...)
+	if n != nil && n.EnableIPv6 {
+		keys = append(keys, "net/ipv6/conf/all/forwarding")
+		if name := DeviceNameV6(n); name != "" {
+			keys = append(keys, "net/ipv6/conf/"+name+"/accept_ra")
+		}
+	}
 	for _, l := range nf.Links {
 		keys = append(keys, "net/ipv4/conf/"+l.Name+"/rp_filter")
 	}
@@ -345,6 +362,53 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 		nf.Masq = gatherMasq(ctx, n.EnableNFTables)
 	}
 	return nf
+}
+
+// gatherIPv6 reads the IPv6 half of the datapath.
+func gatherIPv6(h *netlinkx.Handle, n *config.Network, ls []Link, sf SubnetFileFacts) *IPv6Facts {
+	f := &IPv6Facts{}
+	f.Routes, f.RoutesErr = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV6})
+	if name := DeviceNameV6(n); name != "" {
+		for _, l := range ls {
+			if l.Name == name {
+				f.Neighs, f.NeighErr = h.NeighList(l.Index, netlinkx.FamilyV6)
+				f.FDB, f.FDBErr = h.FDBList(l.Index)
+			}
+		}
+	}
+	if !n.EnableNFTables && sf.Err == nil && sf.Env.IPMasq {
+		f.Masq = gatherIP6Tables()
+	}
+	return f
+}
+
+// gatherIP6Tables reads ip6tables' nat chain WEFT-POSTRTG and its jump.
+func gatherIP6Tables() MasqFacts {
+	m := MasqFacts{Checked: true, Tool: "ip6tables"}
+	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv6)
+	if err != nil {
+		m.Err = err
+		return m
+	}
+	if m.ChainExists, err = ipt.ChainExists("nat", masq.ChainPostrouting); err != nil || !m.ChainExists {
+		m.Err = err
+		return m
+	}
+	if m.Rules, err = ipt.List("nat", masq.ChainPostrouting); err != nil {
+		m.Err = err
+		return m
+	}
+	post, err := ipt.List("nat", "POSTROUTING")
+	if err != nil {
+		m.Err = err
+		return m
+	}
+	for _, r := range post {
+		if strings.Contains(r, "-j "+masq.ChainPostrouting) {
+			m.Jump = true
+		}
+	}
+	return m
 }
 
 func links(h *netlinkx.Handle) ([]Link, error) {

@@ -40,6 +40,19 @@ func DeviceName(n *config.Network) string {
 	return ""
 }
 
+// DeviceNameV6 is the backend's IPv6 device: flannel-v6.<VNI> for vxlan
+// with IPv6, none otherwise.
+func DeviceNameV6(n *config.Network) string {
+	if n.Backend.Type != config.BackendVXLAN || !n.EnableIPv6 {
+		return ""
+	}
+	vni := n.Backend.VNI
+	if vni == 0 {
+		vni = config.DefaultVNI
+	}
+	return "flannel-v6." + strconv.Itoa(vni)
+}
+
 func (e *eval) link(name string) *Link {
 	for i := range e.f.Node.Links {
 		if e.f.Node.Links[i].Name == name {
@@ -79,6 +92,9 @@ func (e *eval) subnetFile() {
 		if env.Subnet.IsValid() {
 			e.own = env.Subnet.Masked()
 		}
+		if env.IPv6Subnet.IsValid() {
+			e.own6 = env.IPv6Subnet.Masked()
+		}
 	}
 	e.underlay()
 	if e.net != nil {
@@ -95,7 +111,14 @@ func (e *eval) subnetFile() {
 		e.add("subnet-file", Fail, sf.Err.Error(), "weftd rewrites it at start: restart weftd")
 	default:
 		env := sf.Env
-		msg := fmt.Sprintf("%s: network %s, subnet %s, MTU %d, ipmasq %v", sf.Path, env.Network, env.Subnet, env.MTU, env.IPMasq)
+		var parts []string
+		if env.Subnet.IsValid() {
+			parts = append(parts, fmt.Sprintf("network %s, subnet %s", env.Network, env.Subnet))
+		}
+		if env.IPv6Subnet.IsValid() {
+			parts = append(parts, fmt.Sprintf("IPv6 network %s, subnet %s", env.IPv6Network, env.IPv6Subnet))
+		}
+		msg := fmt.Sprintf("%s: %s, MTU %d, ipmasq %v", sf.Path, strings.Join(parts, ", "), env.MTU, env.IPMasq)
 		switch {
 		case e.net != nil && e.net.EnableIPv4 && env.Network != e.net.Network:
 			e.add("subnet-file", Fail, fmt.Sprintf("%s: FLANNEL_NETWORK %s, but the config's network is %s", sf.Path, env.Network, e.net.Network),
@@ -103,6 +126,9 @@ func (e *eval) subnetFile() {
 		case e.net != nil && e.net.EnableIPv4 && !e.net.Network.Contains(env.Subnet.Addr()):
 			e.add("subnet-file", Fail, fmt.Sprintf("%s: FLANNEL_SUBNET %s is outside the network %s", sf.Path, env.Subnet, e.net.Network),
 				"restart weftd to acquire a subnet of the current network")
+		case e.net != nil && e.net.EnableIPv6 && (env.IPv6Network != e.net.IPv6Network || !e.net.IPv6Network.Contains(env.IPv6Subnet.Addr())):
+			e.add("subnet-file", Fail, fmt.Sprintf("%s: FLANNEL_IPV6_NETWORK %s, FLANNEL_IPV6_SUBNET %s, but the config's IPv6 network is %s", sf.Path, env.IPv6Network, env.IPv6Subnet, e.net.IPv6Network),
+				"restart weftd to rewrite the file for the current config, then the pods")
 		default:
 			e.add("subnet-file", OK, msg, "")
 		}
@@ -534,8 +560,16 @@ func (e *eval) note(subnet netip.Prefix, what string) {
 // (a route's destination, a neighbour's address).
 func (e *eval) noteOf(dst netip.Prefix, what string) {
 	for _, l := range e.leases {
-		if l.Subnet.IsValid() && l.Subnet != e.own && l.Subnet.Overlaps(dst) {
+		switch {
+		case l.Subnet.IsValid() && l.Subnet != e.own && l.Subnet.Overlaps(dst):
 			e.note(l.Subnet, what)
+		case l.IPv6Subnet.IsValid() && l.IPv6Subnet != e.own6 && l.IPv6Subnet.Overlaps(dst):
+			// A lease is named by its IPv4 subnet where it has one.
+			key := l.Subnet
+			if !key.IsValid() {
+				key = l.IPv6Subnet
+			}
+			e.note(key, "IPv6 "+what)
 		}
 	}
 }
@@ -551,11 +585,12 @@ func prefixAll(p string, items []string) []string {
 // admitted is the leases weftd programs, by the agent's own admission
 // rules (package admit), and those it refuses.
 func (e *eval) admitted() ([]lease.Lease, []*backend.LeaseError) {
-	own := lease.Lease{Subnet: e.own, Attrs: lease.Attrs{PublicIP: e.pubIP}}
+	own := lease.Lease{Subnet: e.own, IPv6Subnet: e.own6, Attrs: lease.Attrs{PublicIP: e.pubIP}}
 	all := make(map[string]lease.Lease, len(e.leases))
 	for _, l := range e.leases {
 		all[l.Key()] = l
-		if l.Subnet == e.own && l.Attrs.PublicIP == e.pubIP {
+		if e.own.IsValid() && l.Subnet == e.own && l.Attrs.PublicIP == e.pubIP ||
+			!e.own.IsValid() && e.own6.IsValid() && l.IPv6Subnet == e.own6 {
 			own = l
 		}
 	}

@@ -87,7 +87,13 @@ type Benchmark struct {
 	// time with the kernel's 64 KiB GSO limit on the underlay, when the
 	// suite's labs have BIG TCP: the pair shows what BIG TCP is worth.
 	WithoutBigTCP []string
-	Run           func(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error)
+	// IPFamily, when set, is the family of the labs the benchmark needs
+	// (IPFamilyDual); the suite brings those up apart from the others.
+	// UnderlayGSO, when set, is their underlay's GSO limit instead of the
+	// suite's.
+	IPFamily    string
+	UnderlayGSO int
+	Run         func(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error)
 }
 
 // wants reports whether b runs in a lab with backend.
@@ -98,6 +104,21 @@ func (b Benchmark) wants(backend string) bool {
 		}
 	}
 	return false
+}
+
+// wantsLab reports whether b runs in lab s: its backend, and its family
+// when b needs one.
+func (b Benchmark) wantsLab(s *State) bool {
+	if !b.wants(s.Backend) {
+		return false
+	}
+	switch b.IPFamily {
+	case "":
+		return true
+	case IPFamilyDual:
+		return s.HasIPv4() && s.HasIPv6()
+	}
+	return b.IPFamily == s.familyName()
 }
 
 // Select returns the benchmarks named in names (comma-separated), or all of
@@ -130,6 +151,7 @@ func Select(all []Benchmark, names string) ([]Benchmark, error) {
 type suiteLab struct {
 	Backend     string
 	UnderlayGSO int
+	IPFamily    string // "": the default
 	Benches     []Benchmark
 }
 
@@ -149,8 +171,24 @@ func suiteLabs(benches []Benchmark, gso int) []suiteLab {
 	var out []suiteLab
 	for _, be := range backends {
 		var all, again []Benchmark
+		// Benchmarks of a family of their own get labs of their own, after
+		// the backend's others, one per family and GSO limit.
+		var special []suiteLab
 		for _, b := range benches {
 			if !b.wants(be) {
+				continue
+			}
+			if b.IPFamily != "" {
+				g := gso
+				if b.UnderlayGSO != 0 {
+					g = b.UnderlayGSO
+				}
+				i := slices.IndexFunc(special, func(sl suiteLab) bool { return sl.IPFamily == b.IPFamily && sl.UnderlayGSO == g })
+				if i < 0 {
+					special = append(special, suiteLab{Backend: be, UnderlayGSO: g, IPFamily: b.IPFamily})
+					i = len(special) - 1
+				}
+				special[i].Benches = append(special[i].Benches, b)
 				continue
 			}
 			all = append(all, b)
@@ -158,10 +196,13 @@ func suiteLabs(benches []Benchmark, gso int) []suiteLab {
 				again = append(again, b)
 			}
 		}
-		out = append(out, suiteLab{Backend: be, UnderlayGSO: gso, Benches: all})
+		if len(all) > 0 {
+			out = append(out, suiteLab{Backend: be, UnderlayGSO: gso, Benches: all})
+		}
 		if len(again) > 0 {
 			out = append(out, suiteLab{Backend: be, UnderlayGSO: KernelGSO, Benches: again})
 		}
+		out = append(out, special...)
 	}
 	return out
 }

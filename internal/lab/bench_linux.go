@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -20,6 +21,17 @@ func Benchmarks() []Benchmark {
 			WithoutBigTCP: []string{config.BackendVXLAN, config.BackendHostGW},
 			Run:           benchThroughput,
 		},
+		{
+			// IPv6 beside IPv4 in one dual-stack lab, both families with
+			// the kernel's 64 KiB GSO limit on the underlay (its BIG TCP
+			// setting is IPv4's), each as a ratio to its own bare
+			// underlay.
+			Name:        "throughput-ipv6",
+			Backends:    []string{config.BackendVXLAN, config.BackendHostGW},
+			IPFamily:    IPFamilyDual,
+			UnderlayGSO: KernelGSO,
+			Run:         benchThroughputIPv6,
+		},
 		{Name: "cni", Run: benchCNI},
 		agentBenchmark(), kubeBenchmark(), udpBenchmark(flows), wireguardBenchmark(flows),
 	}
@@ -30,7 +42,7 @@ func (l *Lab) Bench(ctx context.Context, o BenchOptions, benches []Benchmark) ([
 	var results []Result
 	var errs []error
 	for _, b := range benches {
-		if !b.wants(l.Backend) {
+		if !b.wantsLab(&l.State) {
 			continue
 		}
 		o.progress("bench %s in lab %s (%s)", b.Name, l.Name, l.Backend)
@@ -69,8 +81,11 @@ func RunSuite(ctx context.Context, o BenchOptions, benches []Benchmark) ([]Resul
 	for _, sl := range suiteLabs(benches, def.UnderlayGSO) {
 		lo := o.Lab
 		lo.Backend, lo.UnderlayGSO = sl.Backend, sl.UnderlayGSO
+		if sl.IPFamily != "" {
+			lo.IPFamily = sl.IPFamily
+		}
 		lo.Name, lo.Dir = "", ""
-		o.progress("lab up: %s, underlay GSO %d", sl.Backend, sl.UnderlayGSO)
+		o.progress("lab up: %s, underlay GSO %d, IP family %s", sl.Backend, sl.UnderlayGSO, lo.IPFamily)
 		l, err := Up(ctx, lo)
 		if err != nil {
 			results = append(results, Result{Section: "lab", Metric: sl.Backend, Err: err.Error()})
@@ -141,6 +156,74 @@ func benchThroughput(ctx context.Context, l *Lab, o BenchOptions) ([]Result, err
 		{Section: "throughput", Metric: fmt.Sprintf("bare underlay n1→n2 (%s lab, %s)", l.Backend, underlay), Value: b.Bps / 1e9, Unit: "Gbit/s", Note: settings},
 		{Section: "throughput", Metric: fmt.Sprintf("%s pod→pod n1→n2 (%s)", l.Backend, underlay), Value: p.Bps / 1e9, Unit: "Gbit/s", Note: fmt.Sprintf("%d retransmits", p.Retransmits)},
 		{Section: "throughput", Metric: fmt.Sprintf("%s / bare (%s)", l.Backend, underlay), Value: ratio, Unit: "×", Note: ratioNote},
+	}, nil
+}
+
+// ipv6RatioTolerance is the target: the IPv6 pod→pod / bare ratio
+// within 5 % of the IPv4 one.
+const ipv6RatioTolerance = 0.05
+
+// benchThroughputIPv6 measures, in a dual-stack lab, one TCP stream from
+// node 1 to node 2 over the bare underlay and pod to pod, over IPv4 and
+// over IPv6, interleaved as benchThroughput does, and compares the two
+// families' pod / bare ratios.
+func benchThroughputIPv6(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
+	if !l.HasIPv4() || !l.HasIPv6() {
+		return nil, fmt.Errorf("needs a dual-stack lab (--ip-family dual)")
+	}
+	if len(l.Nodes) < 2 || len(l.Nodes[0].Pods) == 0 || len(l.Nodes[1].Pods) == 0 {
+		return nil, fmt.Errorf("needs 2 nodes with a pod each")
+	}
+	n1, n2 := l.Nodes[0], l.Nodes[1]
+	p1, p2 := n1.Pods[0], n2.Pods[0]
+	d := o.duration()
+	rounds := o.rounds()
+	type kind struct {
+		name             string
+		clientNS, server string
+		addr             netip.Addr
+	}
+	kinds := map[string]kind{
+		"bare4": {"bare IPv4", n1.NS, n2.NS, n2.PublicIP},
+		"pod4":  {"pod IPv4", p1.NS, p2.NS, p2.IP},
+		"bare6": {"bare IPv6", n1.NS, n2.NS, n2.PublicIPv6},
+		"pod6":  {"pod IPv6", p1.NS, p2.NS, p2.IP6},
+	}
+	runs := map[string][]IperfRun{}
+	for i, step := range interleave(rounds) {
+		// Each family's pair of a round runs back to back, the families
+		// alternating first.
+		fams := []string{"4", "6"}
+		if i%2 == 1 {
+			fams = []string{"6", "4"}
+		}
+		for _, f := range fams {
+			k := kinds[step+f]
+			r, err := Iperf(ctx, k.clientNS, k.server, k.addr, d, 1)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", k.name, err)
+			}
+			runs[step+f] = append(runs[step+f], r)
+			o.progress("  %-9s %6.2f Gbit/s (%d retransmits)", k.name, r.Bps/1e9, r.Retransmits)
+		}
+	}
+	b4, p4, b6, p6 := best(runs["bare4"]), best(runs["pod4"]), best(runs["bare6"]), best(runs["pod6"])
+	r4, r6 := p4.Bps/b4.Bps, p6.Bps/b6.Bps
+	verdict := "meets"
+	if r6 < r4*(1-ipv6RatioTolerance) {
+		verdict = "BELOW"
+	}
+	settings := fmt.Sprintf("iperf3 1 stream, -t %s, best of %d, IPv4 and IPv6 interleaved; dual-stack lab, underlay %s",
+		strconv.Itoa(int(d.Seconds())), rounds, l.UnderlayGSONote())
+	be := l.Backend
+	return []Result{
+		{Section: "throughput-ipv6", Metric: fmt.Sprintf("bare underlay n1→n2 IPv6 (%s lab)", be), Value: b6.Bps / 1e9, Unit: "Gbit/s", Note: settings},
+		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s pod→pod n1→n2 IPv6", be), Value: p6.Bps / 1e9, Unit: "Gbit/s", Note: fmt.Sprintf("%d retransmits", p6.Retransmits)},
+		{Section: "throughput-ipv6", Metric: fmt.Sprintf("bare underlay n1→n2 IPv4 (%s lab)", be), Value: b4.Bps / 1e9, Unit: "Gbit/s"},
+		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s pod→pod n1→n2 IPv4", be), Value: p4.Bps / 1e9, Unit: "Gbit/s", Note: fmt.Sprintf("%d retransmits", p4.Retransmits)},
+		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s IPv4 / bare IPv4", be), Value: r4, Unit: "×"},
+		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s IPv6 / bare IPv6", be), Value: r6, Unit: "×",
+			Note: fmt.Sprintf("%s target ≥ %.2f (IPv4 ratio − %.0f %%)", verdict, r4*(1-ipv6RatioTolerance), ipv6RatioTolerance*100)},
 	}, nil
 }
 

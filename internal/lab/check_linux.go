@@ -14,11 +14,13 @@ type CheckOptions struct {
 	Parallel int
 	// NodeToPod adds a row per node: the node namespace pinging each pod.
 	NodeToPod bool
+	// IPv6 pings the pods' IPv6 addresses instead of their IPv4 ones.
+	IPv6 bool
 }
 
 // Check pings every pod from every pod (and optionally from every node)
-// and returns the matrix. The error is about running the check; failed pings
-// are in the matrix (Matrix.Failures).
+// over one family and returns the matrix. The error is about running the
+// check; failed pings are in the matrix (Matrix.Failures).
 func (l *Lab) Check(ctx context.Context, o CheckOptions) (Matrix, error) {
 	if o.Parallel <= 0 {
 		o.Parallel = 8
@@ -44,9 +46,13 @@ func (l *Lab) Check(ctx context.Context, o CheckOptions) (Matrix, error) {
 	for _, s := range srcs {
 		from = append(from, s.name)
 	}
+	fam := "IPv4"
+	if o.IPv6 {
+		fam = "IPv6"
+	}
 	for _, p := range pods {
-		if !p.IP.IsValid() {
-			return Matrix{}, fmt.Errorf("pod %s has no address (lab not fully up?)", p.NS)
+		if !p.Addr(o.IPv6).IsValid() {
+			return Matrix{}, fmt.Errorf("pod %s has no %s address (lab not fully up, or not %s?)", p.NS, fam, fam)
 		}
 		to = append(to, p.Name)
 	}
@@ -69,11 +75,12 @@ func (l *Lab) Check(ctx context.Context, o CheckOptions) (Matrix, error) {
 					return
 				}
 				defer func() { <-sem }()
-				err := ping(ctx, s.ns, p.IP.String())
+				dst := p.Addr(o.IPv6).String()
+				err := ping(ctx, s.ns, dst)
 				if err != nil {
 					// One retry: a first packet can race neighbour
 					// resolution on a path nobody has used yet.
-					err = ping(ctx, s.ns, p.IP.String())
+					err = ping(ctx, s.ns, dst)
 				}
 				m.OK[i][j] = err == nil
 				if err != nil {

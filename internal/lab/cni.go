@@ -20,11 +20,11 @@ const podNetworkName = "cbr0"
 // (bin/cni/flannel), which reads subnet.env at ADD time. All lab nodes share
 // one filesystem, so each names its own subnet.env, the plugin's data dir
 // and (through flannel's top-level ipam, passed on to host-local) its own
-// address allocations. env is checked here so that a node without an IPv4
-// subnet fails before any pod is made.
+// address allocations. env is checked here so that a node without a subnet
+// fails before any pod is made.
 func podConflist(env subnetenv.Env, n *Node) ([]byte, error) {
-	if !env.Subnet.IsValid() || !env.Network.IsValid() {
-		return nil, fmt.Errorf("node %d: subnet.env has no IPv4 subnet", n.Index)
+	if !env.Subnet.IsValid() && !env.IPv6Subnet.IsValid() {
+		return nil, fmt.Errorf("node %d: subnet.env has no subnet", n.Index)
 	}
 	plugins := []any{
 		map[string]any{

@@ -73,6 +73,9 @@ func (l *Lab) newPodNS(ctx context.Context, n *Node, p *Pod) error {
 	if err := ip(ctx, "netns", "add", p.NS); err != nil {
 		return err
 	}
+	if err := l.noDAD(p.NS); err != nil {
+		return err
+	}
 	cni := l.cniConfig(n)
 	err = cniIn(n.NS, func() error {
 		rt := &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: nsPath(p.NS), IfName: "lo"}
@@ -98,11 +101,13 @@ func (l *Lab) attachPod(ctx context.Context, n *Node, p *Pod, list *libcni.Netwo
 	if err != nil {
 		return fmt.Errorf("pod %s: CNI ADD on node %d: %w", p.NS, n.Index, err)
 	}
-	addr, err := podIP(res)
+	p.IP, p.IP6, err = podIPs(res)
 	if err != nil {
 		return fmt.Errorf("pod %s: %w", p.NS, err)
 	}
-	p.IP = addr
+	if l.HasIPv4() && !p.IP.IsValid() || l.HasIPv6() && !p.IP6.IsValid() {
+		return fmt.Errorf("pod %s: CNI result has addresses %s %s, want one of each family of the lab (%s)", p.NS, p.IP, p.IP6, l.familyName())
+	}
 	return nil
 }
 
@@ -120,18 +125,27 @@ func (l *Lab) podRuntime(p *Pod) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: nsPath(p.NS), IfName: "eth0"}
 }
 
-// podIP is the IPv4 address the plugin chain gave eth0.
-func podIP(res types.Result) (netip.Addr, error) {
+// podIPs are the IPv4 and IPv6 addresses the plugin chain gave eth0
+// (invalid for a family it gave none).
+func podIPs(res types.Result) (v4, v6 netip.Addr, err error) {
 	r, err := types100.NewResultFromResult(res)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("CNI result: %w", err)
+		return v4, v6, fmt.Errorf("CNI result: %w", err)
 	}
 	for _, c := range r.IPs {
-		if a, ok := netip.AddrFromSlice(c.Address.IP); ok && a.Unmap().Is4() {
-			return a.Unmap(), nil
+		a, ok := netip.AddrFromSlice(c.Address.IP)
+		switch a = a.Unmap(); {
+		case !ok:
+		case a.Is4() && !v4.IsValid():
+			v4 = a
+		case a.Is6() && !v6.IsValid():
+			v6 = a
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("CNI result has no IPv4 address: %v", r)
+	if !v4.IsValid() && !v6.IsValid() {
+		return v4, v6, fmt.Errorf("CNI result has no address: %v", r)
+	}
+	return v4, v6, nil
 }
 
 // AddPod attaches one more pod to node i and returns it.

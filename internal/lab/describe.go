@@ -3,7 +3,9 @@ package lab
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -20,16 +22,20 @@ func (s *State) Describe(w io.Writer) {
 		fmt.Fprintf(w, "  etcd TLS  CA %s, client %s %s, user %s (root's password in %s)\n", t.CA, t.ClientCert, t.ClientKey, t.User,
 			filepath.Join(s.Dir, stateFile))
 	}
-	fmt.Fprintf(w, "  underlay  bridge br0 in namespace %s, 192.0.2.0/24, %s\n", s.UnderlayNS, s.UnderlayGSONote())
-	fmt.Fprintf(w, "  network   %s\n\n", s.Network)
+	underlay, network := underlayPrefix, s.Network
+	switch s.IPFamily {
+	case IPFamilyDual:
+		underlay, network = underlayPrefix+" and "+underlayPrefix6, s.Network+" and "+s.IPv6Network
+	case IPFamilyIPv6:
+		underlay, network = underlayPrefix+" and "+underlayPrefix6, s.IPv6Network+" (IPv6 only)"
+	}
+	fmt.Fprintf(w, "  underlay  bridge br0 in namespace %s, %s, %s\n", s.UnderlayNS, underlay, s.UnderlayGSONote())
+	fmt.Fprintf(w, "  network   %s\n\n", network)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tNAMESPACE\tPUBLIC IP\tSUBNET\tSUBNET FILE\tLOG")
 	for _, n := range s.Nodes {
-		sub := "-"
-		if n.Subnet.IsValid() {
-			sub = n.Subnet.String()
-		}
-		fmt.Fprintf(tw, "n%d\t%s\t%s\t%s\t%s\t%s\n", n.Index, n.NS, n.PublicIP, sub, n.SubnetFile, n.Log)
+		pub, sub := joinValid(n.PublicIP, n.PublicIPv6), joinValid(n.Subnet, n.Subnet6)
+		fmt.Fprintf(tw, "n%d\t%s\t%s\t%s\t%s\t%s\n", n.Index, n.NS, pub, sub, n.SubnetFile, n.Log)
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
@@ -39,11 +45,7 @@ func (s *State) Describe(w io.Writer) {
 	for i := range s.Nodes {
 		for j := range s.Nodes[i].Pods {
 			p := &s.Nodes[i].Pods[j]
-			addr := "-"
-			if p.IP.IsValid() {
-				addr = p.IP.String()
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\tn%d\n", p.Name, p.NS, addr, p.Node)
+			fmt.Fprintf(tw, "%s\t%s\t%s\tn%d\n", p.Name, p.NS, joinValid(p.IP, p.IP6), p.Node)
 			if first == nil {
 				first = p
 			}
@@ -53,7 +55,11 @@ func (s *State) Describe(w io.Writer) {
 	_ = tw.Flush()
 	fmt.Fprintln(w, "\ntry:")
 	if first != nil && last != nil && first != last {
-		fmt.Fprintf(w, "  ip netns exec %s ping -c 3 %s\n", first.NS, last.IP)
+		for _, a := range []netip.Addr{last.IP, last.IP6} {
+			if a.IsValid() {
+				fmt.Fprintf(w, "  ip netns exec %s ping -c 3 %s\n", first.NS, a)
+			}
+		}
 	}
 	if len(s.Nodes) > 0 {
 		n := s.Nodes[0]
@@ -67,6 +73,23 @@ func (s *State) Describe(w io.Writer) {
 		lab = " --lab " + s.Dir
 	}
 	fmt.Fprintf(w, "  weft lab check%s; weft lab bench%s; weft lab down%s\n", lab, lab, lab)
+}
+
+// joinValid renders the valid ones of vs, comma-separated, or "-".
+func joinValid[T interface {
+	IsValid() bool
+	String() string
+}](vs ...T) string {
+	var parts []string
+	for _, v := range vs {
+		if v.IsValid() {
+			parts = append(parts, v.String())
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
 }
 
 // UnderlayGSONote says what GSO packets the underlay's links take.

@@ -50,9 +50,22 @@ func dialInNS(name string) func(ctx context.Context, network, addr string) (net.
 // the lab's etcd, and sets up what the agents need: the manifest's RBAC,
 // a Node per lab node and a kubeconfig per agent.
 func (l *Lab) startKube(ctx context.Context) error {
-	network, err := netip.ParsePrefix(l.Network)
-	if err != nil {
-		return fmt.Errorf("network %q: %w", l.Network, err)
+	// Node IPAM gives each Node a podCIDR per family of the cluster
+	// network, as a dual-stack or IPv6-only cluster is set up.
+	var cidrs []netip.Prefix
+	if l.HasIPv4() {
+		network, err := netip.ParsePrefix(l.Network)
+		if err != nil {
+			return fmt.Errorf("network %q: %w", l.Network, err)
+		}
+		cidrs = append(cidrs, network)
+	}
+	if l.HasIPv6() {
+		network6, err := netip.ParsePrefix(l.IPv6Network)
+		if err != nil {
+			return fmt.Errorf("IPv6 network %q: %w", l.IPv6Network, err)
+		}
+		cidrs = append(cidrs, network6)
 	}
 	ctl := l.ControlNS
 	cp, err := kubecp.Start(ctx, kubecp.Config{
@@ -61,9 +74,11 @@ func (l *Lab) startKube(ctx context.Context) error {
 		EtcdServers:  l.EtcdEndpoints(),
 		Address:      netip.MustParseAddr(ctlAddr),
 		Port:         apiServerPort,
-		ClusterCIDRs: []netip.Prefix{network},
-		// The lab's config leaves SubnetLen at flannel's default.
+		ClusterCIDRs: cidrs,
+		// The lab's config leaves SubnetLen (IPv6SubnetLen) at flannel's
+		// default.
 		NodeCIDRMaskSizeIPv4: 24,
+		NodeCIDRMaskSizeIPv6: 64,
 		Command: func(bin string, args []string) *exec.Cmd {
 			cmd := exec.Command("ip", append([]string{"netns", "exec", ctl, bin}, args...)...)
 			// The servers outlive `weft lab up`, as the agents do; Down
@@ -170,11 +185,18 @@ func nodeObject(n *Node) *corev1.Node {
 			Name:   n.Name,
 			Labels: map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/hostname": n.Name},
 		},
-		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
-			{Type: corev1.NodeInternalIP, Address: n.PublicIP.String()},
-			{Type: corev1.NodeHostName, Address: n.Name},
-		}},
+		Status: corev1.NodeStatus{Addresses: nodeAddresses(n)},
 	}
+}
+
+// nodeAddresses are the addresses kubelet reports for n: its underlay
+// address of each family, and its name.
+func nodeAddresses(n *Node) []corev1.NodeAddress {
+	as := []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.PublicIP.String()}}
+	if n.PublicIPv6.IsValid() {
+		as = append(as, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: n.PublicIPv6.String()})
+	}
+	return append(as, corev1.NodeAddress{Type: corev1.NodeHostName, Address: n.Name})
 }
 
 func createNode(ctx context.Context, cs kubernetes.Interface, n *Node, node *corev1.Node) error {

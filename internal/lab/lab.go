@@ -32,6 +32,9 @@ const (
 	DefaultPodsPerNode = 2
 	DefaultBackend     = config.BackendVXLAN
 	DefaultNetwork     = "10.244.0.0/16"
+	// DefaultIPv6Network is the cluster's IPv6 network with --ip-family
+	// dual or ipv6: a /64 per node.
+	DefaultIPv6Network = "fd00:10:244::/56"
 	// DefaultUnderlayGSO makes the underlay's NICs BIG TCP ones (192 KiB
 	// GSO and GRO packets, as Cilium sets on server NICs), so that the
 	// fabric is measured against a host that uses what its NIC offers.
@@ -40,15 +43,29 @@ const (
 	KernelGSO = 65536
 	maxGSO    = 524280 // a veth's tso_max_size
 
-	// The underlay: node i is 192.0.2.i, the control namespace .254.
-	underlayPrefix = "192.0.2.0/24"
-	ctlAddr        = "192.0.2.254"
-	etcdPort       = 2379 // member i serves clients on etcdPort+2(i-1), peers on the next port
-	maxEtcdMembers = 5
+	// The underlay: node i is 192.0.2.i, the control namespace .254; with
+	// IPv6, node i is also 2001:db8::i (the documentation prefix), the
+	// control namespace 2001:db8::fe.
+	underlayPrefix  = "192.0.2.0/24"
+	ctlAddr         = "192.0.2.254"
+	underlayPrefix6 = "2001:db8::/64"
+	ctlAddr6        = "2001:db8::fe"
+	etcdPort        = 2379 // member i serves clients on etcdPort+2(i-1), peers on the next port
+	maxEtcdMembers  = 5
 	// healthzPort is where each weftd serves /healthz and /readyz, on the
 	// node namespace's loopback.
 	healthzPort = 8471
 	maxNodes    = 250
+)
+
+// IP families of the cluster network (--ip-family).
+const (
+	// IPFamilyIPv4 is an IPv4 cluster network (the default).
+	IPFamilyIPv4 = "ipv4"
+	// IPFamilyDual gives pods an IPv4 and an IPv6 address (EnableIPv6).
+	IPFamilyDual = "dual"
+	// IPFamilyIPv6 gives pods IPv6 addresses only (EnableIPv4 false).
+	IPFamilyIPv6 = "ipv6"
 )
 
 // Lease stores a lab can run on.
@@ -70,6 +87,10 @@ type Options struct {
 	PodsPerNode int
 	Backend     string // vxlan, host-gw, udp or wireguard
 	Network     string // cluster network CIDR
+	// IPFamily is IPFamilyIPv4 (default), IPFamilyDual or IPFamilyIPv6.
+	// With IPv6 the underlay gets 2001:db8::/64 beside 192.0.2.0/24.
+	IPFamily    string
+	IPv6Network string // cluster IPv6 network; default DefaultIPv6Network
 	Store       string // StoreEtcd (default) or StoreKube
 	// EtcdMembers is how many etcd members the control namespace runs,
 	// one cluster; every agent is given every member's endpoint. Default 1.
@@ -116,6 +137,8 @@ type State struct {
 	Created      time.Time `json:"created"`
 	Backend      string    `json:"backend"`
 	Network      string    `json:"network"`
+	IPFamily     string    `json:"ipFamily,omitempty"` // "" is IPFamilyIPv4
+	IPv6Network  string    `json:"ipv6Network,omitempty"`
 	IPMasq       bool      `json:"ipMasq"`
 	BinDir       string    `json:"binDir"`
 	CNIBinDir    string    `json:"cniBinDir"`
@@ -178,6 +201,8 @@ type Node struct {
 	Unregistered bool         `json:"unregistered,omitempty"`
 	PublicIP     netip.Addr   `json:"publicIP"`
 	Subnet       netip.Prefix `json:"subnet,omitzero"` // FLANNEL_SUBNET once known
+	PublicIPv6   netip.Addr   `json:"publicIPv6,omitzero"`
+	Subnet6      netip.Prefix `json:"subnet6,omitzero"` // FLANNEL_IPV6_SUBNET once known
 	Dir          string       `json:"dir"`
 	SubnetFile   string       `json:"subnetFile"`
 	Log          string       `json:"log"`
@@ -193,7 +218,16 @@ type Pod struct {
 	NS          string     `json:"ns"`
 	Node        int        `json:"node"`
 	ContainerID string     `json:"containerID"`
-	IP          netip.Addr `json:"ip"`
+	IP          netip.Addr `json:"ip"`           // invalid in an IPv6-only lab
+	IP6         netip.Addr `json:"ip6,omitzero"` // with IPv6
+}
+
+// Addr is the pod's address of one family; invalid if it has none.
+func (p Pod) Addr(ipv6 bool) netip.Addr {
+	if ipv6 {
+		return p.IP6
+	}
+	return p.IP
 }
 
 // Lab is a lab that exists (or partly exists) on this machine.
@@ -250,6 +284,28 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Network == "" {
 		o.Network = DefaultNetwork
+	}
+	switch o.IPFamily {
+	case "":
+		o.IPFamily = IPFamilyIPv4
+	case IPFamilyIPv4, IPFamilyDual, IPFamilyIPv6:
+	default:
+		return o, fmt.Errorf("ip family %q: want %s, %s or %s", o.IPFamily, IPFamilyIPv4, IPFamilyDual, IPFamilyIPv6)
+	}
+	if o.IPFamily != IPFamilyIPv4 {
+		if o.Backend != config.BackendVXLAN && o.Backend != config.BackendHostGW {
+			return o, fmt.Errorf("ip family %s: backend %s carries IPv4 only; use vxlan or host-gw", o.IPFamily, o.Backend)
+		}
+		if o.IPFamily == IPFamilyIPv6 && o.Store != StoreKube {
+			// As flannel: etcd keys need an IPv4 subnet (see etcdstore.CheckNetwork).
+			return o, fmt.Errorf("ip family %s: needs --store %s; an IPv6-only network cannot live in etcd beside flannel nodes", o.IPFamily, StoreKube)
+		}
+		if o.IPv6Network == "" {
+			o.IPv6Network = DefaultIPv6Network
+		}
+		if p, err := netip.ParsePrefix(o.IPv6Network); err != nil || !p.Addr().Is6() {
+			return o, fmt.Errorf("IPv6 network %q: not an IPv6 CIDR", o.IPv6Network)
+		}
 	}
 	switch o.Store {
 	case "":
@@ -338,6 +394,7 @@ func plan(o Options) State {
 		Backend:     o.Backend,
 		Network:     o.Network,
 		IPMasq:      *o.IPMasq,
+		IPv6Network: o.IPv6Network,
 		BinDir:      o.BinDir,
 		CNIBinDir:   o.CNIBinDir,
 		UnderlayNS:  o.Name + "-ul",
@@ -345,6 +402,9 @@ func plan(o Options) State {
 		Store:       o.Store,
 		WeftdArgs:   o.WeftdArgs,
 		UnderlayGSO: o.UnderlayGSO,
+	}
+	if o.IPFamily != IPFamilyIPv4 {
+		s.IPFamily = o.IPFamily
 	}
 	scheme := "http"
 	if o.EtcdTLS {
@@ -391,6 +451,7 @@ func plan(o Options) State {
 			NS:         fmt.Sprintf("%s-n%d", o.Name, i),
 			Name:       strings.ToLower(fmt.Sprintf("%s-n%d", o.Name, i)),
 			PublicIP:   netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}),
+			PublicIPv6: s.underlayAddr6(i),
 			Dir:        dir,
 			SubnetFile: filepath.Join(dir, "subnet.env"),
 			Log:        filepath.Join(dir, "weftd.log"),
@@ -419,7 +480,51 @@ func plan(o Options) State {
 
 // networkConfig is the JSON the store is seeded with.
 func (s *State) networkConfig() string {
+	switch s.IPFamily {
+	case IPFamilyDual:
+		return fmt.Sprintf(`{"Network":%q,"EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":%q}}`, s.Network, s.IPv6Network, s.Backend)
+	case IPFamilyIPv6:
+		return fmt.Sprintf(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":%q}}`, s.IPv6Network, s.Backend)
+	}
 	return fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q}}`, s.Network, s.Backend)
+}
+
+// HasIPv4 and HasIPv6 say which families pods get addresses of.
+func (s *State) HasIPv4() bool { return s.IPFamily != IPFamilyIPv6 }
+
+// HasIPv6: see HasIPv4.
+func (s *State) HasIPv6() bool { return s.IPFamily == IPFamilyDual || s.IPFamily == IPFamilyIPv6 }
+
+// Families lists the families pods get addresses of, IPv4 first: false
+// for IPv4, true for IPv6.
+func (s *State) Families() []bool {
+	var out []bool
+	if s.HasIPv4() {
+		out = append(out, false)
+	}
+	if s.HasIPv6() {
+		out = append(out, true)
+	}
+	return out
+}
+
+// familyName is the lab's IP family as --ip-family names it.
+func (s *State) familyName() string {
+	if s.IPFamily == "" {
+		return IPFamilyIPv4
+	}
+	return s.IPFamily
+}
+
+// underlayAddr6 is node i's IPv6 underlay address, 2001:db8::<i> (i in
+// hex, as the last group), or invalid without IPv6.
+func (s *State) underlayAddr6(i int) netip.Addr {
+	if !s.HasIPv6() {
+		return netip.Addr{}
+	}
+	a := netip.MustParsePrefix(underlayPrefix6).Addr().As16()
+	a[14], a[15] = byte(i>>8), byte(i)
+	return netip.AddrFrom16(a)
 }
 
 // WGKeyFile is where node n's weftd keeps its WireGuard key

@@ -148,25 +148,41 @@ func (l *Lab) buildTopology(ctx context.Context) error {
 		if err := addNS(ctx, name); err != nil {
 			return err
 		}
+		if err := l.noDAD(name); err != nil {
+			return err
+		}
 	}
 	if err := addBridge(ul, "br0"); err != nil {
 		return err
 	}
-	attach := func(port, peerNS, addr string) error {
-		return plugIn(ul, port, peerNS, netip.PrefixFrom(netip.MustParseAddr(addr), 24))
+	attach := func(port, peerNS, addr string, addr6 netip.Addr) error {
+		addrs := []netip.Prefix{netip.PrefixFrom(netip.MustParseAddr(addr), 24)}
+		if addr6.IsValid() {
+			addrs = append(addrs, netip.PrefixFrom(addr6, netip.MustParsePrefix(underlayPrefix6).Bits()))
+		}
+		return plugIn(ul, port, peerNS, addrs...)
 	}
-	if err := attach("ctl", l.ControlNS, ctlAddr); err != nil {
+	var ctl6 netip.Addr
+	if l.HasIPv6() {
+		ctl6 = netip.MustParseAddr(ctlAddr6)
+	}
+	if err := attach("ctl", l.ControlNS, ctlAddr, ctl6); err != nil {
 		return err
 	}
 	for _, n := range l.Nodes {
 		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
 			return err
 		}
-		if err := attach(fmt.Sprintf("n%d", n.Index), n.NS, n.PublicIP.String()); err != nil {
+		if err := attach(fmt.Sprintf("n%d", n.Index), n.NS, n.PublicIP.String(), n.PublicIPv6); err != nil {
 			return err
 		}
 		if err := setSysctl(n.NS, "net/ipv4/ip_forward", "1"); err != nil {
 			return err
+		}
+		if l.HasIPv6() {
+			if err := setSysctl(n.NS, "net/ipv6/conf/all/forwarding", "1"); err != nil {
+				return err
+			}
 		}
 	}
 	return l.setUnderlayGSO()
@@ -219,6 +235,22 @@ func setGSO(name string, devs []string, size int) (supported bool, err error) {
 		}
 	}
 	return true, nil
+}
+
+// noDAD turns duplicate address detection off in namespace name, for the
+// links made there from now on, in a lab with IPv6: every address is
+// planned, none can clash, and waiting a second or two for each would
+// only slow Up (and the CNI bridge plugin, which waits for DAD to end).
+func (l *Lab) noDAD(name string) error {
+	if !l.HasIPv6() {
+		return nil
+	}
+	for _, k := range []string{"net/ipv6/conf/default/accept_dad", "net/ipv6/conf/all/accept_dad"} {
+		if err := setSysctl(name, k, "0"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // setSysctl writes /proc/sys/<key> as seen from inside namespace name.

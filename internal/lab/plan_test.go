@@ -53,6 +53,40 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+// A dual-stack or IPv6-only plan: the IPv6 underlay address of each node,
+// and the network config flannel would read.
+func TestPlanIPFamilies(t *testing.T) {
+	for _, tc := range []struct {
+		family, store, conf string
+	}{
+		{IPFamilyDual, "", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}`},
+		{IPFamilyIPv6, StoreKube, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}`},
+	} {
+		o, err := Options{Name: "weft-abc123", Root: "/tmp/x", Nodes: 3, BinDir: "/b", Backend: "host-gw",
+			IPFamily: tc.family, Store: tc.store, KubeBinDir: "/k"}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := plan(o)
+		if got := s.networkConfig(); got != tc.conf {
+			t.Errorf("%s: network config %s, want %s", tc.family, got, tc.conf)
+		}
+		if n := s.Nodes[2]; n.PublicIPv6 != netip.MustParseAddr("2001:db8::3") || n.PublicIP != netip.MustParseAddr("192.0.2.3") {
+			t.Errorf("%s: node 3 underlay %s %s", tc.family, n.PublicIP, n.PublicIPv6)
+		}
+		if !s.HasIPv6() || s.HasIPv4() != (tc.family == IPFamilyDual) || len(s.Families()) != map[string]int{IPFamilyDual: 2, IPFamilyIPv6: 1}[tc.family] {
+			t.Errorf("%s: families %v", tc.family, s.Families())
+		}
+	}
+	o, err := Options{Name: "weft-abc123", Nodes: 1, BinDir: "/b"}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := plan(o); s.Nodes[0].PublicIPv6.IsValid() || s.HasIPv6() || s.IPFamily != "" {
+		t.Errorf("an IPv4 lab has IPv6: %+v", s.Nodes[0])
+	}
+}
+
 func TestOptionsValidation(t *testing.T) {
 	for _, o := range []Options{
 		{Name: "bad name", BinDir: "/b"},
@@ -61,6 +95,10 @@ func TestOptionsValidation(t *testing.T) {
 		{Backend: "ipip", BinDir: "/b"},
 		{Network: "10.0.0.0", BinDir: "/b"},
 		{PodsPerNode: -1, BinDir: "/b"},
+		{IPFamily: "ipv5", BinDir: "/b"},
+		{IPFamily: IPFamilyDual, Backend: "udp", BinDir: "/b"},
+		{IPFamily: IPFamilyDual, IPv6Network: "10.9.0.0/16", BinDir: "/b"},
+		{IPFamily: IPFamilyIPv6, BinDir: "/b"}, // etcd: needs --store kube
 	} {
 		if _, err := o.withDefaults(); err == nil {
 			t.Errorf("%+v: accepted", o)

@@ -88,13 +88,16 @@ func (l *Lab) waitAgent(ctx context.Context, n *Node) error {
 		if code != http.StatusOK {
 			return fmt.Errorf("%s: %d %s", readyPath, code, body)
 		}
-		n.Subnet = env.Subnet
+		if l.HasIPv6() && !env.IPv6Subnet.IsValid() {
+			return fmt.Errorf("%s has no FLANNEL_IPV6_SUBNET", n.SubnetFile)
+		}
+		n.Subnet, n.Subnet6 = env.Subnet, env.IPv6Subnet
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("node %d (%s) not ready: %w", n.Index, n.NS, err)
 	}
-	l.log.Info("node ready", "node", n.Index, "subnet", n.Subnet)
+	l.log.Info("node ready", "node", n.Index, "subnet", n.Subnet, "subnet6", n.Subnet6)
 	return nil
 }
 
@@ -106,8 +109,13 @@ func (l *Lab) waitRoutes(ctx context.Context, n *Node) error {
 		want = append(want, netip.MustParsePrefix(l.Network).Masked())
 	} else {
 		for _, o := range l.Nodes {
-			if o.Index != n.Index && o.Subnet.IsValid() && !o.Unregistered {
-				want = append(want, o.Subnet.Masked())
+			if o.Index == n.Index || o.Unregistered {
+				continue
+			}
+			for _, sn := range []netip.Prefix{o.Subnet, o.Subnet6} {
+				if sn.IsValid() {
+					want = append(want, sn.Masked())
+				}
 			}
 		}
 	}
@@ -129,24 +137,27 @@ func (l *Lab) waitRoutes(ctx context.Context, n *Node) error {
 	return nil
 }
 
-// routeDsts returns the destinations of the main routing table of a namespace.
+// routeDsts returns the destinations of the main routing tables (IPv4 and
+// IPv6) of a namespace.
 func routeDsts(ctx context.Context, name string) (map[netip.Prefix]bool, error) {
-	out, err := ipOutput(ctx, "-n", name, "-j", "route", "show")
-	if err != nil {
-		return nil, err
-	}
-	var routes []struct {
-		Dst string `json:"dst"`
-	}
-	if err := json.Unmarshal(out, &routes); err != nil {
-		return nil, fmt.Errorf("parsing routes of %s: %w", name, err)
-	}
 	have := map[netip.Prefix]bool{}
-	for _, r := range routes {
-		if p, err := netip.ParsePrefix(r.Dst); err == nil {
-			have[p.Masked()] = true
-		} else if a, err := netip.ParseAddr(r.Dst); err == nil {
-			have[netip.PrefixFrom(a, a.BitLen())] = true
+	for _, fam := range []string{"-4", "-6"} {
+		out, err := ipOutput(ctx, "-n", name, "-j", fam, "route", "show")
+		if err != nil {
+			return nil, err
+		}
+		var routes []struct {
+			Dst string `json:"dst"`
+		}
+		if err := json.Unmarshal(out, &routes); err != nil {
+			return nil, fmt.Errorf("parsing routes of %s: %w", name, err)
+		}
+		for _, r := range routes {
+			if p, err := netip.ParsePrefix(r.Dst); err == nil {
+				have[p.Masked()] = true
+			} else if a, err := netip.ParseAddr(r.Dst); err == nil {
+				have[netip.PrefixFrom(a, a.BitLen())] = true
+			}
 		}
 	}
 	return have, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,9 @@ func TestSelectAndSuiteOrder(t *testing.T) {
 		{Name: "b", Run: run},
 		{Name: "c", Backends: []string{"udp", "vxlan"}, WithoutBigTCP: []string{"vxlan"}, Run: run},
 	}
+	// A benchmark of dual-stack labs gets labs of its own, after each
+	// backend's others, with the GSO limit it asks for.
+	dual := append(slices.Clone(all), Benchmark{Name: "d", Backends: []string{"vxlan", "host-gw"}, IPFamily: IPFamilyDual, UnderlayGSO: 65536, Run: run})
 	describe := func(labs []suiteLab) string {
 		var parts []string
 		for _, sl := range labs {
@@ -59,7 +63,11 @@ func TestSelectAndSuiteOrder(t *testing.T) {
 			for _, b := range sl.Benches {
 				names = append(names, b.Name)
 			}
-			parts = append(parts, fmt.Sprintf("%s/%d:%s", sl.Backend, sl.UnderlayGSO, strings.Join(names, "+")))
+			fam := ""
+			if sl.IPFamily != "" {
+				fam = "/" + sl.IPFamily
+			}
+			parts = append(parts, fmt.Sprintf("%s/%d%s:%s", sl.Backend, sl.UnderlayGSO, fam, strings.Join(names, "+")))
 		}
 		return strings.Join(parts, " ")
 	}
@@ -68,6 +76,12 @@ func TestSelectAndSuiteOrder(t *testing.T) {
 	}
 	if got, want := describe(suiteLabs(all, 65536)), "vxlan/65536:a+c host-gw/65536:a udp/65536:c"; got != want {
 		t.Errorf("labs without BIG TCP %s, want %s", got, want)
+	}
+	if got, want := describe(suiteLabs(dual, 196608)), "vxlan/196608:a+c vxlan/65536:c vxlan/65536/dual:d host-gw/196608:a host-gw/65536/dual:d udp/196608:c"; got != want {
+		t.Errorf("labs with a dual-stack benchmark %s, want %s", got, want)
+	}
+	if b := dual[3]; !b.wantsLab(&State{Backend: "vxlan", IPFamily: IPFamilyDual}) || b.wantsLab(&State{Backend: "vxlan"}) || dual[0].wantsLab(&State{Backend: "udp"}) {
+		t.Error("wantsLab: the dual-stack benchmark must run in dual-stack labs only")
 	}
 	sel, err := Select(all, "c, b")
 	if err != nil || len(sel) != 2 || sel[0].Name != "c" || sel[1].Name != "b" {

@@ -56,9 +56,9 @@ func addBridge(ns, name string) error {
 
 // plugIn cables host peerNS to the underlay: a veth whose end port is a
 // port of bridge br0 in namespace ul and whose other end is the host's
-// eth0, with addr, both up (`ip link add PORT type veth peer name eth0
+// eth0, with addrs, both up (`ip link add PORT type veth peer name eth0
 // netns PEER` and the rest).
-func plugIn(ul, port, peerNS string, addr netip.Prefix) error {
+func plugIn(ul, port, peerNS string, addrs ...netip.Prefix) error {
 	peer, err := os.Open(nsPath(peerNS))
 	if err != nil {
 		return err
@@ -91,8 +91,10 @@ func plugIn(ul, port, peerNS string, addr netip.Prefix) error {
 		if err != nil {
 			return err
 		}
-		if err := h.AddrReplace(eth0, addr); err != nil {
-			return err
+		for _, a := range addrs {
+			if err := h.AddrReplace(eth0, a); err != nil {
+				return err
+			}
 		}
 		return h.LinkSetUp(eth0)
 	})

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -69,9 +71,24 @@ func TestKeys(t *testing.T) {
 	}{
 		{v4, netip.Prefix{}, "10.244.1.0-24"},
 		{v4, v6, "10.244.1.0-24&fd00:0:0:1::-64"},
+		{v4, netip.MustParsePrefix("fd00:10:244:1::/64"), "10.244.1.0-24&fd00:10:244:1::-64"},
+		{netip.MustParsePrefix("10.244.255.0/24"), netip.MustParsePrefix("2001:db8:0:ab00::/56"), "10.244.255.0-24&2001:db8:0:ab00::-56"},
 		{netip.Prefix{}, v6, "fd00:0:0:1::-64"},
 	}
+	// flannel's ParseSubnetKey (pkg/subnet/subnet.go): a flannel node reads
+	// dual-stack keys with it, and skips keys it does not match (so an
+	// IPv6-only key is invisible to flannel rather than misread).
+	flannelRE := regexp.MustCompile(`(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$`)
 	for _, tt := range tests {
+		m := flannelRE.FindStringSubmatch(tt.key)
+		switch {
+		case tt.v4.IsValid() && (m == nil || m[1] != tt.v4.Addr().String() || m[2] != strconv.Itoa(tt.v4.Bits())):
+			t.Errorf("flannel would not read the IPv4 part of %q: %q", tt.key, m)
+		case tt.v4.IsValid() && tt.v6.IsValid() && (m[3] != tt.v6.Addr().String() || m[4] != strconv.Itoa(tt.v6.Bits())):
+			t.Errorf("flannel would not read the IPv6 part of %q: %q", tt.key, m)
+		case !tt.v4.IsValid() && m != nil:
+			t.Errorf("flannel would misread the IPv6-only key %q as %q", tt.key, m)
+		}
 		if got := Key(tt.v4, tt.v6); got != tt.key {
 			t.Errorf("Key(%s, %s) = %q, want %q", tt.v4, tt.v6, got, tt.key)
 		}

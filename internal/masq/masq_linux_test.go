@@ -55,22 +55,32 @@ func newLab(t *testing.T) *lab {
 	for _, n := range []string{l.node, l.pod, l.remote, l.out} {
 		run(t, "ip", "netns", "add", n)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", n).Run() })
+		// No duplicate address detection, for the link-local addresses
+		// too: while one is tentative, neighbour discovery on its link
+		// can stall past the connections' timeout.
+		run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
 	}
-	link := func(nodeDev, nodeAddr, peerNS, peerAddr, gw string) {
+	// Each link has both families: the IPv4 and the IPv6 rules are shown
+	// by the same cases.
+	link := func(nodeDev, nodeAddr, nodeAddr6, peerNS, peerAddr, peerAddr6, gw, gw6 string) {
 		run(t, "ip", "-n", l.node, "link", "add", nodeDev, "type", "veth", "peer", "name", "eth0", "netns", peerNS)
 		run(t, "ip", "-n", l.node, "addr", "add", nodeAddr, "dev", nodeDev)
+		run(t, "ip", "-n", l.node, "addr", "add", nodeAddr6, "dev", nodeDev, "nodad")
 		run(t, "ip", "-n", l.node, "link", "set", nodeDev, "up")
 		run(t, "ip", "-n", peerNS, "addr", "add", peerAddr, "dev", "eth0")
+		run(t, "ip", "-n", peerNS, "addr", "add", peerAddr6, "dev", "eth0", "nodad")
 		run(t, "ip", "-n", peerNS, "link", "set", "eth0", "up")
 		run(t, "ip", "-n", peerNS, "link", "set", "lo", "up")
 		if gw != "" {
 			run(t, "ip", "-n", peerNS, "route", "add", "default", "via", gw)
+			run(t, "ip", "-n", peerNS, "-6", "route", "add", "default", "via", gw6)
 		}
 	}
-	link("vp", "10.244.1.1/24", l.pod, "10.244.1.2/24", "10.244.1.1")
-	link("vr", "10.244.2.1/24", l.remote, "10.244.2.2/24", "10.244.2.1")
-	link("vo", "192.0.2.1/24", l.out, "192.0.2.2/24", "")
+	link("vp", "10.244.1.1/24", "fd00:10:244:1::1/64", l.pod, "10.244.1.2/24", "fd00:10:244:1::2/64", "10.244.1.1", "fd00:10:244:1::1")
+	link("vr", "10.244.2.1/24", "fd00:10:244:2::1/64", l.remote, "10.244.2.2/24", "fd00:10:244:2::2/64", "10.244.2.1", "fd00:10:244:2::1")
+	link("vo", "192.0.2.1/24", "2001:db8::1/64", l.out, "192.0.2.2/24", "2001:db8::2/64", "", "")
 	run(t, "ip", "netns", "exec", l.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	run(t, "ip", "netns", "exec", l.node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
 	return l
 }
 
@@ -121,8 +131,11 @@ func (l *lab) peer(from, to, addr string) (netip.Addr, error) {
 	}
 }
 
-// checkTraffic asserts the masquerade semantics with real connections.
-func (l *lab) checkTraffic() {
+// checkTraffic asserts the masquerade semantics with real connections,
+// over IPv4 and (unless ipv4Only) over IPv6.
+func (l *lab) checkTraffic() { l.checkFamilies(false) }
+
+func (l *lab) checkFamilies(ipv4Only bool) {
 	t := l.t
 	t.Helper()
 	cases := []struct {
@@ -131,8 +144,14 @@ func (l *lab) checkTraffic() {
 		{"pod -> outside is masqueraded", l.pod, l.out, "192.0.2.2", "192.0.2.1"},
 		{"pod -> pod of another node keeps its source", l.pod, l.remote, "10.244.2.2", "10.244.1.2"},
 		{"other node's pod -> local pod keeps its source", l.remote, l.pod, "10.244.1.2", "10.244.2.2"},
+		{"IPv6 pod -> outside is masqueraded", l.pod, l.out, "2001:db8::2", "2001:db8::1"},
+		{"IPv6 pod -> pod of another node keeps its source", l.pod, l.remote, "fd00:10:244:2::2", "fd00:10:244:1::2"},
+		{"IPv6 other node's pod -> local pod keeps its source", l.remote, l.pod, "fd00:10:244:1::2", "fd00:10:244:2::2"},
 	}
 	for _, c := range cases {
+		if ipv4Only && strings.HasPrefix(c.what, "IPv6") {
+			continue
+		}
 		got, err := l.peer(c.from, c.to, c.addr)
 		if err != nil {
 			t.Errorf("%s: %v", c.what, err)
@@ -146,6 +165,7 @@ func (l *lab) checkTraffic() {
 
 var labConfig = Config{
 	Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.1.0/24"),
+	IPv6Network: netip.MustParsePrefix("fd00:10:244::/56"), IPv6Subnet: netip.MustParsePrefix("fd00:10:244:1::/64"),
 	Masquerade: true, Forward: true,
 }
 
@@ -165,8 +185,12 @@ func TestIPTablesInNamespace(t *testing.T) {
 	l := newLab(t)
 	// A DROP policy proves that WEFT-FWD is what lets the pod network through.
 	run(t, "ip", "netns", "exec", l.node, "iptables", "-P", "FORWARD", "DROP")
+	run(t, "ip", "netns", "exec", l.node, "ip6tables", "-P", "FORWARD", "DROP")
 	if _, err := l.peer(l.pod, l.remote, "10.244.2.2"); err == nil {
 		t.Fatal("forwarding works before any rule; the test cannot show anything")
+	}
+	if _, err := l.peer(l.pod, l.remote, "fd00:10:244:2::2"); err == nil {
+		t.Fatal("IPv6 forwarding works before any rule; the test cannot show anything")
 	}
 
 	var m *IPTables
@@ -181,6 +205,16 @@ func TestIPTablesInNamespace(t *testing.T) {
 	if !strings.Contains(nat, "-A POSTROUTING -m comment --comment \"weft masq\" -j WEFT-POSTRTG") {
 		t.Errorf("no jump to WEFT-POSTRTG:\n%s", nat)
 	}
+	// ip6tables holds flannel's rules for IPv6 (multicast is ff00::/8).
+	nat6 := run(t, "ip", "netns", "exec", l.node, "ip6tables", "-t", "nat", "-S", "WEFT-POSTRTG")
+	for _, want := range []string{
+		"-A WEFT-POSTRTG -s fd00:10:244:1::/64 -d fd00:10:244::/56 -m comment --comment \"weft masq\" -j RETURN",
+		"-A WEFT-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment \"weft masq\" -j MASQUERADE",
+	} {
+		if !strings.Contains(nat6, want) {
+			t.Errorf("ip6tables lacks %q:\n%s", want, nat6)
+		}
+	}
 	// What this iptables lists is what we render: a fresh weftd adopts the
 	// rules a previous one left without rewriting them.
 	fresh := &IPTables{v4: m.v4, v6: m.v6, built: map[string]builtChain{}}
@@ -189,6 +223,8 @@ func TestIPTablesInNamespace(t *testing.T) {
 	// Damage: a rule deleted, the jump deleted. Both are repaired.
 	run(t, "ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-D", "WEFT-POSTRTG", "5")
 	run(t, "ip", "netns", "exec", l.node, "iptables", "-D", "FORWARD", "-m", "comment", "--comment", "weft forward", "-j", "WEFT-FWD")
+	run(t, "ip", "netns", "exec", l.node, "ip6tables", "-t", "nat", "-D", "WEFT-POSTRTG", "5")
+	run(t, "ip", "netns", "exec", l.node, "ip6tables", "-F", "WEFT-FWD")
 	ensure(t, l, m, labConfig, true)
 	ensure(t, l, m, labConfig, false)
 	l.checkTraffic()
@@ -218,9 +254,11 @@ func TestIPTablesInNamespace(t *testing.T) {
 
 	// Turning both off removes the chains.
 	ensure(t, l, m, Config{Network: labConfig.Network, Subnet: labConfig.Subnet}, true)
-	for _, table := range []string{"nat", "filter"} {
-		if s := run(t, "ip", "netns", "exec", l.node, "iptables", "-t", table, "-S"); strings.Contains(s, "WEFT") {
-			t.Errorf("table %s still has weft rules:\n%s", table, s)
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		for _, table := range []string{"nat", "filter"} {
+			if s := run(t, "ip", "netns", "exec", l.node, tool, "-t", table, "-S"); strings.Contains(s, "WEFT") {
+				t.Errorf("%s table %s still has weft rules:\n%s", tool, table, s)
+			}
 		}
 	}
 }
@@ -258,7 +296,7 @@ func TestNFTablesInNamespace(t *testing.T) {
 	ensure(t, l, m, plain, true)
 	ensure(t, l, m, plain, false)
 	listing = run(t, "ip", "netns", "exec", l.node, "nft", "list", "chain", "inet", "weft", "postrouting")
-	if strings.Contains(listing, "masquerade fully-random") || strings.Count(listing, "(not fully-random)") != 2 {
+	if strings.Contains(listing, "masquerade fully-random") || strings.Count(listing, "(not fully-random)") != 4 {
 		t.Errorf("with NoFullyRandom:\n%s", listing)
 	}
 	l.checkTraffic()
@@ -283,7 +321,12 @@ func TestKeeperRepairs(t *testing.T) {
 				return err
 			}
 			k := NewKeeper(m, 50*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
-			k.Set(labConfig)
+			// IPv4 only: the test is about the Keeper's repair, and each
+			// family doubles the iptables runs of every pass (which take
+			// long on a loaded machine, all sharing the xtables lock).
+			c := labConfig
+			c.IPv6Network, c.IPv6Subnet = netip.Prefix{}, netip.Prefix{}
+			k.Set(c)
 			k.Run(ctx)
 			return nil
 		})
@@ -306,5 +349,5 @@ func TestKeeperRepairs(t *testing.T) {
 	waitFor("rules installed", hasMasq)
 	run(t, "ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-F", "WEFT-POSTRTG")
 	waitFor("rules repaired", hasMasq)
-	l.checkTraffic()
+	l.checkFamilies(true)
 }

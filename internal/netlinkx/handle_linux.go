@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
@@ -65,6 +68,50 @@ func NewAt(nsPath string) (*Handle, error) {
 
 // Close releases the handle's sockets.
 func (h *Handle) Close() { h.nh.Close() }
+
+// SetSysctl is `sysctl -w` of a /proc/sys key ("net/ipv6/conf/flannel-v6.1/accept_ra")
+// in the handle's namespace. /proc/sys/net shows the namespace of the
+// thread that opens it, so for another namespace the write happens on a
+// locked thread switched into it.
+func (h *Handle) SetSysctl(key, value string) error {
+	path := filepath.Join("/proc/sys", filepath.Clean("/"+key))
+	write := func() error {
+		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", key, value, err)
+		}
+		return nil
+	}
+	if h.nsPath == "" {
+		return write()
+	}
+	target, err := netns.GetFromPath(h.nsPath)
+	if err != nil {
+		return fmt.Errorf("sysctl %s: open netns %s: %w", key, h.nsPath, err)
+	}
+	defer target.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// The thread stays locked if it cannot be switched back, so the
+		// runtime discards it instead of reusing it in h's namespace.
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("sysctl %s: own namespace: %w", key, err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- fmt.Errorf("sysctl %s: enter namespace: %w", key, err)
+			return
+		}
+		err = write()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
 
 // Dumps counts the dump requests made through h (retries included). It lets
 // callers and tests see that a fast path stayed off the full-table dumps.
@@ -329,6 +376,10 @@ func (h *Handle) RouteDel(r Route) error {
 	return nil
 }
 
+// ip6DefaultMetric is IP6_RT_PRIO_USER, the metric of an IPv6 route
+// added without one.
+const ip6DefaultMetric = 1024
+
 // RouteList is `ip route show [table T] [dev D]`. It returns unicast
 // single-path routes only: weft makes no others, and so never changes them.
 func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
@@ -365,6 +416,11 @@ func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
 		}
 		if r.Table == unix.RT_TABLE_MAIN {
 			r.Table = 0
+		}
+		if nr.Family == unix.AF_INET6 && r.Priority == ip6DefaultMetric {
+			// The kernel stores an IPv6 route added with metric 0 as
+			// 1024: the same route, read back as it was written.
+			r.Priority = 0
 		}
 		if d, ok := fromIPNet(nr.Dst); ok {
 			r.Dst = d

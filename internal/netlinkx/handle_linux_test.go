@@ -3,9 +3,12 @@ package netlinkx_test
 import (
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/netlinkx/nstest"
@@ -325,5 +328,39 @@ func TestRouteLookups(t *testing.T) {
 		if !ok || got&mask != want {
 			t.Errorf("%s: flags %#x (listed %v), want %#x; all: %v", p, got&mask, ok, want, addrs)
 		}
+	}
+}
+
+// SetSysctl writes in the handle's namespace, not the test process's.
+func TestSetSysctl(t *testing.T) {
+	n := nstest.New(t)
+	const key = "net/ipv6/conf/lo/accept_ra"
+	host, err := os.ReadFile("/proc/sys/" + key)
+	if err != nil {
+		t.Skipf("no IPv6 sysctls here: %v", err)
+	}
+	want := "0"
+	if strings.TrimSpace(string(host)) == "0" {
+		want = "2"
+	}
+	if err := n.H.SetSysctl(key, want); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	if err := n.NetNS.Do(func(ns.NetNS) error {
+		var err error
+		got, err = os.ReadFile("/proc/sys/" + key)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(string(got)) != want {
+		t.Errorf("in the namespace %s = %q, want %q", key, got, want)
+	}
+	if after, _ := os.ReadFile("/proc/sys/" + key); string(after) != string(host) {
+		t.Errorf("the test process's own %s changed from %q to %q", key, host, after)
+	}
+	if err := n.H.SetSysctl("net/ipv6/conf/no-such-dev/accept_ra", "0"); err == nil {
+		t.Error("SetSysctl of a missing key succeeded")
 	}
 }

@@ -21,16 +21,20 @@ import (
 // this node's L2 segment.
 var ErrNotAdjacent = errors.New("host-gw needs nodes on one L2 segment")
 
-// Params is what Desired needs besides the leases.
+// Params is what Desired needs besides the leases, for one address family:
+// IPv4 (the leases' Subnet via PublicIP) or, with IPv6, the leases'
+// IPv6Subnet via PublicIPv6. The rules are the same for both.
 type Params struct {
-	Network  netip.Prefix // cluster network: remote subnets must lie inside it
-	Own      netip.Prefix // this node's subnet
-	PublicIP netip.Addr   // this node's: a lease naming it is not a remote node
+	IPv6     bool
+	Network  netip.Prefix // cluster network of the family: remote subnets must lie inside it
+	Own      netip.Prefix // this node's subnet of the family
+	PublicIP netip.Addr   // this node's of the family: a lease naming it is not a remote node
 
 	Underlay     int
 	UnderlayName string
-	// UnderlaySubnet is the underlay's on-link prefix. A remote PublicIP
-	// outside it is refused; when invalid (unknown) the kernel judges.
+	// UnderlaySubnet is the underlay's on-link prefix of the family. A
+	// remote PublicIP outside it is refused; when invalid (unknown) the
+	// kernel judges.
 	UnderlaySubnet netip.Prefix
 }
 
@@ -40,14 +44,14 @@ type Params struct {
 // ErrNotAdjacent.
 func Desired(p Params, leases []lease.Lease) ([]netlinkx.Route, []*backend.LeaseError) {
 	sorted := slices.Clone(leases)
-	slices.SortFunc(sorted, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	slices.SortFunc(sorted, func(a, b lease.Lease) int { return p.subnet(a).Addr().Compare(p.subnet(b).Addr()) })
 	var routes []netlinkx.Route
 	var skipped []*backend.LeaseError
 	for _, l := range sorted {
 		r, ok, err := route(p, l)
 		switch {
 		case err != nil:
-			skipped = append(skipped, &backend.LeaseError{Subnet: l.Subnet, Err: err})
+			skipped = append(skipped, &backend.LeaseError{Subnet: p.subnet(l), Err: err})
 		case ok:
 			routes = append(routes, r)
 		}
@@ -55,29 +59,54 @@ func Desired(p Params, leases []lease.Lease) ([]netlinkx.Route, []*backend.Lease
 	return routes, skipped
 }
 
+// subnet is l's subnet of p's family.
+func (p Params) subnet(l lease.Lease) netip.Prefix {
+	if p.IPv6 {
+		return l.IPv6Subnet
+	}
+	return l.Subnet
+}
+
+// publicIP is l's public address of p's family; invalid if none.
+func (p Params) publicIP(l lease.Lease) netip.Addr {
+	if !p.IPv6 {
+		return l.Attrs.PublicIP
+	}
+	if l.Attrs.PublicIPv6 == nil {
+		return netip.Addr{}
+	}
+	return *l.Attrs.PublicIPv6
+}
+
 // route is the route to one remote lease, or why there is none; ok false
-// with no error when l is not a remote lease (ourselves, or IPv6-only).
+// with no error when l is not a remote lease (ourselves, or a lease
+// without a subnet of the family).
 func route(p Params, l lease.Lease) (r netlinkx.Route, ok bool, err error) {
-	if l.Subnet == p.Own || !l.Subnet.IsValid() {
+	sn := p.subnet(l)
+	if sn == p.Own || !sn.IsValid() {
 		return r, false, nil
 	}
 	if err := checkRemote(p, l); err != nil {
 		return r, false, err
 	}
-	return netlinkx.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: p.Underlay}, true, nil
+	return netlinkx.Route{Dst: sn, Gw: p.publicIP(l), LinkIndex: p.Underlay}, true, nil
 }
 
 func checkRemote(p Params, l lease.Lease) error {
-	pub := l.Attrs.PublicIP
+	pub := p.publicIP(l)
+	field, fam := "PublicIP", "IPv4"
+	if p.IPv6 {
+		field, fam = "PublicIPv6", "IPv6"
+	}
 	switch {
-	case !backend.Manages(p.Network, p.Own, l.Subnet):
+	case !backend.Manages(p.Network, p.Own, p.subnet(l)):
 		return fmt.Errorf("subnet is not inside the cluster network %s", p.Network)
 	case l.Attrs.BackendType != config.BackendHostGW:
 		return fmt.Errorf("backend type %q, not %q: this node cannot reach it", l.Attrs.BackendType, config.BackendHostGW)
-	case !pub.Is4() || pub.IsUnspecified():
-		return fmt.Errorf("PublicIP %v is not a usable IPv4 address", pub)
+	case !pub.IsValid() || pub.Is4() == p.IPv6 || pub.IsUnspecified() || pub.Is4In6():
+		return fmt.Errorf("%s %v is not a usable %s address", field, pub, fam)
 	case pub == p.PublicIP:
-		return fmt.Errorf("PublicIP %s is this node's own (a stale lease of this node?)", pub)
+		return fmt.Errorf("%s %s is this node's own (a stale lease of this node?)", field, pub)
 	case p.UnderlaySubnet.IsValid() && !p.UnderlaySubnet.Contains(pub):
 		return fmt.Errorf("%w: %s is not on %s's %s; use vxlan or DirectRouting", ErrNotAdjacent, pub, p.UnderlayName, p.UnderlaySubnet)
 	}

@@ -75,6 +75,57 @@ func TestDesired(t *testing.T) {
 	}
 }
 
+// The IPv6 half of the leases, by the same rules: <IPv6Subnet> via
+// <PublicIPv6>, refusing a peer off the underlay's IPv6 prefix.
+func TestDesiredIPv6(t *testing.T) {
+	p := Params{
+		IPv6: true, Network: pfx("fd00:10:244::/56"), Own: pfx("fd00:10:244:1::/64"), PublicIP: addr("2001:db8::1"),
+		Underlay: 2, UnderlayName: "eth0", UnderlaySubnet: pfx("2001:db8::/64"),
+	}
+	dual := func(sn, sn6, pub, pub6 string) lease.Lease {
+		l := hgLease(sn, pub)
+		l.IPv6Subnet = pfx(sn6)
+		if pub6 != "" {
+			a := addr(pub6)
+			l.Attrs.PublicIPv6 = &a
+		}
+		return l
+	}
+	leases := []lease.Lease{
+		dual("10.244.3.0/24", "fd00:10:244:3::/64", "192.0.2.3", "2001:db8::3"),
+		dual("10.244.1.0/24", "fd00:10:244:1::/64", "192.0.2.1", "2001:db8::1"), // own
+		dual("10.244.2.0/24", "fd00:10:244:2::/64", "192.0.2.2", "2001:db8::2"),
+		hgLease("10.244.8.0/24", "192.0.2.8"),                                      // IPv4 only: nothing to route
+		dual("10.244.4.0/24", "fd00:10:244:4::/64", "192.0.2.4", "2001:db8:ff::4"), // another segment
+		dual("10.244.5.0/24", "fd00:10:244:5::/64", "192.0.2.5", ""),               // no PublicIPv6
+		dual("10.244.6.0/24", "fd00:10:244:6::/64", "192.0.2.6", "2001:db8::1"),    // our IPv6
+	}
+	routes, skipped := Desired(p, leases)
+	want := []netlinkx.Route{
+		{Dst: pfx("fd00:10:244:2::/64"), Gw: addr("2001:db8::2"), LinkIndex: 2},
+		{Dst: pfx("fd00:10:244:3::/64"), Gw: addr("2001:db8::3"), LinkIndex: 2},
+	}
+	if !slices.Equal(routes, want) {
+		t.Errorf("routes = %v, want %v", routes, want)
+	}
+	wantSkip := []string{
+		"lease fd00:10:244:4::/64: host-gw needs nodes on one L2 segment: 2001:db8:ff::4 is not on eth0's 2001:db8::/64",
+		"lease fd00:10:244:5::/64: PublicIPv6 invalid IP is not a usable IPv6 address",
+		"lease fd00:10:244:6::/64: PublicIPv6 2001:db8::1 is this node's own",
+	}
+	if len(skipped) != len(wantSkip) {
+		t.Fatalf("skipped %v, want %d", skipped, len(wantSkip))
+	}
+	for i, w := range wantSkip {
+		if !strings.HasPrefix(skipped[i].Error(), w) {
+			t.Errorf("skipped[%d] = %q, want prefix %q", i, skipped[i], w)
+		}
+	}
+	if !errors.Is(skipped[0], ErrNotAdjacent) {
+		t.Errorf("off-segment IPv6 peer: %v does not wrap ErrNotAdjacent", skipped[0])
+	}
+}
+
 func TestPodLinkFollowsUnderlayBigTCP(t *testing.T) {
 	for _, tc := range []struct {
 		underlay, want int

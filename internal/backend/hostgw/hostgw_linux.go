@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"slices"
 
 	"github.com/weft-net/weft/internal/backend"
@@ -23,15 +22,21 @@ type Backend struct {
 	log *slog.Logger
 	mtu int
 
-	// routes holds, by lease key, the routes the kernel was last converged
-	// to: the base of an incremental reconcile and of Update, valid only
-	// while synced. notAdjacent holds the leases refused for want of L2
-	// adjacency.
-	routes      map[string]netlinkx.Route
-	notAdjacent map[string]bool
+	// routes holds, by lease key and family, the routes the kernel was
+	// last converged to: the base of an incremental reconcile and of
+	// Update, valid only while synced. notAdjacent holds the leases (and
+	// families) refused for want of L2 adjacency.
+	routes      map[famKey]netlinkx.Route
+	notAdjacent map[famKey]bool
 	synced      bool
-	own         netip.Prefix
+	own         string // key of the lease routes was made for
 	skips       backend.SkipLog
+}
+
+// famKey is one family's half of a lease.
+type famKey struct {
+	key string
+	v6  bool
 }
 
 var (
@@ -41,8 +46,8 @@ var (
 
 // New returns the host-gw backend for p, programming the namespace of h.
 func New(p backend.Params, h *netlinkx.Handle, log *slog.Logger) (*Backend, error) {
-	if p.Network == nil || !p.Network.Network.IsValid() {
-		return nil, errors.New("host-gw: no IPv4 cluster network configured (IPv6-only is not supported by this backend)")
+	if p.Network == nil || !(p.Network.EnableIPv4 && p.Network.Network.IsValid()) && !(p.Network.EnableIPv6 && p.Network.IPv6Network.IsValid()) {
+		return nil, errors.New("host-gw: no cluster network configured")
 	}
 	if p.Ext.Index <= 0 {
 		return nil, fmt.Errorf("host-gw: underlay %q has no ifindex", p.Ext.Name)
@@ -63,15 +68,21 @@ func (b *Backend) LeaseAttrs(ctx context.Context) (string, json.RawMessage, erro
 // Configure has nothing to set up: pods use the underlay's MTU and, since
 // their packets leave by the underlay as they are, its GSO limit.
 func (b *Backend) Configure(ctx context.Context, own lease.Lease) (backend.PodLink, error) {
-	if !own.Subnet.IsValid() {
-		return backend.PodLink{}, errors.New("host-gw: own lease has no IPv4 subnet")
+	if _, err := b.families(own); err != nil {
+		return backend.PodLink{}, err
 	}
 	return podLink(b.p.Ext, b.mtu), ctx.Err()
 }
 
 // Refused is how many remote leases are refused because their nodes are
 // not on this node's L2 segment.
-func (b *Backend) Refused() int { return len(b.notAdjacent) }
+func (b *Backend) Refused() int {
+	leases := map[string]bool{}
+	for fk := range b.notAdjacent {
+		leases[fk.key] = true
+	}
+	return len(leases)
+}
 
 // Reconcile converges the underlay's routes inside the cluster network to
 // the lease set: with full (or after a failure) against a dump of the
@@ -83,43 +94,60 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !own.Subnet.IsValid() {
-		return errors.New("host-gw: own lease has no IPv4 subnet")
+	fams, err := b.families(own)
+	if err != nil {
+		return err
 	}
-	p := b.params(own)
-	routes := make(map[string]netlinkx.Route, len(leases))
-	b.notAdjacent = map[string]bool{}
+	routes := make(map[famKey]netlinkx.Route, len(leases)*len(fams))
+	b.notAdjacent = map[famKey]bool{}
 	var want []netlinkx.Route
 	var skipped []*backend.LeaseError
-	for _, l := range leases {
-		r, ok, err := route(p, l)
-		switch {
-		case errors.Is(err, ErrNotAdjacent):
-			b.notAdjacent[l.Key()] = true
-			fallthrough
-		case err != nil:
-			skipped = append(skipped, &backend.LeaseError{Subnet: l.Subnet, Err: err})
-		case ok:
-			routes[l.Key()] = r
-			want = append(want, r)
+	for _, p := range fams {
+		for _, l := range leases {
+			fk := famKey{l.Key(), p.IPv6}
+			r, ok, err := route(p, l)
+			switch {
+			case errors.Is(err, ErrNotAdjacent):
+				b.notAdjacent[fk] = true
+				fallthrough
+			case err != nil:
+				skipped = append(skipped, &backend.LeaseError{Subnet: p.subnet(l), Err: err})
+			case ok:
+				routes[fk] = r
+				want = append(want, r)
+			}
 		}
 	}
 	b.skips.Report(b.log, skipped)
 
-	incremental := !full && b.synced && own.Subnet == b.own
+	incremental := !full && b.synced && own.Key() == b.own
 	var have []netlinkx.Route
 	owned := func(netlinkx.Route) bool { return true }
 	if incremental {
 		have = slices.Collect(maps.Values(b.routes))
 	} else {
-		var err error
-		if have, err = b.h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: p.Underlay}); err != nil {
-			b.synced = false
-			return fmt.Errorf("host-gw: %w", err)
+		for _, p := range fams {
+			fam := netlinkx.FamilyV4
+			if p.IPv6 {
+				fam = netlinkx.FamilyV6
+			}
+			rs, err := b.h.RouteList(netlinkx.RouteFilter{Family: fam, LinkIndex: p.Underlay})
+			if err != nil {
+				b.synced = false
+				return fmt.Errorf("host-gw: %w", err)
+			}
+			have = append(have, rs...)
 		}
-		owned = func(r netlinkx.Route) bool { return backend.Manages(p.Network, p.Own, r.Dst) }
+		owned = func(r netlinkx.Route) bool {
+			for _, p := range fams {
+				if backend.Manages(p.Network, p.Own, r.Dst) && !p.Own.Overlaps(r.Dst) {
+					return true
+				}
+			}
+			return false
+		}
 	}
-	b.routes, b.own = routes, own.Subnet
+	b.routes, b.own = routes, own.Key()
 	n, err := b.apply(have, want, owned)
 	b.synced = err == nil
 	if n > 0 {
@@ -138,34 +166,44 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !b.synced || own.Subnet != b.own {
+	if !b.synced || own.Key() != b.own {
 		return backend.ErrStale
 	}
-	p := b.params(own)
-	var have, want []netlinkx.Route
-	for _, ev := range evs {
-		key := ev.Lease.Key()
-		if r, ok := b.routes[key]; ok {
-			have = append(have, r)
-			delete(b.routes, key)
-		}
-		delete(b.notAdjacent, key)
-		if ev.Type == lease.Removed {
-			b.skips.Set(b.log, &backend.LeaseError{Subnet: ev.Lease.Subnet})
-			continue
-		}
-		r, ok, err := route(p, ev.Lease)
-		b.skips.Set(b.log, &backend.LeaseError{Subnet: ev.Lease.Subnet, Err: err})
-		if errors.Is(err, ErrNotAdjacent) {
-			b.notAdjacent[key] = true
-		}
-		if ok {
-			b.routes[key] = r
-		}
+	fams, err := b.families(own)
+	if err != nil {
+		return err
 	}
-	for _, ev := range evs {
-		if r, ok := b.routes[ev.Lease.Key()]; ok && !slices.Contains(want, r) {
-			want = append(want, r)
+	var have, want []netlinkx.Route
+	for _, p := range fams {
+		for _, ev := range evs {
+			fk := famKey{ev.Lease.Key(), p.IPv6}
+			if r, ok := b.routes[fk]; ok {
+				have = append(have, r)
+				delete(b.routes, fk)
+			}
+			delete(b.notAdjacent, fk)
+			sn := p.subnet(ev.Lease)
+			if ev.Type == lease.Removed {
+				if sn.IsValid() {
+					b.skips.Set(b.log, &backend.LeaseError{Subnet: sn})
+				}
+				continue
+			}
+			r, ok, err := route(p, ev.Lease)
+			if sn.IsValid() {
+				b.skips.Set(b.log, &backend.LeaseError{Subnet: sn, Err: err})
+			}
+			if errors.Is(err, ErrNotAdjacent) {
+				b.notAdjacent[fk] = true
+			}
+			if ok {
+				b.routes[fk] = r
+			}
+		}
+		for _, ev := range evs {
+			if r, ok := b.routes[famKey{ev.Lease.Key(), p.IPv6}]; ok && !slices.Contains(want, r) {
+				want = append(want, r)
+			}
 		}
 	}
 	n, err := b.apply(have, want, nil)
@@ -198,15 +236,39 @@ func (b *Backend) apply(have, want []netlinkx.Route, owned func(netlinkx.Route) 
 	return len(put) + len(del), nil
 }
 
-func (b *Backend) params(own lease.Lease) Params {
-	return Params{
-		Network:        b.p.Network.Network,
-		Own:            own.Subnet,
-		PublicIP:       b.p.PublicIP(own),
-		Underlay:       b.p.Ext.Index,
-		UnderlayName:   b.p.Ext.Name,
-		UnderlaySubnet: b.p.Ext.Subnet,
+// families is the Params of each family the config enables, IPv4 first,
+// or an error when own lacks a subnet of one.
+func (b *Backend) families(own lease.Lease) ([]Params, error) {
+	n := b.p.Network
+	var ps []Params
+	if n.EnableIPv4 && n.Network.IsValid() {
+		if !own.Subnet.IsValid() {
+			return nil, errors.New("host-gw: own lease has no IPv4 subnet")
+		}
+		ps = append(ps, Params{
+			Network:        n.Network,
+			Own:            own.Subnet,
+			PublicIP:       b.p.PublicIP(own),
+			Underlay:       b.p.Ext.Index,
+			UnderlayName:   b.p.Ext.Name,
+			UnderlaySubnet: b.p.Ext.Subnet,
+		})
 	}
+	if n.EnableIPv6 && n.IPv6Network.IsValid() {
+		if !own.IPv6Subnet.IsValid() {
+			return nil, errors.New("host-gw: own lease has no IPv6 subnet")
+		}
+		ps = append(ps, Params{
+			IPv6:           true,
+			Network:        n.IPv6Network,
+			Own:            own.IPv6Subnet,
+			PublicIP:       b.p.PublicIPv6(own),
+			Underlay:       b.p.Ext.Index,
+			UnderlayName:   b.p.Ext.Name,
+			UnderlaySubnet: b.p.Ext.Subnet6,
+		})
+	}
+	return ps, nil
 }
 
 // Close does nothing: the routes outlive the agent.

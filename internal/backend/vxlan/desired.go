@@ -44,9 +44,11 @@ func ParseBackendData(raw json.RawMessage) (BackendData, error) {
 	return d, nil
 }
 
-// Identities names the VtepMAC a lease publishes, which no other lease may
-// (admission's rule, package admit: the older lease keeps it). A lease
-// whose BackendData does not parse has none; the planner refuses it.
+// Identities names the VtepMACs a lease publishes, which no other lease
+// may (admission's rule, package admit: the older lease keeps it): one per
+// family, flannel.<VNI>'s and flannel-v6.<VNI>'s, each unique on its own
+// device. BackendData that does not parse names none; the planner refuses
+// it.
 func Identities(l lease.Lease) []string {
 	if l.Attrs.BackendType != config.BackendVXLAN {
 		return nil
@@ -55,19 +57,29 @@ func Identities(l lease.Lease) []string {
 	if d, err := ParseBackendData(l.Attrs.BackendData); err == nil {
 		out = append(out, "VtepMAC "+d.VtepMAC.String())
 	}
+	if l.IPv6Subnet.IsValid() {
+		if d, err := ParseBackendData(l.Attrs.BackendV6Data); err == nil {
+			out = append(out, "IPv6 VtepMAC "+d.VtepMAC.String())
+		}
+	}
 	return out
 }
 
-// Params is what Desired needs besides the leases.
+// Params is what Desired needs besides the leases. One Planner serves one
+// address family: IPv4 (flannel.<VNI>, the leases' Subnet, PublicIP and
+// BackendData) or, with IPv6, flannel-v6.<VNI> and the leases' IPv6Subnet,
+// PublicIPv6 and BackendV6Data. The rules are the same for both.
 type Params struct {
-	Network  netip.Prefix // cluster network: remote subnets must lie inside it
-	Own      netip.Prefix // this node's subnet
-	PublicIP netip.Addr   // this node's: a lease naming it is not a remote node
+	IPv6     bool
+	Network  netip.Prefix // cluster network of the family: remote subnets must lie inside it
+	Own      netip.Prefix // this node's subnet of the family
+	PublicIP netip.Addr   // this node's of the family: a lease naming it is not a remote node
 	VNI      int
-	Link     int // flannel.<VNI> ifindex
+	Link     int // flannel.<VNI> (flannel-v6.<VNI>) ifindex
 
 	// DirectRouting sends to remotes on the underlay's own L2 segment
-	// (PublicIP inside UnderlaySubnet) by a plain route instead of VXLAN.
+	// (PublicIP inside UnderlaySubnet, the underlay's on-link prefix of
+	// the family) by a plain route instead of VXLAN.
 	DirectRouting  bool
 	Underlay       int
 	UnderlaySubnet netip.Prefix
@@ -100,10 +112,12 @@ type Planner struct {
 	byMAC   map[netlinkx.MAC]map[string]*remote // remotes that want an FDB entry, by VtepMAC
 }
 
-// remote is one remote lease as planned.
+// remote is one remote lease as planned, seen in the planner's family.
 type remote struct {
 	key     string
 	l       lease.Lease
+	subnet  netip.Prefix // l's subnet of the family
+	pub     netip.Addr   // l's public address of the family; invalid if none
 	d       BackendData
 	dataErr error // BackendData's decoding, kept while the bytes stay the same
 	err     error // why it cannot be programmed, whatever the other leases say
@@ -123,7 +137,7 @@ func (pl *Planner) Desired(p Params, leases []lease.Lease) (State, []*backend.Le
 	for _, l := range leases {
 		key := l.Key()
 		o := prev[key]
-		if o != nil && o.l.Identical(l) && l.Subnet != p.Own {
+		if o != nil && o.l.Identical(l) && pl.subnet(l) != p.Own {
 			// Unchanged: the plan is reused (a full pass over thousands
 			// of leases allocates nothing for them), its verdict redone
 			// for p.
@@ -146,7 +160,7 @@ func (pl *Planner) State() (State, []*backend.LeaseError) {
 		rs = append(rs, r)
 	}
 	slices.SortFunc(rs, func(a, b *remote) int {
-		if c := a.l.Subnet.Addr().Compare(b.l.Subnet.Addr()); c != 0 {
+		if c := a.subnet.Addr().Compare(b.subnet.Addr()); c != 0 {
 			return c
 		}
 		return strings.Compare(a.key, b.key)
@@ -159,7 +173,7 @@ func (pl *Planner) State() (State, []*backend.LeaseError) {
 	var skipped []*backend.LeaseError
 	for _, r := range rs {
 		if err := pl.add(&st, r); err != nil {
-			skipped = append(skipped, &backend.LeaseError{Subnet: r.l.Subnet, Err: err})
+			skipped = append(skipped, &backend.LeaseError{Subnet: r.subnet, Err: err})
 		}
 	}
 	return st, skipped
@@ -220,27 +234,52 @@ func (pl *Planner) Update(evs []lease.Event) (before, after State, verdicts []*b
 			// event named.
 			for _, ev := range evs {
 				if ev.Lease.Key() == k {
-					verdicts = append(verdicts, &backend.LeaseError{Subnet: ev.Lease.Subnet})
+					verdicts = append(verdicts, &backend.LeaseError{Subnet: pl.subnet(ev.Lease)})
 					break
 				}
 			}
 			continue
 		}
-		verdicts = append(verdicts, &backend.LeaseError{Subnet: r.l.Subnet, Err: pl.add(&after, r)})
+		verdicts = append(verdicts, &backend.LeaseError{Subnet: r.subnet, Err: pl.add(&after, r)})
 	}
 	return before, after, verdicts
 }
 
+// subnet is l's subnet of the planner's family.
+func (pl *Planner) subnet(l lease.Lease) netip.Prefix {
+	if pl.p.IPv6 {
+		return l.IPv6Subnet
+	}
+	return l.Subnet
+}
+
+// view is l's subnet, public address and backend data of the family.
+func (pl *Planner) view(l *lease.Lease) (netip.Prefix, netip.Addr, json.RawMessage) {
+	if pl.p.IPv6 {
+		var pub netip.Addr
+		if l.Attrs.PublicIPv6 != nil {
+			pub = *l.Attrs.PublicIPv6
+		}
+		return l.IPv6Subnet, pub, l.Attrs.BackendV6Data
+	}
+	return l.Subnet, l.Attrs.PublicIP, l.Attrs.BackendData
+}
+
 // plan checks one lease; nil when it is not a remote lease at all.
 func (pl *Planner) plan(l lease.Lease, key string, old *remote) *remote {
-	if l.Subnet == pl.p.Own || !l.Subnet.IsValid() {
-		return nil // ourselves, or an IPv6-only lease this IPv4 backend has no use for
+	sn, pub, data := pl.view(&l)
+	if sn == pl.p.Own || !sn.IsValid() {
+		return nil // ourselves, or a lease without a subnet of this family
 	}
-	r := &remote{key: key, l: l}
-	if old != nil && bytes.Equal(old.l.Attrs.BackendData, l.Attrs.BackendData) {
-		r.d, r.dataErr = old.d, old.dataErr
+	r := &remote{key: key, l: l, subnet: sn, pub: pub}
+	if old != nil {
+		if _, _, oldData := pl.view(&old.l); bytes.Equal(oldData, data) {
+			r.d, r.dataErr = old.d, old.dataErr
+		} else {
+			r.d, r.dataErr = pl.parseData(data)
+		}
 	} else {
-		r.d, r.dataErr = ParseBackendData(l.Attrs.BackendData)
+		r.d, r.dataErr = pl.parseData(data)
 	}
 	pl.judge(r)
 	return r
@@ -249,7 +288,16 @@ func (pl *Planner) plan(l lease.Lease, key string, old *remote) *remote {
 // judge sets r's verdict for the planner's Params.
 func (pl *Planner) judge(r *remote) {
 	r.err = pl.check(r)
-	r.direct = r.err == nil && pl.p.DirectRouting && pl.p.UnderlaySubnet.Contains(r.l.Attrs.PublicIP)
+	r.direct = r.err == nil && pl.p.DirectRouting && pl.p.UnderlaySubnet.Contains(r.pub)
+}
+
+func (pl *Planner) parseData(raw json.RawMessage) (BackendData, error) {
+	d, err := ParseBackendData(raw)
+	if err != nil && pl.p.IPv6 {
+		// Name the field: a dual-stack lease of an old node may lack it.
+		return d, fmt.Errorf("BackendV6Data: %w", err)
+	}
+	return d, err
 }
 
 func (pl *Planner) insert(r *remote) {
@@ -284,7 +332,7 @@ func (pl *Planner) macOwner(mac netlinkx.MAC) *remote {
 			best = r
 			continue
 		}
-		c := r.l.Subnet.Addr().Compare(best.l.Subnet.Addr())
+		c := r.subnet.Addr().Compare(best.subnet.Addr())
 		if c < 0 || c == 0 && r.key < best.key {
 			best = r
 		}
@@ -295,24 +343,24 @@ func (pl *Planner) macOwner(mac netlinkx.MAC) *remote {
 // add appends r's entries to st, or says why it has none.
 func (pl *Planner) add(st *State, r *remote) error {
 	p := &pl.p
-	l := &r.l
 	switch {
 	case r.err != nil:
 		return r.err
 	case r.direct:
-		st.Routes = append(st.Routes, netlinkx.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: p.Underlay})
+		st.Routes = append(st.Routes, netlinkx.Route{Dst: r.subnet, Gw: r.pub, LinkIndex: p.Underlay})
 		return nil
 	}
 	if owner := pl.macOwner(r.d.VtepMAC); owner != r {
-		return fmt.Errorf("VtepMAC %s is also published by lease %s", r.d.VtepMAC, owner.l.Subnet)
+		return fmt.Errorf("VtepMAC %s is also published by lease %s", r.d.VtepMAC, owner.subnet)
 	}
-	vtep := lease.SubnetIP(l.Subnet)
+	vtep := lease.SubnetIP(r.subnet)
 	// The remote VTEP answers to its subnet's network address, which is
-	// the /32 on its flannel.<VNI>: route to it on-link, resolve it to
-	// its MAC statically, and send that MAC to the node's PublicIP.
+	// the /32 (/128) on its flannel.<VNI> (flannel-v6.<VNI>): route to it
+	// on-link, resolve it to its MAC statically, and send that MAC to the
+	// node's public address of the family.
 	st.Neighs = append(st.Neighs, netlinkx.Neigh{LinkIndex: p.Link, IP: vtep, MAC: r.d.VtepMAC, State: netlinkx.NUDPermanent})
-	st.FDB = append(st.FDB, netlinkx.FDB{LinkIndex: p.Link, MAC: r.d.VtepMAC, Dst: l.Attrs.PublicIP})
-	st.Routes = append(st.Routes, netlinkx.Route{Dst: l.Subnet, Gw: vtep, LinkIndex: p.Link, OnLink: true})
+	st.FDB = append(st.FDB, netlinkx.FDB{LinkIndex: p.Link, MAC: r.d.VtepMAC, Dst: r.pub})
+	st.Routes = append(st.Routes, netlinkx.Route{Dst: r.subnet, Gw: vtep, LinkIndex: p.Link, OnLink: true})
 	return nil
 }
 
@@ -320,15 +368,19 @@ func (pl *Planner) add(st *State, r *remote) error {
 func (pl *Planner) check(r *remote) error {
 	p := &pl.p
 	l := &r.l
+	field, fam := "PublicIP", "IPv4"
+	if p.IPv6 {
+		field, fam = "PublicIPv6", "IPv6"
+	}
 	switch {
-	case !backend.Manages(p.Network, p.Own, l.Subnet):
+	case !backend.Manages(p.Network, p.Own, r.subnet):
 		return fmt.Errorf("subnet is not inside the cluster network %s", p.Network)
 	case l.Attrs.BackendType != config.BackendVXLAN:
 		return fmt.Errorf("backend type %q, not %q: this node cannot reach it", l.Attrs.BackendType, config.BackendVXLAN)
-	case !l.Attrs.PublicIP.Is4() || l.Attrs.PublicIP.IsUnspecified():
-		return fmt.Errorf("PublicIP %v is not a usable IPv4 address", l.Attrs.PublicIP)
-	case l.Attrs.PublicIP == p.PublicIP:
-		return fmt.Errorf("PublicIP %s is this node's own (a stale lease of this node?)", p.PublicIP)
+	case !r.pub.IsValid() || r.pub.Is4() == p.IPv6 || r.pub.IsUnspecified() || r.pub.Is4In6():
+		return fmt.Errorf("%s %v is not a usable %s address", field, r.pub, fam)
+	case r.pub == p.PublicIP:
+		return fmt.Errorf("%s %s is this node's own (a stale lease of this node?)", field, p.PublicIP)
 	case r.dataErr != nil:
 		return r.dataErr
 	case r.d.VNI != p.VNI:

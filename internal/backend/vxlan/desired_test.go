@@ -154,6 +154,84 @@ func TestDesired(t *testing.T) {
 	}
 }
 
+func ptr[T any](v T) *T { return &v }
+
+func params6() Params {
+	return Params{
+		IPv6: true, Network: pfx("fd00:10:244::/56"), Own: pfx("fd00:10:244:1::/64"), PublicIP: addr("2001:db8::1"),
+		VNI: 1, Link: 8, Underlay: 2, UnderlaySubnet: pfx("2001:db8::/64"),
+	}
+}
+
+// dualLease is a dual-stack vxlan lease as a flannel node publishes it.
+func dualLease(subnet, subnet6, pub, pub6, data, data6 string) lease.Lease {
+	l := vxLease(subnet, pub, data)
+	l.IPv6Subnet = pfx(subnet6)
+	if pub6 != "" {
+		l.Attrs.PublicIPv6 = ptr(addr(pub6))
+	}
+	if data6 != "" {
+		l.Attrs.BackendV6Data = json.RawMessage(data6)
+	}
+	return l
+}
+
+// The IPv6 planner is the same planner over the leases' IPv6 half:
+// flannel-v6.<VNI> entries from IPv6Subnet, PublicIPv6 and BackendV6Data.
+func TestDesiredIPv6(t *testing.T) {
+	own := dualLease("10.244.1.0/24", "fd00:10:244:1::/64", "192.0.2.1", "2001:db8::1", `{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}`, `{"VNI":1,"VtepMAC":"02:00:00:00:06:01"}`)
+	near := dualLease("10.244.2.0/24", "fd00:10:244:2::/64", "192.0.2.2", "2001:db8::2", `{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`, `{"VNI":1,"VtepMAC":"02:00:00:00:06:02"}`)
+	far := dualLease("10.244.3.0/24", "fd00:10:244:3::/64", "203.0.113.9", "2001:db8:99::9", `{"VNI":1,"VtepMAC":"02:00:00:00:00:03"}`, `{"VNI":1,"VtepMAC":"02:00:00:00:06:03"}`)
+	nearRoute := netlinkx.Route{Dst: pfx("fd00:10:244:2::/64"), Gw: addr("fd00:10:244:2::"), LinkIndex: 8, OnLink: true}
+	farRoute := netlinkx.Route{Dst: pfx("fd00:10:244:3::/64"), Gw: addr("fd00:10:244:3::"), LinkIndex: 8, OnLink: true}
+	nearNeigh := netlinkx.Neigh{LinkIndex: 8, IP: addr("fd00:10:244:2::"), MAC: mac("02:00:00:00:06:02"), State: netlinkx.NUDPermanent}
+	farNeigh := netlinkx.Neigh{LinkIndex: 8, IP: addr("fd00:10:244:3::"), MAC: mac("02:00:00:00:06:03"), State: netlinkx.NUDPermanent}
+	nearFDB := netlinkx.FDB{LinkIndex: 8, MAC: mac("02:00:00:00:06:02"), Dst: addr("2001:db8::2")}
+	farFDB := netlinkx.FDB{LinkIndex: 8, MAC: mac("02:00:00:00:06:03"), Dst: addr("2001:db8:99::9")}
+
+	p := params6()
+	got, skipped := Desired(p, []lease.Lease{
+		far, own, near,
+		vxLease("10.244.4.0/24", "192.0.2.4", `{"VNI":1,"VtepMAC":"02:00:00:00:00:04"}`), // IPv4 only: not an IPv6 peer
+		dualLease("10.244.5.0/24", "fd00:10:244:5::/64", "192.0.2.5", "2001:db8::5", `{"VNI":1,"VtepMAC":"02:00:00:00:00:05"}`, ""),
+		dualLease("10.244.6.0/24", "fd00:10:244:6::/64", "192.0.2.6", "", `{"VNI":1,"VtepMAC":"02:00:00:00:00:06"}`, `{"VNI":1,"VtepMAC":"02:00:00:00:06:06"}`),
+		dualLease("10.244.7.0/24", "fd00:10:244:7::/64", "192.0.2.7", "2001:db8::1", `{"VNI":1,"VtepMAC":"02:00:00:00:00:07"}`, `{"VNI":1,"VtepMAC":"02:00:00:00:06:07"}`),
+		dualLease("10.244.8.0/24", "fd00:10:244:8::/64", "192.0.2.8", "::ffff:192.0.2.8", `{"VNI":1,"VtepMAC":"02:00:00:00:00:08"}`, `{"VNI":1,"VtepMAC":"02:00:00:00:06:08"}`),
+		dualLease("10.244.9.0/24", "fd00:99::/64", "192.0.2.9", "2001:db8::9", `{"VNI":1,"VtepMAC":"02:00:00:00:00:09"}`, `{"VNI":1,"VtepMAC":"02:00:00:00:06:09"}`),
+	})
+	want := State{
+		Routes: []netlinkx.Route{nearRoute, farRoute},
+		Neighs: []netlinkx.Neigh{nearNeigh, farNeigh},
+		FDB:    []netlinkx.FDB{nearFDB, farFDB},
+	}
+	if !slices.Equal(got.Routes, want.Routes) || !slices.Equal(got.Neighs, want.Neighs) || !slices.Equal(got.FDB, want.FDB) {
+		t.Errorf("got\n%+v\nwant\n%+v", got, want)
+	}
+	wantSkipped := []string{
+		"fd00:10:244:5::/64: BackendV6Data: no BackendData",
+		"fd00:10:244:6::/64: PublicIPv6 invalid IP is not a usable IPv6",
+		"fd00:10:244:7::/64: PublicIPv6 2001:db8::1 is this node's own",
+		"fd00:10:244:8::/64: not a usable IPv6",
+		"fd00:99::/64: not inside the cluster network fd00:10:244::/56",
+	}
+	if len(skipped) != len(wantSkipped) {
+		t.Fatalf("skipped %v, want %d", skipped, len(wantSkipped))
+	}
+	for i, w := range wantSkipped {
+		sn, reason, _ := strings.Cut(w, ": ")
+		if skipped[i].Subnet != pfx(sn) || !strings.Contains(skipped[i].Error(), reason) {
+			t.Errorf("skipped[%d] = %v, want %s with %q", i, skipped[i], sn, reason)
+		}
+	}
+
+	p.DirectRouting = true
+	got, _ = Desired(p, []lease.Lease{own, near, far})
+	direct := []netlinkx.Route{{Dst: pfx("fd00:10:244:2::/64"), Gw: addr("2001:db8::2"), LinkIndex: 2}, farRoute}
+	if !slices.Equal(got.Routes, direct) || !slices.Equal(got.Neighs, []netlinkx.Neigh{farNeigh}) || !slices.Equal(got.FDB, []netlinkx.FDB{farFDB}) {
+		t.Errorf("DirectRouting: got %+v", got)
+	}
+}
+
 // manyLeases returns n vxlan leases numbered from first: lease i has subnet
 // 10.(1+i/256).(i%256).0/24 inside 10.0.0.0/8, its own MAC, and a PublicIP
 // in 198.18.0.0/15, off any test's underlay segment.
@@ -228,15 +306,19 @@ func applyDiff[T comparable, K comparable](m map[K]T, before, after []T, key fun
 // through Update, applies each before → after to a model of the kernel,
 // and checks it against a fresh Desired of the whole set every step.
 func TestPlannerUpdate(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "IPv4", true: "IPv6"}[v6], func(t *testing.T) { testPlannerUpdate(t, v6) })
+	}
+}
+
+func testPlannerUpdate(t *testing.T, v6 bool) {
 	p := params()
+	if v6 {
+		p = params6()
+	}
 	p.DirectRouting = true
 	rnd := rand.New(rand.NewPCG(1, 2))
-	randomLease := func() lease.Lease {
-		sn := fmt.Sprintf("10.244.%d.0/24", rnd.IntN(12))
-		pub := fmt.Sprintf("198.51.100.%d", 1+rnd.IntN(20))
-		if rnd.IntN(4) == 0 {
-			pub = fmt.Sprintf("192.0.2.%d", 2+rnd.IntN(5)) // on the underlay's segment: DirectRouting
-		}
+	randomData := func() string {
 		data := fmt.Sprintf(`{"VNI":1,"VtepMAC":"02:00:00:00:00:%02x"}`, 1+rnd.IntN(6)) // MACs collide often
 		switch rnd.IntN(10) {
 		case 0:
@@ -244,7 +326,28 @@ func TestPlannerUpdate(t *testing.T) {
 		case 1:
 			data = `not json`
 		}
-		return vxLease(sn, pub, data)
+		return data
+	}
+	randomLease := func() lease.Lease {
+		i := rnd.IntN(12)
+		sn := fmt.Sprintf("10.244.%d.0/24", i)
+		n := 1 + rnd.IntN(20)
+		pub, pub6 := fmt.Sprintf("198.51.100.%d", n), fmt.Sprintf("2001:db8:51::%d", n)
+		if rnd.IntN(4) == 0 {
+			// On the underlay's segment: DirectRouting.
+			n = 2 + rnd.IntN(5)
+			pub, pub6 = fmt.Sprintf("192.0.2.%d", n), fmt.Sprintf("2001:db8::%d", n)
+		}
+		l := vxLease(sn, pub, randomData())
+		if i%5 == 0 {
+			return l // IPv4 only (one key per subnet, as the store keeps it): no IPv6 entries
+		}
+		l.IPv6Subnet = pfx(fmt.Sprintf("fd00:10:244:%x::/64", i))
+		l.Attrs.PublicIPv6 = ptr(addr(pub6))
+		if rnd.IntN(8) != 0 { // else no BackendV6Data, as from a node that predates it
+			l.Attrs.BackendV6Data = json.RawMessage(randomData())
+		}
+		return l
 	}
 	for run := range 50 {
 		var pl Planner
@@ -270,6 +373,11 @@ func TestPlannerUpdate(t *testing.T) {
 			if got := tablesOf(want); !maps.Equal(k.routes, got.routes) || !maps.Equal(k.neighs, got.neighs) || !maps.Equal(k.fdb, got.fdb) {
 				t.Fatalf("run %d step %d: after %v the kernel holds\n%v\n%v\n%v\nbut Desired says\n%v\n%v\n%v",
 					run, step, evs, k.routes, k.neighs, k.fdb, got.routes, got.neighs, got.fdb)
+			}
+			for _, r := range want.Routes {
+				if r.Dst.Addr().Is6() != v6 {
+					t.Fatalf("run %d step %d: route %v of the other family", run, step, r)
+				}
 			}
 			// Every lease Desired skips and Update touched has that verdict.
 			skip := map[netip.Prefix]string{}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/weft-net/weft/internal/backend"
@@ -18,19 +19,36 @@ import (
 )
 
 // encapOverhead is what VXLAN over IPv4 adds to each frame: outer IPv4
-// (20), UDP (8), VXLAN (8) and the inner Ethernet header (14).
-const encapOverhead = 50
+// (20), UDP (8), VXLAN (8) and the inner Ethernet header (14). Over IPv6
+// the outer header is 20 bytes longer.
+const (
+	encapOverhead  = 50
+	encapOverhead6 = 70
+)
 
-// Backend is the vxlan datapath of one node, in the namespace of its handle.
+// Backend is the vxlan datapath of one node, in the namespace of its handle:
+// flannel.<VNI> for IPv4 and, with EnableIPv6, flannel-v6.<VNI> beside it.
+// Each device is planned and converged by the same code, per family.
 type Backend struct {
 	p   backend.Params
 	h   *netlinkx.Handle
 	log *slog.Logger
 
-	name string // flannel.<VNI>
 	vni  int
 	port int
-	mtu  int
+	mtu  int // pods' (FLANNEL_MTU) and flannel.<VNI>'s
+
+	v4, v6 *device // nil when the config disables the family
+	devs   []*device
+}
+
+// device is the state of one family's VXLAN device.
+type device struct {
+	v6    bool
+	name  string     // flannel.<VNI> or flannel-v6.<VNI>
+	local netip.Addr // tunnel source on the underlay
+	mtu   int
+	log   *slog.Logger
 
 	mac  netlinkx.MAC // published VtepMAC; a recreated device gets it again
 	link int          // ifindex of the device; 0 until known
@@ -44,9 +62,25 @@ type Backend struct {
 	skips  backend.SkipLog
 }
 
+// subnet is own's subnet of d's family.
+func (d *device) subnet(own lease.Lease) netip.Prefix {
+	if d.v6 {
+		return own.IPv6Subnet
+	}
+	return own.Subnet
+}
+
+func (d *device) family() string {
+	if d.v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
 var (
 	_ backend.Backend    = (*Backend)(nil)
 	_ backend.Updater    = (*Backend)(nil)
+	_ backend.V6Backend  = (*Backend)(nil)
 	_ backend.Identifier = (*Backend)(nil)
 )
 
@@ -55,11 +89,11 @@ func (b *Backend) Identities(l lease.Lease) []string { return Identities(l) }
 
 // New returns the vxlan backend for p, programming the namespace of h.
 func New(p backend.Params, h *netlinkx.Handle, log *slog.Logger) (*Backend, error) {
-	if p.Network == nil || !p.Network.Network.IsValid() {
-		return nil, errors.New("vxlan: no IPv4 cluster network configured (IPv6-only is not supported by this backend)")
+	if p.Network == nil || (!p.Network.EnableIPv4 && !p.Network.EnableIPv6) {
+		return nil, errors.New("vxlan: no cluster network configured")
 	}
-	if !p.Ext.Addr.Is4() || p.Ext.Index <= 0 {
-		return nil, fmt.Errorf("vxlan: underlay %q needs an IPv4 address and an ifindex (have %v, #%d)", p.Ext.Name, p.Ext.Addr, p.Ext.Index)
+	if p.Ext.Index <= 0 {
+		return nil, fmt.Errorf("vxlan: underlay %q has no ifindex", p.Ext.Name)
 	}
 	cfg := p.Network.Backend
 	b := &Backend{p: p, h: h, log: log, vni: cfg.VNI, port: cfg.Port}
@@ -69,181 +103,294 @@ func New(p backend.Params, h *netlinkx.Handle, log *slog.Logger) (*Backend, erro
 	if b.port == 0 {
 		b.port = config.DefaultVXLANPort
 	}
-	b.name = "flannel." + strconv.Itoa(b.vni)
 	b.mtu = cfg.MTU
 	if b.mtu == 0 {
 		b.mtu = p.Ext.MTU - encapOverhead
 	}
-	if b.mtu < 68 {
-		return nil, fmt.Errorf("vxlan: MTU %d of %s leaves %d for %s, below IPv4's minimum 68", p.Ext.MTU, p.Ext.Name, b.mtu, b.name)
+	vni := strconv.Itoa(b.vni)
+	if p.Network.EnableIPv4 && p.Network.Network.IsValid() {
+		if !p.Ext.Addr.Is4() {
+			return nil, fmt.Errorf("vxlan: underlay %q needs an IPv4 address for flannel.%s (have %v)", p.Ext.Name, vni, p.Ext.Addr)
+		}
+		b.v4 = &device{name: "flannel." + vni, local: p.Ext.Addr, mtu: b.mtu}
 	}
-	b.log = log.With("backend", config.BackendVXLAN, "device", b.name)
-	if len(p.VtepMAC) > 0 {
-		mac, err := netlinkx.MACFrom(p.VtepMAC)
+	if p.Network.EnableIPv6 && p.Network.IPv6Network.IsValid() {
+		if !p.Ext.Addr6.Is6() || p.Ext.Addr6.Is4In6() {
+			return nil, fmt.Errorf("vxlan: underlay %q needs an IPv6 address for flannel-v6.%s (have %v)", p.Ext.Name, vni, p.Ext.Addr6)
+		}
+		// FLANNEL_MTU stays the IPv4 figure, as flannel's; flannel-v6.<VNI>
+		// gets what the kernel gives a VXLAN device over IPv6 (it refuses
+		// more), and the tunnel's PMTU check tells IPv6 senders.
+		b.v6 = &device{v6: true, name: "flannel-v6." + vni, local: p.Ext.Addr6, mtu: min(b.mtu, p.Ext.MTU-encapOverhead6)}
+	}
+	for _, d := range []*device{b.v4, b.v6} {
+		if d != nil {
+			d.log = log.With("backend", config.BackendVXLAN, "device", d.name)
+			b.devs = append(b.devs, d)
+		}
+	}
+	if len(b.devs) == 0 {
+		return nil, errors.New("vxlan: the config enables no family with a network")
+	}
+	b.log = b.devs[0].log
+	for _, d := range b.devs {
+		least := 68
+		if d.v6 {
+			least = 1280
+		}
+		if d.mtu < least {
+			return nil, fmt.Errorf("vxlan: MTU %d of %s leaves %d for %s, below %s's minimum %d", p.Ext.MTU, p.Ext.Name, d.mtu, d.name, d.family(), least)
+		}
+	}
+	for _, r := range []struct {
+		d   *device
+		mac net.HardwareAddr
+	}{{b.v4, p.VtepMAC}, {b.v6, p.VtepMACv6}} {
+		if r.d == nil || len(r.mac) == 0 {
+			continue
+		}
+		mac, err := netlinkx.MACFrom(r.mac)
 		if err != nil {
-			return nil, fmt.Errorf("vxlan: published VtepMAC: %w", err)
+			return nil, fmt.Errorf("vxlan: published %s VtepMAC: %w", r.d.family(), err)
 		}
 		// The published MAC wins over a new random one and over a device
 		// whose MAC changed: it is what the other nodes route to.
-		b.mac = mac
-		b.log.Info("restoring the published VtepMAC", "mac", mac)
+		r.d.mac = mac
+		r.d.log.Info("restoring the published VtepMAC", "mac", mac)
 	}
 	return b, nil
 }
 
-// Name is the VXLAN device's name, flannel.<VNI>.
-func (b *Backend) Name() string { return b.name }
-
-// MAC is the device's MAC, the published VtepMAC (zero before LeaseAttrs).
-func (b *Backend) MAC() netlinkx.MAC { return b.mac }
-
-// LeaseAttrs creates the device, or keeps a matching one and its MAC, and
-// returns {"VNI":N,"VtepMAC":"…"}.
-func (b *Backend) LeaseAttrs(ctx context.Context) (string, json.RawMessage, error) {
-	if _, err := b.device(ctx); err != nil {
-		return "", nil, err
+// Name is the IPv4 VXLAN device's name, flannel.<VNI>; "" without IPv4.
+func (b *Backend) Name() string {
+	if b.v4 == nil {
+		return ""
 	}
-	data, err := json.Marshal(BackendData{VNI: b.vni, VtepMAC: b.mac})
+	return b.v4.name
+}
+
+// MAC is flannel.<VNI>'s MAC, the published VtepMAC (zero before LeaseAttrs
+// or without IPv4).
+func (b *Backend) MAC() netlinkx.MAC {
+	if b.v4 == nil {
+		return netlinkx.MAC{}
+	}
+	return b.v4.mac
+}
+
+// NameV6 is the IPv6 device's name, flannel-v6.<VNI>; "" without IPv6.
+func (b *Backend) NameV6() string {
+	if b.v6 == nil {
+		return ""
+	}
+	return b.v6.name
+}
+
+// MACV6 is flannel-v6.<VNI>'s MAC, published in BackendV6Data.
+func (b *Backend) MACV6() netlinkx.MAC {
+	if b.v6 == nil {
+		return netlinkx.MAC{}
+	}
+	return b.v6.mac
+}
+
+// LeaseAttrs creates the devices, or keeps matching ones and their MACs, and
+// returns {"VNI":N,"VtepMAC":"…"} of flannel.<VNI> (none without IPv4, as
+// flannel); LeaseV6Data has flannel-v6.<VNI>'s.
+func (b *Backend) LeaseAttrs(ctx context.Context) (string, json.RawMessage, error) {
+	for _, d := range b.devs {
+		if _, err := b.device(ctx, d); err != nil {
+			return "", nil, err
+		}
+	}
+	if b.v4 == nil {
+		return config.BackendVXLAN, nil, nil
+	}
+	data, err := json.Marshal(BackendData{VNI: b.vni, VtepMAC: b.v4.mac})
 	if err != nil {
 		return "", nil, fmt.Errorf("vxlan: backend data: %w", err)
 	}
 	return config.BackendVXLAN, data, nil
 }
 
-// Configure gives the device this node's VTEP address, the subnet's network
-// address /32 (flannel puts 10.244.1.0/32 on flannel.1; the pod bridge takes
-// .1), and returns the pod MTU. Pods keep the kernel's GSO limit: the
-// kernel cannot put a packet over 64 KiB into one UDP datagram, so BIG TCP
-// does not cross the tunnel.
+// LeaseV6Data implements backend.V6Backend: BackendV6Data after
+// LeaseAttrs, nil without IPv6.
+func (b *Backend) LeaseV6Data() json.RawMessage {
+	if b.v6 == nil || b.v6.mac.IsZero() {
+		return nil
+	}
+	data, _ := json.Marshal(BackendData{VNI: b.vni, VtepMAC: b.v6.mac}) // cannot fail: two plain fields
+	return data
+}
+
+// Configure gives each device this node's VTEP address, the subnet's
+// network address /32 (/128) — flannel puts 10.244.1.0/32 on flannel.1 and
+// the pod bridge takes .1 — and returns the pod MTU. Pods keep the
+// kernel's GSO limit: the kernel cannot put a packet over 64 KiB into one
+// UDP datagram, so BIG TCP does not cross the tunnel.
 func (b *Backend) Configure(ctx context.Context, own lease.Lease) (backend.PodLink, error) {
-	if !own.Subnet.IsValid() {
-		return backend.PodLink{}, errors.New("vxlan: own lease has no IPv4 subnet")
-	}
-	l, err := b.device(ctx)
-	if err != nil {
-		return backend.PodLink{}, err
-	}
-	if err := b.address(l, own.Subnet); err != nil {
-		return backend.PodLink{}, err
+	for _, d := range b.devs {
+		if !d.subnet(own).IsValid() {
+			return backend.PodLink{}, fmt.Errorf("vxlan: own lease has no %s subnet", d.family())
+		}
+		l, err := b.device(ctx, d)
+		if err != nil {
+			return backend.PodLink{}, err
+		}
+		if err := b.address(d, l, d.subnet(own)); err != nil {
+			return backend.PodLink{}, err
+		}
 	}
 	return backend.PodLink{MTU: b.mtu}, nil
 }
 
-// Reconcile converges the device's routes, neighbours and FDB to the lease
+// Reconcile converges each device's routes, neighbours and FDB to the lease
 // set. With full, or when the previous call failed, it reads them back from
 // the kernel (and recreates the device, with the same MAC, if it is gone);
 // otherwise it applies only the change since the previous call.
 func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool) error {
-	if err := ctx.Err(); err != nil {
-		return err
+	var errs []error
+	for _, d := range b.devs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := b.reconcile(ctx, d, own, leases, full); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	if !own.Subnet.IsValid() {
-		return errors.New("vxlan: own lease has no IPv4 subnet")
+	return errors.Join(errs...)
+}
+
+func (b *Backend) reconcile(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease, full bool) error {
+	if !d.subnet(own).IsValid() {
+		return fmt.Errorf("vxlan: own lease has no %s subnet", d.family())
 	}
-	if full || !b.synced || b.link == 0 || own.Subnet != b.own {
-		return b.reconcileFull(ctx, own, leases)
+	if full || !d.synced || d.link == 0 || d.subnet(own) != d.own {
+		return b.reconcileFull(ctx, d, own, leases)
 	}
-	have, _ := b.plan.State()
-	want, skipped := b.plan.Desired(b.params(own), leases)
-	b.skips.Report(b.log, skipped)
+	have, _ := d.plan.State()
+	want, skipped := d.plan.Desired(b.params(d, own), leases)
+	d.skips.Report(d.log, skipped)
 	n, err := b.apply(have, want, nil, nil)
 	if err != nil {
-		b.synced = false // the kernel is now somewhere in between: re-read it next time
-		return fmt.Errorf("vxlan: %w", err)
+		d.synced = false // the kernel is now somewhere in between: re-read it next time
+		return fmt.Errorf("vxlan: %s: %w", d.name, err)
 	}
 	if n > 0 {
-		b.log.Debug("reconciled", "changes", n, "leases", len(leases))
+		d.log.Debug("reconciled", "changes", n, "leases", len(leases))
 	}
 	return nil
 }
 
 // Update implements backend.Updater: it plans evs against the lease set
 // of the previous call and writes just the entries they change (for a new
-// lease: a neighbour, an FDB entry and a route), reading nothing back.
+// lease: a neighbour, an FDB entry and a route per family), reading
+// nothing back.
 func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !b.synced || b.link == 0 || own.Subnet != b.own {
-		return backend.ErrStale
+	// All devices or none: a half-applied batch would leave the other
+	// family's planner behind the events.
+	for _, d := range b.devs {
+		if !d.synced || d.link == 0 || d.subnet(own) != d.own {
+			return backend.ErrStale
+		}
 	}
-	before, after, verdicts := b.plan.Update(evs)
-	for _, v := range verdicts {
-		b.skips.Set(b.log, v)
+	var errs []error
+	for _, d := range b.devs {
+		before, after, verdicts := d.plan.Update(evs)
+		for _, v := range verdicts {
+			d.skips.Set(d.log, v)
+		}
+		n, err := b.apply(before, after, nil, nil)
+		if err != nil {
+			d.synced = false
+			errs = append(errs, fmt.Errorf("vxlan: %s: %w", d.name, err))
+			continue
+		}
+		if n > 0 {
+			d.log.Debug("updated", "changes", n, "events", len(evs))
+		}
 	}
-	n, err := b.apply(before, after, nil, nil)
-	if err != nil {
-		b.synced = false
-		return fmt.Errorf("vxlan: %w", err)
-	}
-	if n > 0 {
-		b.log.Debug("updated", "changes", n, "events", len(evs))
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
-func (b *Backend) reconcileFull(ctx context.Context, own lease.Lease, leases []lease.Lease) error {
-	b.synced = false
-	l, err := b.device(ctx)
+func (b *Backend) reconcileFull(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease) error {
+	d.synced = false
+	l, err := b.device(ctx, d)
 	if err != nil {
 		return err
 	}
-	if err := b.address(l, own.Subnet); err != nil {
+	if err := b.address(d, l, d.subnet(own)); err != nil {
 		return err
 	}
-	p := b.params(own)
-	want, skipped := b.plan.Desired(p, leases)
-	b.skips.Report(b.log, skipped)
+	p := b.params(d, own)
+	want, skipped := d.plan.Desired(p, leases)
+	d.skips.Report(d.log, skipped)
 
 	have, err := b.read(p)
 	if err != nil {
-		return fmt.Errorf("vxlan: %w", err)
+		return fmt.Errorf("vxlan: %s: %w", d.name, err)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ownedRoute := func(r netlinkx.Route) bool { return backend.Manages(p.Network, p.Own, r.Dst) }
+	// Routes inside our own subnet are the kernel's (the prefix route of
+	// flannel-v6.<VNI>'s /128) or the bridge's, never a peer's.
+	ownedRoute := func(r netlinkx.Route) bool {
+		return backend.Manages(p.Network, p.Own, r.Dst) && !p.Own.Overlaps(r.Dst)
+	}
 	ownedNeigh := func(n netlinkx.Neigh) bool { return p.Network.Contains(n.IP) }
 	n, err := b.apply(have, want, ownedRoute, ownedNeigh)
 	if err != nil {
-		return fmt.Errorf("vxlan: %w", err)
+		return fmt.Errorf("vxlan: %s: %w", d.name, err)
 	}
 	if n > 0 {
-		b.log.Info("converged kernel state", "changes", n, "routes", len(want.Routes), "leases", len(leases))
+		d.log.Info("converged kernel state", "changes", n, "routes", len(want.Routes), "leases", len(leases))
 	}
-	b.synced, b.own = true, own.Subnet
+	d.synced, d.own = true, d.subnet(own)
 	return nil
 }
 
-func (b *Backend) params(own lease.Lease) Params {
-	return Params{
+func (b *Backend) params(d *device, own lease.Lease) Params {
+	p := Params{
+		IPv6:           d.v6,
 		Network:        b.p.Network.Network,
 		Own:            own.Subnet,
 		PublicIP:       b.p.PublicIP(own),
 		VNI:            b.vni,
-		Link:           b.link,
+		Link:           d.link,
 		DirectRouting:  b.p.Network.Backend.DirectRouting,
 		Underlay:       b.p.Ext.Index,
 		UnderlaySubnet: b.p.Ext.Subnet,
 	}
+	if d.v6 {
+		p.Network, p.Own, p.PublicIP, p.UnderlaySubnet = b.p.Network.IPv6Network, own.IPv6Subnet, b.p.PublicIPv6(own), b.p.Ext.Subnet6
+	}
+	return p
 }
 
 // read dumps what the kernel holds on the device (and, with DirectRouting,
-// the routes on the underlay).
+// the routes on the underlay) for the family of p.
 func (b *Backend) read(p Params) (State, error) {
+	fam := netlinkx.FamilyV4
+	if p.IPv6 {
+		fam = netlinkx.FamilyV6
+	}
 	var st State
 	var err error
-	if st.Routes, err = b.h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: p.Link}); err != nil {
+	if st.Routes, err = b.h.RouteList(netlinkx.RouteFilter{Family: fam, LinkIndex: p.Link}); err != nil {
 		return st, err
 	}
 	if p.DirectRouting {
-		ul, err := b.h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: p.Underlay})
+		ul, err := b.h.RouteList(netlinkx.RouteFilter{Family: fam, LinkIndex: p.Underlay})
 		if err != nil {
 			return st, err
 		}
 		st.Routes = append(st.Routes, ul...)
 	}
-	if st.Neighs, err = b.h.NeighList(p.Link, netlinkx.FamilyV4); err != nil {
+	if st.Neighs, err = b.h.NeighList(p.Link, fam); err != nil {
 		return st, err
 	}
 	if st.FDB, err = b.h.FDBList(p.Link); err != nil {
@@ -290,81 +437,100 @@ func (b *Backend) apply(have, want State, ownedRoute func(netlinkx.Route) bool, 
 	return n, errors.Join(errs...)
 }
 
-// device makes sure flannel.<VNI> exists as configured, and is up with the
-// right MTU. A device that matches is kept with its MAC, so a restarted
-// agent publishes the same VtepMAC; one that does not is recreated, and a
-// recreated device gets the MAC already published, so that the other nodes'
-// FDB entries stay valid.
-func (b *Backend) device(ctx context.Context) (netlinkx.Link, error) {
+// device makes sure d's device exists as configured, and is up with the
+// right MTU (and, for IPv6, accept_ra=0). A device that matches is kept
+// with its MAC, so a restarted agent publishes the same VtepMAC; one that
+// does not is recreated, and a recreated device gets the MAC already
+// published, so that the other nodes' FDB entries stay valid.
+func (b *Backend) device(ctx context.Context, d *device) (netlinkx.Link, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	l, err := b.h.LinkByName(b.name)
+	l, err := b.h.LinkByName(d.name)
 	switch {
 	case netlinkx.IsNotFound(err):
-		if b.link != 0 {
-			b.log.Warn("device is gone; recreating it with the same MAC", "mac", b.mac)
+		if d.link != 0 {
+			d.log.Warn("device is gone; recreating it with the same MAC", "mac", d.mac)
 		}
-		return b.create()
+		return b.create(d)
 	case err != nil:
 		return nil, fmt.Errorf("vxlan: %w", err)
 	}
 	vx, ok := l.(*netlinkx.Vxlan)
 	if !ok {
-		return nil, fmt.Errorf("vxlan: %s exists but is a %s device, not vxlan; remove it", b.name, l.Type())
+		return nil, fmt.Errorf("vxlan: %s exists but is a %s device, not vxlan; remove it", d.name, l.Type())
 	}
-	if why := b.mismatch(vx); why != "" {
-		if b.mac.IsZero() {
-			b.mac, _ = netlinkx.MACFrom(vx.HardwareAddr)
+	if why := b.mismatch(d, vx); why != "" {
+		if d.mac.IsZero() {
+			d.mac, _ = netlinkx.MACFrom(vx.HardwareAddr)
 		}
-		b.log.Info("recreating device: its settings differ from the config", "differs", why)
+		d.log.Info("recreating device: its settings differ from the config", "differs", why)
 		if err := b.h.LinkDel(l); err != nil {
 			return nil, fmt.Errorf("vxlan: %w", err)
 		}
-		return b.create()
+		return b.create(d)
 	}
 	mac, err := netlinkx.MACFrom(vx.HardwareAddr)
 	if err != nil {
-		return nil, fmt.Errorf("vxlan: %s: %w", b.name, err)
+		return nil, fmt.Errorf("vxlan: %s: %w", d.name, err)
 	}
 	switch {
-	case b.mac.IsZero():
-		b.mac = mac
-	case mac != b.mac:
+	case d.mac.IsZero():
+		d.mac = mac
+	case mac != d.mac:
 		// Changed by hand: the published VtepMAC wins.
-		if err := b.h.LinkSetHardwareAddr(l, b.mac); err != nil {
+		if err := b.h.LinkSetHardwareAddr(l, d.mac); err != nil {
 			return nil, fmt.Errorf("vxlan: %w", err)
 		}
 	}
-	if l.Attrs().MTU != b.mtu {
-		if err := b.h.LinkSetMTU(l, b.mtu); err != nil {
+	if l.Attrs().MTU != d.mtu {
+		if err := b.h.LinkSetMTU(l, d.mtu); err != nil {
 			return nil, fmt.Errorf("vxlan: %w", err)
 		}
+	}
+	if err := b.noRA(d); err != nil {
+		return nil, err
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {
 		if err := b.h.LinkSetUp(l); err != nil {
 			return nil, fmt.Errorf("vxlan: %w", err)
 		}
 	}
-	if b.link != 0 && b.link != l.Attrs().Index {
-		b.synced = false // entries hang off the old ifindex
+	if d.link != 0 && d.link != l.Attrs().Index {
+		d.synced = false // entries hang off the old ifindex
 	}
-	b.link = l.Attrs().Index
+	d.link = l.Attrs().Index
 	return l, nil
+}
+
+// noRA sets accept_ra=0 on the IPv6 device, as flannel does: a router
+// advertisement there must not add addresses or routes. Written on every
+// full pass, so that a change by hand is repaired like the rest.
+func (b *Backend) noRA(d *device) error {
+	if !d.v6 {
+		return nil
+	}
+	if err := b.h.SetSysctl("net/ipv6/conf/"+d.name+"/accept_ra", "0"); err != nil {
+		return fmt.Errorf("vxlan: %w", err)
+	}
+	return nil
 }
 
 // mismatch names the first setting in which vx differs from the config
 // (one that cannot be changed in place), or returns "".
-func (b *Backend) mismatch(vx *netlinkx.Vxlan) string {
+func (b *Backend) mismatch(d *device, vx *netlinkx.Vxlan) string {
 	cfg := b.p.Network.Backend
 	src, _ := netip.AddrFromSlice(vx.SrcAddr)
+	if !d.v6 {
+		src = src.Unmap()
+	}
 	switch {
 	case vx.VxlanId != b.vni:
 		return fmt.Sprintf("VNI %d, want %d", vx.VxlanId, b.vni)
 	case vx.Port != b.port:
 		return fmt.Sprintf("port %d, want %d", vx.Port, b.port)
-	case src.Unmap() != b.p.Ext.Addr:
-		return fmt.Sprintf("local %v, want %s", vx.SrcAddr, b.p.Ext.Addr)
+	case src != d.local:
+		return fmt.Sprintf("local %v, want %s", vx.SrcAddr, d.local)
 	case vx.VtepDevIndex != b.p.Ext.Index:
 		return fmt.Sprintf("underlay #%d, want %s (#%d)", vx.VtepDevIndex, b.p.Ext.Name, b.p.Ext.Index)
 	case vx.Learning != cfg.Learning:
@@ -375,25 +541,26 @@ func (b *Backend) mismatch(vx *netlinkx.Vxlan) string {
 	return ""
 }
 
-// create is `ip link add flannel.N address MAC mtu M type vxlan id N local
-// ADDR dev UNDERLAY dstport PORT nolearning [gbp]` followed by `up`.
-func (b *Backend) create() (netlinkx.Link, error) {
-	if b.mac.IsZero() {
+// create is `ip link add NAME address MAC mtu M type vxlan id N local
+// ADDR dev UNDERLAY dstport PORT nolearning [gbp]` followed by (for IPv6)
+// accept_ra=0 and `up`.
+func (b *Backend) create(d *device) (netlinkx.Link, error) {
+	if d.mac.IsZero() {
 		// Chosen here rather than by the kernel so that udev's MAC policy
 		// cannot change it after the fact, and so that it can be restored.
-		if _, err := rand.Read(b.mac[:]); err != nil {
+		if _, err := rand.Read(d.mac[:]); err != nil {
 			return nil, fmt.Errorf("vxlan: random MAC: %w", err)
 		}
-		b.mac[0] = b.mac[0]&^1 | 2 // unicast, locally administered
+		d.mac[0] = d.mac[0]&^1 | 2 // unicast, locally administered
 	}
 	cfg := b.p.Network.Backend
 	la := netlinkx.NewLinkAttrs()
-	la.Name, la.MTU, la.HardwareAddr = b.name, b.mtu, b.mac.HardwareAddr()
+	la.Name, la.MTU, la.HardwareAddr = d.name, d.mtu, d.mac.HardwareAddr()
 	vx := &netlinkx.Vxlan{
 		LinkAttrs:    la,
 		VxlanId:      b.vni,
 		VtepDevIndex: b.p.Ext.Index,
-		SrcAddr:      b.p.Ext.Addr.AsSlice(),
+		SrcAddr:      d.local.AsSlice(),
 		Port:         b.port,
 		Learning:     cfg.Learning,
 		GBP:          cfg.GBP,
@@ -401,25 +568,34 @@ func (b *Backend) create() (netlinkx.Link, error) {
 	if err := b.h.LinkAdd(vx); err != nil {
 		return nil, fmt.Errorf("vxlan: %w", err)
 	}
-	l, err := b.h.LinkByName(b.name)
+	l, err := b.h.LinkByName(d.name)
 	if err != nil {
 		return nil, fmt.Errorf("vxlan: %w", err)
+	}
+	if err := b.noRA(d); err != nil {
+		return nil, err
 	}
 	if err := b.h.LinkSetUp(l); err != nil {
 		return nil, fmt.Errorf("vxlan: %w", err)
 	}
-	b.log.Info("created device", "mac", b.mac, "mtu", b.mtu, "vni", b.vni, "port", b.port, "local", b.p.Ext.Addr, "underlay", b.p.Ext.Name)
-	b.synced, b.link = false, l.Attrs().Index
+	d.log.Info("created device", "mac", d.mac, "mtu", d.mtu, "vni", b.vni, "port", b.port, "local", d.local, "underlay", b.p.Ext.Name)
+	d.synced, d.link = false, l.Attrs().Index
 	return l, nil
 }
 
-// address leaves exactly <subnet network address>/32 on the device.
-func (b *Backend) address(l netlinkx.Link, subnet netip.Prefix) error {
-	want := netip.PrefixFrom(lease.SubnetIP(subnet), 32)
-	have, err := b.h.AddrList(l, netlinkx.FamilyV4)
+// address leaves exactly <subnet network address>/32 (/128) on the device,
+// besides IPv6 link-local addresses, which the kernel keeps there.
+func (b *Backend) address(d *device, l netlinkx.Link, subnet netip.Prefix) error {
+	fam := netlinkx.FamilyV4
+	if d.v6 {
+		fam = netlinkx.FamilyV6
+	}
+	want := netip.PrefixFrom(lease.SubnetIP(subnet), subnet.Addr().BitLen())
+	all, err := b.h.AddrList(l, fam)
 	if err != nil {
 		return fmt.Errorf("vxlan: %w", err)
 	}
+	have := slices.DeleteFunc(all, func(p netip.Prefix) bool { return p.Addr().IsLinkLocalUnicast() })
 	if len(have) == 1 && have[0] == want {
 		return nil
 	}
@@ -440,5 +616,12 @@ func (b *Backend) address(l netlinkx.Link, subnet netip.Prefix) error {
 // Close does nothing: the kernel datapath outlives the agent.
 func (b *Backend) Close() error { return nil }
 
-// Devices implements backend.Devicer.
-func (b *Backend) Devices() []string { return []string{b.name} }
+// Devices implements backend.Devicer: flannel.<VNI> and flannel-v6.<VNI>,
+// as the config has them.
+func (b *Backend) Devices() []string {
+	names := make([]string, len(b.devs))
+	for i, d := range b.devs {
+		names[i] = d.name
+	}
+	return names
+}

@@ -39,10 +39,18 @@ func start(t *testing.T, netconf string, nodes []*backendtest.Node) []*vnode {
 			t.Fatal(err)
 		}
 		want := fmt.Sprintf(`{"VNI":%d,"VtepMAC":"%s"}`, nw.Backend.VNI, b.MAC())
+		if !nw.EnableIPv4 {
+			want = "" // flannel publishes no BackendData without IPv4
+		}
 		if typ != "vxlan" || string(data) != want {
 			t.Fatalf("LeaseAttrs = %q %s, want vxlan %s", typ, data, want)
 		}
 		v := &vnode{Node: n, b: b, own: n.Lease(typ, data)}
+		v6data := b.LeaseV6Data()
+		if want6 := fmt.Sprintf(`{"VNI":%d,"VtepMAC":"%s"}`, nw.Backend.VNI, b.MACV6()); nw.EnableIPv6 && string(v6data) != want6 || !nw.EnableIPv6 && v6data != nil {
+			t.Fatalf("LeaseV6Data = %s, want %s", v6data, want6)
+		}
+		v.own.Attrs.BackendV6Data = v6data
 		pod, err := b.Configure(context.Background(), v.own)
 		if err != nil {
 			t.Fatal(err)

@@ -78,6 +78,10 @@ func testRestart(t *testing.T, ctx context.Context, e *env) {
 	}
 
 	p := e.startPing(ctx, n.Pods[0].NS, e.l.Node(1).Pods[0].IP)
+	var p6 *pinger // and over IPv6, in a lab with it
+	if e.l.HasIPv6() {
+		p6 = e.startPing(ctx, n.Pods[0].NS, e.l.Node(1).Pods[0].IP6)
+	}
 
 	// First round: the lab stops the agent it started; the exit is
 	// visible in the log (main logs "weftd stopped" at INFO only on the
@@ -119,6 +123,16 @@ func testRestart(t *testing.T, ctx context.Context, e *env) {
 	// earlier loss shows as "no answer yet".
 	if unanswered != 0 || sent-received > 1 || sent < 40 {
 		t.Errorf("packets lost while the agent restarted: %d sent, %d received, %d unanswered", sent, received, unanswered)
+	}
+	if p6 != nil {
+		sent, received, unanswered, err := p6.stop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("IPv6: %d sent, %d received, %d reported unanswered", sent, received, unanswered)
+		if unanswered != 0 || sent-received > 1 || sent < 40 {
+			t.Errorf("IPv6 packets lost while the agent restarted: %d sent, %d received, %d unanswered", sent, received, unanswered)
+		}
 	}
 
 	envAfter, err := os.ReadFile(n.SubnetFile)

@@ -28,9 +28,10 @@ import (
 )
 
 const (
-	storePrefix = "/coreos.com/network"
-	configKey   = storePrefix + "/config"
-	vxlanDevice = "flannel.1"
+	storePrefix  = "/coreos.com/network"
+	configKey    = storePrefix + "/config"
+	vxlanDevice  = "flannel.1"
+	vxlanDevice6 = "flannel-v6.1"
 )
 
 func TestMain(m *testing.M) { os.Exit(labtest.Main(m)) }
@@ -111,9 +112,18 @@ func tailFile(path string, n int) string {
 // subnet is node i's subnet, as its subnet.env last said.
 func (e *env) subnet(i int) netip.Prefix { return e.l.Node(i).Subnet.Masked() }
 
-// leaseKey is the store key of node i's lease.
+// subnet6 is node i's IPv6 subnet (invalid without IPv6).
+func (e *env) subnet6(i int) netip.Prefix {
+	if sn := e.l.Node(i).Subnet6; sn.IsValid() {
+		return sn.Masked()
+	}
+	return netip.Prefix{}
+}
+
+// leaseKey is the store key of node i's lease (flannel's dual key in a
+// dual-stack lab).
 func (e *env) leaseKey(i int) string {
-	return storePrefix + "/subnets/" + lease.Key(e.subnet(i), netip.Prefix{})
+	return storePrefix + "/subnets/" + lease.Key(e.subnet(i), e.subnet6(i))
 }
 
 // getLease reads a lease: its attributes, and whether it exists.
@@ -144,26 +154,41 @@ func (e *env) del(ctx context.Context, key string) {
 	}
 }
 
-// peer is what a vxlan node publishes and the others program.
+// peer is what a vxlan node publishes and the others program; the IPv6
+// half (flannel-v6.1's) is set in a lab with IPv6.
 type peer struct {
 	index  int
 	subnet netip.Prefix
 	public netip.Addr
 	mac    netlinkx.MAC
+
+	subnet6 netip.Prefix
+	public6 netip.Addr
+	mac6    netlinkx.MAC
 }
 
-// peer reads node i's VTEP MAC off its device.
+// peer reads node i's VTEP MACs off its devices.
 func (e *env) peer(i int) peer {
 	e.t.Helper()
-	l, err := e.h[i].LinkByName(vxlanDevice)
-	if err != nil {
-		e.t.Fatalf("node %d: %v", i, err)
+	devMAC := func(name string) netlinkx.MAC {
+		l, err := e.h[i].LinkByName(name)
+		if err != nil {
+			e.t.Fatalf("node %d: %v", i, err)
+		}
+		mac, err := netlinkx.MACFrom(l.Attrs().HardwareAddr)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return mac
 	}
-	mac, err := netlinkx.MACFrom(l.Attrs().HardwareAddr)
-	if err != nil {
-		e.t.Fatal(err)
+	p := peer{index: i}
+	if e.l.HasIPv4() {
+		p.subnet, p.public, p.mac = e.subnet(i), e.l.Node(i).PublicIP, devMAC(vxlanDevice)
 	}
-	return peer{index: i, subnet: e.subnet(i), public: e.l.Node(i).PublicIP, mac: mac}
+	if e.l.HasIPv6() {
+		p.subnet6, p.public6, p.mac6 = e.subnet6(i), e.l.Node(i).PublicIPv6, devMAC(vxlanDevice6)
+	}
+	return p
 }
 
 // others are the peers of node i.
@@ -179,27 +204,51 @@ func (e *env) others(i int) []peer {
 
 // fabricErr says what node i's vxlan datapath lacks for peers, or nil:
 // the device with its address, and per peer the route, the neighbour and
-// the FDB entry.
+// the FDB entry; for each family of the lab (flannel.1 and flannel-v6.1).
 func (e *env) fabricErr(i int, peers []peer) error {
+	if e.l.HasIPv4() {
+		if err := e.familyFabricErr(i, false, peers); err != nil {
+			return err
+		}
+	}
+	if e.l.HasIPv6() {
+		return e.familyFabricErr(i, true, peers)
+	}
+	return nil
+}
+
+// half is p's view in one family: subnet, public address, VtepMAC.
+func (p peer) half(v6 bool) (netip.Prefix, netip.Addr, netlinkx.MAC) {
+	if v6 {
+		return p.subnet6, p.public6, p.mac6
+	}
+	return p.subnet, p.public, p.mac
+}
+
+func (e *env) familyFabricErr(i int, v6 bool, peers []peer) error {
 	h := e.h[i]
-	l, err := h.LinkByName(vxlanDevice)
+	dev, fam, ownSubnet := vxlanDevice, netlinkx.FamilyV4, e.subnet(i)
+	if v6 {
+		dev, fam, ownSubnet = vxlanDevice6, netlinkx.FamilyV6, e.subnet6(i)
+	}
+	l, err := h.LinkByName(dev)
 	if err != nil {
-		return fmt.Errorf("node %d: %s: %w", i, vxlanDevice, err)
+		return fmt.Errorf("node %d: %s: %w", i, dev, err)
 	}
 	idx := l.Attrs().Index
-	addrs, err := h.AddrList(l, netlinkx.FamilyV4)
+	addrs, err := h.AddrList(l, fam)
 	if err != nil {
 		return err
 	}
-	own := netip.PrefixFrom(e.subnet(i).Addr(), 32)
+	own := netip.PrefixFrom(ownSubnet.Addr(), ownSubnet.Addr().BitLen())
 	if !contains(addrs, own) {
-		return fmt.Errorf("node %d: %s has addresses %v, want %s", i, vxlanDevice, addrs, own)
+		return fmt.Errorf("node %d: %s has addresses %v, want %s", i, dev, addrs, own)
 	}
-	routes, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: idx})
+	routes, err := h.RouteList(netlinkx.RouteFilter{Family: fam, LinkIndex: idx})
 	if err != nil {
 		return err
 	}
-	neighs, err := h.NeighList(idx, netlinkx.FamilyV4)
+	neighs, err := h.NeighList(idx, fam)
 	if err != nil {
 		return err
 	}
@@ -208,9 +257,10 @@ func (e *env) fabricErr(i int, peers []peer) error {
 		return err
 	}
 	for _, p := range peers {
-		r := netlinkx.Route{Dst: p.subnet, Gw: p.subnet.Addr(), LinkIndex: idx, OnLink: true}
-		n := netlinkx.Neigh{LinkIndex: idx, IP: p.subnet.Addr(), MAC: p.mac}
-		f := netlinkx.FDB{LinkIndex: idx, MAC: p.mac, Dst: p.public}
+		sn, pub, mac := p.half(v6)
+		r := netlinkx.Route{Dst: sn, Gw: sn.Addr(), LinkIndex: idx, OnLink: true}
+		n := netlinkx.Neigh{LinkIndex: idx, IP: sn.Addr(), MAC: mac}
+		f := netlinkx.FDB{LinkIndex: idx, MAC: mac, Dst: pub}
 		switch {
 		case !contains(routes, r):
 			return fmt.Errorf("node %d: no route %s", i, r)
@@ -223,19 +273,34 @@ func (e *env) fabricErr(i int, peers []peer) error {
 	return nil
 }
 
-// goneErr says what node i still holds for p, or nil when nothing.
+// goneErr says what node i still holds for p, or nil when nothing, in
+// each family of the lab.
 func (e *env) goneErr(i int, p peer) error {
+	for _, v6 := range e.l.Families() {
+		if err := e.familyGoneErr(i, v6, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *env) familyGoneErr(i int, v6 bool, p peer) error {
 	h := e.h[i]
-	l, err := h.LinkByName(vxlanDevice)
+	dev, fam := vxlanDevice, netlinkx.FamilyV4
+	if v6 {
+		dev, fam = vxlanDevice6, netlinkx.FamilyV6
+	}
+	sn, _, mac := p.half(v6)
+	l, err := h.LinkByName(dev)
 	if err != nil {
 		return err
 	}
 	idx := l.Attrs().Index
-	routes, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4})
+	routes, err := h.RouteList(netlinkx.RouteFilter{Family: fam})
 	if err != nil {
 		return err
 	}
-	neighs, err := h.NeighList(idx, netlinkx.FamilyV4)
+	neighs, err := h.NeighList(idx, fam)
 	if err != nil {
 		return err
 	}
@@ -243,14 +308,14 @@ func (e *env) goneErr(i int, p peer) error {
 	if err != nil {
 		return err
 	}
-	if containsFunc(routes, func(r netlinkx.Route) bool { return r.Dst == p.subnet }) {
-		return fmt.Errorf("node %d still routes %s", i, p.subnet)
+	if containsFunc(routes, func(r netlinkx.Route) bool { return r.Dst == sn }) {
+		return fmt.Errorf("node %d still routes %s", i, sn)
 	}
-	if containsFunc(neighs, func(n netlinkx.Neigh) bool { return n.IP == p.subnet.Addr() }) {
-		return fmt.Errorf("node %d still has a neighbour %s", i, p.subnet.Addr())
+	if containsFunc(neighs, func(n netlinkx.Neigh) bool { return n.IP == sn.Addr() }) {
+		return fmt.Errorf("node %d still has a neighbour %s", i, sn.Addr())
 	}
-	if containsFunc(fdb, func(f netlinkx.FDB) bool { return f.MAC == p.mac }) {
-		return fmt.Errorf("node %d still has an FDB entry for %s", i, p.mac)
+	if containsFunc(fdb, func(f netlinkx.FDB) bool { return f.MAC == mac }) {
+		return fmt.Errorf("node %d still has an FDB entry for %s", i, mac)
 	}
 	return nil
 }
@@ -329,17 +394,20 @@ func runScenarios[E any](t *testing.T, ctx context.Context, base *env, e E, ss [
 	}
 }
 
-// mesh pings every pod from every pod and every node.
+// mesh pings every pod from every pod and every node, over each family
+// of the lab.
 func (e *env) mesh(ctx context.Context) {
 	e.t.Helper()
-	m, err := e.l.Check(ctx, lab.CheckOptions{NodeToPod: true})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if m.Failures() != 0 || m.Tested() == 0 {
-		var b strings.Builder
-		m.Render(&b)
-		e.t.Fatalf("mesh:\n%s", b.String())
+	for _, v6 := range e.l.Families() {
+		m, err := e.l.Check(ctx, lab.CheckOptions{NodeToPod: true, IPv6: v6})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if m.Failures() != 0 || m.Tested() == 0 {
+			var b strings.Builder
+			m.Render(&b)
+			e.t.Fatalf("mesh (IPv6 %v):\n%s", v6, b.String())
+		}
 	}
 }
 

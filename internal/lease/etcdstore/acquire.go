@@ -71,8 +71,26 @@ func inNetwork(n *config.Network, e *entry) bool {
 	return fits(n.EnableIPv4, lease.PoolV4, e.v4) && fits(n.EnableIPv6, lease.PoolV6, e.v6)
 }
 
+// ErrIPv6Only is CheckNetwork's refusal of a network without IPv4.
+var ErrIPv6Only = &config.FieldError{Field: "EnableIPv4", Value: "false",
+	Reason: "an IPv6-only network needs the Kubernetes store (--kube-subnet-mgr), as in flannel: " +
+		"flannel's etcd keys need an IPv4 subnet, and a flannel node watching the store resets its lease set " +
+		"(and drops every route) on a key it cannot parse"}
+
+// CheckNetwork refuses what the etcd store cannot hold without breaking a
+// flannel node that reads the same keys: a network without IPv4.
+func CheckNetwork(n *config.Network) error {
+	if n != nil && !n.EnableIPv4 {
+		return ErrIPv6Only
+	}
+	return nil
+}
+
 // Acquire implements lease.Store. See the package comment for the layout.
 func (s *Store) Acquire(ctx context.Context, n *config.Network, attrs lease.Attrs, hint lease.Hint) (lease.Lease, error) {
+	if err := CheckNetwork(n); err != nil {
+		return lease.Lease{}, fmt.Errorf("acquire lease: %w", err)
+	}
 	val, err := lease.MarshalAttrs(attrs)
 	if err != nil {
 		return lease.Lease{}, fmt.Errorf("acquire lease: %w", err)

@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/etcdtest"
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -429,37 +430,23 @@ func count(t testing.TB, cli *clientv3.Client, s *Store) int64 {
 	return resp.Count
 }
 
-func TestAcquireIPv6Only(t *testing.T) {
+// An IPv6-only network has no key flannel can parse: a flannel node
+// watching the store would reset its lease set on it and drop every
+// route. The store refuses it, writing nothing, with a config error.
+func TestAcquireRefusesIPv6Only(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	s, _ := newStore(t, cli, time.Hour)
 	ctx := ctxT(t)
 	n := network(t, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}`)
-	node := func(ip string) lease.Attrs {
-		a := lease.Attrs{BackendType: "vxlan", BackendV6Data: []byte(`{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}`)}
-		v6 := netip.MustParseAddr(ip)
-		a.PublicIPv6 = &v6
-		return a
+	v6 := netip.MustParseAddr("2001:db8::1")
+	a := lease.Attrs{PublicIPv6: &v6, BackendType: "vxlan", BackendV6Data: []byte(`{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}`)}
+	_, err := s.Acquire(ctx, n, a, lease.Hint{})
+	var fe *config.FieldError
+	if !errors.Is(err, ErrIPv6Only) || !errors.As(err, &fe) || fe.Field != "EnableIPv4" || !strings.Contains(err.Error(), "--kube-subnet-mgr") {
+		t.Fatalf("Acquire in an IPv6-only network: %v, want ErrIPv6Only naming EnableIPv4 and the Kubernetes store", err)
 	}
-	a, err := s.Acquire(ctx, n, node("2001:db8::1"), lease.Hint{IPv6Subnet: netip.MustParsePrefix("fd00:0:0:5::/64")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	const key = subnets + "fd00:0:0:5::-64"
-	const want = `{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}`
-	if resp, err := cli.Get(ctx, key); err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != want || a.Subnet.IsValid() {
-		t.Fatalf("IPv6-only lease %+v: store holds %v (%v), want %s = %s", a, resp.Kvs, err, key, want)
-	}
-	// Nodes are told apart by their IPv6 address, as all share PublicIP 0.0.0.0.
-	b, err := s.Acquire(ctx, n, node("2001:db8::2"), lease.Hint{})
-	if err != nil || b.IPv6Subnet == a.IPv6Subnet {
-		t.Fatalf("second node got %s, %v", b.IPv6Subnet, err)
-	}
-	again, err := s.Acquire(ctx, n, node("2001:db8::1"), lease.Hint{})
-	if err != nil || again.IPv6Subnet != a.IPv6Subnet {
-		t.Fatalf("first node again got %s, %v; want %s", again.IPv6Subnet, err, a.IPv6Subnet)
-	}
-	if c := count(t, cli, s); c != 2 {
-		t.Errorf("store holds %d leases, want 2", c)
+	if c := count(t, cli, s); c != 0 {
+		t.Errorf("store holds %d leases after the refusal, want 0", c)
 	}
 }
 
