@@ -33,6 +33,10 @@ type Options struct {
 	// KeyFile holds the node's private key: $WIREGUARD_KEY_FILE, else
 	// DefaultKeyFile.
 	KeyFile string
+	// OnUserspace, if set, is called before wireguard-go starts (each
+	// time): weftd limits GOMAXPROCS then, which only matters when Go
+	// moves the packets.
+	OnUserspace func()
 }
 
 // Backend is the wireguard datapath of this node. It makes flannel-wg in
@@ -244,8 +248,18 @@ func (b *Backend) ensure(ctx context.Context, check bool) error {
 	if !check {
 		return nil
 	}
-	if err := b.wg.ConfigureDevice(DeviceName, wgtypes.Config{PrivateKey: &b.key, ListenPort: &b.set.port}); err != nil {
-		return fmt.Errorf("wireguard: configure %s: %w", DeviceName, err)
+	// Only when they differ: setting listen_port makes wireguard-go close
+	// and reopen its sockets, dropping what is in flight (and the reopen
+	// has been seen to fail with EADDRINUSE, leaving it without a socket
+	// until the next try).
+	dev, err := b.wg.Device(DeviceName)
+	if err != nil {
+		return fmt.Errorf("wireguard: read %s: %w", DeviceName, err)
+	}
+	if dev.PrivateKey != b.key || dev.ListenPort != b.set.port {
+		if err := b.wg.ConfigureDevice(DeviceName, wgtypes.Config{PrivateKey: &b.key, ListenPort: &b.set.port}); err != nil {
+			return fmt.Errorf("wireguard: configure %s: %w", DeviceName, err)
+		}
 	}
 	return b.configureLink(l)
 }
@@ -264,6 +278,9 @@ func (b *Backend) create() error {
 			return fmt.Errorf("wireguard: create %s: %w", DeviceName, err)
 		}
 		b.log.Info("no WireGuard in the kernel, using wireguard-go in weftd: pods lose their path to other nodes while weftd is down", "reason", err)
+	}
+	if b.opts.OnUserspace != nil {
+		b.opts.OnUserspace()
 	}
 	u, err := startUserspace(DeviceName, b.set.mtu, b.log, &b.drops)
 	if err != nil {
