@@ -25,11 +25,16 @@ func newBackend(typ string, p backend.Params, h *netlinkx.Handle, log *slog.Logg
 	case config.BackendHostGW:
 		return hostgw.New(p, h, log)
 	case config.BackendUDP:
-		limitProcsForUDP(log)
+		limitProcs(log, config.BackendUDP)
 		return udp.New(p, h, log)
 	case config.BackendWireGuard:
 		// flannel's variable names the key file.
-		return wireguard.New(p, h, log, wireguard.Options{KeyFile: os.Getenv(wireguard.KeyFileEnv)})
+		return wireguard.New(p, h, log, wireguard.Options{
+			KeyFile: os.Getenv(wireguard.KeyFileEnv),
+			// wireguard-go's pipeline, like the udp datapath, runs best on
+			// half the CPUs; the kernel's device does no work in Go.
+			OnUserspace: func() { limitProcs(log, "wireguard userspace device") },
+		})
 	default:
 		return nil, fmt.Errorf("unknown backend type %q", typ)
 	}
@@ -49,18 +54,22 @@ func registerBackendMetrics(reg prometheus.Registerer, be backend.Backend) error
 	return nil
 }
 
-// limitProcsForUDP runs the udp datapath's Go code on half the CPUs, unless
-// GOMAXPROCS is set. Much of the datapath's cost is kernel work done in the
-// context of its system calls and in softirqs; on a 2-CPU node one P moved
-// about 20% more (and used 11-17% less CPU per GB) than two, whose two
-// forwarding loops kept preempting that work and the pods.
-func limitProcsForUDP(log *slog.Logger) {
+// limitProcs runs a userspace datapath's Go code (the udp backend's,
+// wireguard-go's) on half the CPUs, unless GOMAXPROCS is set. Much of the
+// datapath's cost is kernel work done in the context of its system calls
+// and in softirqs; on a 2-CPU node one P moved about 20% more for udp (and
+// used 11-17% less CPU per GB) than two, whose forwarding loops kept
+// preempting that work and the pods. wireguard-go hands each batch between
+// goroutines (reader, crypto workers, sequential sender/receiver): with one
+// P those handoffs stay on one thread instead of waking another, and it
+// used about half the CPU per GB.
+func limitProcs(log *slog.Logger, what string) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
 	n := max(1, runtime.NumCPU()/2)
 	if n < runtime.GOMAXPROCS(0) {
 		runtime.GOMAXPROCS(n)
-		log.Info("udp backend: limiting Go to half the CPUs (set GOMAXPROCS to override)", "gomaxprocs", n, "cpus", runtime.NumCPU())
+		log.Info(what+": limiting Go to half the CPUs (set GOMAXPROCS to override)", "gomaxprocs", n, "cpus", runtime.NumCPU())
 	}
 }

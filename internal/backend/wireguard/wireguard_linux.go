@@ -33,6 +33,10 @@ type Options struct {
 	// KeyFile holds the node's private key: $WIREGUARD_KEY_FILE, else
 	// DefaultKeyFile.
 	KeyFile string
+	// OnUserspace, if set, is called before wireguard-go starts (each
+	// time): weftd limits GOMAXPROCS then, which only matters when Go
+	// moves the packets.
+	OnUserspace func()
 }
 
 // Backend is the wireguard datapath of this node. It makes flannel-wg in
@@ -131,11 +135,9 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 	if err != nil {
 		return fmt.Errorf("wireguard: read %s: %w", DeviceName, err)
 	}
-	cfg := wgtypes.Config{Peers: Change(dev.Peers, want, time.Duration(b.set.keepalive)*time.Second, b.set.psk)}
-	if dev.PrivateKey != b.key || dev.ListenPort != b.set.port {
-		cfg.PrivateKey, cfg.ListenPort = &b.key, &b.set.port
-	}
-	if len(cfg.Peers) == 0 && cfg.PrivateKey == nil {
+	cfg := b.deviceConfig(dev)
+	cfg.Peers = Change(dev.Peers, want, time.Duration(b.set.keepalive)*time.Second, b.set.psk)
+	if len(cfg.Peers) == 0 && cfg.PrivateKey == nil && cfg.ListenPort == nil {
 		return nil
 	}
 	if err := b.wg.ConfigureDevice(DeviceName, cfg); err != nil {
@@ -244,10 +246,34 @@ func (b *Backend) ensure(ctx context.Context, check bool) error {
 	if !check {
 		return nil
 	}
-	if err := b.wg.ConfigureDevice(DeviceName, wgtypes.Config{PrivateKey: &b.key, ListenPort: &b.set.port}); err != nil {
-		return fmt.Errorf("wireguard: configure %s: %w", DeviceName, err)
+	// Only what differs: setting listen_port makes wireguard-go close and
+	// reopen its sockets, dropping what is in flight (and the reopen has
+	// been seen to fail with EADDRINUSE, leaving it without a socket until
+	// the next try).
+	dev, err := b.wg.Device(DeviceName)
+	if err != nil {
+		return fmt.Errorf("wireguard: read %s: %w", DeviceName, err)
+	}
+	if cfg := b.deviceConfig(dev); cfg.PrivateKey != nil || cfg.ListenPort != nil {
+		if err := b.wg.ConfigureDevice(DeviceName, cfg); err != nil {
+			return fmt.Errorf("wireguard: configure %s: %w", DeviceName, err)
+		}
 	}
 	return b.configureLink(l)
+}
+
+// deviceConfig sets our key and port where dev's differ, each alone: a
+// listen_port, even an unchanged one, makes wireguard-go reopen its
+// sockets.
+func (b *Backend) deviceConfig(dev *wgtypes.Device) wgtypes.Config {
+	var cfg wgtypes.Config
+	if dev.PrivateKey != b.key {
+		cfg.PrivateKey = &b.key
+	}
+	if dev.ListenPort != b.set.port {
+		cfg.ListenPort = &b.set.port
+	}
+	return cfg
 }
 
 // create makes the device: the kernel's unless forced to userspace or the
@@ -264,6 +290,9 @@ func (b *Backend) create() error {
 			return fmt.Errorf("wireguard: create %s: %w", DeviceName, err)
 		}
 		b.log.Info("no WireGuard in the kernel, using wireguard-go in weftd: pods lose their path to other nodes while weftd is down", "reason", err)
+	}
+	if b.opts.OnUserspace != nil {
+		b.opts.OnUserspace()
 	}
 	u, err := startUserspace(DeviceName, b.set.mtu, b.log, &b.drops)
 	if err != nil {

@@ -61,6 +61,25 @@ func TestWireGuardBackend(t *testing.T) {
 	t.Run("not a peer or a wrong key never reaches a pod", func(t *testing.T) { testRogue(t, ctx, e) })
 	t.Run("key survives a restart, a new key converges", func(t *testing.T) { testKey(t, ctx, e) })
 	e.mesh(ctx)
+	t.Run("the device's sockets are never reopened in vain", func(t *testing.T) { testNoRebind(t, e) })
+}
+
+// testNoRebind: through starts, restarts and full reconciles, no weftd
+// had wireguard-go refuse a setting. Setting an unchanged listen_port
+// makes it reopen its sockets, which has failed with EADDRINUSE and left
+// the device without one until the next reconcile.
+func testNoRebind(t *testing.T, e *env) {
+	for _, n := range e.l.Nodes {
+		b, err := os.ReadFile(n.Log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "IPC error") {
+				t.Errorf("node %d: %s", n.Index, line)
+			}
+		}
+	}
 }
 
 // pattern is what the pings carry, 16 bytes repeated through the payload.
