@@ -260,24 +260,13 @@ func (h *Handle) LinkSetMaster(l, master Link) error {
 	return nil
 }
 
-func toIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
+func toIPNet(p netip.Prefix) *net.IPNet { n := IPNetOf(p); return &n }
 
 func fromIPNet(n *net.IPNet) (netip.Prefix, bool) {
 	if n == nil {
 		return netip.Prefix{}, false
 	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, bits := n.Mask.Size()
-	a = a.Unmap()
-	if bits != a.BitLen() {
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(a, ones), true
+	return PrefixOf(*n)
 }
 
 func fromIP(ip net.IP) netip.Addr {

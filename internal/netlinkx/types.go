@@ -210,3 +210,23 @@ type RouteLookup struct {
 	Src       netip.Addr // the source address it would get; invalid if the kernel names none
 	Gw        netip.Addr // the next hop; invalid when DST is on-link
 }
+
+// IPNetOf is p as the net package's type, for libraries that speak it.
+func IPNetOf(p netip.Prefix) net.IPNet {
+	return net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// PrefixOf is n as a netip.Prefix (an IPv4-mapped address unmapped); false
+// when n is not a valid IPv4 or IPv6 prefix.
+func PrefixOf(n net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := n.Mask.Size()
+	a = a.Unmap()
+	if bits != a.BitLen() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones), true
+}

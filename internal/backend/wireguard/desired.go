@@ -12,6 +12,7 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netlinkx"
 )
 
 // Peer is one remote node as the device must know it.
@@ -150,7 +151,7 @@ func sameAs(c wgtypes.Peer, d Peer, keepalive time.Duration, psk *wgtypes.Key) b
 	}
 	var got []netip.Prefix
 	for _, n := range c.AllowedIPs {
-		if p, ok := prefixOf(n); ok {
+		if p, ok := netlinkx.PrefixOf(n); ok {
 			got = append(got, p)
 		}
 	}
