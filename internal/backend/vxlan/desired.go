@@ -108,8 +108,8 @@ func Desired(p Params, leases []lease.Lease) (State, []*backend.LeaseError) {
 // value is ready; calls must come from one goroutine.
 type Planner struct {
 	p       Params
-	remotes map[string]*remote                  // every remote lease, by lease key
-	byMAC   map[netlinkx.MAC]map[string]*remote // remotes that want an FDB entry, by VtepMAC
+	remotes map[string]*remote         // every remote lease, by lease key
+	byMAC   map[netlinkx.MAC][]*remote // remotes that want an FDB entry, by VtepMAC (mostly one)
 }
 
 // remote is one remote lease as planned, seen in the planner's family.
@@ -133,7 +133,7 @@ func (pl *Planner) Desired(p Params, leases []lease.Lease) (State, []*backend.Le
 	prev := pl.remotes
 	pl.p = p
 	pl.remotes = make(map[string]*remote, len(leases))
-	pl.byMAC = make(map[netlinkx.MAC]map[string]*remote, len(leases))
+	pl.byMAC = make(map[netlinkx.MAC][]*remote, len(leases))
 	for _, l := range leases {
 		key := l.Key()
 		o := prev[key]
@@ -187,7 +187,7 @@ func (pl *Planner) State() (State, []*backend.LeaseError) {
 func (pl *Planner) Update(evs []lease.Event) (before, after State, verdicts []*backend.LeaseError) {
 	if pl.remotes == nil {
 		pl.remotes = map[string]*remote{}
-		pl.byMAC = map[netlinkx.MAC]map[string]*remote{}
+		pl.byMAC = map[netlinkx.MAC][]*remote{}
 	}
 	// The leases touched, and every lease that competes with them for a
 	// VtepMAC: the winner of a MAC may change with them.
@@ -208,8 +208,8 @@ func (pl *Planner) Update(evs []lease.Event) (before, after State, verdicts []*b
 		}
 	}
 	for m := range macs {
-		for k := range pl.byMAC[m] {
-			touched[k] = true
+		for _, r := range pl.byMAC[m] {
+			touched[r.key] = true
 		}
 	}
 	keys := slices.Sorted(maps.Keys(touched))
@@ -303,22 +303,16 @@ func (pl *Planner) parseData(raw json.RawMessage) (BackendData, error) {
 func (pl *Planner) insert(r *remote) {
 	pl.remotes[r.key] = r
 	if r.wantsFDB() {
-		m := pl.byMAC[r.d.VtepMAC]
-		if m == nil {
-			m = map[string]*remote{}
-			pl.byMAC[r.d.VtepMAC] = m
-		}
-		m[r.key] = r
+		pl.byMAC[r.d.VtepMAC] = append(pl.byMAC[r.d.VtepMAC], r)
 	}
 }
 
 func (pl *Planner) remove(r *remote) {
 	delete(pl.remotes, r.key)
-	if m := pl.byMAC[r.d.VtepMAC]; m != nil {
-		delete(m, r.key)
-		if len(m) == 0 {
-			delete(pl.byMAC, r.d.VtepMAC)
-		}
+	if rest := slices.DeleteFunc(pl.byMAC[r.d.VtepMAC], func(o *remote) bool { return o.key == r.key }); len(rest) > 0 {
+		pl.byMAC[r.d.VtepMAC] = rest
+	} else {
+		delete(pl.byMAC, r.d.VtepMAC)
 	}
 }
 

@@ -37,8 +37,8 @@ type Set struct {
 	bits6  int
 	ownIDs []string // own's identities: no other lease may claim them
 
-	leases map[string]*entry            // every lease but our own, by key
-	claims map[string]map[string]*entry // admissible leases by each thing they claim
+	leases map[string]*entry   // every lease but our own, by key
+	claims map[string][]*entry // admissible leases by each thing they claim (mostly one)
 	seq    uint64
 
 	// Identity, when set, names what else than its subnets a lease must
@@ -78,7 +78,7 @@ func (s *Set) Reset(n *config.Network, own lease.Lease, leases map[string]lease.
 		s.ownIDs = s.Identity(own)
 	}
 	s.leases = make(map[string]*entry, len(leases))
-	s.claims = make(map[string]map[string]*entry, len(leases))
+	s.claims = make(map[string][]*entry, len(leases))
 	// Known leases keep their age; new ones are aged in key order after
 	// them, so that nodes judging the same snapshot agree.
 	ks := slices.Sorted(maps.Keys(leases))
@@ -143,8 +143,8 @@ func (s *Set) Update(evs []lease.Event) (out []lease.Event, verdicts []Refusal) 
 			claims = append(slices.Clip(claims), fresh[i].claims...)
 		}
 		for _, c := range claims {
-			for k := range s.claims[c] {
-				touched[k] = true
+			for _, o := range s.claims[c] {
+				touched[o.key] = true
 			}
 		}
 	}
@@ -257,12 +257,7 @@ func (s *Set) insert(e *entry) {
 		return
 	}
 	for _, c := range e.claims {
-		m := s.claims[c]
-		if m == nil {
-			m = map[string]*entry{}
-			s.claims[c] = m
-		}
-		m[e.key] = e
+		s.claims[c] = append(s.claims[c], e)
 	}
 }
 
@@ -270,11 +265,10 @@ func (s *Set) remove(e *entry) {
 	key := e.key
 	delete(s.leases, key)
 	for _, c := range e.claims {
-		if m := s.claims[c]; m != nil {
-			delete(m, key)
-			if len(m) == 0 {
-				delete(s.claims, c)
-			}
+		if rest := slices.DeleteFunc(s.claims[c], func(o *entry) bool { return o.key == key }); len(rest) > 0 {
+			s.claims[c] = rest
+		} else {
+			delete(s.claims, c)
 		}
 	}
 }
