@@ -869,29 +869,15 @@ func (e *eval) masquerade() {
 		e.add("masquerade", Fail, "POSTROUTING does not jump to "+masq.ChainPostrouting+": its rules never run", hint)
 		return
 	}
-	norm := func(s string) string { return strings.Join(strings.Fields(strings.ReplaceAll(s, `"`, "")), " ") }
 	have := map[string]bool{}
 	var haveList []string
 	for _, r := range m.Rules {
 		if strings.HasPrefix(r, "-A ") {
-			have[norm(r)] = true
-			haveList = append(haveList, norm(r))
+			have[normRule(r)] = true
+			haveList = append(haveList, normRule(r))
 		}
 	}
-	// weftd adds --random-fully where iptables knows it: accept either.
-	var bestMissing []string
-	for i, rf := range []bool{true, false} {
-		mr, _ := masq.IPTablesRules(network, e.own, rf)
-		var missing []string
-		for _, r := range mr.Rules {
-			if !have[norm(r.String())] {
-				missing = append(missing, r.String())
-			}
-		}
-		if i == 0 || len(missing) < len(bestMissing) {
-			bestMissing = missing
-		}
-	}
+	bestMissing := missingMasqRules(have, network, e.own)
 	if len(bestMissing) > 0 {
 		e.add("masquerade", Fail, fmt.Sprintf("%s lacks %s for %s", masq.ChainPostrouting, plural(len(bestMissing), "rule", "rules"), network), hint, firstN(bestMissing)...)
 		return
@@ -916,4 +902,29 @@ func (e *eval) nftMasq(m MasqFacts, network netip.Prefix, hint string) {
 		return
 	}
 	e.add("masquerade", OK, fmt.Sprintf("table inet %s: %d postrouting rules for %s", masq.NFTTable, len(m.Comments), network), "")
+}
+
+// normRule is an iptables rule as compared: quotes dropped, spaces folded.
+func normRule(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, `"`, "")), " ")
+}
+
+// missingMasqRules is flannel's masquerade rules for network and own that
+// have (normRule'd) lacks. weftd adds --random-fully where iptables knows
+// it, so either form is accepted: the one with fewer missing counts.
+func missingMasqRules(have map[string]bool, network, own netip.Prefix) []string {
+	var best []string
+	for i, rf := range []bool{true, false} {
+		mr, _ := masq.IPTablesRules(network, own, rf)
+		var missing []string
+		for _, r := range mr.Rules {
+			if !have[normRule(r.String())] {
+				missing = append(missing, r.String())
+			}
+		}
+		if i == 0 || len(missing) < len(best) {
+			best = missing
+		}
+	}
+	return best
 }

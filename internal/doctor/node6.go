@@ -269,24 +269,11 @@ func (e *eval) masquerade6(f *IPv6Facts) {
 		e.add("masquerade-v6", Fail, "ip6tables' POSTROUTING does not jump to "+masq.ChainPostrouting+": its rules never run", hint)
 		return
 	}
-	norm := func(s string) string { return strings.Join(strings.Fields(strings.ReplaceAll(s, `"`, "")), " ") }
 	have := map[string]bool{}
 	for _, r := range m.Rules {
-		have[norm(r)] = true
+		have[normRule(r)] = true
 	}
-	var bestMissing []string
-	for i, rf := range []bool{true, false} {
-		mr, _ := masq.IPTablesRules(network, e.own6, rf)
-		var missing []string
-		for _, r := range mr.Rules {
-			if !have[norm(r.String())] {
-				missing = append(missing, r.String())
-			}
-		}
-		if i == 0 || len(missing) < len(bestMissing) {
-			bestMissing = missing
-		}
-	}
+	bestMissing := missingMasqRules(have, network, e.own6)
 	if len(bestMissing) > 0 {
 		e.add("masquerade-v6", Fail, fmt.Sprintf("ip6tables' %s lacks %s for %s", masq.ChainPostrouting, plural(len(bestMissing), "rule", "rules"), network), hint, firstN(bestMissing)...)
 		return
