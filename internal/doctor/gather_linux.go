@@ -390,25 +390,7 @@ func gatherIP6Tables() MasqFacts {
 		m.Err = err
 		return m
 	}
-	if m.ChainExists, err = ipt.ChainExists("nat", masq.ChainPostrouting); err != nil || !m.ChainExists {
-		m.Err = err
-		return m
-	}
-	if m.Rules, err = ipt.List("nat", masq.ChainPostrouting); err != nil {
-		m.Err = err
-		return m
-	}
-	post, err := ipt.List("nat", "POSTROUTING")
-	if err != nil {
-		m.Err = err
-		return m
-	}
-	for _, r := range post {
-		if strings.Contains(r, "-j "+masq.ChainPostrouting) {
-			m.Jump = true
-		}
-	}
-	return m
+	return readMasqChain(ipt, m)
 }
 
 func links(h *netlinkx.Handle) ([]Link, error) {
@@ -464,6 +446,13 @@ func gatherMasq(ctx context.Context, nft bool) MasqFacts {
 		m.Err = err
 		return m
 	}
+	return readMasqChain(ipt, m)
+}
+
+// readMasqChain fills m with the nat table's WEFT-POSTRTG rules and
+// whether POSTROUTING jumps to it.
+func readMasqChain(ipt *iptables.IPTables, m MasqFacts) MasqFacts {
+	var err error
 	if m.ChainExists, err = ipt.ChainExists("nat", masq.ChainPostrouting); err != nil || !m.ChainExists {
 		m.Err = err
 		return m
