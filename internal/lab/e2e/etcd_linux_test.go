@@ -154,14 +154,23 @@ func (ps pings) lossless(t *testing.T, what string) {
 	}
 }
 
-// probeLease is a lease of no node, on a subnet no node holds, and the
-// route every node must program for it.
+// probeLease is a lease of no node, on a subnet no node holds (10.244.
+// <octet>.0/24, or the next free one above it: the nodes' subnets are
+// random), and the route every node must program for it. Callers space
+// their octets apart.
 func (e *env) probeLease(octet byte) (key, value string, route func(dev int) netlinkx.Route) {
-	sn := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, octet, 0}), 24)
-	for _, n := range e.l.Nodes {
-		if e.subnet(n.Index) == sn {
-			e.t.Fatalf("probe subnet %s is node %d's", sn, n.Index)
+	held := func(sn netip.Prefix) bool {
+		for _, n := range e.l.Nodes {
+			if e.subnet(n.Index) == sn {
+				return true
+			}
 		}
+		return false
+	}
+	sn := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, octet, 0}), 24)
+	for held(sn) {
+		octet++
+		sn = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, octet, 0}), 24)
 	}
 	key = storePrefix + "/subnets/" + lease.Key(sn, netip.Prefix{})
 	value = fmt.Sprintf(`{"PublicIP":"192.0.2.%d","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:77:00:00:00:%02x"}}`, 200+octet%50, octet)
@@ -264,7 +273,7 @@ func testQuorumLost(t *testing.T, ctx context.Context, e *env) {
 	}
 	restarted = true
 	back := time.Now()
-	key, val, route := e.probeLease(241)
+	key, val, route := e.probeLease(245)
 	e.put(ctx, key, val)
 	took, err := e.routedEverywhere(ctx, route, 2*time.Second)
 	if err != nil {
