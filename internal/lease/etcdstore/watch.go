@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
@@ -68,8 +69,15 @@ func (w *watcher) run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		d := backoff.Jittered(attempt, minBackoff, maxBackoff)
+		// One interruption is routine in a cluster (a member or the
+		// leader went away) and costs nothing: the watch resumes from its
+		// revision. Warn when resuming keeps failing.
+		lvl := slog.LevelInfo
+		if attempt > 0 {
+			lvl = slog.LevelWarn
+		}
 		attempt++
-		w.s.log.Warn("lease watch interrupted; resuming", "err", err, "revision", w.rev, "retry_in", d.Round(time.Millisecond))
+		w.s.log.Log(ctx, lvl, "lease watch interrupted; resuming", "err", err, "revision", w.rev, "retry_in", d.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -265,7 +265,7 @@ func TestWatchResumesAfterDisconnect(t *testing.T) {
 		t.Fatalf("after the disconnect: %q", got)
 	}
 	noBatch(t, ch, 300*time.Millisecond)
-	if logs.find("level=WARN", "interrupted") == "" {
+	if logs.find("interrupted; resuming") == "" {
 		t.Errorf("the watch did not go through its reconnect path")
 	}
 }
