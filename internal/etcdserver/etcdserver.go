@@ -7,13 +7,11 @@ package etcdserver
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/weft-net/weft/internal/pki"
 	"log/slog"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -219,38 +217,12 @@ func tlsInfo(flag string, t TLS, urls []url.URL) (transport.TLSInfo, error) {
 		return transport.TLSInfo{}, fmt.Errorf("etcd: --%sclient-cert-auth needs --%strusted-ca-file, the CA client certificates are checked against", flag, flag)
 	}
 	if t.TrustedCAFile != "" {
-		if err := checkCAFile(t.TrustedCAFile); err != nil {
+		if err := pki.CheckCAFile(t.TrustedCAFile); err != nil {
 			return transport.TLSInfo{}, fmt.Errorf("etcd: --%strusted-ca-file %s: %w", flag, t.TrustedCAFile, err)
 		}
 	}
 	return transport.TLSInfo{CertFile: t.CertFile, KeyFile: t.KeyFile, TrustedCAFile: t.TrustedCAFile,
 		ClientCertAuth: t.ClientCertAuth}, nil
-}
-
-// checkCAFile reads a PEM bundle of CA certificates.
-func checkCAFile(path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	n := 0
-	for {
-		var b *pem.Block
-		if b, data = pem.Decode(data); b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
-			return err
-		}
-		n++
-	}
-	if n == 0 {
-		return errors.New("no PEM certificate in it")
-	}
-	return nil
 }
 
 func parseURLs(what string, raw []string) ([]url.URL, error) {

@@ -228,3 +228,30 @@ func serial() *big.Int {
 	}
 	return n
 }
+
+// CheckCAFile reads a PEM bundle of CA certificates at path: an error if
+// it cannot be read, a certificate in it does not parse, or it holds none.
+func CheckCAFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return err
+		}
+		n++
+	}
+	if n == 0 {
+		return errors.New("no PEM certificate in it")
+	}
+	return nil
+}

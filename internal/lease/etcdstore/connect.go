@@ -4,12 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/weft-net/weft/internal/pki"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -116,7 +115,7 @@ func clientTLS(o ClientOptions) (*tls.Config, error) {
 		}
 	}
 	if o.CAFile != "" {
-		if err := checkCAFile(o.CAFile); err != nil {
+		if err := pki.CheckCAFile(o.CAFile); err != nil {
 			return nil, fmt.Errorf("etcd CA: --etcd-cafile %s: %w", o.CAFile, err)
 		}
 	}
@@ -126,32 +125,6 @@ func clientTLS(o ClientOptions) (*tls.Config, error) {
 		return nil, fmt.Errorf("etcd client TLS: %w", err)
 	}
 	return tlsCfg, nil
-}
-
-// checkCAFile reads a PEM bundle of CA certificates.
-func checkCAFile(path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	n := 0
-	for {
-		var b *pem.Block
-		if b, data = pem.Decode(data); b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
-			return err
-		}
-		n++
-	}
-	if n == 0 {
-		return errors.New("no PEM certificate in it")
-	}
-	return nil
 }
 
 // probeTLS shakes hands with every https:// endpoint at once, as the
