@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"net"
 	"net/netip"
 
@@ -210,7 +211,9 @@ func (k Keys) Attrs(ann map[string]string, v4, v6 bool) (lease.Attrs, error) {
 
 func dataAttr(key string, ann map[string]string) (json.RawMessage, error) {
 	v := ann[key]
-	if v == "" || v == null {
+	// JSON's own whitespace around null is still no data: published
+	// again it would be written as plain null and read back as none.
+	if t := strings.Trim(v, " \t\r\n"); t == "" || t == null {
 		return nil, nil
 	}
 	if !json.Valid([]byte(v)) {
