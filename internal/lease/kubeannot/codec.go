@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/weft-net/weft/internal/lease"
 )
