@@ -235,6 +235,20 @@ func (n *nodeProc) stats(t *testing.T) Stats {
 	return s
 }
 
+// statsUntil reads the counters until ok holds or a second has passed, and
+// returns the last read.
+func (n *nodeProc) statsUntil(t *testing.T, ok func(Stats) bool) Stats {
+	t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for {
+		s := n.stats(t)
+		if ok(s) || time.Now().After(deadline) {
+			return s
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // cpu is the process's user+system CPU time so far.
 func (n *nodeProc) cpu(t *testing.T) time.Duration {
 	t.Helper()
@@ -348,7 +362,11 @@ func TestTwoNodes(t *testing.T) {
 		if err == nil || !strings.Contains(out, "From 10.244.77.7 icmp_seq=1 Destination Net Unreachable") {
 			t.Fatalf("ping to a subnet no lease holds: err %v, want net unreachable:\n%s", err, out)
 		}
-		after := c.procs[0].stats(t)
+		// The loop publishes a batch's counts after it has written the
+		// ICMP answer, so ping can return before they move.
+		after := c.procs[0].statsUntil(t, func(s Stats) bool {
+			return s.NoRoute > before.NoRoute && s.ICMPSent > before.ICMPSent
+		})
 		if after.NoRoute <= before.NoRoute || after.ICMPSent <= before.ICMPSent {
 			t.Fatalf("counters before %+v after %+v", before, after)
 		}
