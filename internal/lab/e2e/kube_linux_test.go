@@ -162,6 +162,10 @@ func TestKubeVXLAN(t *testing.T) {
 	e := upKubeLab(t, ctx, lab.Options{Nodes: 4, LateNodes: 1, PodsPerNode: 1, Backend: "vxlan"})
 	e.converged(ctx, 10*time.Second)
 	e.mesh(ctx)
+	// The API server is probed as etcd is (its /readyz).
+	if v := metric(t, ctx, e.env, 1, "weft_store_up"); v != 1 {
+		t.Errorf("node 1: weft_store_up %v with the API server up", v)
+	}
 	runScenarios(t, ctx, e.env, e, []scenario[*kubeEnv]{
 		{"RestartKeepsSubnetAndVtepMAC", testKubeRestart},
 		{"NodeJoinsAndLeaves", testKubeJoinLeave},
