@@ -84,6 +84,10 @@ type Options struct {
 	// ContinueWhenCacheNotReady lets Open return a working Store when the
 	// node list has not synced in time (CONT_WHEN_CACHE_NOT_READY=true).
 	ContinueWhenCacheNotReady bool
+	// Waiting, when set, is told why Acquire waits (the node not
+	// registered yet, or without a podCIDR), so that the agent's /readyz
+	// can say so instead of only "acquiring a lease".
+	Waiting func(why string)
 
 	Logger *slog.Logger
 }
