@@ -327,13 +327,17 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	}
 
 	if d.o.IPMasq || d.o.ForwardRules {
-		m, err := masq.New(n.EnableNFTables)
+		m, err := masq.New(ctx, n.EnableNFTables)
 		switch {
 		case err != nil && d.o.IPMasq:
 			return fmt.Errorf("--ip-masq: %w", err)
 		case err != nil:
 			d.log.Warn("forward rules disabled: no usable firewall tool", "err", err)
 		default:
+			if ipt, ok := m.(*masq.IPTables); ok {
+				v := ipt.Variant()
+				d.log.Info("firewall rules with "+v.String(), "why", v.Why)
+			}
 			d.keep = masq.NewKeeper(m, d.o.IPTablesResync, d.log)
 			wg.Add(1)
 			go func() {
