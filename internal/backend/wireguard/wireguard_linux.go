@@ -224,15 +224,23 @@ func (b *Backend) reconcile(ctx context.Context, d *wgDev, own lease.Lease, leas
 	if err := b.wg.ConfigureDevice(d.Name, cfg); err != nil {
 		return fmt.Errorf("wireguard: configure %s: %w", d.Name, err)
 	}
-	added, removed := 0, 0
+	var set []wgtypes.Key
+	removed := 0
 	for _, p := range cfg.Peers {
 		if p.Remove {
 			removed++
 		} else {
-			added++
+			set = append(set, p.PublicKey)
 		}
 	}
-	d.log.Debug("reconciled peers", "set", added, "removed", removed, "peers", len(want), "full", full)
+	if d.user != nil {
+		// New to this device, or changed: handshake now rather than on
+		// the first packet or the other end's rekey timeout. (The
+		// kernel's device keeps its sessions across weftd restarts; it
+		// has no such call.)
+		d.user.kick(set)
+	}
+	d.log.Debug("reconciled peers", "set", len(set), "removed", removed, "peers", len(want), "full", full)
 	return nil
 }
 
