@@ -126,7 +126,7 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	// The store first, as flanneld makes its subnet manager before
 	// anything else.
-	store, err := openStore(ctx, o)
+	store, err := openStore(ctx, o, func(why string) { d.health.notReady("acquiring a lease: " + why) })
 	if err != nil {
 		return err
 	}
@@ -186,7 +186,7 @@ func Run(ctx context.Context, o Options) (err error) {
 }
 
 // openStore chooses the lease store the options ask for.
-func openStore(ctx context.Context, o Options) (*storeHandle, error) {
+func openStore(ctx context.Context, o Options, waiting func(why string)) (*storeHandle, error) {
 	if o.KubeSubnetMgr {
 		ko := kubestore.Options{
 			APIURL: o.KubeAPIURL, Kubeconfig: o.KubeconfigFile,
@@ -194,6 +194,7 @@ func openStore(ctx context.Context, o Options) (*storeHandle, error) {
 			SetNodeNetworkUnavailable: o.SetNodeNetworkUnavailable,
 			UserAgent:                 "weftd/" + o.Version,
 			Logger:                    o.Logger,
+			Waiting:                   waiting,
 		}
 		// NODE_NAME (or POD_NAME and POD_NAMESPACE), EVENT_QUEUE_DEPTH and
 		// CONT_WHEN_CACHE_NOT_READY, as the DaemonSet sets them.
