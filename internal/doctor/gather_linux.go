@@ -345,7 +345,7 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 	keys := append([]string{"net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter"}, limitSysctls...)
 	if n != nil && n.EnableIPv6 {
 		keys = append(keys, "net/ipv6/conf/all/forwarding")
-		if name := DeviceNameV6(n); name != "" {
+		if name := DeviceNameV6(n); name != "" && n.Backend.Type == config.BackendVXLAN {
 			keys = append(keys, "net/ipv6/conf/"+name+"/accept_ra")
 		}
 	}
@@ -368,7 +368,7 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 func gatherIPv6(ctx context.Context, h *netlinkx.Handle, n *config.Network, ls []Link, sf SubnetFileFacts) *IPv6Facts {
 	f := &IPv6Facts{}
 	f.Routes, f.RoutesErr = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV6})
-	if name := DeviceNameV6(n); name != "" {
+	if name := DeviceNameV6(n); name != "" && n.Backend.Type == config.BackendVXLAN {
 		for _, l := range ls {
 			if l.Name == name {
 				f.Neighs, f.NeighErr = h.NeighList(l.Index, netlinkx.FamilyV6)

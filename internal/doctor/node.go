@@ -35,14 +35,18 @@ func DeviceName(n *config.Network) string {
 	case config.BackendUDP:
 		return udp.DeviceName
 	case config.BackendWireGuard:
-		return wireguard.DeviceName
+		return wireguard.DeviceFor(n, false)
 	}
 	return ""
 }
 
 // DeviceNameV6 is the backend's IPv6 device: flannel-v6.<VNI> for vxlan
-// with IPv6, none otherwise.
+// with IPv6; for wireguard flannel-wg-v6 (mode separate) or flannel-wg
+// (the single-device modes); none otherwise.
 func DeviceNameV6(n *config.Network) string {
+	if n.Backend.Type == config.BackendWireGuard {
+		return wireguard.DeviceFor(n, true)
+	}
 	if n.Backend.Type != config.BackendVXLAN || !n.EnableIPv6 {
 		return ""
 	}
@@ -307,6 +311,11 @@ func (e *eval) datapath() {
 		e.add("routes", Skip, "backend unknown: no valid config", "")
 		return
 	}
+	if !e.net.EnableIPv4 {
+		e.add("device", Skip, "IPv6-only network (EnableIPv4 false): see device-v6", "")
+		e.add("routes", Skip, "IPv6-only network (EnableIPv4 false): see routes-v6", "")
+		return
+	}
 	e.device()
 	e.routes()
 }
@@ -348,6 +357,10 @@ func (e *eval) device() {
 		overhead = wireguard.Overhead
 	}
 	wantMTU, why := e.net.Backend.MTU, "Backend.MTU"
+	if wantMTU > 0 && e.net.Backend.Type == config.BackendWireGuard {
+		// flannel's wireguard MTU is the underlay's, less the overhead.
+		wantMTU, why = wantMTU-overhead, fmt.Sprintf("Backend.MTU %d − %d", wantMTU, overhead)
+	}
 	if wantMTU == 0 && e.ulMTU > 0 {
 		wantMTU, why = e.ulMTU-overhead, fmt.Sprintf("%s %d − %d", e.ulName, e.ulMTU, overhead)
 	}
@@ -370,14 +383,18 @@ func (e *eval) device() {
 		mtu += " (" + why + ")"
 	}
 	if e.net.Backend.Type == config.BackendWireGuard {
-		// The kernel's device, or a TUN that wireguard-go in weftd serves.
-		impl := wireguard.ImplUserspace + " (wireguard-go in weftd)"
-		if d.Kind == "wireguard" {
-			impl = wireguard.ImplKernel
-		}
-		mtu += ", " + impl
+		mtu += ", " + wgImpl(d)
 	}
 	e.add("device", OK, fmt.Sprintf("%s up, %s, %s", name, prefixes(ipv4(d.Addrs)), mtu), "")
+}
+
+// wgImpl names what runs WireGuard device d: the kernel's device, or a
+// TUN that wireguard-go in weftd serves.
+func wgImpl(d *Link) string {
+	if d.Kind == "wireguard" {
+		return wireguard.ImplKernel
+	}
+	return wireguard.ImplUserspace + " (wireguard-go in weftd)"
 }
 
 func orUnknown(s string) string {

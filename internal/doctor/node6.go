@@ -9,6 +9,7 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/masq"
@@ -32,10 +33,10 @@ func (e *eval) ipv6() {
 		return
 	}
 	switch e.net.Backend.Type {
-	case config.BackendVXLAN, config.BackendHostGW:
+	case config.BackendVXLAN, config.BackendHostGW, config.BackendWireGuard:
 	default:
 		e.add("ipv6", Fail, fmt.Sprintf("EnableIPv6 with backend %s, which carries IPv4 only", e.net.Backend.Type),
-			"use vxlan or host-gw for IPv6")
+			"use vxlan, host-gw or wireguard for IPv6")
 		return
 	}
 	dev6 := e.device6()
@@ -85,26 +86,44 @@ func (e *eval) device6() *Link {
 			status = Fail
 		}
 	}
-	// As weftd sets it: the pods' MTU, at most what VXLAN over IPv6
-	// leaves of the underlay's.
-	wantMTU := e.net.Backend.MTU
-	if e.ulMTU > 0 {
+	wg := e.net.Backend.Type == config.BackendWireGuard
+	wantMTU, why := e.net.Backend.MTU, ""
+	switch {
+	case wg:
+		// As flannel: MTU (else the underlay's) less 80, for every device.
+		if wantMTU == 0 {
+			wantMTU, why = e.ulMTU, fmt.Sprintf("%s %d − %d", e.ulName, e.ulMTU, wireguard.Overhead)
+		} else {
+			why = fmt.Sprintf("Backend.MTU %d − %d", wantMTU, wireguard.Overhead)
+		}
+		if wantMTU > 0 {
+			wantMTU -= wireguard.Overhead
+		}
+	case e.ulMTU > 0:
+		// As weftd sets it: the pods' MTU, at most what VXLAN over IPv6
+		// leaves of the underlay's.
 		if wantMTU == 0 {
 			wantMTU = e.ulMTU - vxlanOverhead
 		}
 		wantMTU = min(wantMTU, e.ulMTU-vxlanOverhead6)
+		why = fmt.Sprintf("%s %d − %d", e.ulName, e.ulMTU, vxlanOverhead6)
 	}
 	if wantMTU > 0 && d.MTU != wantMTU {
-		problems = append(problems, fmt.Sprintf("MTU %d, want %d (%s %d − %d)", d.MTU, wantMTU, e.ulName, e.ulMTU, vxlanOverhead6))
+		problems = append(problems, fmt.Sprintf("MTU %d, want %d (%s)", d.MTU, wantMTU, why))
 		status = max(status, Warn)
 	}
-	if v, ok := e.f.Node.Sysctls["net/ipv6/conf/"+name+"/accept_ra"]; ok && v != "0" {
+	// flannel sets accept_ra=0 on its VXLAN devices only.
+	if v, ok := e.f.Node.Sysctls["net/ipv6/conf/"+name+"/accept_ra"]; ok && v != "0" && !wg {
 		problems = append(problems, "accept_ra = "+v+": router advertisements may add addresses and routes to it")
 		status = max(status, Warn)
 	}
 	if len(problems) > 0 {
 		e.add("device-v6", status, name+" "+strings.Join(problems, "; "),
 			"weftd repairs its device on every resync (--resync-period): if this stays, see weftd's log")
+		return d
+	}
+	if wg {
+		e.add("device-v6", OK, fmt.Sprintf("%s up, %s, MTU %d (%s), %s", name, prefixes(globalIPv6(d.Addrs)), d.MTU, why, wgImpl(d)), "")
 		return d
 	}
 	e.add("device-v6", OK, fmt.Sprintf("%s up, %s, MTU %d, accept_ra 0", name, prefixes(globalIPv6(d.Addrs)), d.MTU), "")
@@ -133,7 +152,7 @@ func (e *eval) routes6(f *IPv6Facts, dev6 *Link) {
 	case f.RoutesErr != nil:
 		e.add("routes-v6", Fail, fmt.Sprintf("listing IPv6 routes: %v", f.RoutesErr), "run doctor as root")
 		return
-	case typ == config.BackendVXLAN && dev6 == nil:
+	case typ != config.BackendHostGW && dev6 == nil:
 		e.add("routes-v6", Skip, "no IPv6 device: see device-v6", "")
 		return
 	case e.ulIndex == 0:
@@ -141,6 +160,19 @@ func (e *eval) routes6(f *IPv6Facts, dev6 *Link) {
 		return
 	}
 	network := e.net.IPv6Network
+	if typ == config.BackendWireGuard {
+		// One route to the whole network; the peers live in the
+		// device's table (AllowedIPs).
+		for _, r := range f.Routes {
+			if r.LinkIndex == dev6.Index && r.Dst == network.Masked() && !r.Gw.IsValid() {
+				e.add("routes-v6", OK, fmt.Sprintf("%s dev %s (wireguard routes the whole IPv6 network into its device)", r.Dst, dev6.Name), "")
+				return
+			}
+		}
+		e.add("routes-v6", Fail, fmt.Sprintf("missing route %s dev %s", network.Masked(), dev6.Name),
+			"weftd adds it on its next resync: is weftd running? see its log")
+		return
+	}
 	own := e.own6
 	owned := func(r netlinkx.Route) bool { return backend.Manages(network, own, r.Dst) && !own.Overlaps(r.Dst) }
 	on := func(idx ...int) []netlinkx.Route {
