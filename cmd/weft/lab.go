@@ -79,7 +79,7 @@ func (f *labFlags) register(fs *flag.FlagSet, withName bool) {
 	}
 	fs.StringVar(&f.root, "root", lab.DefaultRoot, "directory holding the labs")
 	fs.StringVar(&f.store, "store", lab.StoreEtcd, "where leases live: etcd, or kube (a real kube-apiserver and controller-manager; agents run with --kube-subnet-mgr)")
-	fs.StringVar(&f.ipFamily, "ip-family", lab.IPFamilyIPv4, "pod addresses: ipv4, dual (IPv4 and IPv6) or ipv6; with IPv6 the underlay has 2001:db8::/64 beside 192.0.2.0/24 (vxlan and host-gw)")
+	fs.StringVar(&f.ipFamily, "ip-family", lab.IPFamilyIPv4, "pod addresses: ipv4, dual (IPv4 and IPv6) or ipv6; with IPv6 the underlay has 2001:db8::/64 beside 192.0.2.0/24 (vxlan, host-gw and wireguard)")
 	fs.IntVar(&f.etcdMembers, "etcd-members", 1, "etcd members, one cluster in the control namespace; agents get every endpoint")
 	fs.BoolVar(&f.etcdTLS, "etcd-tls", false, "secure etcd as in production: TLS for clients and peers, client certificates required, user/password auth (files in <lab>/pki)")
 	fs.IntVar(&f.nodes, "nodes", lab.DefaultNodes, "number of nodes")

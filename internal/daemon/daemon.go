@@ -126,7 +126,7 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	// The store first, as flanneld makes its subnet manager before
 	// anything else.
-	store, err := openStore(ctx, o)
+	store, err := openStore(ctx, o, func(why string) { d.health.notReady("acquiring a lease: " + why) })
 	if err != nil {
 		return err
 	}
@@ -186,7 +186,7 @@ func Run(ctx context.Context, o Options) (err error) {
 }
 
 // openStore chooses the lease store the options ask for.
-func openStore(ctx context.Context, o Options) (*storeHandle, error) {
+func openStore(ctx context.Context, o Options, waiting func(why string)) (*storeHandle, error) {
 	if o.KubeSubnetMgr {
 		ko := kubestore.Options{
 			APIURL: o.KubeAPIURL, Kubeconfig: o.KubeconfigFile,
@@ -194,6 +194,7 @@ func openStore(ctx context.Context, o Options) (*storeHandle, error) {
 			SetNodeNetworkUnavailable: o.SetNodeNetworkUnavailable,
 			UserAgent:                 "weftd/" + o.Version,
 			Logger:                    o.Logger,
+			Waiting:                   waiting,
 		}
 		// NODE_NAME (or POD_NAME and POD_NAMESPACE), EVENT_QUEUE_DEPTH and
 		// CONT_WHEN_CACHE_NOT_READY, as the DaemonSet sets them.
@@ -326,13 +327,17 @@ func (d *daemon) run(ctx context.Context, wg *sync.WaitGroup) (err error) {
 	}
 
 	if d.o.IPMasq || d.o.ForwardRules {
-		m, err := masq.New(n.EnableNFTables)
+		m, err := masq.New(ctx, n.EnableNFTables)
 		switch {
 		case err != nil && d.o.IPMasq:
 			return fmt.Errorf("--ip-masq: %w", err)
 		case err != nil:
 			d.log.Warn("forward rules disabled: no usable firewall tool", "err", err)
 		default:
+			if ipt, ok := m.(*masq.IPTables); ok {
+				v := ipt.Variant()
+				d.log.Info("firewall rules with "+v.String(), "why", v.Why)
+			}
 			d.keep = masq.NewKeeper(m, d.o.IPTablesResync, d.log)
 			wg.Add(1)
 			go func() {

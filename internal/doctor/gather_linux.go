@@ -338,14 +338,14 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 	}
 
 	if n != nil && n.EnableIPv6 {
-		nf.IPv6 = gatherIPv6(h, n, nf.Links, sf)
+		nf.IPv6 = gatherIPv6(ctx, h, n, nf.Links, sf)
 	}
 
 	nf.Sysctls = map[string]string{}
 	keys := append([]string{"net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter"}, limitSysctls...)
 	if n != nil && n.EnableIPv6 {
 		keys = append(keys, "net/ipv6/conf/all/forwarding")
-		if name := DeviceNameV6(n); name != "" {
+		if name := DeviceNameV6(n); name != "" && n.Backend.Type == config.BackendVXLAN {
 			keys = append(keys, "net/ipv6/conf/"+name+"/accept_ra")
 		}
 	}
@@ -365,10 +365,10 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 }
 
 // gatherIPv6 reads the IPv6 half of the datapath.
-func gatherIPv6(h *netlinkx.Handle, n *config.Network, ls []Link, sf SubnetFileFacts) *IPv6Facts {
+func gatherIPv6(ctx context.Context, h *netlinkx.Handle, n *config.Network, ls []Link, sf SubnetFileFacts) *IPv6Facts {
 	f := &IPv6Facts{}
 	f.Routes, f.RoutesErr = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV6})
-	if name := DeviceNameV6(n); name != "" {
+	if name := DeviceNameV6(n); name != "" && n.Backend.Type == config.BackendVXLAN {
 		for _, l := range ls {
 			if l.Name == name {
 				f.Neighs, f.NeighErr = h.NeighList(l.Index, netlinkx.FamilyV6)
@@ -377,15 +377,17 @@ func gatherIPv6(h *netlinkx.Handle, n *config.Network, ls []Link, sf SubnetFileF
 		}
 	}
 	if !n.EnableNFTables && sf.Err == nil && sf.Env.IPMasq {
-		f.Masq = gatherIP6Tables()
+		f.Masq = gatherIP6Tables(ctx)
 	}
 	return f
 }
 
-// gatherIP6Tables reads ip6tables' nat chain WEFT-POSTRTG and its jump.
-func gatherIP6Tables() MasqFacts {
-	m := MasqFacts{Checked: true, Tool: "ip6tables"}
-	ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv6)
+// gatherIP6Tables reads ip6tables' nat chain WEFT-POSTRTG and its jump,
+// on the back end weftd chooses.
+func gatherIP6Tables(ctx context.Context) MasqFacts {
+	v := masq.DetectIPTables(ctx)
+	m := MasqFacts{Checked: true, Tool: v.Command(iptables.ProtocolIPv6)}
+	ipt, err := v.New(iptables.ProtocolIPv6)
 	if err != nil {
 		m.Err = err
 		return m
@@ -441,7 +443,9 @@ func gatherMasq(ctx context.Context, nft bool) MasqFacts {
 		}
 		return m
 	}
-	ipt, err := iptables.New()
+	v := masq.DetectIPTables(ctx)
+	m.Tool = v.Command(iptables.ProtocolIPv4)
+	ipt, err := v.New(iptables.ProtocolIPv4)
 	if err != nil {
 		m.Err = err
 		return m

@@ -36,14 +36,18 @@ func DeviceName(n *config.Network) string {
 	case config.BackendUDP:
 		return udp.DeviceName
 	case config.BackendWireGuard:
-		return wireguard.DeviceName
+		return wireguard.DeviceFor(n, false)
 	}
 	return ""
 }
 
 // DeviceNameV6 is the backend's IPv6 device: flannel-v6.<VNI> for vxlan
-// with IPv6, none otherwise.
+// with IPv6; for wireguard flannel-wg-v6 (mode separate) or flannel-wg
+// (the single-device modes); none otherwise.
 func DeviceNameV6(n *config.Network) string {
+	if n.Backend.Type == config.BackendWireGuard {
+		return wireguard.DeviceFor(n, true)
+	}
 	if n.Backend.Type != config.BackendVXLAN || !n.EnableIPv6 {
 		return ""
 	}
@@ -372,13 +376,19 @@ func (e *eval) datapath() {
 		e.add("routes", Skip, "backend unknown: no valid config", "")
 		return
 	}
+	if !e.net.EnableIPv4 {
+		e.add("device", Skip, "IPv6-only network (EnableIPv4 false): see device-v6", "")
+		e.add("routes", Skip, "IPv6-only network (EnableIPv4 false): see routes-v6", "")
+		return
+	}
 	fm := e.family4()
 	e.device(fm)
 	e.routes(fm)
 }
 
 // device checks the backend's device of the family: up, this node's
-// address, the MTU weftd gives it (and for IPv6, accept_ra off).
+// address, the MTU weftd gives it (and for flannel-v6.<VNI>, accept_ra
+// off).
 func (e *eval) device(fm *family) {
 	check, name := "device"+fm.suffix, fm.devName
 	if name == "" {
@@ -420,7 +430,9 @@ func (e *eval) device(fm *family) {
 		problems = append(problems, fmt.Sprintf("MTU %d is below %d (%s)", d.MTU, wantMTU, why))
 		status = max(status, Warn)
 	}
-	if v, ok := e.f.Node.Sysctls["net/ipv6/conf/"+name+"/accept_ra"]; fm.v6 && ok && v != "0" {
+	// flannel sets accept_ra=0 on its VXLAN devices only.
+	vxlan6 := fm.v6 && e.net.Backend.Type == config.BackendVXLAN
+	if v, ok := e.f.Node.Sysctls["net/ipv6/conf/"+name+"/accept_ra"]; vxlan6 && ok && v != "0" {
 		problems = append(problems, "accept_ra = "+v+": router advertisements may add addresses and routes to it")
 		status = max(status, Warn)
 	}
@@ -434,38 +446,47 @@ func (e *eval) device(fm *family) {
 		mtu += " (" + why + ")"
 	}
 	if e.net.Backend.Type == config.BackendWireGuard {
-		// The kernel's device, or a TUN that wireguard-go in weftd serves.
-		impl := wireguard.ImplUserspace + " (wireguard-go in weftd)"
-		if d.Kind == "wireguard" {
-			impl = wireguard.ImplKernel
-		}
-		mtu += ", " + impl
+		mtu += ", " + wgImpl(d)
 	}
-	if fm.v6 {
+	if vxlan6 {
 		mtu += ", accept_ra 0"
 	}
 	e.add(check, OK, fmt.Sprintf("%s up, %s, %s", name, prefixes(fm.addrs(d.Addrs)), mtu), "")
 }
 
 // deviceMTU is the MTU weftd gives the family's device, and why: Backend.MTU
-// or what the encapsulation leaves of the underlay's, for flannel-v6.<VNI>
-// at most what VXLAN over IPv6 leaves; 0 when unknown.
+// (for wireguard, as flannel, less the overhead) or what the encapsulation
+// leaves of the underlay's, for flannel-v6.<VNI> at most what VXLAN over
+// IPv6 leaves; 0 when unknown.
 func (e *eval) deviceMTU(fm *family) (int, string) {
+	typ := e.net.Backend.Type
 	overhead := vxlanOverhead
-	switch e.net.Backend.Type {
+	switch typ {
 	case config.BackendUDP:
 		overhead = udpOverhead
 	case config.BackendWireGuard:
 		overhead = wireguard.Overhead
 	}
 	want, why := e.net.Backend.MTU, "Backend.MTU"
+	if want > 0 && typ == config.BackendWireGuard {
+		want, why = want-overhead, fmt.Sprintf("Backend.MTU %d − %d", want, overhead)
+	}
 	if want == 0 && e.ulMTU > 0 {
 		want, why = e.ulMTU-overhead, fmt.Sprintf("%s %d − %d", e.ulName, e.ulMTU, overhead)
 	}
-	if fm.v6 && e.ulMTU > 0 && e.ulMTU-vxlanOverhead6 < want {
+	if fm.v6 && typ == config.BackendVXLAN && e.ulMTU > 0 && e.ulMTU-vxlanOverhead6 < want {
 		want, why = e.ulMTU-vxlanOverhead6, fmt.Sprintf("%s %d − %d", e.ulName, e.ulMTU, vxlanOverhead6)
 	}
 	return want, why
+}
+
+// wgImpl names what runs WireGuard device d: the kernel's device, or a
+// TUN that wireguard-go in weftd serves.
+func wgImpl(d *Link) string {
+	if d.Kind == "wireguard" {
+		return wireguard.ImplKernel
+	}
+	return wireguard.ImplUserspace + " (wireguard-go in weftd)"
 }
 
 func orUnknown(s string) string {
@@ -560,19 +581,23 @@ func (e *eval) routes(fm *family) {
 	switch typ {
 	case config.BackendUDP, config.BackendWireGuard:
 		// One route to the whole network; the peers live in weftd's table
-		// (udp) or the WireGuard device's (wireguard). IPv4 only.
-		e.programChecked = true
+		// (udp) or the WireGuard device's (wireguard, AllowedIPs).
+		if !fm.v6 {
+			e.programChecked = true
+		}
 		r := netlinkx.Route{Dst: network.Masked(), LinkIndex: fm.dev.Index}
 		for _, h := range on(fm.dev.Index) {
 			if h.Dst == r.Dst && !h.Gw.IsValid() {
-				e.add(check, OK, fmt.Sprintf("%s dev %s (%s routes the whole network into its device)", r.Dst, fm.dev.Name, typ), "")
+				e.add(check, OK, fmt.Sprintf("%s dev %s (%s routes the whole %snetwork into its device)", r.Dst, fm.dev.Name, typ, fm.ip()), "")
 				return
 			}
 		}
-		e.routeMissing = 1
+		if !fm.v6 {
+			e.routeMissing = 1
+		}
 		for _, l := range e.leases {
-			if l.Subnet.IsValid() && l.Subnet != e.own {
-				e.note(l.Subnet, "route to the network")
+			if s := fm.subnetOf(l); s.IsValid() && s != own {
+				e.noteLease(fm, l, "route to the network")
 			}
 		}
 		e.add(check, Fail, fmt.Sprintf("missing route %s dev %s", r.Dst, fm.dev.Name),

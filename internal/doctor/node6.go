@@ -26,10 +26,10 @@ func (e *eval) ipv6() {
 		return
 	}
 	switch e.net.Backend.Type {
-	case config.BackendVXLAN, config.BackendHostGW:
+	case config.BackendVXLAN, config.BackendHostGW, config.BackendWireGuard:
 	default:
 		e.add("ipv6", Fail, fmt.Sprintf("EnableIPv6 with backend %s, which carries IPv4 only", e.net.Backend.Type),
-			"use vxlan or host-gw for IPv6")
+			"use vxlan, host-gw or wireguard for IPv6")
 		return
 	}
 	fm := e.family6(f)
@@ -39,8 +39,8 @@ func (e *eval) ipv6() {
 	e.masquerade6(f)
 }
 
-// family6 is the IPv6 family: flannel-v6.<VNI> (vxlan; host-gw has no
-// device) and the IPv6 routes, neighbours and FDB in f.
+// family6 is the IPv6 family: the backend's IPv6 device (DeviceNameV6;
+// host-gw has none) and the IPv6 routes, neighbours and FDB in f.
 func (e *eval) family6(f *IPv6Facts) *family {
 	fm := &family{
 		v6: true, suffix: "-v6",

@@ -257,15 +257,15 @@ func (e *eval) peer(p PeerProbe) {
 			rtt = p.Underlay.RTT
 		}
 		r := e.out[len(e.out)-1]
-		e.probed[p.Target.Subnet] = &ProbeView{Status: r.Status, Message: r.Message, RTT: rtt}
+		e.probed[p.Target.Subnet] = &ProbeView{Status: r.Status, Message: r.Message, RTT: Millis(rtt)}
 	}
 }
 
 // ProbeView is the verdict of one peer's probe, for weft status.
 type ProbeView struct {
-	Status  Status        `json:"status"`
-	Message string        `json:"message"`
-	RTT     time.Duration `json:"rtt,omitempty"` // through the backend, else the underlay; 0 when nothing answered
+	Status  Status `json:"status"`
+	Message string `json:"message"`
+	RTT     Millis `json:"rttMs,omitempty"` // through the backend, else the underlay; 0 when nothing answered
 }
 
 func (e *eval) judgePeer(p PeerProbe) {
@@ -349,7 +349,7 @@ func pingText(p Ping) string {
 	if p.Received == 0 {
 		return lossOf(p) + " lost"
 	}
-	s := ms(p.RTT)
+	s := ms(time.Duration(p.RTT))
 	if p.Received < p.Sent {
 		s += fmt.Sprintf(", %.0f%% loss", 100*p.Loss())
 	}

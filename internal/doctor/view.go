@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"net/netip"
 	"slices"
-	"time"
 )
 
 // View is the cluster as this node sees it: every lease, whether this
@@ -36,10 +35,10 @@ type LeaseView struct {
 	Reservation bool `json:"reservation"`
 	// TTL is the time left and Renewed the time since the lease was
 	// granted or last renewed; both valid when TTLKnown.
-	TTLKnown bool          `json:"ttlKnown"`
-	TTL      time.Duration `json:"ttl,omitempty"`
-	Renewed  time.Duration `json:"renewed,omitempty"`
-	Expired  bool          `json:"expired"`
+	TTLKnown bool    `json:"ttlKnown"`
+	TTL      Seconds `json:"ttlSeconds,omitempty"`
+	Renewed  Seconds `json:"renewedSecondsAgo,omitempty"`
+	Expired  bool    `json:"expired"`
 	// Missing is what this node lacks to reach the lease ("route, fdb
 	// entry"); empty when all is programmed, for its own, or when not
 	// known (View.Programmed false).
@@ -65,9 +64,9 @@ func ClusterView(f Facts) View {
 			case r.LeaseID == 0:
 				lv.Reservation = true
 			case r.TTLErr == nil:
-				lv.TTLKnown, lv.TTL, lv.Expired = true, r.TTL, r.TTL <= 0
+				lv.TTLKnown, lv.TTL, lv.Expired = true, Seconds(r.TTL), r.TTL <= 0
 				if r.Granted > 0 {
-					lv.Renewed = max(r.Granted-r.TTL, 0)
+					lv.Renewed = Seconds(max(r.Granted-r.TTL, 0))
 				}
 			}
 		}

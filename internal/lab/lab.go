@@ -293,8 +293,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("ip family %q: want %s, %s or %s", o.IPFamily, IPFamilyIPv4, IPFamilyDual, IPFamilyIPv6)
 	}
 	if o.IPFamily != IPFamilyIPv4 {
-		if o.Backend != config.BackendVXLAN && o.Backend != config.BackendHostGW {
-			return o, fmt.Errorf("ip family %s: backend %s carries IPv4 only; use vxlan or host-gw", o.IPFamily, o.Backend)
+		if o.Backend == config.BackendUDP {
+			return o, fmt.Errorf("ip family %s: backend %s carries IPv4 only; use vxlan, host-gw or wireguard", o.IPFamily, o.Backend)
 		}
 		if o.IPFamily == IPFamilyIPv6 && o.Store != StoreKube {
 			// As flannel: etcd keys need an IPv4 subnet (see etcdstore.CheckNetwork).

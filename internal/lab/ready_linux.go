@@ -102,11 +102,16 @@ func (l *Lab) waitAgent(ctx context.Context, n *Node) error {
 }
 
 // waitRoutes waits until node n routes every other node's subnet (or, for
-// udp and wireguard, the whole network) into the fabric.
+// udp and wireguard, the whole network of each family) into the fabric.
 func (l *Lab) waitRoutes(ctx context.Context, n *Node) error {
 	var want []netip.Prefix
 	if l.Backend == config.BackendUDP || l.Backend == config.BackendWireGuard {
-		want = append(want, netip.MustParsePrefix(l.Network).Masked())
+		if l.HasIPv4() {
+			want = append(want, netip.MustParsePrefix(l.Network).Masked())
+		}
+		if l.HasIPv6() {
+			want = append(want, netip.MustParsePrefix(l.IPv6Network).Masked())
+		}
 	} else {
 		for _, o := range l.Nodes {
 			if o.Index == n.Index || o.Unregistered {

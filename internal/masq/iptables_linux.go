@@ -13,9 +13,10 @@ import (
 
 // IPTables keeps the rules with the iptables and ip6tables commands.
 type IPTables struct {
-	mu sync.Mutex
-	v4 *iptables.IPTables
-	v6 *iptables.IPTables // nil when ip6tables is missing
+	mu      sync.Mutex
+	v4      *iptables.IPTables
+	v6      *iptables.IPTables // nil when ip6tables is missing
+	variant IPTablesVariant
 	// built holds each chain's listing right after weftd wrote it, with
 	// the rendering it was written from, keyed by proto/table/chain.
 	// Comparing later listings with it rather than with a rendering of our
@@ -25,18 +26,21 @@ type IPTables struct {
 }
 
 // NewIPTables finds iptables (and ip6tables, needed only when the network
-// has IPv6).
-func NewIPTables() (*IPTables, error) {
-	v4, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
+// has IPv6) of back end v.
+func NewIPTables(v IPTablesVariant) (*IPTables, error) {
+	v4, err := v.New(iptables.ProtocolIPv4)
 	if err != nil {
-		return nil, fmt.Errorf("iptables: %w", err)
+		return nil, fmt.Errorf("%s: %w", v.Command(iptables.ProtocolIPv4), err)
 	}
-	m := &IPTables{v4: v4, built: map[string]builtChain{}}
-	if v6, err := iptables.NewWithProtocol(iptables.ProtocolIPv6); err == nil {
+	m := &IPTables{v4: v4, variant: v, built: map[string]builtChain{}}
+	if v6, err := v.New(iptables.ProtocolIPv6); err == nil {
 		m.v6 = v6
 	}
 	return m, nil
 }
+
+// Variant is the back end m writes with.
+func (m *IPTables) Variant() IPTablesVariant { return m.variant }
 
 // Ensure implements Manager.
 func (m *IPTables) Ensure(ctx context.Context, c Config) (bool, error) {

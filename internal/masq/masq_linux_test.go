@@ -194,7 +194,7 @@ func TestIPTablesInNamespace(t *testing.T) {
 	}
 
 	var m *IPTables
-	if err := l.in(l.node, func() (err error) { m, err = NewIPTables(); return err }); err != nil {
+	if err := l.in(l.node, func() (err error) { m, err = NewIPTables(IPTablesVariant{}); return err }); err != nil {
 		t.Fatal(err)
 	}
 	ensure(t, l, m, labConfig, true)
@@ -316,7 +316,7 @@ func TestKeeperRepairs(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- l.in(l.node, func() error {
-			m, err := NewIPTables()
+			m, err := NewIPTables(IPTablesVariant{})
 			if err != nil {
 				return err
 			}
@@ -350,4 +350,50 @@ func TestKeeperRepairs(t *testing.T) {
 	run(t, "ip", "netns", "exec", l.node, "iptables", "-t", "nat", "-F", "WEFT-POSTRTG")
 	waitFor("rules repaired", hasMasq)
 	l.checkFamilies(true)
+}
+
+// The rules go to the back end kubelet's chains are in, as flannel's image
+// (iptables-wrappers) chooses: a host on iptables-legacy gets them there,
+// where they work with kube-proxy's.
+func TestIPTablesBackEndFollowsKubelet(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		hint  []string // creates kubelet's chain, in the node's namespace
+		mode  string
+		other string // the back end that must stay empty
+	}{
+		{"none", nil, "", "iptables-legacy"},
+		{"legacy", []string{"iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"}, "legacy", "iptables-nft"},
+		{"legacy IPv6", []string{"ip6tables-legacy", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"}, "legacy", "iptables-nft"},
+		{"nft", []string{"iptables-nft", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"}, "nft", "iptables-legacy"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := newLab(t)
+			if c.hint != nil {
+				run(t, append([]string{"ip", "netns", "exec", l.node}, c.hint...)...)
+			}
+			var v IPTablesVariant
+			var m *IPTables
+			if err := l.in(l.node, func() (err error) {
+				v = DetectIPTables(context.Background())
+				m, err = NewIPTables(v)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if v.Mode != c.mode {
+				t.Fatalf("DetectIPTables = %+v, want mode %q", v, c.mode)
+			}
+			t.Logf("%s: %s", v, v.Why)
+			ensure(t, l, m, labConfig, true)
+			l.checkTraffic()
+			in := run(t, "ip", "netns", "exec", l.node, v.String(), "-t", "nat", "-S")
+			if !strings.Contains(in, "-j WEFT-POSTRTG") {
+				t.Errorf("%s lacks the jump to WEFT-POSTRTG:\n%s", v, in)
+			}
+			if s := run(t, "ip", "netns", "exec", l.node, c.other, "-t", "nat", "-S"); strings.Contains(s, "WEFT") {
+				t.Errorf("%s has weft's rules too:\n%s", c.other, s)
+			}
+		})
+	}
 }

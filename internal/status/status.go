@@ -179,9 +179,9 @@ func (s Status) WriteText(w io.Writer) error {
 		case r.TTLKnown && r.Expired:
 			expires = "expired"
 		case r.TTLKnown:
-			expires = dur(r.TTL)
+			expires = dur(time.Duration(r.TTL))
 			if r.Renewed > 0 {
-				renewed = dur(r.Renewed) + " ago"
+				renewed = dur(time.Duration(r.Renewed)) + " ago"
 			}
 		}
 		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", node, subnet, r.PublicIP, dash(r.BackendType), dash(r.Data), renewed, expires, r.State)
@@ -190,7 +190,7 @@ func (s Status) WriteText(w io.Writer) error {
 			if r.Probe != nil {
 				switch {
 				case r.Probe.Status == doctor.OK:
-					p = fmt.Sprintf("%.2f ms", float64(r.Probe.RTT.Microseconds())/1000)
+					p = fmt.Sprintf("%.2f ms", float64(time.Duration(r.Probe.RTT).Microseconds())/1000)
 				default:
 					p = r.Probe.Status.String() + ": " + r.Probe.Message
 				}

@@ -31,12 +31,12 @@ func view() doctor.View {
 		Own:        p("10.244.1.0/24"),
 		Programmed: true,
 		Leases: []doctor.LeaseView{
-			{Key: "10.244.1.0-24", Subnet: p("10.244.1.0/24"), PublicIP: a("192.0.2.1"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:01"), Own: true, TTLKnown: true, TTL: 23*time.Hour + 10*time.Minute, Renewed: 50 * time.Minute},
+			{Key: "10.244.1.0-24", Subnet: p("10.244.1.0/24"), PublicIP: a("192.0.2.1"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:01"), Own: true, TTLKnown: true, TTL: doctor.Seconds(23*time.Hour + 10*time.Minute), Renewed: doctor.Seconds(50 * time.Minute)},
 			{Key: "10.244.2.0-24", Subnet: p("10.244.2.0/24"), PublicIP: a("192.0.2.2"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:02"), Reservation: true,
-				Probe: &doctor.ProbeView{Status: doctor.OK, RTT: 420 * time.Microsecond}},
-			{Key: "10.244.3.0-24", Subnet: p("10.244.3.0/24"), PublicIP: a("192.0.2.3"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:03"), TTLKnown: true, TTL: 5 * time.Hour, Renewed: 19 * time.Hour, Missing: "route",
+				Probe: &doctor.ProbeView{Status: doctor.OK, RTT: doctor.Millis(420 * time.Microsecond)}},
+			{Key: "10.244.3.0-24", Subnet: p("10.244.3.0/24"), PublicIP: a("192.0.2.3"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:03"), TTLKnown: true, TTL: doctor.Seconds(5 * time.Hour), Renewed: doctor.Seconds(19 * time.Hour), Missing: "route",
 				Probe: &doctor.ProbeView{Status: doctor.Fail, Message: "VXLAN (UDP 8472) to 192.0.2.3 dropped"}},
-			{Key: "10.244.4.0-24", Subnet: p("10.244.4.0/24"), PublicIP: a("192.0.2.4"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:04"), TTLKnown: true, TTL: -time.Second, Expired: true},
+			{Key: "10.244.4.0-24", Subnet: p("10.244.4.0/24"), PublicIP: a("192.0.2.4"), BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:04"), TTLKnown: true, TTL: doctor.Seconds(-time.Second), Expired: true},
 		},
 		Stale: []netip.Prefix{p("10.244.5.0/24")},
 	}

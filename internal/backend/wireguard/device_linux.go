@@ -13,6 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weft-net/weft/internal/netlinkx"
 )
@@ -122,6 +123,19 @@ func (u *userDevice) stopped() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// kick sends each of peers a keepalive, which starts a handshake where
+// there is no session: a peer that still holds a session with this
+// device's previous incarnation (weftd restarted, or the device was
+// re-created) would otherwise keep sending into it until WireGuard's
+// own rekey timeout, about 15 s later.
+func (u *userDevice) kick(peers []wgtypes.Key) {
+	for _, k := range peers {
+		if p := u.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
+			p.SendKeepalive()
+		}
 	}
 }
 

@@ -15,10 +15,16 @@ import (
 // (REJECT_AFTER_TIME), and rekeys every 120 s while there is traffic.
 const RecentHandshake = 180 * time.Second
 
-// Stats is the device's state as /metrics shows it.
+// Stats is the devices' state as /metrics shows it.
 type Stats struct {
-	Implementation string // kernel or userspace; "" before the device exists
-	Peers          int
+	Implementation string // kernel or userspace; "" before a device exists
+	Devices        []DeviceStats
+}
+
+// DeviceStats is one device's state.
+type DeviceStats struct {
+	Name  string // flannel-wg, flannel-wg-v6
+	Peers int
 	// RecentHandshakes counts peers whose last handshake is younger than
 	// RecentHandshake.
 	RecentHandshakes int
@@ -109,21 +115,22 @@ func (d *userDrops) into(m map[string]uint64) {
 	m["unknown_type"] = d.unknownType.Load()
 }
 
-// collector exports Stats, read at scrape time.
+// collector exports Stats, read at scrape time, one series per device.
 type collector struct {
 	stats                                           func() Stats
 	info, peers, recent, handshakes, bytes, dropped *prometheus.Desc
 }
 
 func newCollector(stats func() Stats) *collector {
+	dev := []string{"device"}
 	return &collector{
 		stats:      stats,
-		info:       prometheus.NewDesc("weft_wireguard_device_info", "The WireGuard device weftd runs: the kernel's or wireguard-go in weftd (userspace).", []string{"device", "implementation"}, nil),
-		peers:      prometheus.NewDesc("weft_wireguard_peers", "Peers configured on the WireGuard device.", nil, nil),
-		recent:     prometheus.NewDesc("weft_wireguard_peers_recent_handshake", "Peers whose last handshake is younger than 180 s (a live session).", nil, nil),
-		handshakes: prometheus.NewDesc("weft_wireguard_handshakes_total", "Handshakes seen complete since weftd started.", nil, nil),
-		bytes:      prometheus.NewDesc("weft_wireguard_bytes_total", "Bytes the WireGuard device sent to and received from its peers.", []string{"direction"}, nil),
-		dropped:    prometheus.NewDesc("weft_wireguard_dropped_total", "Packets the WireGuard device dropped, by reason.", []string{"reason"}, nil),
+		info:       prometheus.NewDesc("weft_wireguard_device_info", "The WireGuard devices weftd runs: the kernel's or wireguard-go in weftd (userspace).", []string{"device", "implementation"}, nil),
+		peers:      prometheus.NewDesc("weft_wireguard_peers", "Peers configured on the WireGuard device.", dev, nil),
+		recent:     prometheus.NewDesc("weft_wireguard_peers_recent_handshake", "Peers whose last handshake is younger than 180 s (a live session).", dev, nil),
+		handshakes: prometheus.NewDesc("weft_wireguard_handshakes_total", "Handshakes seen complete since weftd started.", dev, nil),
+		bytes:      prometheus.NewDesc("weft_wireguard_bytes_total", "Bytes the WireGuard device sent to and received from its peers.", []string{"device", "direction"}, nil),
+		dropped:    prometheus.NewDesc("weft_wireguard_dropped_total", "Packets the WireGuard device dropped, by reason.", []string{"device", "reason"}, nil),
 	}
 }
 
@@ -135,16 +142,18 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.stats()
-	if s.Implementation != "" {
-		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, DeviceName, s.Implementation)
-	}
-	ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(s.Peers))
-	ch <- prometheus.MustNewConstMetric(c.recent, prometheus.GaugeValue, float64(s.RecentHandshakes))
-	ch <- prometheus.MustNewConstMetric(c.handshakes, prometheus.CounterValue, float64(s.Handshakes))
-	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.TxBytes), "tx")
-	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.RxBytes), "rx")
-	for reason, v := range s.Dropped {
-		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(v), reason)
+	for _, d := range s.Devices {
+		if s.Implementation != "" {
+			ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, d.Name, s.Implementation)
+		}
+		ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(d.Peers), d.Name)
+		ch <- prometheus.MustNewConstMetric(c.recent, prometheus.GaugeValue, float64(d.RecentHandshakes), d.Name)
+		ch <- prometheus.MustNewConstMetric(c.handshakes, prometheus.CounterValue, float64(d.Handshakes), d.Name)
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(d.TxBytes), d.Name, "tx")
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(d.RxBytes), d.Name, "rx")
+		for reason, v := range d.Dropped {
+			ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(v), d.Name, reason)
+		}
 	}
 }
 

@@ -1,21 +1,29 @@
 // Package wireguard is flannel's "wireguard" backend: pod traffic between
-// nodes goes encrypted through a WireGuard device flannel-wg, one peer per
-// remote node (its lease's PublicKey, endpoint PublicIP:Port, AllowedIPs its
-// pod subnet only). The lease carries flannel's BackendData
-// {"PublicKey":"…","Port":51820}, so weft and flannel nodes peer together.
+// nodes goes encrypted through WireGuard devices, one peer per remote node
+// (its lease's PublicKey, endpoint PublicIP:Port, AllowedIPs its pod
+// subnets only). The lease carries flannel's BackendData
+// {"PublicKey":"…","Port":51820} and, with IPv6, BackendV6Data
+// {"PublicKey":"…","Port":51821}, so weft and flannel nodes peer together.
 //
-// The device is the kernel's where the wireguard module exists, else
+// Backend.Mode picks the devices, as flannel: "separate" (the default)
+// runs flannel-wg for IPv4 and flannel-wg-v6 for IPv6, each with its own
+// listen port (ListenPort, ListenPortV6) and peers of its family; "auto",
+// "ipv4" and "ipv6" run flannel-wg alone, carrying both families, its
+// peers dialled over the family the mode names (auto: chosen per peer).
+//
+// A device is the kernel's where the wireguard module exists, else
 // wireguard-go running inside weftd on a TUN device (with the TUN's
 // offloads and the socket's batching). Both are configured the same way:
 // through wgctrl, which talks netlink to the kernel's and the UAPI socket
-// /var/run/wireguard/flannel-wg.sock to weftd's. desired.go computes the
-// peers (pure); wireguard_linux.go converges the device to them.
+// /var/run/wireguard/<device>.sock to weftd's. desired.go computes the
+// peers (pure); wireguard_linux.go converges the devices to them.
 package wireguard
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -53,17 +61,28 @@ type LeaseData struct {
 	Port      uint16
 }
 
-// Identities names the public key a lease publishes, which no other lease
+// Identities names the public keys a lease publishes, which no other lease
 // may (package admit: the older lease keeps it): a copied key would make
-// its holder receive the real node's traffic.
+// its holder receive the real node's traffic. Both blobs of a dual-stack
+// lease carry one key (flannel uses one for both devices); an IPv6-only
+// lease has only BackendV6Data.
 func Identities(l lease.Lease) []string {
 	if l.Attrs.BackendType != config.BackendWireGuard {
 		return nil
 	}
-	if k, _, err := ParseLeaseData(l.Attrs.BackendData); err == nil {
-		return []string{"WireGuard key " + k.String()}
+	var out []string
+	add := func(raw json.RawMessage) {
+		if k, _, err := ParseLeaseData(raw); err == nil && !slices.Contains(out, "WireGuard key "+k.String()) {
+			out = append(out, "WireGuard key "+k.String())
+		}
 	}
-	return nil
+	if l.Subnet.IsValid() {
+		add(l.Attrs.BackendData)
+	}
+	if l.IPv6Subnet.IsValid() {
+		add(l.Attrs.BackendV6Data)
+	}
+	return out
 }
 
 // Marshal returns the BackendData bytes: {"PublicKey":"…","Port":51820}.
@@ -88,24 +107,88 @@ func ParseLeaseData(raw json.RawMessage) (wgtypes.Key, uint16, error) {
 	return k, d.Port, nil
 }
 
+// Device is one WireGuard device a mode runs: its name, listen port and
+// the address families whose pod subnets it carries.
+type Device struct {
+	Name       string
+	Port       int
+	IPv4, IPv6 bool
+}
+
+// Devices returns the devices n's wireguard config runs, as flannel makes
+// them: in mode separate flannel-wg (ListenPort) for IPv4 and
+// flannel-wg-v6 (ListenPortV6) for IPv6, as the network enables them;
+// in the other modes flannel-wg alone on ListenPort, with both families.
+func Devices(n *config.Network) []Device {
+	if n == nil {
+		return nil
+	}
+	v4 := n.EnableIPv4 && n.Network.IsValid()
+	v6 := n.EnableIPv6 && n.IPv6Network.IsValid()
+	port, port6 := n.Backend.ListenPort, n.Backend.ListenPortV6
+	if port == 0 {
+		port = config.DefaultWireGuardPort
+	}
+	if port6 == 0 {
+		port6 = config.DefaultWireGuardPortV6
+	}
+	switch n.Backend.Mode {
+	case "", config.WireGuardSeparate:
+		var out []Device
+		if v4 {
+			out = append(out, Device{Name: DeviceName, Port: port, IPv4: true})
+		}
+		if v6 {
+			out = append(out, Device{Name: DeviceNameV6, Port: port6, IPv6: true})
+		}
+		return out
+	}
+	if !v4 && !v6 {
+		return nil
+	}
+	return []Device{{Name: DeviceName, Port: port, IPv4: v4, IPv6: v6}}
+}
+
+// DeviceFor is the device that carries a family's pod traffic under n
+// ("" when none does): flannel-wg for IPv4, and for IPv6 flannel-wg-v6
+// in mode separate, else flannel-wg.
+func DeviceFor(n *config.Network, v6 bool) string {
+	for _, d := range Devices(n) {
+		if v6 && d.IPv6 || !v6 && d.IPv4 {
+			return d.Name
+		}
+	}
+	return ""
+}
+
 // settings are what the backend derives from its parameters.
 type settings struct {
-	port      int
-	mtu       int
+	devices   []Device
+	port      int // flannel-wg's (ListenPort): BackendData's Port
+	port6     int // ListenPortV6: BackendV6Data's Port, in every mode (flannel's)
+	mtu       int // of every device, and pods'
 	keepalive int // seconds
 	psk       *wgtypes.Key
 	mode      string
 	impl      string // auto, kernel or userspace
+	v4, v6    bool   // families the network carries
 }
 
 func deriveSettings(p backend.Params) (settings, error) {
-	if p.Network == nil || !p.Network.EnableIPv4 || !p.Network.Network.IsValid() {
-		return settings{}, errors.New("wireguard: no IPv4 cluster network configured (weft's wireguard backend carries IPv4 until dual stack lands)")
+	if p.Network == nil {
+		return settings{}, errors.New("wireguard: no network config")
 	}
-	b := p.Network.Backend
-	s := settings{port: b.ListenPort, keepalive: b.PersistentKeepaliveInterval, mode: b.Mode, impl: b.Implementation}
+	n := p.Network
+	b := n.Backend
+	s := settings{
+		port: b.ListenPort, port6: b.ListenPortV6, keepalive: b.PersistentKeepaliveInterval, mode: b.Mode, impl: b.Implementation,
+		v4: n.EnableIPv4 && n.Network.IsValid(), v6: n.EnableIPv6 && n.IPv6Network.IsValid(),
+	}
 	if s.port == 0 {
 		s.port = config.DefaultWireGuardPort
+	}
+	if s.port6 == 0 {
+		s.port6 = config.DefaultWireGuardPortV6
 	}
 	if s.mode == "" {
 		s.mode = config.WireGuardSeparate
@@ -113,8 +196,14 @@ func deriveSettings(p backend.Params) (settings, error) {
 	if s.impl == "" {
 		s.impl = config.WireGuardImplAuto
 	}
-	if s.mode == config.WireGuardIPv6 {
-		return settings{}, errors.New("wireguard: Backend.Mode \"ipv6\" needs IPv6 leases, which weft does not carry yet")
+	switch {
+	case !s.v4 && !s.v6:
+		return settings{}, errors.New("wireguard: the network config enables no family with a network (Network, or EnableIPv6 with IPv6Network)")
+	case s.mode == config.WireGuardIPv4 && !s.v4:
+		// flannel would dial every peer at 0.0.0.0.
+		return settings{}, errors.New(`wireguard: Backend.Mode "ipv4" dials peers' PublicIP, which a network without IPv4 (EnableIPv4 false) does not have: use "separate", "auto" or "ipv6"`)
+	case s.mode == config.WireGuardIPv6 && !s.v6:
+		return settings{}, errors.New(`wireguard: Backend.Mode "ipv6" dials peers' PublicIPv6, which needs EnableIPv6 with IPv6Network: use "separate", "auto" or "ipv4"`)
 	}
 	if b.PSK != "" {
 		k, err := wgtypes.ParseKey(b.PSK)
@@ -124,7 +213,7 @@ func deriveSettings(p backend.Params) (settings, error) {
 		s.psk = &k
 	}
 	// As flannel: MTU (else the underlay's) less the overhead, for the
-	// device and for pods alike.
+	// devices and for pods alike.
 	ext := b.MTU
 	if ext == 0 {
 		if p.Ext.MTU <= 0 {
@@ -136,5 +225,20 @@ func deriveSettings(p backend.Params) (settings, error) {
 	if s.mtu < minMTU {
 		return settings{}, fmt.Errorf("wireguard: device MTU %d (%d less %d) is below WireGuard's minimum %d", s.mtu, ext, Overhead, minMTU)
 	}
+	nc := *n
+	nc.Backend.ListenPort, nc.Backend.ListenPortV6, nc.Backend.Mode = s.port, s.port6, s.mode
+	s.devices = Devices(&nc)
 	return s, nil
+}
+
+// portQuirk says why, in a single-device mode with IPv6, peers dialled
+// over IPv6 will not answer: flannel dials them on the Port of their
+// BackendV6Data, ListenPortV6, while their one device listens on
+// ListenPort. "" when the ports agree or no peer is dialled over IPv6.
+func (s settings) portQuirk() string {
+	if s.mode == config.WireGuardSeparate || !s.v6 || s.port == s.port6 || s.mode == config.WireGuardIPv4 {
+		return ""
+	}
+	return fmt.Sprintf("Backend.Mode %q runs one device on ListenPort %d, but peers dialled over IPv6 are dialled on their BackendV6Data's Port, ListenPortV6 %d, as flannel does: set ListenPortV6 to %d, or those peers never answer",
+		s.mode, s.port, s.port6, s.port)
 }

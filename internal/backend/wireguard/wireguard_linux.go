@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,8 +24,10 @@ import (
 
 var (
 	_ backend.Backend         = (*Backend)(nil)
+	_ backend.V6Backend       = (*Backend)(nil)
 	_ backend.MetricsExporter = (*Backend)(nil)
 	_ backend.Identifier      = (*Backend)(nil)
+	_ backend.Devicer         = (*Backend)(nil)
 )
 
 // Options are the backend's settings that do not come from the network
@@ -39,9 +42,11 @@ type Options struct {
 	OnUserspace func()
 }
 
-// Backend is the wireguard datapath of this node. It makes flannel-wg in
-// the network namespace of its handle and, for the userspace device, of
-// the calling thread: weftd runs wholly inside the node's namespace.
+// Backend is the wireguard datapath of this node: the mode's devices
+// (flannel-wg, flannel-wg-v6), each converged by the same code. It makes
+// them in the network namespace of its handle and, for the userspace
+// device, of the calling thread: weftd runs wholly inside the node's
+// namespace.
 type Backend struct {
 	p    backend.Params
 	h    *netlinkx.Handle
@@ -50,18 +55,25 @@ type Backend struct {
 	opts Options
 
 	key  wgtypes.Key
-	impl string      // kernel or userspace, once the device exists
-	user *userDevice // the userspace device, when impl is userspace
+	impl string // kernel or userspace, once a device was made: the next one is the same
 	wg   *wgctrl.Client
-	own  netip.Prefix
-
-	skips backend.SkipLog
-	hs    handshakes
-	drops userDrops
+	devs []*wgDev
 
 	mu   sync.Mutex // guards the metrics' view of impl and their client
 	mwg  *wgctrl.Client
 	mimp string
+}
+
+// wgDev is the state of one device.
+type wgDev struct {
+	Device
+	log   *slog.Logger
+	impl  string      // kernel or userspace, once the device exists
+	user  *userDevice // wireguard-go, when impl is userspace
+	own   lease.Lease // the lease its address was set for
+	skips backend.SkipLog
+	hs    handshakes
+	drops userDrops
 }
 
 // New returns the backend; it touches nothing until LeaseAttrs.
@@ -73,11 +85,22 @@ func New(p backend.Params, h *netlinkx.Handle, log *slog.Logger, o Options) (*Ba
 	if o.KeyFile == "" {
 		o.KeyFile = DefaultKeyFile
 	}
-	return &Backend{p: p, h: h, log: log.With("backend", config.BackendWireGuard, "device", DeviceName), set: s, opts: o}, nil
+	log = log.With("backend", config.BackendWireGuard)
+	b := &Backend{p: p, h: h, log: log, set: s, opts: o}
+	for _, d := range s.devices {
+		b.devs = append(b.devs, &wgDev{Device: d, log: log.With("device", d.Name)})
+	}
+	if q := s.portQuirk(); q != "" {
+		log.Warn(q)
+	}
+	return b, nil
 }
 
-// LeaseAttrs loads (or makes) the private key, brings the device up with
-// it and returns "wireguard" with {"PublicKey":"…","Port":<ListenPort>}.
+// LeaseAttrs loads (or makes) the private key, brings the devices up with
+// it and returns "wireguard" with {"PublicKey":"…","Port":<ListenPort>}
+// (none without IPv4, as flannel); LeaseV6Data has the IPv6 blob. A
+// device of another mode left from an earlier run is removed: its route
+// to a network would compete with this mode's.
 func (b *Backend) LeaseAttrs(ctx context.Context) (string, json.RawMessage, error) {
 	k, created, err := LoadKey(b.opts.KeyFile)
 	if err != nil {
@@ -87,8 +110,29 @@ func (b *Backend) LeaseAttrs(ctx context.Context) (string, json.RawMessage, erro
 	if created {
 		b.log.Info("generated a new WireGuard key", "key_file", b.opts.KeyFile, "public_key", k.PublicKey())
 	}
-	if err := b.ensure(ctx, true); err != nil {
-		return "", nil, err
+	for _, name := range []string{DeviceName, DeviceNameV6} {
+		if slices.ContainsFunc(b.devs, func(d *wgDev) bool { return d.Name == name }) {
+			continue
+		}
+		l, err := b.h.LinkByName(name)
+		if err != nil {
+			if netlinkx.IsNotFound(err) {
+				continue
+			}
+			return "", nil, fmt.Errorf("wireguard: %w", err)
+		}
+		b.log.Info("removing a device this mode does not use", "device", name, "mode", b.set.mode)
+		if err := b.h.LinkDel(l); err != nil {
+			return "", nil, fmt.Errorf("wireguard: remove %s: %w", name, err)
+		}
+	}
+	for _, d := range b.devs {
+		if err := b.ensure(ctx, d, true); err != nil {
+			return "", nil, err
+		}
+	}
+	if !b.set.v4 {
+		return config.BackendWireGuard, nil, nil
 	}
 	data, err := LeaseData{PublicKey: k.PublicKey().String(), Port: uint16(b.set.port)}.Marshal()
 	if err != nil {
@@ -97,73 +141,130 @@ func (b *Backend) LeaseAttrs(ctx context.Context) (string, json.RawMessage, erro
 	return config.BackendWireGuard, data, nil
 }
 
-// Configure gives flannel-wg own's address and the route to the network.
-func (b *Backend) Configure(ctx context.Context, own lease.Lease) (backend.PodLink, error) {
-	if !own.Subnet.IsValid() || !own.Subnet.Addr().Is4() {
-		return backend.PodLink{}, fmt.Errorf("wireguard: lease %s has no IPv4 subnet", own.Key())
+// LeaseV6Data implements backend.V6Backend: {"PublicKey":"…","Port":
+// <ListenPortV6>} with the one key of both devices, after LeaseAttrs; nil
+// without IPv6. The Port is ListenPortV6 in every mode, as flannel
+// publishes it.
+func (b *Backend) LeaseV6Data() json.RawMessage {
+	if !b.set.v6 || b.key == (wgtypes.Key{}) {
+		return nil
 	}
-	b.own = own.Subnet
-	if err := b.ensure(ctx, true); err != nil {
+	data, _ := LeaseData{PublicKey: b.key.PublicKey().String(), Port: uint16(b.set.port6)}.Marshal() // two plain fields
+	return data
+}
+
+// Configure gives each device own's addresses of its families and the
+// routes to their networks.
+func (b *Backend) Configure(ctx context.Context, own lease.Lease) (backend.PodLink, error) {
+	if err := b.checkOwn(own); err != nil {
+		return backend.PodLink{}, err
+	}
+	var errs []error
+	for _, d := range b.devs {
+		d.own = own
+		errs = append(errs, b.ensure(ctx, d, true))
+	}
+	if err := errors.Join(errs...); err != nil {
 		return backend.PodLink{}, err
 	}
 	return backend.PodLink{MTU: b.set.mtu}, nil
 }
 
-// Reconcile re-creates the device if it vanished (or wireguard-go
+// checkOwn says which family the network has that own lacks a subnet of.
+func (b *Backend) checkOwn(own lease.Lease) error {
+	switch {
+	case b.set.v4 && !own.Subnet.Addr().Is4():
+		return fmt.Errorf("wireguard: lease %s has no IPv4 subnet", own.Key())
+	case b.set.v6 && !own.IPv6Subnet.Addr().Is6():
+		return fmt.Errorf("wireguard: lease %s has no IPv6 subnet", own.Key())
+	}
+	return nil
+}
+
+// Reconcile re-creates a device that vanished (or whose wireguard-go
 // stopped), repairs its link state when full, and converges its peers to
-// the lease set. The peers are always compared with the device's own
-// list: one query, cheap, and it heals a `wg set` done by hand.
+// the lease set; each device in turn, one failing not stopping the other.
+// The peers are always compared with the device's own list: one query,
+// cheap, and it heals a `wg set` done by hand.
 func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !own.Subnet.IsValid() || !own.Subnet.Addr().Is4() {
-		return fmt.Errorf("wireguard: lease %s has no IPv4 subnet", own.Key())
-	}
-	check := full || own.Subnet != b.own
-	b.own = own.Subnet
-	if err := b.ensure(ctx, check); err != nil {
+	if err := b.checkOwn(own); err != nil {
 		return err
 	}
-	want, skipped := Desired(Params{
-		Network: b.p.Network.Network, Own: own.Subnet, OwnKey: b.key.PublicKey(),
-		PublicIP: b.p.PublicIP(own), Port: b.set.port,
-	}, leases)
-	b.skips.Report(b.log, skipped)
-
-	dev, err := b.wg.Device(DeviceName)
-	if err != nil {
-		return fmt.Errorf("wireguard: read %s: %w", DeviceName, err)
+	var errs []error
+	for _, d := range b.devs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		errs = append(errs, b.reconcile(ctx, d, own, leases, full))
 	}
-	cfg := b.deviceConfig(dev)
+	return errors.Join(errs...)
+}
+
+func (b *Backend) reconcile(ctx context.Context, d *wgDev, own lease.Lease, leases []lease.Lease, full bool) error {
+	check := full || own.Subnet != d.own.Subnet || own.IPv6Subnet != d.own.IPv6Subnet
+	d.own = own
+	if err := b.ensure(ctx, d, check); err != nil {
+		return err
+	}
+	want, skipped := Desired(b.params(d, own), leases)
+	d.skips.Report(d.log, skipped)
+
+	dev, err := b.wg.Device(d.Name)
+	if err != nil {
+		return fmt.Errorf("wireguard: read %s: %w", d.Name, err)
+	}
+	cfg := b.deviceConfig(d, dev)
 	cfg.Peers = Change(dev.Peers, want, time.Duration(b.set.keepalive)*time.Second, b.set.psk)
 	if len(cfg.Peers) == 0 && cfg.PrivateKey == nil && cfg.ListenPort == nil {
 		return nil
 	}
-	if err := b.wg.ConfigureDevice(DeviceName, cfg); err != nil {
-		return fmt.Errorf("wireguard: configure %s: %w", DeviceName, err)
+	if err := b.wg.ConfigureDevice(d.Name, cfg); err != nil {
+		return fmt.Errorf("wireguard: configure %s: %w", d.Name, err)
 	}
-	added, removed := 0, 0
+	var set []wgtypes.Key
+	removed := 0
 	for _, p := range cfg.Peers {
 		if p.Remove {
 			removed++
 		} else {
-			added++
+			set = append(set, p.PublicKey)
 		}
 	}
-	b.log.Debug("reconciled peers", "set", added, "removed", removed, "peers", len(want), "full", full)
+	if d.user != nil {
+		// New to this device, or changed: handshake now rather than on
+		// the first packet or the other end's rekey timeout. (The
+		// kernel's device keeps its sessions across weftd restarts; it
+		// has no such call.)
+		d.user.kick(set)
+	}
+	d.log.Debug("reconciled peers", "set", len(set), "removed", removed, "peers", len(want), "full", full)
 	return nil
 }
 
-// Close stops wireguard-go (the userspace device) and the wgctrl clients.
-// The device, its address and route stay: the kernel's keeps carrying
-// traffic across a restart; the userspace one holds pods' packets (they
-// are dropped, never sent in clear) until weftd is back.
+// params is what Desired plans d's peers from.
+func (b *Backend) params(d *wgDev, own lease.Lease) Params {
+	return Params{
+		Mode: b.set.mode, Device: d.Device,
+		Network: b.p.Network.Network, Network6: b.p.Network.IPv6Network,
+		Own: own.Subnet, Own6: own.IPv6Subnet, OwnKey: b.key.PublicKey(),
+		PublicIP: b.p.PublicIP(own), PublicIPv6: b.p.PublicIPv6(own),
+	}
+}
+
+// Close stops wireguard-go (the userspace devices) and the wgctrl
+// clients. The devices, their addresses and routes stay: the kernel's keep
+// carrying traffic across a restart; the userspace ones hold pods' packets
+// (they are dropped, never sent in clear) until weftd is back.
 func (b *Backend) Close() error {
 	var errs []error
-	if b.user != nil {
-		b.user.Close()
-		b.user = nil
+	for _, d := range b.devs {
+		if d.user != nil {
+			d.user.Close()
+			d.user = nil
+		}
 	}
 	if b.wg != nil {
 		errs = append(errs, b.wg.Close())
@@ -178,36 +279,39 @@ func (b *Backend) Close() error {
 	return errors.Join(errs...)
 }
 
-// Implementation is "kernel" or "userspace" once the device exists.
+// Implementation is "kernel" or "userspace" once a device exists.
 func (b *Backend) Implementation() string { return b.impl }
 
-// MTU is the device's and pods' MTU.
+// MTU is the devices' and pods' MTU.
 func (b *Backend) MTU() int { return b.set.mtu }
 
 // PublicKey is this node's, once LeaseAttrs loaded the key.
 func (b *Backend) PublicKey() wgtypes.Key { return b.key.PublicKey() }
 
-// ensure makes sure flannel-wg exists and runs, configured with our key
-// and port; with check it also repairs its MTU, state, address and route.
-func (b *Backend) ensure(ctx context.Context, check bool) error {
-	if b.user != nil && b.user.stopped() {
-		b.log.Warn("wireguard-go stopped (was flannel-wg deleted?), starting it again")
-		b.user.Close()
-		b.user = nil
+// ensure makes sure d exists and runs, configured with our key and its
+// port; with check it also repairs its MTU, state, addresses and routes.
+func (b *Backend) ensure(ctx context.Context, d *wgDev, check bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d.user != nil && d.user.stopped() {
+		d.log.Warn("wireguard-go stopped (was the device deleted?), starting it again")
+		d.user.Close()
+		d.user = nil
 		check = true
 	}
-	l, err := b.h.LinkByName(DeviceName)
+	l, err := b.h.LinkByName(d.Name)
 	if err != nil && !netlinkx.IsNotFound(err) {
 		return fmt.Errorf("wireguard: %w", err)
 	}
-	if l == nil && b.impl != "" {
-		b.log.Warn("flannel-wg vanished, re-creating it")
-		if b.user != nil {
-			b.user.Close()
-			b.user = nil
+	if l == nil && d.impl != "" {
+		d.log.Warn("device vanished, re-creating it")
+		if d.user != nil {
+			d.user.Close()
+			d.user = nil
 		}
 	}
-	if l != nil && (b.impl == "" || b.user == nil && b.impl == ImplUserspace) {
+	if l != nil && (d.impl == "" || d.user == nil && d.impl == ImplUserspace) {
 		// A device left by a previous run: keep a kernel device as it is
 		// (traffic keeps flowing), attach to a TUN again; replace one
 		// of the other kind when the config forces it.
@@ -218,21 +322,22 @@ func (b *Backend) ensure(ctx context.Context, check bool) error {
 			kind = ""
 		}
 		if kind == "" || b.set.impl != config.WireGuardImplAuto && b.set.impl != kind {
-			b.log.Info("replacing existing device", "type", l.Type(), "want", b.set.impl)
+			d.log.Info("replacing existing device", "type", l.Type(), "want", b.set.impl)
 			if err := b.h.LinkDel(l); err != nil {
 				return fmt.Errorf("wireguard: %w", err)
 			}
 			l = nil
 		} else {
-			b.setImpl(kind) // a TUN is attached to below
+			d.impl = kind // a TUN is attached to below
+			b.setImpl(kind)
 		}
 	}
-	if l == nil || b.impl == ImplUserspace && b.user == nil {
-		if err := b.create(); err != nil {
+	if l == nil || d.impl == ImplUserspace && d.user == nil {
+		if err := b.create(d); err != nil {
 			return err
 		}
 		check = true
-		if l, err = b.h.LinkByName(DeviceName); err != nil {
+		if l, err = b.h.LinkByName(d.Name); err != nil {
 			return fmt.Errorf("wireguard: %w", err)
 		}
 	}
@@ -250,58 +355,61 @@ func (b *Backend) ensure(ctx context.Context, check bool) error {
 	// reopen its sockets, dropping what is in flight (and the reopen has
 	// been seen to fail with EADDRINUSE, leaving it without a socket until
 	// the next try).
-	dev, err := b.wg.Device(DeviceName)
+	dev, err := b.wg.Device(d.Name)
 	if err != nil {
-		return fmt.Errorf("wireguard: read %s: %w", DeviceName, err)
+		return fmt.Errorf("wireguard: read %s: %w", d.Name, err)
 	}
-	if cfg := b.deviceConfig(dev); cfg.PrivateKey != nil || cfg.ListenPort != nil {
-		if err := b.wg.ConfigureDevice(DeviceName, cfg); err != nil {
-			return fmt.Errorf("wireguard: configure %s: %w", DeviceName, err)
+	if cfg := b.deviceConfig(d, dev); cfg.PrivateKey != nil || cfg.ListenPort != nil {
+		if err := b.wg.ConfigureDevice(d.Name, cfg); err != nil {
+			return fmt.Errorf("wireguard: configure %s: %w", d.Name, err)
 		}
 	}
-	return b.configureLink(l)
+	return b.configureLink(d, l)
 }
 
-// deviceConfig sets our key and port where dev's differ, each alone: a
-// listen_port, even an unchanged one, makes wireguard-go reopen its
+// deviceConfig sets our key and d's port where dev's differ, each alone:
+// a listen_port, even an unchanged one, makes wireguard-go reopen its
 // sockets.
-func (b *Backend) deviceConfig(dev *wgtypes.Device) wgtypes.Config {
+func (b *Backend) deviceConfig(d *wgDev, dev *wgtypes.Device) wgtypes.Config {
 	var cfg wgtypes.Config
 	if dev.PrivateKey != b.key {
 		cfg.PrivateKey = &b.key
 	}
-	if dev.ListenPort != b.set.port {
-		cfg.ListenPort = &b.set.port
+	if dev.ListenPort != d.Port {
+		port := d.Port
+		cfg.ListenPort = &port
 	}
 	return cfg
 }
 
-// create makes the device: the kernel's unless forced to userspace or the
-// kernel has none, else wireguard-go's.
-func (b *Backend) create() error {
+// create makes d: the kernel's unless forced to userspace or the kernel
+// has none, else wireguard-go's.
+func (b *Backend) create(d *wgDev) error {
 	if b.set.impl != config.WireGuardImplUserspace && b.impl != ImplUserspace {
-		err := createKernel(b.h, DeviceName, b.set.mtu)
+		err := createKernel(b.h, d.Name, b.set.mtu)
 		switch {
 		case err == nil:
+			d.impl = ImplKernel
 			b.setImpl(ImplKernel)
-			b.log.Info("using the kernel's WireGuard", "mtu", b.set.mtu, "port", b.set.port)
+			d.log.Info("using the kernel's WireGuard", "mtu", b.set.mtu, "port", d.Port)
 			return nil
 		case !errors.Is(err, errNoKernel) || b.set.impl == config.WireGuardImplKernel:
-			return fmt.Errorf("wireguard: create %s: %w", DeviceName, err)
+			return fmt.Errorf("wireguard: create %s: %w", d.Name, err)
 		}
-		b.log.Info("no WireGuard in the kernel, using wireguard-go in weftd: pods lose their path to other nodes while weftd is down", "reason", err)
+		d.log.Info("no WireGuard in the kernel, using wireguard-go in weftd: pods lose their path to other nodes while weftd is down", "reason", err)
 	}
 	if b.opts.OnUserspace != nil {
 		b.opts.OnUserspace()
 	}
-	u, err := startUserspace(DeviceName, b.set.mtu, b.log, &b.drops)
+	u, err := startUserspace(d.Name, b.set.mtu, d.log, &d.drops)
 	if err != nil {
-		return fmt.Errorf("wireguard: userspace device: %w", err)
+		return fmt.Errorf("wireguard: userspace device %s: %w", d.Name, err)
 	}
-	b.user = u
-	if b.impl != ImplUserspace {
-		b.log.Info("using userspace WireGuard (wireguard-go)", "mtu", b.set.mtu, "port", b.set.port, "batch", u.dev.BatchSize())
+	d.user = u
+	if d.impl != ImplUserspace {
+		d.log.Info("using userspace WireGuard (wireguard-go)", "mtu", b.set.mtu, "port", d.Port, "batch", u.dev.BatchSize())
 	}
+	d.impl = ImplUserspace
 	b.setImpl(ImplUserspace)
 	return nil
 }
@@ -312,13 +420,32 @@ func (b *Backend) setImpl(impl string) {
 	b.mu.Unlock()
 }
 
-// configureLink converges flannel-wg: up, our MTU, the one address
-// <subnet IP>/32 and the route to the network, as flannel sets them.
+// family is one address family as a device carries it, or not.
+type family struct {
+	v6      bool
+	carried bool
+	network netip.Prefix // the cluster network of the family
+	subnet  netip.Prefix // own's subnet of the family
+}
+
+func (b *Backend) families(d *wgDev) []family {
+	return []family{
+		{carried: d.IPv4, network: b.p.Network.Network, subnet: d.own.Subnet},
+		{v6: true, carried: d.IPv6, network: b.p.Network.IPv6Network, subnet: d.own.IPv6Subnet},
+	}
+}
+
+// configureLink converges d's link: up, our MTU, and per family it
+// carries the one address <subnet IP>/32 (/128) and the route to the
+// network, as flannel sets them; of a family it does not carry (left by
+// another mode), none.
 //
 //	ip link set flannel-wg mtu MTU up
 //	ip addr replace 10.244.1.0/32 dev flannel-wg
 //	ip route replace 10.244.0.0/16 dev flannel-wg scope link
-func (b *Backend) configureLink(l netlinkx.Link) error {
+//	ip addr replace fd00:10:244:1::/128 dev flannel-wg-v6
+//	ip -6 route replace fd00:10:244::/56 dev flannel-wg-v6
+func (b *Backend) configureLink(d *wgDev, l netlinkx.Link) error {
 	if l.Attrs().MTU != b.set.mtu {
 		if err := b.h.LinkSetMTU(l, b.set.mtu); err != nil {
 			return fmt.Errorf("wireguard: %w", err)
@@ -329,39 +456,84 @@ func (b *Backend) configureLink(l netlinkx.Link) error {
 			return fmt.Errorf("wireguard: %w", err)
 		}
 	}
-	if !b.own.IsValid() {
-		return nil // before Configure: no lease yet
+	for _, f := range b.families(d) {
+		if f.carried && !f.subnet.IsValid() {
+			continue // before Configure: no lease yet
+		}
+		if err := b.address(d, l, f); err != nil {
+			return err
+		}
+		if err := b.route(l, f); err != nil {
+			return err
+		}
 	}
-	want := netip.PrefixFrom(lease.SubnetIP(b.own), 32)
-	addrs, err := b.h.AddrList(l, netlinkx.FamilyV4)
+	return nil
+}
+
+// address leaves on l exactly f's address, if f is carried (besides IPv6
+// link-local addresses, which the kernel keeps).
+func (b *Backend) address(d *wgDev, l netlinkx.Link, f family) error {
+	fam := netlinkx.FamilyV4
+	if f.v6 {
+		fam = netlinkx.FamilyV6
+	}
+	var want netip.Prefix
+	if f.carried {
+		want = netip.PrefixFrom(lease.SubnetIP(f.subnet), f.subnet.Addr().BitLen())
+	}
+	addrs, err := b.h.AddrList(l, fam)
 	if err != nil {
 		return fmt.Errorf("wireguard: %w", err)
 	}
 	have := false
 	for _, a := range addrs {
-		if a == want {
+		switch {
+		case a == want:
 			have = true
-			continue
-		}
-		b.log.Info("removing stale address", "addr", a)
-		if err := b.h.AddrDel(l, a); err != nil {
-			return fmt.Errorf("wireguard: %w", err)
+		case a.Addr().IsLinkLocalUnicast():
+		default:
+			d.log.Info("removing stale address", "addr", a)
+			if err := b.h.AddrDel(l, a); err != nil {
+				return fmt.Errorf("wireguard: %w", err)
+			}
 		}
 	}
-	if !have {
+	if want.IsValid() && !have {
 		if err := b.h.AddrReplace(l, want); err != nil {
 			return fmt.Errorf("wireguard: %w", err)
 		}
 	}
-	route := netlinkx.Route{Dst: b.p.Network.Network.Masked(), LinkIndex: l.Attrs().Index}
-	routes, err := b.h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: l.Attrs().Index})
+	return nil
+}
+
+// route puts the route to f's network on l, if f is carried, or takes it
+// off.
+func (b *Backend) route(l netlinkx.Link, f family) error {
+	if !f.network.IsValid() {
+		return nil
+	}
+	fam := netlinkx.FamilyV4
+	if f.v6 {
+		fam = netlinkx.FamilyV6
+	}
+	route := netlinkx.Route{Dst: f.network.Masked(), LinkIndex: l.Attrs().Index}
+	routes, err := b.h.RouteList(netlinkx.RouteFilter{Family: fam, LinkIndex: l.Attrs().Index})
 	if err != nil {
 		return fmt.Errorf("wireguard: %w", err)
 	}
 	for _, r := range routes {
-		if r.Dst == route.Dst && !r.Gw.IsValid() && r.Priority == 0 {
+		if r.Dst != route.Dst || r.Gw.IsValid() || r.Priority != 0 {
+			continue
+		}
+		if f.carried {
 			return nil
 		}
+		if err := b.h.RouteDel(r); err != nil {
+			return fmt.Errorf("wireguard: %w", err)
+		}
+	}
+	if !f.carried {
+		return nil
 	}
 	if err := b.h.RouteReplace(route); err != nil {
 		return fmt.Errorf("wireguard: %w", err)
@@ -369,31 +541,39 @@ func (b *Backend) configureLink(l netlinkx.Link) error {
 	return nil
 }
 
-// Stats reads the device's state. Safe to call from any goroutine: it has
+// Stats reads the devices' state. Safe to call from any goroutine: it has
 // a wgctrl client of its own.
 func (b *Backend) Stats() Stats {
-	s := Stats{Dropped: map[string]uint64{}}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s.Implementation = b.mimp
+	s := Stats{Implementation: b.mimp}
 	if s.Implementation == "" {
 		return s
 	}
-	if s.Implementation == ImplUserspace {
-		b.drops.into(s.Dropped)
+	if b.mwg == nil {
+		if c, err := wgctrl.New(); err == nil {
+			b.mwg = c
+		}
 	}
-	if l, err := b.h.LinkByName(DeviceName); err == nil && l.Attrs().Statistics != nil {
+	for _, d := range b.devs {
+		s.Devices = append(s.Devices, b.deviceStats(d, s.Implementation))
+	}
+	return s
+}
+
+func (b *Backend) deviceStats(d *wgDev, impl string) DeviceStats {
+	s := DeviceStats{Name: d.Name, Dropped: map[string]uint64{}}
+	if impl == ImplUserspace {
+		d.drops.into(s.Dropped)
+	}
+	if l, err := b.h.LinkByName(d.Name); err == nil && l.Attrs().Statistics != nil {
 		s.Dropped["link_rx"] = l.Attrs().Statistics.RxDropped
 		s.Dropped["link_tx"] = l.Attrs().Statistics.TxDropped
 	}
 	if b.mwg == nil {
-		c, err := wgctrl.New()
-		if err != nil {
-			return s
-		}
-		b.mwg = c
+		return s
 	}
-	dev, err := b.mwg.Device(DeviceName)
+	dev, err := b.mwg.Device(d.Name)
 	if err != nil {
 		return s
 	}
@@ -402,7 +582,7 @@ func (b *Backend) Stats() Stats {
 		s.RxBytes += uint64(p.ReceiveBytes)
 		s.TxBytes += uint64(p.TransmitBytes)
 	}
-	s.Handshakes, s.RecentHandshakes = b.hs.observe(dev.Peers, time.Now())
+	s.Handshakes, s.RecentHandshakes = d.hs.observe(dev.Peers, time.Now())
 	return s
 }
 
@@ -414,5 +594,11 @@ func (b *Backend) Collectors() []prometheus.Collector {
 // Identities implements backend.Identifier: the lease's public key.
 func (b *Backend) Identities(l lease.Lease) []string { return Identities(l) }
 
-// Devices implements backend.Devicer.
-func (b *Backend) Devices() []string { return []string{DeviceName} }
+// Devices implements backend.Devicer: the mode's devices.
+func (b *Backend) Devices() []string {
+	names := make([]string, len(b.devs))
+	for i, d := range b.devs {
+		names[i] = d.Name
+	}
+	return names
+}

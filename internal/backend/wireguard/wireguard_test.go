@@ -107,8 +107,9 @@ func wgLease(subnet, pub string, k wgtypes.Key, port int) lease.Lease {
 
 func TestDesired(t *testing.T) {
 	own, k2, k3, k4 := key(t), key(t), key(t), key(t)
-	p := Params{Network: netip.MustParsePrefix("10.244.0.0/16"), Own: netip.MustParsePrefix("10.244.1.0/24"),
-		OwnKey: own, PublicIP: netip.MustParseAddr("192.0.2.1"), Port: 51820}
+	p := Params{Mode: config.WireGuardSeparate, Device: Device{Name: DeviceName, Port: 51820, IPv4: true},
+		Network: netip.MustParsePrefix("10.244.0.0/16"), Own: netip.MustParsePrefix("10.244.1.0/24"),
+		OwnKey: own, PublicIP: netip.MustParseAddr("192.0.2.1")}
 	vx := wgLease("10.244.9.0/24", "192.0.2.9", k4, 0)
 	vx.Attrs.BackendType = "vxlan"
 	leases := []lease.Lease{

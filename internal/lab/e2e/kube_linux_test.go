@@ -162,6 +162,10 @@ func TestKubeVXLAN(t *testing.T) {
 	e := upKubeLab(t, ctx, lab.Options{Nodes: 4, LateNodes: 1, PodsPerNode: 1, Backend: "vxlan"})
 	e.converged(ctx, 10*time.Second)
 	e.mesh(ctx)
+	// The API server is probed as etcd is (its /readyz).
+	if v := metric(t, ctx, e.env, 1, "weft_store_up"); v != 1 {
+		t.Errorf("node 1: weft_store_up %v with the API server up", v)
+	}
 	runScenarios(t, ctx, e.env, e, []scenario[*kubeEnv]{
 		{"RestartKeepsSubnetAndVtepMAC", testKubeRestart},
 		{"NodeJoinsAndLeaves", testKubeJoinLeave},
@@ -308,7 +312,7 @@ func testKubeJoinLeave(t *testing.T, ctx context.Context, e *kubeEnv) {
 		t.Fatal(err)
 	}
 	e.waitLog(ctx, m, 30*time.Second, "node not registered yet; waiting for it", n.Name)
-	e.healthyNotReady(ctx, i, "acquiring a lease")
+	e.healthyNotReady(ctx, i, "acquiring a lease: node "+n.Name+" is not registered yet")
 
 	assigned := e.watchPodCIDR(ctx, n.Name)
 	created := time.Now()
@@ -439,7 +443,8 @@ func TestKubePodCIDR(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitLog(ctx, m, 30*time.Second, "node has no podCIDR yet; waiting for kube-controller-manager to assign one", e.l.Node(waiting).Name)
-	e.healthyNotReady(ctx, waiting, "acquiring a lease")
+	noCIDR := "acquiring a lease: node " + e.l.Node(waiting).Name + " has no podCIDR yet; waiting for kube-controller-manager to assign one"
+	e.healthyNotReady(ctx, waiting, noCIDR)
 
 	// Node 4: registered with a podCIDR outside the Network.
 	const outside = 4
@@ -459,7 +464,7 @@ func TestKubePodCIDR(t *testing.T) {
 
 	// Both still waiting a moment later, node 3 still without a podCIDR.
 	time.Sleep(2 * time.Second)
-	e.healthyNotReady(ctx, waiting, "acquiring a lease")
+	e.healthyNotReady(ctx, waiting, noCIDR)
 	e.healthyNotReady(ctx, outside, "podCIDR "+badCIDR+" is outside")
 	node, err := e.cs.CoreV1().Nodes().Get(ctx, e.l.Node(waiting).Name, metav1.GetOptions{})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -86,25 +87,48 @@ func testNoRebind(t *testing.T, e *env) {
 const pattern = "5765667453656372657450617474e4e5"
 
 func testEncrypted(t *testing.T, ctx context.Context, e *env) {
+	checkEncrypted(t, ctx, e, e.l.Node(2).Pods[0].IP, 51820)
+}
+
+// checkEncrypted pings dst, node 2's pod's address of one family, from
+// node 1's pod with the payload pattern while capturing on every port of
+// the underlay switch: neither the pattern nor any pod address (of
+// either family) may be on the wire, and every packet between two nodes'
+// public addresses (IPv4 or IPv6, neighbour discovery aside) must be UDP
+// to or from WireGuard's port, at least ten of them.
+func checkEncrypted(t *testing.T, ctx context.Context, e *env, dst netip.Addr, port uint16) {
+	t.Helper()
 	ul := labNS(t, e.l.State.UnderlayNS)
 	capCtx, stop := context.WithCancel(ctx)
 	// Every port of the switch: frames bridged between ports never pass
 	// br0 itself.
 	frames := capture(t, capCtx, ul, "")
-	a, b := e.l.Node(1).Pods[0], e.l.Node(2).Pods[0]
-	out, err := e.l.Exec(ctx, a.NS, "ping", "-c", "5", "-i", "0.2", "-s", "512", "-p", pattern, b.IP.String())
+	a := e.l.Node(1).Pods[0]
+	out, err := e.l.Exec(ctx, a.NS, "ping", "-c", "5", "-i", "0.2", "-s", "512", "-p", pattern, dst.String())
 	if err != nil {
-		t.Fatalf("ping with pattern: %v\n%s", err, out)
+		t.Fatalf("ping %s with pattern: %v\n%s", dst, err, out)
 	}
 	time.Sleep(200 * time.Millisecond)
 	stop()
 	got := <-frames
 
 	pat, _ := hex.DecodeString(pattern)
-	network := netip.MustParsePrefix(e.l.State.Network)
+	var networks []netip.Prefix
+	if e.l.HasIPv4() {
+		networks = append(networks, netip.MustParsePrefix(e.l.State.Network))
+	}
+	if e.l.HasIPv6() {
+		networks = append(networks, netip.MustParsePrefix(e.l.State.IPv6Network))
+	}
+	pod := func(a netip.Addr) bool {
+		return slices.ContainsFunc(networks, func(n netip.Prefix) bool { return n.Contains(a) })
+	}
 	nodes := map[netip.Addr]bool{}
 	for _, n := range e.l.Nodes {
 		nodes[n.PublicIP] = true
+		if n.PublicIPv6.IsValid() {
+			nodes[n.PublicIPv6] = true
+		}
 	}
 	wg := 0
 	for _, f := range got {
@@ -113,16 +137,18 @@ func testEncrypted(t *testing.T, ctx context.Context, e *env) {
 		}
 		p, ok := parseIPv4(f)
 		if !ok {
-			continue // ARP, IPv6 neighbour discovery
+			if p, ok = parseIPv6(f); !ok || p.proto == unix.IPPROTO_ICMPV6 && p.icmpType >= 133 && p.icmpType <= 137 {
+				continue // ARP, IPv6 neighbour discovery
+			}
 		}
-		if network.Contains(p.src) || network.Contains(p.dst) {
+		if pod(p.src) || pod(p.dst) {
 			t.Fatalf("a pod address on the underlay: %s -> %s proto %d", p.src, p.dst, p.proto)
 		}
 		if !nodes[p.src] || !nodes[p.dst] {
 			continue // the control plane (etcd)
 		}
-		if p.proto != unix.IPPROTO_UDP || p.sport != 51820 && p.dport != 51820 {
-			t.Errorf("node to node, not WireGuard: %s:%d -> %s:%d proto %d", p.src, p.sport, p.dst, p.dport, p.proto)
+		if p.proto != unix.IPPROTO_UDP || p.sport != port && p.dport != port {
+			t.Errorf("node to node, not WireGuard on port %d: %s:%d -> %s:%d proto %d", port, p.src, p.sport, p.dst, p.dport, p.proto)
 			continue
 		}
 		wg++
@@ -131,7 +157,7 @@ func testEncrypted(t *testing.T, ctx context.Context, e *env) {
 	if wg < 10 {
 		t.Errorf("captured %d WireGuard datagrams between nodes (of %d frames), want at least 10", wg, len(got))
 	}
-	t.Logf("%d frames on br0, %d of them WireGuard between nodes; no pattern, no pod address", len(got), wg)
+	t.Logf("ping %s: %d frames on br0, %d of them WireGuard (UDP %d) between nodes; no pattern, no pod address", dst, len(got), wg, port)
 }
 
 // testRogue: a WireGuard device that is not a peer (its own key, an
@@ -152,8 +178,8 @@ func testRogue(t *testing.T, ctx context.Context, e *env) {
 	inner := netip.MustParseAddr("10.244.250.7")
 	rogueDevice(t, rogue, inner, pub, netip.AddrPortFrom(n1.PublicIP, 51820), e.subnet(1))
 
-	before := metric(t, ctx, e, 1, `weft_wireguard_dropped_total{reason="invalid_handshake"}`)
-	beforeRaw := metric(t, ctx, e, 1, `weft_wireguard_dropped_total{reason="unknown_type"}`)
+	before := metric(t, ctx, e, 1, `weft_wireguard_dropped_total{device="flannel-wg",reason="invalid_handshake"}`)
+	beforeRaw := metric(t, ctx, e, 1, `weft_wireguard_dropped_total{device="flannel-wg",reason="unknown_type"}`)
 	podCtx, stop := context.WithCancel(ctx)
 	podNS := labNS(t, pod.NS)
 	frames := capture(t, podCtx, podNS, "eth0")
@@ -180,14 +206,14 @@ func testRogue(t *testing.T, ctx context.Context, e *env) {
 	var after float64
 	if _, err := waitFor(ctx, 8*time.Second, func() error {
 		_, _ = rogue.Exec("ping", "-c", "1", "-W", "1", pod.IP.String())
-		if after = metric(t, ctx, e, 1, `weft_wireguard_dropped_total{reason="invalid_handshake"}`); after <= before {
+		if after = metric(t, ctx, e, 1, `weft_wireguard_dropped_total{device="flannel-wg",reason="invalid_handshake"}`); after <= before {
 			return fmt.Errorf("%v refused handshakes, %v before", after, before)
 		}
 		return nil
 	}); err != nil {
 		t.Errorf("node 1 counted no refused handshake: %v", err)
 	}
-	if raw := metric(t, ctx, e, 1, `weft_wireguard_dropped_total{reason="unknown_type"}`); raw <= beforeRaw {
+	if raw := metric(t, ctx, e, 1, `weft_wireguard_dropped_total{device="flannel-wg",reason="unknown_type"}`); raw <= beforeRaw {
 		t.Errorf("node 1 counted no refused non-WireGuard datagram (%v before, %v after)", beforeRaw, raw)
 	}
 	t.Logf("node 1 refused %v handshakes from the rogue", after-before)
@@ -195,16 +221,22 @@ func testRogue(t *testing.T, ctx context.Context, e *env) {
 
 // testKey: a restart keeps the node's PublicKey; with the key file gone,
 // a restart publishes a new key, and the other nodes reach the node's pod
-// again within 2 s of its new lease.
+// again, over each family of the lab, within 2 s of its new lease. With
+// IPv6 the lease's BackendV6Data carries the same key as its BackendData.
 func testKey(t *testing.T, ctx context.Context, e *env) {
 	key := func() string {
 		a, ok, err := e.getLease(ctx, e.leaseKey(1))
 		if err != nil || !ok {
 			t.Fatalf("lease of node 1: %v (found %v)", err, ok)
 		}
-		var d wireguard.LeaseData
+		var d, d6 wireguard.LeaseData
 		if err := json.Unmarshal(a.BackendData, &d); err != nil {
 			t.Fatal(err)
+		}
+		if e.l.HasIPv6() {
+			if err := json.Unmarshal(a.BackendV6Data, &d6); err != nil || d6.PublicKey != d.PublicKey {
+				t.Fatalf("BackendV6Data %s (%v), BackendData %s: want one key", a.BackendV6Data, err, a.BackendData)
+			}
 		}
 		return d.PublicKey
 	}
@@ -233,14 +265,19 @@ func testKey(t *testing.T, ctx context.Context, e *env) {
 	pod := e.l.Node(1).Pods[0]
 	for _, i := range []int{2, 3} {
 		from := e.l.Node(i).Pods[0]
-		took, err := waitFor(ctx, 2*time.Second, func() error {
-			_, err := e.l.Exec(ctx, from.NS, "ping", "-c", "1", "-W", "1", pod.IP.String())
-			return err
-		})
-		if err != nil {
-			t.Fatalf("node %d's pod does not reach node 1's pod 2 s after its new key: %v", i, err)
+		for _, dst := range []netip.Addr{pod.IP, pod.IP6} {
+			if !dst.IsValid() {
+				continue
+			}
+			took, err := waitFor(ctx, 2*time.Second, func() error {
+				_, err := e.l.Exec(ctx, from.NS, "ping", "-c", "1", "-W", "1", dst.String())
+				return err
+			})
+			if err != nil {
+				t.Fatalf("node %d's pod does not reach node 1's pod %s 2 s after its new key: %v", i, dst, err)
+			}
+			t.Logf("node %d reached node 1's pod %s with its new key after %v", i, dst, took.Round(time.Millisecond))
 		}
-		t.Logf("node %d reached node 1 with its new key after %v", i, took.Round(time.Millisecond))
 	}
 }
 
@@ -305,22 +342,40 @@ func capture(t *testing.T, ctx context.Context, s *nstest.NS, dev string) <-chan
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-type ipv4 struct {
+type ipPacket struct {
 	src, dst     netip.Addr
 	proto        int
 	sport, dport uint16
+	icmpType     uint8 // ICMPv6's, in parseIPv6
 }
 
 // parseIPv4 reads an Ethernet frame's IPv4 header and UDP/TCP ports.
-func parseIPv4(f []byte) (ipv4, bool) {
+func parseIPv4(f []byte) (ipPacket, bool) {
 	if len(f) < 14+20 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP {
-		return ipv4{}, false
+		return ipPacket{}, false
 	}
 	ip := f[14:]
 	ihl := int(ip[0]&0x0f) * 4
-	p := ipv4{src: netip.AddrFrom4([4]byte(ip[12:16])), dst: netip.AddrFrom4([4]byte(ip[16:20])), proto: int(ip[9])}
+	p := ipPacket{src: netip.AddrFrom4([4]byte(ip[12:16])), dst: netip.AddrFrom4([4]byte(ip[16:20])), proto: int(ip[9])}
 	if (p.proto == unix.IPPROTO_UDP || p.proto == unix.IPPROTO_TCP) && len(ip) >= ihl+4 {
 		p.sport, p.dport = binary.BigEndian.Uint16(ip[ihl:]), binary.BigEndian.Uint16(ip[ihl+2:])
+	}
+	return p, true
+}
+
+// parseIPv6 reads an Ethernet frame's IPv6 header (without extension
+// headers: the lab sends none) and UDP/TCP ports or ICMPv6 type.
+func parseIPv6(f []byte) (ipPacket, bool) {
+	if len(f) < 14+40 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IPV6 {
+		return ipPacket{}, false
+	}
+	ip := f[14:]
+	p := ipPacket{src: netip.AddrFrom16([16]byte(ip[8:24])), dst: netip.AddrFrom16([16]byte(ip[24:40])), proto: int(ip[6])}
+	switch l4 := ip[40:]; {
+	case (p.proto == unix.IPPROTO_UDP || p.proto == unix.IPPROTO_TCP) && len(l4) >= 4:
+		p.sport, p.dport = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
+	case p.proto == unix.IPPROTO_ICMPV6 && len(l4) >= 1:
+		p.icmpType = l4[0]
 	}
 	return p, true
 }

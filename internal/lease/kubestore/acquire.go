@@ -69,10 +69,12 @@ func (s *Store) waitPodCIDR(ctx context.Context) (*corev1.Node, error) {
 		case ok:
 			if !s.waitLogged.Swap(true) {
 				s.log.Info("node has no podCIDR yet; waiting for kube-controller-manager to assign one", "node", s.nodeName)
+				s.waiting("node " + s.nodeName + " has no podCIDR yet; waiting for kube-controller-manager to assign one")
 			}
 		default:
 			if !s.foundLogged.Swap(true) {
 				s.log.Info("node not registered yet; waiting for it", "node", s.nodeName)
+				s.waiting("node " + s.nodeName + " is not registered yet")
 			}
 		}
 		select {
@@ -83,6 +85,13 @@ func (s *Store) waitPodCIDR(ctx context.Context) (*corev1.Node, error) {
 			return nil, fmt.Errorf("node %s is not registered yet: %w", s.nodeName, ctx.Err())
 		case <-changed:
 		}
+	}
+}
+
+// waiting passes why Acquire waits to Options.Waiting.
+func (s *Store) waiting(why string) {
+	if s.o.Waiting != nil {
+		s.o.Waiting(why)
 	}
 }
 

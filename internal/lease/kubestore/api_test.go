@@ -828,6 +828,11 @@ func TestRBAC(t *testing.T) {
 		}
 	}
 
+	// /readyz is public-info: the agent's weft_store_up needs no rule.
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("Ping with flannel's ClusterRole: %v", err)
+	}
+
 	// Without nodes/status patch.
 	kc, pod = agent("nostatus", flannel[:2])
 	s, err = open(kc, pod, Options{})
@@ -879,4 +884,22 @@ func TestWatchWaitsForNetConf(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec.snapshot(t)
+}
+
+// Ping follows the API server: it fails once the server is gone.
+func TestPing(t *testing.T) {
+	cp := kubetest.Start(t)
+	s, _ := openStore(t, cp.AdminConfig(), Options{NodeName: uniq("ping")})
+	ctx := testCtx(t)
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	if err := cp.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.Ping(pctx); err == nil || !strings.Contains(err.Error(), "kubernetes API") {
+		t.Fatalf("Ping with the API server stopped: %v", err)
+	}
 }

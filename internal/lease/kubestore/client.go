@@ -58,6 +58,14 @@ func (c *coreClient) patchNodeStatus(ctx context.Context, name string, patch []b
 		Body(patch).Do(ctx).Error()
 }
 
+// readyz asks the API server whether it serves: its /readyz includes
+// etcd's health, and the default RBAC (system:public-info-viewer) lets
+// every caller read it. It costs the server no object read, which matters
+// with thousands of agents asking every few seconds.
+func (c *coreClient) readyz(ctx context.Context) error {
+	return c.rc.Get().AbsPath("/readyz").Do(ctx).Error()
+}
+
 func (c *coreClient) getPod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 	p := &corev1.Pod{}
 	err := c.rc.Get().Namespace(namespace).Resource("pods").Name(name).Do(ctx).Into(p)

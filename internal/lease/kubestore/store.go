@@ -12,6 +12,7 @@
 //	VtepMACs(ctx) (v4, v6 net.HardwareAddr, err error)  // VtepMACs this node published, for a restarted vxlan backend
 //	Complete(ctx) error                                 // NetworkUnavailable=False once up (--set-node-network-unavailable)
 //	WatchNetworkConfig(ctx, fn func([]byte)) error      // calls fn when the net-conf file changes
+//	Ping(ctx) error                                     // the API server answers and is ready (weft_store_up)
 //	Close()
 //
 // RBAC is flannel's ClusterRole: pods get (only without NODE_NAME), nodes
@@ -83,6 +84,10 @@ type Options struct {
 	// ContinueWhenCacheNotReady lets Open return a working Store when the
 	// node list has not synced in time (CONT_WHEN_CACHE_NOT_READY=true).
 	ContinueWhenCacheNotReady bool
+	// Waiting, when set, is told why Acquire waits (the node not
+	// registered yet, or without a podCIDR), so that the agent's /readyz
+	// can say so instead of only "acquiring a lease".
+	Waiting func(why string)
 
 	Logger *slog.Logger
 }
@@ -234,6 +239,15 @@ func open(ctx context.Context, client *coreClient, keys kubeannot.Keys, o Option
 	}
 	s.log.Info("node list synced", "nodes", len(s.informer.GetStore().ListKeys()), "took", time.Since(t0).Round(time.Millisecond))
 	return s, nil
+}
+
+// Ping reports whether the API server answers and is ready, for the
+// agent's weft_store_up.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.client.readyz(ctx); err != nil {
+		return fmt.Errorf("kubernetes API: %w", err)
+	}
+	return nil
 }
 
 // Close stops the informer and waits for it. Watch calls still running
