@@ -555,6 +555,11 @@ func (e *eval) routes(fm *family) {
 		e.add(check, Skip, "no underlay: see underlay", "")
 		return
 	}
+	// weft status (programChecked) and the rp_filter check (routeMissing)
+	// go by the IPv4 routes.
+	if !fm.v6 {
+		e.programChecked = true
+	}
 	network, own := fm.network, fm.own
 	owned := func(r netlinkx.Route) bool {
 		// An IPv6 address puts its own route (the device's /128) in the
@@ -582,9 +587,6 @@ func (e *eval) routes(fm *family) {
 	case config.BackendUDP, config.BackendWireGuard:
 		// One route to the whole network; the peers live in weftd's table
 		// (udp) or the WireGuard device's (wireguard, AllowedIPs).
-		if !fm.v6 {
-			e.programChecked = true
-		}
 		r := netlinkx.Route{Dst: network.Masked(), LinkIndex: fm.dev.Index}
 		for _, h := range on(fm.dev.Index) {
 			if h.Dst == r.Dst && !h.Gw.IsValid() {
@@ -628,8 +630,6 @@ func (e *eval) routes(fm *family) {
 	}
 	missing, wrong, extra := e.diffRoutes(have, want, owned)
 	if !fm.v6 {
-		// weft status and the rp_filter check go by the IPv4 routes.
-		e.programChecked = true
 		e.routeMissing = len(missing) + len(wrong)
 	}
 	for _, s := range skipped {
