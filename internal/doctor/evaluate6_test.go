@@ -61,6 +61,9 @@ func TestIPv6Checks(t *testing.T) {
 	if x, _ := find(r, "subnet-file"); !strings.Contains(x.Message, "IPv6 network fd00:10:244::/56, subnet fd00:10:244:1::1/64") {
 		t.Errorf("subnet-file: %s", x.Message)
 	}
+	if x, _ := find(r, "underlay"); x.Message != "eth0 (MTU 1500, 192.0.2.0/24, 2001:db8::/64), public IP 192.0.2.1, public IPv6 2001:db8::1" {
+		t.Errorf("underlay: %s", x.Message)
+	}
 
 	runEvalCases(t, healthyDual, []evalCase{
 		{name: "device missing", mutate: func(f *Facts) { f.Node.Links = f.Node.Links[:len(f.Node.Links)-1] }, check: "device-v6", status: Fail, want: []string{"flannel-v6.1 not found"}},

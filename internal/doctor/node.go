@@ -359,11 +359,41 @@ func (fm *family) pubIPOf(l lease.Lease) netip.Addr {
 	return netip.Addr{}
 }
 
+// underlayLine is the underlay as weftd chose it, with each family it has:
+// "eth0 (MTU 1500, 192.0.2.0/24, 2001:db8::/64), public IP 192.0.2.2, public
+// IPv6 2001:db8::2". An IPv6-only node has no IPv4 to show.
+func (e *eval) underlayLine() string {
+	var nets, ips []string
+	if e.ulNet.IsValid() {
+		nets = append(nets, e.ulNet.String())
+	}
+	if e.pubIP.IsValid() {
+		ips = append(ips, "public IP "+e.pubIP.String())
+	}
+	if e.net != nil && e.net.EnableIPv6 {
+		if p := e.f.Node.Ext.Subnet6; p.IsValid() {
+			nets = append(nets, p.String())
+		}
+		if a := e.pubIP6(); a.IsValid() {
+			ips = append(ips, "public IPv6 "+a.String())
+		}
+	}
+	line := fmt.Sprintf("%s (MTU %d", e.ulName, e.ulMTU)
+	for _, n := range nets {
+		line += ", " + n
+	}
+	line += ")"
+	if len(ips) > 0 {
+		line += ", " + strings.Join(ips, ", ")
+	}
+	return line
+}
+
 func (e *eval) datapath() {
 	n := e.f.Node
 	switch {
 	case n.ExtErr == nil && n.Ext.Index > 0:
-		e.add("underlay", OK, fmt.Sprintf("%s (MTU %d, %s), public IP %s", e.ulName, e.ulMTU, e.ulNet, e.pubIP), "")
+		e.add("underlay", OK, e.underlayLine(), "")
 	case e.ulIndex > 0:
 		e.add("underlay", Warn, fmt.Sprintf("weftd's interface rules choose none (%v); took %s (MTU %d), which holds %s, the PublicIP of this node's lease", n.ExtErr, e.ulName, e.ulMTU, e.pubIP),
 			"pass weftd's --iface / --iface-regex / --public-ip to doctor")
