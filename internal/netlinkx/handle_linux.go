@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
@@ -39,6 +40,9 @@ type Handle struct {
 	nh     *netlink.Handle
 	dumps  atomic.Uint64
 	nsPath string // "" for the process's own namespace
+
+	bmu sync.Mutex // one batch write and its answers at a time
+	bs  *batchSocket
 }
 
 // New returns a handle on the calling process's network namespace.
@@ -47,7 +51,12 @@ func New() (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket: %w", err)
 	}
-	return &Handle{nh: nh}, nil
+	bs, err := openBatchSocket(netns.None())
+	if err != nil {
+		nh.Close()
+		return nil, err
+	}
+	return &Handle{nh: nh, bs: bs}, nil
 }
 
 // NewAt returns a handle on the namespace bind-mounted (or /proc/PID/ns/net)
@@ -63,11 +72,19 @@ func NewAt(nsPath string) (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket in %s: %w", nsPath, err)
 	}
-	return &Handle{nh: nh, nsPath: nsPath}, nil
+	bs, err := openBatchSocket(ns)
+	if err != nil {
+		nh.Close()
+		return nil, fmt.Errorf("%s: %w", nsPath, err)
+	}
+	return &Handle{nh: nh, nsPath: nsPath, bs: bs}, nil
 }
 
 // Close releases the handle's sockets.
-func (h *Handle) Close() { h.nh.Close() }
+func (h *Handle) Close() {
+	h.nh.Close()
+	h.bs.s.Close()
+}
 
 // SetSysctl is `sysctl -w` of a /proc/sys key ("net/ipv6/conf/flannel-v6.1/accept_ra")
 // in the handle's namespace. /proc/sys/net shows the namespace of the

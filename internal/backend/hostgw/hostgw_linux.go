@@ -148,7 +148,7 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 		}
 	}
 	b.routes, b.own = routes, own.Key()
-	n, err := b.apply(have, want, owned)
+	n, err := b.apply(have, want, owned, !incremental)
 	b.synced = err == nil
 	if n > 0 {
 		lvl := slog.LevelDebug
@@ -206,7 +206,7 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 			}
 		}
 	}
-	n, err := b.apply(have, want, nil)
+	n, err := b.apply(have, want, nil, false)
 	b.synced = err == nil
 	if n > 0 {
 		b.log.Debug("updated routes", "changes", n, "events", len(evs))
@@ -216,18 +216,27 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 
 // apply takes the routes from have to want: removals first, then the
 // routes put in place. It carries on past failures and returns them all,
-// with the number of changes made.
-func (b *Backend) apply(have, want []netlinkx.Route, owned func(netlinkx.Route) bool) (int, error) {
+// with the number of changes made. With batched (a full pass: thousands
+// of routes at start) it writes many routes per system call, in the same
+// order; an update's few go one at a time.
+func (b *Backend) apply(have, want []netlinkx.Route, owned func(netlinkx.Route) bool, batched bool) (int, error) {
 	put, del := backend.Diff(have, want, netlinkx.Route.Key, owned)
 	var errs []error
-	for _, r := range del {
-		if err := b.h.RouteDel(r); err != nil {
-			errs = append(errs, err)
+	if batched && len(put)+len(del) > 0 {
+		bt := b.h.NewBatch()
+		for _, r := range del {
+			bt.RouteDel(r)
 		}
-	}
-	for _, r := range put {
-		if err := b.h.RouteReplace(r); err != nil {
-			errs = append(errs, err)
+		for _, r := range put {
+			bt.RouteReplace(r)
+		}
+		errs = bt.Flush()
+	} else {
+		for _, r := range del {
+			errs = append(errs, b.h.RouteDel(r))
+		}
+		for _, r := range put {
+			errs = append(errs, b.h.RouteReplace(r))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -271,7 +271,7 @@ func (b *Backend) reconcile(ctx context.Context, d *device, own lease.Lease, lea
 	have, _ := d.plan.State()
 	want, skipped := d.plan.Desired(b.params(d, own), leases)
 	d.skips.Report(d.log, skipped)
-	n, err := b.apply(have, want, nil, nil)
+	n, err := b.apply(have, want, nil, nil, false)
 	if err != nil {
 		d.synced = false // the kernel is now somewhere in between: re-read it next time
 		return fmt.Errorf("vxlan: %s: %w", d.name, err)
@@ -303,7 +303,7 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 		for _, v := range verdicts {
 			d.skips.Set(d.log, v)
 		}
-		n, err := b.apply(before, after, nil, nil)
+		n, err := b.apply(before, after, nil, nil, false)
 		if err != nil {
 			d.synced = false
 			errs = append(errs, fmt.Errorf("vxlan: %s: %w", d.name, err))
@@ -342,7 +342,7 @@ func (b *Backend) reconcileFull(ctx context.Context, d *device, own lease.Lease,
 		return backend.Manages(p.Network, p.Own, r.Dst) && !p.Own.Overlaps(r.Dst)
 	}
 	ownedNeigh := func(n netlinkx.Neigh) bool { return p.Network.Contains(n.IP) }
-	n, err := b.apply(have, want, ownedRoute, ownedNeigh)
+	n, err := b.apply(have, want, ownedRoute, ownedNeigh, true)
 	if err != nil {
 		return fmt.Errorf("vxlan: %s: %w", d.name, err)
 	}
@@ -403,39 +403,69 @@ func (b *Backend) read(p Params) (State, error) {
 // route without its neighbour and FDB entry: withdraw routes, install
 // neighbours and FDB entries, install routes, drop old neighbours and FDB
 // entries. It carries on past failures and returns them all, with the
-// number of changes made.
-func (b *Backend) apply(have, want State, ownedRoute func(netlinkx.Route) bool, ownedNeigh func(netlinkx.Neigh) bool) (int, error) {
+// number of changes made. With batched (a full pass: thousands of changes
+// at start) it writes many changes per system call, in the same order; an
+// update's few changes go one at a time.
+func (b *Backend) apply(have, want State, ownedRoute func(netlinkx.Route) bool, ownedNeigh func(netlinkx.Neigh) bool, batched bool) (int, error) {
 	rPut, rDel := backend.Diff(have.Routes, want.Routes, netlinkx.Route.Key, ownedRoute)
 	nPut, nDel := backend.Diff(have.Neighs, want.Neighs, netlinkx.Neigh.Key, ownedNeigh)
 	fPut, fDel := backend.Diff(have.FDB, want.FDB, netlinkx.FDB.Key, nil)
-	var errs []error
-	n := 0
-	do := func(err error) {
-		n++
-		if err != nil {
-			errs = append(errs, err)
-		}
+	n := len(rDel) + len(nPut) + len(fPut) + len(rPut) + len(nDel) + len(fDel)
+	if n == 0 {
+		return 0, nil
 	}
+	var w writer = b.h
+	var q queue
+	if batched {
+		q = queue{b.h.NewBatch()}
+		w = q
+	}
+	var errs []error
 	for _, r := range rDel {
-		do(b.h.RouteDel(r))
+		errs = append(errs, w.RouteDel(r))
 	}
 	for _, x := range nPut {
-		do(b.h.NeighSet(x))
+		errs = append(errs, w.NeighSet(x))
 	}
 	for _, f := range fPut {
-		do(b.h.FDBSet(f))
+		errs = append(errs, w.FDBSet(f))
 	}
 	for _, r := range rPut {
-		do(b.h.RouteReplace(r))
+		errs = append(errs, w.RouteReplace(r))
 	}
 	for _, x := range nDel {
-		do(b.h.NeighDel(x))
+		errs = append(errs, w.NeighDel(x))
 	}
 	for _, f := range fDel {
-		do(b.h.FDBDel(f))
+		errs = append(errs, w.FDBDel(f))
+	}
+	if q.Batch != nil {
+		errs = q.Flush()
 	}
 	return n, errors.Join(errs...)
 }
+
+// writer is what apply writes with: the Handle, one change per call, or
+// a queue on a batch.
+type writer interface {
+	RouteReplace(netlinkx.Route) error
+	RouteDel(netlinkx.Route) error
+	NeighSet(netlinkx.Neigh) error
+	NeighDel(netlinkx.Neigh) error
+	FDBSet(netlinkx.FDB) error
+	FDBDel(netlinkx.FDB) error
+}
+
+// queue is a Batch as a writer: each call queues, and the answers come
+// from Flush.
+type queue struct{ *netlinkx.Batch }
+
+func (q queue) RouteReplace(r netlinkx.Route) error { q.Batch.RouteReplace(r); return nil }
+func (q queue) RouteDel(r netlinkx.Route) error     { q.Batch.RouteDel(r); return nil }
+func (q queue) NeighSet(n netlinkx.Neigh) error     { q.Batch.NeighSet(n); return nil }
+func (q queue) NeighDel(n netlinkx.Neigh) error     { q.Batch.NeighDel(n); return nil }
+func (q queue) FDBSet(f netlinkx.FDB) error         { q.Batch.FDBSet(f); return nil }
+func (q queue) FDBDel(f netlinkx.FDB) error         { q.Batch.FDBDel(f); return nil }
 
 // device makes sure d's device exists as configured, and is up with the
 // right MTU (and, for IPv6, accept_ra=0). A device that matches is kept
