@@ -19,13 +19,17 @@ import (
 // same per-change answers. Programming 5,000 leases is 15,000 changes.
 //
 // Each method queues what the Handle method of the same name does, with
-// the same message; Flush sends them, in order. A Batch is not safe for
-// concurrent use; several may flush on one Handle at once.
+// the same message. A long batch is written as it fills, a write at a
+// time, so that it holds little memory; Flush writes the rest and returns
+// every answer. Writes happen in the order queued. A Batch is not safe for
+// concurrent use; several may write on one Handle at once.
 type Batch struct {
-	h   *Handle
-	buf []byte    // the queued messages, back to back
-	ops []batchOp // one per message, in order
-	// What the ops change, for their errors, by batchOp.idx.
+	h    *Handle
+	buf  []byte    // the unwritten messages, back to back
+	ops  []batchOp // one per unwritten message, in order
+	errs []error   // answers to every change written so far, in order
+
+	// What the unwritten ops change, for their errors, by batchOp.idx.
 	routes []Route
 	neighs []Neigh
 	fdbs   []FDB
@@ -64,8 +68,8 @@ func (b *Batch) describe(op batchOp) string {
 // NewBatch returns an empty batch on h's namespace.
 func (h *Handle) NewBatch() *Batch { return &Batch{h: h} }
 
-// Len is the number of changes queued.
-func (b *Batch) Len() int { return len(b.ops) }
+// Len is the number of changes queued since the last Flush.
+func (b *Batch) Len() int { return len(b.errs) + len(b.ops) }
 
 // RouteReplace queues `ip route replace` of r (see Handle.RouteReplace).
 func (b *Batch) RouteReplace(r Route) {
@@ -79,117 +83,107 @@ func (b *Batch) RouteDel(r Route) {
 
 // NeighSet queues `ip neigh replace` of n (see Handle.NeighSet).
 func (b *Batch) NeighSet(n Neigh) {
+	state := n.State
+	if state == 0 {
+		state = NUDPermanent
+	}
 	b.neighs = append(b.neighs, n)
-	b.queueNeigh(batchOp{kind: opNeigh, idx: len(b.neighs) - 1}, unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, ipNeigh(n, true))
+	b.queueNeigh(batchOp{kind: opNeigh, idx: len(b.neighs) - 1}, unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE,
+		netlink.Ndmsg{Family: uint8(neighFamily(n.IP)), Index: uint32(n.LinkIndex), State: uint16(state), Type: unix.RTN_UNICAST},
+		n.IP.AsSlice(), n.MAC[:])
 }
 
 // NeighDel queues `ip neigh del` of n (see Handle.NeighDel).
 func (b *Batch) NeighDel(n Neigh) {
 	b.neighs = append(b.neighs, n)
-	b.queueNeigh(batchOp{kind: opNeigh, idx: len(b.neighs) - 1, delete: true}, unix.RTM_DELNEIGH, 0, ipNeigh(n, false))
+	b.queueNeigh(batchOp{kind: opNeigh, idx: len(b.neighs) - 1, delete: true}, unix.RTM_DELNEIGH, 0,
+		netlink.Ndmsg{Family: uint8(neighFamily(n.IP)), Index: uint32(n.LinkIndex)},
+		n.IP.AsSlice(), nil)
 }
 
 // FDBSet queues `bridge fdb replace` of e (see Handle.FDBSet).
 func (b *Batch) FDBSet(e FDB) {
 	b.fdbs = append(b.fdbs, e)
-	b.queueNeigh(batchOp{kind: opFDB, idx: len(b.fdbs) - 1}, unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, fdbNeigh(e, true))
+	b.queueNeigh(batchOp{kind: opFDB, idx: len(b.fdbs) - 1}, unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE,
+		netlink.Ndmsg{Family: unix.AF_BRIDGE, Index: uint32(e.LinkIndex), State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF},
+		e.Dst.AsSlice(), e.MAC[:])
 }
 
 // FDBDel queues `bridge fdb del` of e (see Handle.FDBDel).
 func (b *Batch) FDBDel(e FDB) {
 	b.fdbs = append(b.fdbs, e)
-	b.queueNeigh(batchOp{kind: opFDB, idx: len(b.fdbs) - 1, delete: true}, unix.RTM_DELNEIGH, 0, fdbNeigh(e, false))
+	b.queueNeigh(batchOp{kind: opFDB, idx: len(b.fdbs) - 1, delete: true}, unix.RTM_DELNEIGH, 0,
+		netlink.Ndmsg{Family: unix.AF_BRIDGE, Index: uint32(e.LinkIndex), Flags: netlink.NTF_SELF},
+		e.Dst.AsSlice(), e.MAC[:])
 }
 
 // queueRoute builds the message the library's RouteReplace and RouteDel
-// send for the fields Route has (netlink's prepareRouteReq).
+// send (netlink's prepareRouteReq) for what toNLRoute sets.
 func (b *Batch) queueRoute(r Route, typ, flags int, msg *nl.RtMsg, del bool) {
-	nr := toNLRoute(r)
 	req := nl.NewNetlinkRequest(typ, flags|unix.NLM_F_ACK)
-	fam, dst := unix.AF_INET, nr.Dst.IP.To4()
-	if dst == nil {
-		fam, dst = unix.AF_INET6, nr.Dst.IP.To16()
+	msg.Family, msg.Dst_len = unix.AF_INET, uint8(r.Dst.Bits())
+	if r.Dst.Addr().Is6() {
+		msg.Family = unix.AF_INET6
 	}
-	ones, _ := nr.Dst.Mask.Size()
-	msg.Family, msg.Dst_len = uint8(fam), uint8(ones)
-	attrs := []*nl.RtAttr{nl.NewRtAttr(unix.RTA_DST, dst)}
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.RTA_DST, r.Dst.Addr().AsSlice()))
 	if r.Gw.IsValid() {
-		attrs = append(attrs, nl.NewRtAttr(unix.RTA_GATEWAY, r.Gw.AsSlice()))
+		req.AddData(nl.NewRtAttr(unix.RTA_GATEWAY, r.Gw.AsSlice()))
+		msg.Scope = unix.RT_SCOPE_UNIVERSE
+	} else {
+		msg.Scope = unix.RT_SCOPE_LINK
 	}
-	if nr.Table > 0 {
-		if nr.Table >= 256 {
+	if r.Table > 0 {
+		if r.Table >= 256 {
 			msg.Table = unix.RT_TABLE_UNSPEC
-			attrs = append(attrs, nl.NewRtAttr(unix.RTA_TABLE, nl.Uint32Attr(uint32(nr.Table))))
+			req.AddData(nl.NewRtAttr(unix.RTA_TABLE, nl.Uint32Attr(uint32(r.Table))))
 		} else {
-			msg.Table = uint8(nr.Table)
+			msg.Table = uint8(r.Table)
 		}
 	}
-	if nr.Priority > 0 {
-		attrs = append(attrs, nl.NewRtAttr(unix.RTA_PRIORITY, nl.Uint32Attr(uint32(nr.Priority))))
+	if r.Priority > 0 {
+		req.AddData(nl.NewRtAttr(unix.RTA_PRIORITY, nl.Uint32Attr(uint32(r.Priority))))
 	}
-	msg.Flags = uint32(nr.Flags)
-	msg.Scope = uint8(nr.Scope)
-	req.AddData(msg)
-	for _, a := range attrs {
-		req.AddData(a)
+	msg.Flags = 0
+	if r.OnLink {
+		msg.Flags = unix.RTNH_F_ONLINK
 	}
-	req.AddData(nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(nr.LinkIndex))))
+	req.AddData(nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(r.LinkIndex))))
 	b.routes = append(b.routes, r)
 	b.push(req, batchOp{kind: opRoute, idx: len(b.routes) - 1, delete: del})
 }
 
-// ipNeigh is n as NeighSet (set) or NeighDel sends it.
-func ipNeigh(n Neigh, set bool) *netlink.Neigh {
-	nn := &netlink.Neigh{LinkIndex: n.LinkIndex, Family: neighFamily(n.IP), IP: n.IP.AsSlice()}
-	if set {
-		nn.State = n.State
-		if nn.State == 0 {
-			nn.State = NUDPermanent
-		}
-		nn.Type = unix.RTN_UNICAST
-		nn.HardwareAddr = n.MAC.HardwareAddr()
-	}
-	return nn
-}
-
-// fdbNeigh is e as FDBSet (set) or FDBDel sends it.
-func fdbNeigh(e FDB, set bool) *netlink.Neigh {
-	nn := &netlink.Neigh{LinkIndex: e.LinkIndex, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
-		IP: e.Dst.AsSlice(), HardwareAddr: e.MAC.HardwareAddr()}
-	if set {
-		nn.State = netlink.NUD_PERMANENT
-	}
-	return nn
-}
-
 // queueNeigh builds the message of the library's neighHandle for the
-// fields weft sets.
-func (b *Batch) queueNeigh(op batchOp, typ, flags int, n *netlink.Neigh) {
+// fields weft sets: the header, NDA_DST and, if any, NDA_LLADDR.
+func (b *Batch) queueNeigh(op batchOp, typ, flags int, msg netlink.Ndmsg, dst, lladdr []byte) {
 	req := nl.NewNetlinkRequest(typ, flags|unix.NLM_F_ACK)
-	req.AddData(&netlink.Ndmsg{Family: uint8(n.Family), Index: uint32(n.LinkIndex), State: uint16(n.State),
-		Type: uint8(n.Type), Flags: uint8(n.Flags)})
-	req.AddData(nl.NewRtAttr(netlink.NDA_DST, n.IP))
-	if n.HardwareAddr != nil {
-		req.AddData(nl.NewRtAttr(netlink.NDA_LLADDR, n.HardwareAddr))
+	req.AddData(&msg)
+	req.AddData(nl.NewRtAttr(netlink.NDA_DST, dst))
+	if lladdr != nil {
+		req.AddData(nl.NewRtAttr(netlink.NDA_LLADDR, lladdr))
 	}
 	b.push(req, op)
 }
+
+// batchFill is how much a Batch queues before writing: one write's worth.
+const batchFill = 256
 
 func (b *Batch) push(req *nl.NetlinkRequest, op batchOp) {
 	b.buf = append(b.buf, req.Serialize()...)
 	op.end = len(b.buf)
 	b.ops = append(b.ops, op)
+	if len(b.ops) >= batchFill || len(b.buf) >= batchChunkBytes {
+		b.write()
+	}
 }
 
-// Flush sends the queued changes in order and returns one error per
-// change, in the order queued: nil for each the kernel made (or, for a
-// delete, found already gone), else what it answered, wrapped as the
-// Handle method would wrap it. The batch is empty afterwards.
-func (b *Batch) Flush() []error {
-	errs := make([]error, len(b.ops))
-	if len(b.ops) > 0 {
-		b.h.flush(b.buf, b.ops, errs)
+// write sends the unwritten changes and keeps their answers.
+func (b *Batch) write() {
+	if len(b.ops) == 0 {
+		return
 	}
+	errs := make([]error, len(b.ops))
+	b.h.flush(b.buf, b.ops, errs)
 	for i, err := range errs {
 		switch op := b.ops[i]; {
 		case err == nil:
@@ -199,8 +193,19 @@ func (b *Batch) Flush() []error {
 			errs[i] = fmt.Errorf("%s: %w", b.describe(op), err)
 		}
 	}
+	b.errs = append(b.errs, errs...)
 	b.buf, b.ops = b.buf[:0], b.ops[:0]
 	b.routes, b.neighs, b.fdbs = b.routes[:0], b.neighs[:0], b.fdbs[:0]
+}
+
+// Flush writes what is left and returns one error per change queued since
+// the last Flush, in the order queued: nil for each the kernel made (or,
+// for a delete, found already gone), else what it answered, wrapped as the
+// Handle method would wrap it. The batch is empty afterwards.
+func (b *Batch) Flush() []error {
+	b.write()
+	errs := b.errs
+	b.errs = nil
 	return errs
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
@@ -52,6 +53,8 @@ type device struct {
 
 	mac  netlinkx.MAC // published VtepMAC; a recreated device gets it again
 	link int          // ifindex of the device; 0 until known
+	// linkNow is link for ReadAhead, which runs beside the other methods.
+	linkNow atomic.Int64
 
 	// plan is the state the kernel was last converged to when synced, the
 	// base of an incremental reconcile and of Update; !synced forces the
@@ -60,6 +63,11 @@ type device struct {
 	synced bool
 	own    netip.Prefix // subnet plan was made for
 	skips  backend.SkipLog
+}
+
+func (d *device) setLink(index int) {
+	d.link = index
+	d.linkNow.Store(int64(index))
 }
 
 // subnet is own's subnet of d's family.
@@ -249,24 +257,33 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (backend.PodLi
 // the kernel (and recreates the device, with the same MAC, if it is gone);
 // otherwise it applies only the change since the previous call.
 func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool) error {
+	return b.reconcileAll(ctx, own, leases, full, nil)
+}
+
+// reconcileAll is Reconcile, with what ReadAhead read of the devices.
+func (b *Backend) reconcileAll(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool, read map[*device]readAhead) error {
 	var errs []error
 	for _, d := range b.devs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := b.reconcile(ctx, d, own, leases, full); err != nil {
+		var ra *readAhead
+		if r, ok := read[d]; ok {
+			ra = &r
+		}
+		if err := b.reconcile(ctx, d, own, leases, full, ra); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (b *Backend) reconcile(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease, full bool) error {
+func (b *Backend) reconcile(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease, full bool, ra *readAhead) error {
 	if !d.subnet(own).IsValid() {
 		return fmt.Errorf("vxlan: own lease has no %s subnet", d.family())
 	}
 	if full || !d.synced || d.link == 0 || d.subnet(own) != d.own {
-		return b.reconcileFull(ctx, d, own, leases)
+		return b.reconcileFull(ctx, d, own, leases, ra)
 	}
 	have, _ := d.plan.State()
 	want, skipped := d.plan.Desired(b.params(d, own), leases)
@@ -316,7 +333,47 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 	return errors.Join(errs...)
 }
 
-func (b *Backend) reconcileFull(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease) error {
+// ReadAhead reads what a full Reconcile compares the lease set with: each
+// device's routes, neighbours and FDB entries, which at 5,000 leases are
+// most of a full pass's time. It may run on any goroutine while the other
+// methods run (it reads the kernel and, atomically, the devices'
+// ifindexes), so that the daemon's event loop goes on with events
+// meanwhile. It returns that full Reconcile, against what it read, to be
+// called like the other methods.
+//
+// What was read may be older than a change made since, by Update or by
+// hand. The pass then writes an entry again (a replace of what is there
+// and a delete of what is gone change nothing), or misses a change made by
+// hand, which the agent's watch of the kernel repairs with a pass of its
+// own. A device recreated since is read again.
+func (b *Backend) ReadAhead(ctx context.Context) (func(context.Context, lease.Lease, []lease.Lease) error, error) {
+	read := make(map[*device]readAhead, len(b.devs))
+	for _, d := range b.devs {
+		link := int(d.linkNow.Load())
+		if link == 0 {
+			continue
+		}
+		p := Params{IPv6: d.v6, Link: link, DirectRouting: b.p.Network.Backend.DirectRouting, Underlay: b.p.Ext.Index}
+		st, err := b.read(p)
+		if err != nil {
+			return nil, fmt.Errorf("vxlan: %s: %w", d.name, err)
+		}
+		read[d] = readAhead{link: link, st: st}
+	}
+	return func(ctx context.Context, own lease.Lease, leases []lease.Lease) error {
+		return b.reconcileAll(ctx, own, leases, true, read)
+	}, nil
+}
+
+// readAhead is what ReadAhead read of a device, with the ifindex it had.
+type readAhead struct {
+	link int
+	st   State
+}
+
+// reconcileFull converges d to the lease set against what the kernel
+// holds: read now, or read ahead in ra when it is of the device as it is.
+func (b *Backend) reconcileFull(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease, ra *readAhead) error {
 	d.synced = false
 	l, err := b.device(ctx, d)
 	if err != nil {
@@ -329,8 +386,10 @@ func (b *Backend) reconcileFull(ctx context.Context, d *device, own lease.Lease,
 	want, skipped := d.plan.Desired(p, leases)
 	d.skips.Report(d.log, skipped)
 
-	have, err := b.read(p)
-	if err != nil {
+	var have State
+	if ra != nil && ra.link == d.link {
+		have = ra.st
+	} else if have, err = b.read(p); err != nil {
 		return fmt.Errorf("vxlan: %s: %w", d.name, err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -529,7 +588,7 @@ func (b *Backend) device(ctx context.Context, d *device) (netlinkx.Link, error) 
 	if d.link != 0 && d.link != l.Attrs().Index {
 		d.synced = false // entries hang off the old ifindex
 	}
-	d.link = l.Attrs().Index
+	d.setLink(l.Attrs().Index)
 	return l, nil
 }
 
@@ -609,7 +668,8 @@ func (b *Backend) create(d *device) (netlinkx.Link, error) {
 		return nil, fmt.Errorf("vxlan: %w", err)
 	}
 	d.log.Info("created device", "mac", d.mac, "mtu", d.mtu, "vni", b.vni, "port", b.port, "local", d.local, "underlay", b.p.Ext.Name)
-	d.synced, d.link = false, l.Attrs().Index
+	d.synced = false
+	d.setLink(l.Attrs().Index)
 	return l, nil
 }
 
