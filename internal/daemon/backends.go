@@ -17,6 +17,12 @@ import (
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
+// The backends whose full pass reads the kernel off the event loop.
+var (
+	_ readAheader = (*vxlan.Backend)(nil)
+	_ readAheader = (*hostgw.Backend)(nil)
+)
+
 // newBackend builds the backend the network config names.
 func newBackend(typ string, p backend.Params, h *netlinkx.Handle, log *slog.Logger) (backend.Backend, error) {
 	switch typ {

@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -78,6 +80,16 @@ type daemon struct {
 	admit    admit.Set // what of leases the datapath may program
 	admitted bool      // admit was Reset for own and the network
 	refusals backend.SkipLog
+	// admittedNow is admit's admitted set (own aside) by key, kept from
+	// Reset's answer and the changes admit.Update returns, so that a
+	// periodic pass need not judge every lease again (at 5,000 leases a
+	// Reset costs 10-30 ms on the event loop). admitOwn is own as of the
+	// last Reset; unadmitted counts the lease changes applied since that
+	// admit has not seen; resetsSkipped, the passes that used admittedNow.
+	admittedNow   map[string]lease.Lease
+	admitOwn      lease.Lease
+	unadmitted    int
+	resetsSkipped int
 	// watchKernelOnce starts following the kernel's changes (repair.go).
 	watchKernelOnce func()
 	leaseHeld       bool // own is ours: acquired, not lost or expired since
@@ -776,6 +788,11 @@ func (d *daemon) applyBatches(bs []batch) (full, lost bool, evs []lease.Event) {
 		if d.leases.apply(b.events, d.own) {
 			lost = true
 		}
+		// Until admitEvents or a Reset sees them; a snapshot only a Reset.
+		d.unadmitted += len(b.events)
+		if b.snapshot {
+			d.unadmitted++
+		}
 	}
 	d.metrics.leases.Set(float64(len(d.leases)))
 	return full, lost, evs
@@ -828,9 +845,10 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch, repairs <-chan s
 	needAcquire, leaseAttempt := false, 0
 	// The datapath keeps being reconciled while the lease is being
 	// re-acquired: the other nodes' routes stay right, and own is kept as
-	// last held until a new lease replaces it.
-	reconcile := func(full bool) {
-		if err := d.reconcile(ctx, full || needFull); err != nil {
+	// last held until a new lease replaces it. pass, when set, is a full
+	// pass whose kernel state was read ahead.
+	reconcileWith := func(full bool, pass fullPass) {
+		if err := d.reconcile(ctx, full || needFull, pass); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -841,6 +859,35 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch, repairs <-chan s
 			return
 		}
 		needFull, failures = false, 0
+		// A retry still pending (the first pass at start, or one after
+		// a failure) would only repeat this one: at 5,000 leases, tens of
+		// milliseconds that an event arriving then waits for.
+		retry.Stop()
+	}
+	reconcile := func(full bool) { reconcileWith(full, nil) }
+
+	// The periodic full pass reads the kernel off the loop when the
+	// backend can (readAheader), so that events keep their pace while the
+	// tables are dumped; the pass runs on the loop once the read is in.
+	// One read at a time: a tick during one is served by it.
+	readAhead := make(chan readResult, 1)
+	reading := false
+	resyncNow := func() {
+		ra, ok := d.be.(readAheader)
+		if !ok || needFull || !d.configured {
+			reconcile(true)
+			return
+		}
+		if reading {
+			return
+		}
+		reading = true
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			pass, err := ra.ReadAhead(ctx)
+			readAhead <- readResult{pass, err}
+		}()
 	}
 	reacquire := func() {
 		wait, err := d.acquire(ctx, lease.Hint{Subnet: d.own.Subnet, IPv6Subnet: d.own.IPv6Subnet}, leaseAttempt)
@@ -855,6 +902,20 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch, repairs <-chan s
 		reconcile(true)
 	}
 
+	onEvents := func(b batch) {
+		full, lost, evs := d.applyBatches(drain(events, b))
+		if lost && !needAcquire {
+			d.log.Warn("our lease was removed or taken; acquiring again", "subnet", leaseName(d.own))
+			d.dropLease("lease " + leaseName(d.own) + " lost; acquiring again")
+			reacquire()
+			return
+		}
+		if !full && !needFull && d.update(ctx, evs) {
+			return
+		}
+		reconcile(full)
+	}
+
 	for {
 		d.health.alive()
 		select {
@@ -862,17 +923,23 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch, repairs <-chan s
 			d.log.Info("stopping; the datapath stays in place")
 			return nil
 		case b := <-events:
-			full, lost, evs := d.applyBatches(drain(events, b))
-			if lost && !needAcquire {
-				d.log.Warn("our lease was removed or taken; acquiring again", "subnet", leaseName(d.own))
-				d.dropLease("lease " + leaseName(d.own) + " lost; acquiring again")
-				reacquire()
-				continue
+			onEvents(b)
+		case r := <-readAhead:
+			reading = false
+			if r.err != nil {
+				if ctx.Err() != nil {
+					continue
+				}
+				d.log.Debug("reading the kernel ahead of a full pass failed; the pass reads it itself", "err", r.err)
 			}
-			if !full && !needFull && d.update(ctx, evs) {
-				continue
+			// Events that came in meanwhile go first: the pass is the
+			// safety net, they are the news.
+			select {
+			case b := <-events:
+				onEvents(b)
+			default:
 			}
-			reconcile(full)
+			reconcileWith(true, r.pass)
 		case why := <-repairs:
 			if repairWhy == "" {
 				repairWhy = why
@@ -884,7 +951,7 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch, repairs <-chan s
 			repairWhy, lastRepair = "", time.Now()
 			reconcile(true)
 		case <-resync.C:
-			reconcile(true)
+			resyncNow()
 		case <-retry.C:
 			reconcile(true)
 		case <-leaseT.C:
@@ -925,13 +992,7 @@ func (d *daemon) update(ctx context.Context, evs []lease.Event) bool {
 		return false
 	}
 	t0 := time.Now()
-	evs, verdicts := d.admit.Update(evs)
-	for _, v := range verdicts {
-		if d.refusals.Set(d.log, &backend.LeaseError{Subnet: v.Subnet, Key: v.Key, Err: refusalErr(v)}) {
-			d.metrics.refusals.Inc()
-		}
-	}
-	d.metrics.refused.Set(float64(d.refusals.Len()))
+	evs = d.admitEvents(evs)
 	if len(evs) == 0 {
 		return true
 	}
@@ -952,6 +1013,28 @@ func (d *daemon) update(ctx context.Context, evs []lease.Event) bool {
 	return true
 }
 
+// admitEvents judges the leases evs change (admit.Update), keeping
+// admittedNow and the refusals, and returns the changes to the admitted
+// set. evs are what applyBatches returned.
+func (d *daemon) admitEvents(evs []lease.Event) []lease.Event {
+	d.unadmitted -= len(evs)
+	evs, verdicts := d.admit.Update(evs)
+	for _, ev := range evs {
+		if ev.Type == lease.Removed {
+			delete(d.admittedNow, ev.Lease.Key())
+		} else {
+			d.admittedNow[ev.Lease.Key()] = ev.Lease
+		}
+	}
+	for _, v := range verdicts {
+		if d.refusals.Set(d.log, &backend.LeaseError{Subnet: v.Subnet, Key: v.Key, Err: refusalErr(v)}) {
+			d.metrics.refusals.Inc()
+		}
+	}
+	d.metrics.refused.Set(float64(d.refusals.Len()))
+	return evs
+}
+
 // admittedLeases judges the lease set afresh and returns what the
 // datapath may program, own first.
 func (d *daemon) admittedLeases() []lease.Lease {
@@ -959,13 +1042,40 @@ func (d *daemon) admittedLeases() []lease.Lease {
 		d.admit.Identity = id.Identities
 	}
 	ls, refused := d.admit.Reset(d.net, d.own, d.leases)
-	d.admitted = true
+	d.admitted, d.admitOwn, d.unadmitted, d.resetsSkipped = true, d.own, 0, 0
+	d.admittedNow = make(map[string]lease.Lease, len(ls))
+	for _, l := range ls[1:] { // own first
+		d.admittedNow[l.Key()] = l
+	}
 	errs := make([]*backend.LeaseError, len(refused))
 	for i, r := range refused {
 		errs[i] = &backend.LeaseError{Subnet: r.Subnet, Key: r.Key, Err: refusalErr(r)}
 	}
 	d.metrics.refusals.Add(float64(d.refusals.Report(d.log, errs)))
 	d.metrics.refused.Set(float64(len(refused)))
+	return ls
+}
+
+// resetEvery bounds the periodic passes that reuse the admitted set
+// between two Resets, which judge every lease afresh: a net, as the pass
+// is for the kernel, that catches the set drifting from what a Reset
+// says (once a minute at the default resync period).
+const resetEvery = 6
+
+// admittedFor is the lease set a full pass programs, own first: admit's
+// admitted set as kept since the last Reset when cheap is set and nothing
+// since calls for a Reset (a change admit has not seen, another own,
+// resetEvery passes), else that of a Reset now.
+func (d *daemon) admittedFor(cheap bool) []lease.Lease {
+	if !cheap || !d.admitted || d.unadmitted != 0 || !d.admitOwn.Identical(d.own) || d.resetsSkipped >= resetEvery-1 {
+		return d.admittedLeases()
+	}
+	d.resetsSkipped++
+	ls := make([]lease.Lease, 0, len(d.admittedNow)+1)
+	ls = append(ls, d.own)
+	for _, k := range slices.Sorted(maps.Keys(d.admittedNow)) {
+		ls = append(ls, d.admittedNow[k])
+	}
 	return ls
 }
 
@@ -977,9 +1087,29 @@ func refusalErr(r admit.Refusal) error {
 	return errors.New("refused: " + r.Reason)
 }
 
+// A readAheader is a backend whose full pass can read the kernel off the
+// event loop: at 5,000 leases the vxlan backend's dumps of 15,000 routes,
+// neighbours and FDB entries are most of the pass.
+type readAheader interface {
+	// ReadAhead reads what a full Reconcile compares the lease set with,
+	// and may run concurrently with the backend's other methods. It
+	// returns that full Reconcile, against what it read, to be called
+	// like them.
+	ReadAhead(ctx context.Context) (fullPass, error)
+}
+
+// fullPass is a full Reconcile whose kernel state was read ahead.
+type fullPass = func(ctx context.Context, own lease.Lease, leases []lease.Lease) error
+
+// readResult is what a ReadAhead gave.
+type readResult struct {
+	pass fullPass
+	err  error
+}
+
 // reconcile sets the datapath up for our lease if needed, then converges
-// it to the lease set.
-func (d *daemon) reconcile(ctx context.Context, full bool) error {
+// it to the lease set; a full pass through pass when that is set.
+func (d *daemon) reconcile(ctx context.Context, full bool, pass fullPass) error {
 	m := mode(full)
 	if !d.configured {
 		full, m = true, modeFull
@@ -991,9 +1121,17 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 			return err
 		}
 	}
-	leases := d.admittedLeases()
+	tAdmit := time.Now()
+	// A periodic pass (read ahead) reuses the admitted set; the others
+	// (start, repair, retry, a new snapshot) judge every lease again.
+	leases := d.admittedFor(full && pass != nil)
 	t0 := time.Now()
-	err := d.be.Reconcile(ctx, d.own, leases, full)
+	var err error
+	if full && pass != nil {
+		err = pass(ctx, d.own, leases)
+	} else {
+		err = d.be.Reconcile(ctx, d.own, leases, full)
+	}
 	took := time.Since(t0)
 	d.metrics.reconcileDur.WithLabelValues(m).Observe(took.Seconds())
 	if err != nil {
@@ -1012,7 +1150,7 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 		return err
 	}
 	d.metrics.lastReconcile.Set(unixSeconds(time.Now()))
-	d.log.Debug("reconciled", "mode", m, "leases", len(leases), "took", took)
+	d.log.Debug("reconciled", "mode", m, "leases", len(leases), "took", took, "admission", t0.Sub(tAdmit), "read_ahead", full && pass != nil)
 	if full {
 		for _, own := range []netip.Prefix{d.own.Subnet, d.own.IPv6Subnet} {
 			if did, err := keepBridgeRoute(d.h, own); err != nil {

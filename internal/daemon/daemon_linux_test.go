@@ -282,6 +282,10 @@ func TestDaemon(t *testing.T) {
 	if !strings.Contains(logs.String(), "lease renewed") {
 		t.Error("no renewal logged")
 	}
+	// The periodic passes read the kernel off the event loop.
+	if !regexp.MustCompile(`msg=reconciled mode=full leases=2 .* read_ahead=true`).MatchString(logs.String()) {
+		t.Error("no full pass read the kernel ahead")
+	}
 
 	// Stop: Run returns nil; the datapath stays.
 	if err := n.stop(); err != nil {

@@ -257,6 +257,7 @@ func startTimed(ctx context.Context, weftd string, node *benchNode, args, env []
 	events <-chan netlinkx.RouteEvent, overflow <-chan error, h *netlinkx.Handle, o BenchOptions) (int, time.Duration, string, error) {
 	o.progress("  starting weftd on %s", node.ns)
 	start := time.Now()
+	routes := len(want) // waitRoutesAt consumes want
 	pid, err := startDetached(node.ns, weftd, args, env, node.log)
 	if err != nil {
 		return 0, 0, "", err
@@ -265,10 +266,10 @@ func startTimed(ctx context.Context, weftd string, node *benchNode, args, env []
 	allAt, how, err := waitRoutesAt(wctx, events, overflow, h, want, pid)
 	cancel()
 	if err != nil {
-		return 0, 0, "", fmt.Errorf("weftd with %d %s: %w; last lines of %s:\n%s", len(want), what, err, node.log, tail(node.log, 10))
+		return 0, 0, "", fmt.Errorf("weftd with %d %s: %w; last lines of %s:\n%s", routes, what, err, node.log, tail(node.log, 10))
 	}
 	startup := allAt.Sub(start)
-	o.progress("  %d routes %s after start (%s)", len(want), startup.Round(time.Millisecond), how)
+	o.progress("  %d routes %s after start (%s)", routes, startup.Round(time.Millisecond), how)
 	// The agent's own figure, which it logs once ready.
 	var selfNote string
 	_ = poll(ctx, 50*time.Millisecond, func() error {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
@@ -34,20 +35,48 @@ type (
 func NewLinkAttrs() LinkAttrs { return netlink.NewLinkAttrs() }
 
 // Handle talks to one network namespace. Its sockets live in that namespace,
-// so no thread has to switch into it. Safe for concurrent use.
+// so no thread has to switch into it. Safe for concurrent use: dumps go
+// through a socket of their own, since the library holds a socket for a
+// whole dump, and reading 15,000 entries on one goroutine must not hold
+// up a write on another.
 type Handle struct {
-	nh     *netlink.Handle
+	nh     *netlink.Handle // requests
+	dh     *netlink.Handle // dumps
 	dumps  atomic.Uint64
 	nsPath string // "" for the process's own namespace
+
+	bmu sync.Mutex // one batch write and its answers at a time
+	bs  *batchSocket
 }
 
 // New returns a handle on the calling process's network namespace.
 func New() (*Handle, error) {
-	nh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("netlink socket: %w", err)
+	return open(netns.None(), "")
+}
+
+// open makes a Handle's sockets in ns (netns.None() for the calling
+// thread's).
+func open(ns netns.NsHandle, nsPath string) (*Handle, error) {
+	where := ""
+	if nsPath != "" {
+		where = " in " + nsPath
 	}
-	return &Handle{nh: nh}, nil
+	nh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket%s: %w", where, err)
+	}
+	dh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		nh.Close()
+		return nil, fmt.Errorf("netlink socket%s: %w", where, err)
+	}
+	bs, err := openBatchSocket(ns)
+	if err != nil {
+		nh.Close()
+		dh.Close()
+		return nil, fmt.Errorf("%w%s", err, where)
+	}
+	return &Handle{nh: nh, dh: dh, bs: bs, nsPath: nsPath}, nil
 }
 
 // NewAt returns a handle on the namespace bind-mounted (or /proc/PID/ns/net)
@@ -59,15 +88,15 @@ func NewAt(nsPath string) (*Handle, error) {
 	}
 	// The sockets keep the namespace alive; the descriptor is not needed.
 	defer ns.Close()
-	nh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("netlink socket in %s: %w", nsPath, err)
-	}
-	return &Handle{nh: nh, nsPath: nsPath}, nil
+	return open(ns, nsPath)
 }
 
 // Close releases the handle's sockets.
-func (h *Handle) Close() { h.nh.Close() }
+func (h *Handle) Close() {
+	h.nh.Close()
+	h.dh.Close()
+	h.bs.s.Close()
+}
 
 // SetSysctl is `sysctl -w` of a /proc/sys key ("net/ipv6/conf/flannel-v6.1/accept_ra")
 // in the handle's namespace. /proc/sys/net shows the namespace of the
@@ -186,7 +215,7 @@ func (h *Handle) LinkByIndex(index int) (Link, error) {
 
 // LinkList is `ip link show`.
 func (h *Handle) LinkList() ([]Link, error) {
-	return dump(h, "list links", h.nh.LinkList)
+	return dump(h, "list links", h.dh.LinkList)
 }
 
 // LinkAdd is `ip link add …` for the given link; it fills in the new
@@ -297,7 +326,7 @@ func (h *Handle) AddrDel(l Link, p netip.Prefix) error {
 // AddrList is `ip addr show dev NAME` for one family (FamilyAll for both).
 func (h *Handle) AddrList(l Link, f Family) ([]netip.Prefix, error) {
 	addrs, err := dump(h, "list addresses of "+l.Attrs().Name, func() ([]netlink.Addr, error) {
-		return h.nh.AddrList(l, int(f))
+		return h.dh.AddrList(l, int(f))
 	})
 	if err != nil {
 		return nil, err
@@ -315,7 +344,7 @@ func (h *Handle) AddrList(l Link, f Family) ([]netip.Prefix, error) {
 // deprecated), in the kernel's order.
 func (h *Handle) Addrs(l Link, f Family) ([]Addr, error) {
 	addrs, err := dump(h, "list addresses of "+l.Attrs().Name, func() ([]netlink.Addr, error) {
-		return h.nh.AddrList(l, int(f))
+		return h.dh.AddrList(l, int(f))
 	})
 	if err != nil {
 		return nil, err
@@ -386,7 +415,7 @@ func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
 		mask |= netlink.RT_FILTER_TABLE
 	}
 	nrs, err := dump(h, "list routes", func() ([]netlink.Route, error) {
-		return h.nh.RouteListFiltered(int(f.Family), filter, mask)
+		return h.dh.RouteListFiltered(int(f.Family), filter, mask)
 	})
 	if err != nil {
 		return nil, err
@@ -429,7 +458,7 @@ func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
 // family (FamilyAll for both): the destinations of its blackhole routes.
 func (h *Handle) BlackholeList(f Family) ([]netip.Prefix, error) {
 	nrs, err := dump(h, "list blackhole routes", func() ([]netlink.Route, error) {
-		return h.nh.RouteListFiltered(int(f), &netlink.Route{Type: unix.RTN_BLACKHOLE}, netlink.RT_FILTER_TYPE)
+		return h.dh.RouteListFiltered(int(f), &netlink.Route{Type: unix.RTN_BLACKHOLE}, netlink.RT_FILTER_TYPE)
 	})
 	if err != nil {
 		return nil, err
@@ -501,7 +530,7 @@ func (h *Handle) RouteGet(dst netip.Addr) (RouteLookup, error) {
 // ones name lo).
 func (h *Handle) DefaultRouteLink(f Family) (index int, ok bool, err error) {
 	nrs, err := dump(h, "list routes", func() ([]netlink.Route, error) {
-		return h.nh.RouteListFiltered(int(f), &netlink.Route{}, 0)
+		return h.dh.RouteListFiltered(int(f), &netlink.Route{}, 0)
 	})
 	if err != nil {
 		return 0, false, err
@@ -561,7 +590,7 @@ func (h *Handle) NeighDel(n Neigh) error {
 // Entries without a link-layer address (incomplete, failed) have a zero MAC.
 func (h *Handle) NeighList(linkIndex int, f Family) ([]Neigh, error) {
 	ns, err := dump(h, fmt.Sprintf("list neighbours of #%d", linkIndex), func() ([]netlink.Neigh, error) {
-		return h.nh.NeighList(linkIndex, int(f))
+		return h.dh.NeighList(linkIndex, int(f))
 	})
 	if err != nil {
 		return nil, err
@@ -615,7 +644,7 @@ func (h *Handle) FDBDel(e FDB) error {
 // device's multicast addresses are left out.)
 func (h *Handle) FDBList(linkIndex int) ([]FDB, error) {
 	ns, err := dump(h, fmt.Sprintf("list fdb of #%d", linkIndex), func() ([]netlink.Neigh, error) {
-		return h.nh.NeighList(linkIndex, unix.AF_BRIDGE)
+		return h.dh.NeighList(linkIndex, unix.AF_BRIDGE)
 	})
 	if err != nil {
 		return nil, err

@@ -91,6 +91,50 @@ func (b *Backend) Refused() int {
 // counted by Refused, not returned, since one misplaced node must not make
 // every other node's datapath count as failed. Errors are the kernel's.
 func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool) error {
+	return b.reconcile(ctx, own, leases, full, nil)
+}
+
+// ReadAhead reads what a full Reconcile compares the lease set with, the
+// underlay's routes of each family, and may run on any goroutine while
+// the other methods run (it reads only the kernel), so that the daemon's
+// event loop goes on with events meanwhile. It returns that full
+// Reconcile, against what it read, to be called like the other methods.
+// What was read may be older than a change made since by Update: the pass
+// then writes a route again or deletes one already gone, which changes
+// nothing.
+func (b *Backend) ReadAhead(ctx context.Context) (func(context.Context, lease.Lease, []lease.Lease) error, error) {
+	have := []netlinkx.Route{} // not nil: read, if empty
+	for _, v6 := range []bool{false, true} {
+		n := b.p.Network
+		if v6 && !(n.EnableIPv6 && n.IPv6Network.IsValid()) || !v6 && !(n.EnableIPv4 && n.Network.IsValid()) {
+			continue
+		}
+		rs, err := b.underlayRoutes(v6)
+		if err != nil {
+			return nil, err
+		}
+		have = append(have, rs...)
+	}
+	return func(ctx context.Context, own lease.Lease, leases []lease.Lease) error {
+		return b.reconcile(ctx, own, leases, true, have)
+	}, nil
+}
+
+func (b *Backend) underlayRoutes(v6 bool) ([]netlinkx.Route, error) {
+	fam := netlinkx.FamilyV4
+	if v6 {
+		fam = netlinkx.FamilyV6
+	}
+	rs, err := b.h.RouteList(netlinkx.RouteFilter{Family: fam, LinkIndex: b.p.Ext.Index})
+	if err != nil {
+		return nil, fmt.Errorf("host-gw: %w", err)
+	}
+	return rs, nil
+}
+
+// reconcile is Reconcile; a full one compares with read when that is set
+// (ReadAhead's), else with the kernel as it is now.
+func (b *Backend) reconcile(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool, read []netlinkx.Route) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -123,21 +167,22 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 	incremental := !full && b.synced && own.Key() == b.own
 	var have []netlinkx.Route
 	owned := func(netlinkx.Route) bool { return true }
-	if incremental {
+	switch {
+	case incremental:
 		have = slices.Collect(maps.Values(b.routes))
-	} else {
+	case read != nil:
+		have = read
+	default:
 		for _, p := range fams {
-			fam := netlinkx.FamilyV4
-			if p.IPv6 {
-				fam = netlinkx.FamilyV6
-			}
-			rs, err := b.h.RouteList(netlinkx.RouteFilter{Family: fam, LinkIndex: p.Underlay})
+			rs, err := b.underlayRoutes(p.IPv6)
 			if err != nil {
 				b.synced = false
-				return fmt.Errorf("host-gw: %w", err)
+				return err
 			}
 			have = append(have, rs...)
 		}
+	}
+	if !incremental {
 		owned = func(r netlinkx.Route) bool {
 			for _, p := range fams {
 				if backend.Manages(p.Network, p.Own, r.Dst) && !p.Own.Overlaps(r.Dst) {
@@ -148,7 +193,7 @@ func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease
 		}
 	}
 	b.routes, b.own = routes, own.Key()
-	n, err := b.apply(have, want, owned)
+	n, err := b.apply(have, want, owned, !incremental)
 	b.synced = err == nil
 	if n > 0 {
 		lvl := slog.LevelDebug
@@ -206,7 +251,7 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 			}
 		}
 	}
-	n, err := b.apply(have, want, nil)
+	n, err := b.apply(have, want, nil, false)
 	b.synced = err == nil
 	if n > 0 {
 		b.log.Debug("updated routes", "changes", n, "events", len(evs))
@@ -216,18 +261,27 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 
 // apply takes the routes from have to want: removals first, then the
 // routes put in place. It carries on past failures and returns them all,
-// with the number of changes made.
-func (b *Backend) apply(have, want []netlinkx.Route, owned func(netlinkx.Route) bool) (int, error) {
+// with the number of changes made. With batched (a full pass: thousands
+// of routes at start) it writes many routes per system call, in the same
+// order; an update's few go one at a time.
+func (b *Backend) apply(have, want []netlinkx.Route, owned func(netlinkx.Route) bool, batched bool) (int, error) {
 	put, del := backend.Diff(have, want, netlinkx.Route.Key, owned)
 	var errs []error
-	for _, r := range del {
-		if err := b.h.RouteDel(r); err != nil {
-			errs = append(errs, err)
+	if batched && len(put)+len(del) > 0 {
+		bt := b.h.NewBatch()
+		for _, r := range del {
+			bt.RouteDel(r)
 		}
-	}
-	for _, r := range put {
-		if err := b.h.RouteReplace(r); err != nil {
-			errs = append(errs, err)
+		for _, r := range put {
+			bt.RouteReplace(r)
+		}
+		errs = bt.Flush()
+	} else {
+		for _, r := range del {
+			errs = append(errs, b.h.RouteDel(r))
+		}
+		for _, r := range put {
+			errs = append(errs, b.h.RouteReplace(r))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

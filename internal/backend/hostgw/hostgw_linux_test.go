@@ -183,3 +183,66 @@ func TestThousandLeases(t *testing.T) {
 		t.Fatalf("%d routes on eth0, want 1003", got)
 	}
 }
+
+// TestReadAhead: a full pass against routes read ahead, while Update adds
+// and removes leases after the read; a route deleted by hand before the
+// read is repaired. The kernel ends up as the lease set says.
+func TestReadAhead(t *testing.T) {
+	nodes := backendtest.Cluster(t, pfx("10.255.255.0/24"))
+	n := nodes[0]
+	nw := backendtest.Network(t, `{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}`)
+	if err := n.NS.H.AddrReplace(n.NS.Link(t, "eth0"), pfx("192.0.2.1/16")); err != nil {
+		t.Fatal(err)
+	}
+	n.Ext.Subnet = pfx("192.0.0.0/16")
+	b, err := hostgw.New(n.Params(nw), n.NS.H, backendtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := n.Lease("host-gw", nil)
+	remote := func(i int) lease.Lease {
+		return lease.Lease{
+			Subnet: pfx(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256)),
+			Attrs:  lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 0, byte(10 + i/250), byte(1 + i%250)}), BackendType: "host-gw"},
+		}
+	}
+	var leases []lease.Lease
+	for i := range 200 {
+		leases = append(leases, remote(i))
+	}
+	ctx := context.Background()
+	if err := b.Reconcile(ctx, own, append([]lease.Lease{own}, leases...), true); err != nil {
+		t.Fatal(err)
+	}
+	gone := leases[5]
+	if err := n.NS.H.RouteDel(netlinkx.Route{Dst: gone.Subnet, Gw: gone.Attrs.PublicIP, LinkIndex: n.Ext.Index}); err != nil {
+		t.Fatal(err)
+	}
+	pass, err := b.ReadAhead(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	added, removed := remote(200), leases[9]
+	if err := b.Update(ctx, own, []lease.Event{{Type: lease.Added, Lease: added}, {Type: lease.Removed, Lease: removed}}); err != nil {
+		t.Fatal(err)
+	}
+	now := append(slices.Delete(slices.Clone(leases), 9, 10), added)
+	if err := pass(ctx, own, append([]lease.Lease{own}, now...)); err != nil {
+		t.Fatal(err)
+	}
+	have := map[netip.Prefix]bool{}
+	for _, r := range backendtest.Routes(t, n.NS.H, n.Ext.Index) {
+		have[r.Dst] = true
+	}
+	for _, l := range now {
+		if !have[l.Subnet] {
+			t.Errorf("no route to %s", l.Subnet)
+		}
+	}
+	if have[removed.Subnet] {
+		t.Errorf("the route to %s, removed after the read, is back", removed.Subnet)
+	}
+	if len(have) != len(now)+2 { // + the connected 192.0.2.0/24 and 192.0.0.0/16
+		t.Errorf("%d routes on eth0, want %d", len(have), len(now)+2)
+	}
+}

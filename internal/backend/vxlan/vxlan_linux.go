@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
@@ -52,6 +53,8 @@ type device struct {
 
 	mac  netlinkx.MAC // published VtepMAC; a recreated device gets it again
 	link int          // ifindex of the device; 0 until known
+	// linkNow is link for ReadAhead, which runs beside the other methods.
+	linkNow atomic.Int64
 
 	// plan is the state the kernel was last converged to when synced, the
 	// base of an incremental reconcile and of Update; !synced forces the
@@ -60,6 +63,11 @@ type device struct {
 	synced bool
 	own    netip.Prefix // subnet plan was made for
 	skips  backend.SkipLog
+}
+
+func (d *device) setLink(index int) {
+	d.link = index
+	d.linkNow.Store(int64(index))
 }
 
 // subnet is own's subnet of d's family.
@@ -249,29 +257,38 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (backend.PodLi
 // the kernel (and recreates the device, with the same MAC, if it is gone);
 // otherwise it applies only the change since the previous call.
 func (b *Backend) Reconcile(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool) error {
+	return b.reconcileAll(ctx, own, leases, full, nil)
+}
+
+// reconcileAll is Reconcile, with what ReadAhead read of the devices.
+func (b *Backend) reconcileAll(ctx context.Context, own lease.Lease, leases []lease.Lease, full bool, read map[*device]readAhead) error {
 	var errs []error
 	for _, d := range b.devs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := b.reconcile(ctx, d, own, leases, full); err != nil {
+		var ra *readAhead
+		if r, ok := read[d]; ok {
+			ra = &r
+		}
+		if err := b.reconcile(ctx, d, own, leases, full, ra); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (b *Backend) reconcile(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease, full bool) error {
+func (b *Backend) reconcile(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease, full bool, ra *readAhead) error {
 	if !d.subnet(own).IsValid() {
 		return fmt.Errorf("vxlan: own lease has no %s subnet", d.family())
 	}
 	if full || !d.synced || d.link == 0 || d.subnet(own) != d.own {
-		return b.reconcileFull(ctx, d, own, leases)
+		return b.reconcileFull(ctx, d, own, leases, ra)
 	}
 	have, _ := d.plan.State()
 	want, skipped := d.plan.Desired(b.params(d, own), leases)
 	d.skips.Report(d.log, skipped)
-	n, err := b.apply(have, want, nil, nil)
+	n, err := b.apply(have, want, nil, nil, false)
 	if err != nil {
 		d.synced = false // the kernel is now somewhere in between: re-read it next time
 		return fmt.Errorf("vxlan: %s: %w", d.name, err)
@@ -303,7 +320,7 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 		for _, v := range verdicts {
 			d.skips.Set(d.log, v)
 		}
-		n, err := b.apply(before, after, nil, nil)
+		n, err := b.apply(before, after, nil, nil, false)
 		if err != nil {
 			d.synced = false
 			errs = append(errs, fmt.Errorf("vxlan: %s: %w", d.name, err))
@@ -316,7 +333,47 @@ func (b *Backend) Update(ctx context.Context, own lease.Lease, evs []lease.Event
 	return errors.Join(errs...)
 }
 
-func (b *Backend) reconcileFull(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease) error {
+// ReadAhead reads what a full Reconcile compares the lease set with: each
+// device's routes, neighbours and FDB entries, which at 5,000 leases are
+// most of a full pass's time. It may run on any goroutine while the other
+// methods run (it reads the kernel and, atomically, the devices'
+// ifindexes), so that the daemon's event loop goes on with events
+// meanwhile. It returns that full Reconcile, against what it read, to be
+// called like the other methods.
+//
+// What was read may be older than a change made since, by Update or by
+// hand. The pass then writes an entry again (a replace of what is there
+// and a delete of what is gone change nothing), or misses a change made by
+// hand, which the agent's watch of the kernel repairs with a pass of its
+// own. A device recreated since is read again.
+func (b *Backend) ReadAhead(ctx context.Context) (func(context.Context, lease.Lease, []lease.Lease) error, error) {
+	read := make(map[*device]readAhead, len(b.devs))
+	for _, d := range b.devs {
+		link := int(d.linkNow.Load())
+		if link == 0 {
+			continue
+		}
+		p := Params{IPv6: d.v6, Link: link, DirectRouting: b.p.Network.Backend.DirectRouting, Underlay: b.p.Ext.Index}
+		st, err := b.read(p)
+		if err != nil {
+			return nil, fmt.Errorf("vxlan: %s: %w", d.name, err)
+		}
+		read[d] = readAhead{link: link, st: st}
+	}
+	return func(ctx context.Context, own lease.Lease, leases []lease.Lease) error {
+		return b.reconcileAll(ctx, own, leases, true, read)
+	}, nil
+}
+
+// readAhead is what ReadAhead read of a device, with the ifindex it had.
+type readAhead struct {
+	link int
+	st   State
+}
+
+// reconcileFull converges d to the lease set against what the kernel
+// holds: read now, or read ahead in ra when it is of the device as it is.
+func (b *Backend) reconcileFull(ctx context.Context, d *device, own lease.Lease, leases []lease.Lease, ra *readAhead) error {
 	d.synced = false
 	l, err := b.device(ctx, d)
 	if err != nil {
@@ -329,8 +386,10 @@ func (b *Backend) reconcileFull(ctx context.Context, d *device, own lease.Lease,
 	want, skipped := d.plan.Desired(p, leases)
 	d.skips.Report(d.log, skipped)
 
-	have, err := b.read(p)
-	if err != nil {
+	var have State
+	if ra != nil && ra.link == d.link {
+		have = ra.st
+	} else if have, err = b.read(p); err != nil {
 		return fmt.Errorf("vxlan: %s: %w", d.name, err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -342,7 +401,7 @@ func (b *Backend) reconcileFull(ctx context.Context, d *device, own lease.Lease,
 		return backend.Manages(p.Network, p.Own, r.Dst) && !p.Own.Overlaps(r.Dst)
 	}
 	ownedNeigh := func(n netlinkx.Neigh) bool { return p.Network.Contains(n.IP) }
-	n, err := b.apply(have, want, ownedRoute, ownedNeigh)
+	n, err := b.apply(have, want, ownedRoute, ownedNeigh, true)
 	if err != nil {
 		return fmt.Errorf("vxlan: %s: %w", d.name, err)
 	}
@@ -403,39 +462,69 @@ func (b *Backend) read(p Params) (State, error) {
 // route without its neighbour and FDB entry: withdraw routes, install
 // neighbours and FDB entries, install routes, drop old neighbours and FDB
 // entries. It carries on past failures and returns them all, with the
-// number of changes made.
-func (b *Backend) apply(have, want State, ownedRoute func(netlinkx.Route) bool, ownedNeigh func(netlinkx.Neigh) bool) (int, error) {
+// number of changes made. With batched (a full pass: thousands of changes
+// at start) it writes many changes per system call, in the same order; an
+// update's few changes go one at a time.
+func (b *Backend) apply(have, want State, ownedRoute func(netlinkx.Route) bool, ownedNeigh func(netlinkx.Neigh) bool, batched bool) (int, error) {
 	rPut, rDel := backend.Diff(have.Routes, want.Routes, netlinkx.Route.Key, ownedRoute)
 	nPut, nDel := backend.Diff(have.Neighs, want.Neighs, netlinkx.Neigh.Key, ownedNeigh)
 	fPut, fDel := backend.Diff(have.FDB, want.FDB, netlinkx.FDB.Key, nil)
-	var errs []error
-	n := 0
-	do := func(err error) {
-		n++
-		if err != nil {
-			errs = append(errs, err)
-		}
+	n := len(rDel) + len(nPut) + len(fPut) + len(rPut) + len(nDel) + len(fDel)
+	if n == 0 {
+		return 0, nil
 	}
+	var w writer = b.h
+	var q queue
+	if batched {
+		q = queue{b.h.NewBatch()}
+		w = q
+	}
+	var errs []error
 	for _, r := range rDel {
-		do(b.h.RouteDel(r))
+		errs = append(errs, w.RouteDel(r))
 	}
 	for _, x := range nPut {
-		do(b.h.NeighSet(x))
+		errs = append(errs, w.NeighSet(x))
 	}
 	for _, f := range fPut {
-		do(b.h.FDBSet(f))
+		errs = append(errs, w.FDBSet(f))
 	}
 	for _, r := range rPut {
-		do(b.h.RouteReplace(r))
+		errs = append(errs, w.RouteReplace(r))
 	}
 	for _, x := range nDel {
-		do(b.h.NeighDel(x))
+		errs = append(errs, w.NeighDel(x))
 	}
 	for _, f := range fDel {
-		do(b.h.FDBDel(f))
+		errs = append(errs, w.FDBDel(f))
+	}
+	if q.Batch != nil {
+		errs = q.Flush()
 	}
 	return n, errors.Join(errs...)
 }
+
+// writer is what apply writes with: the Handle, one change per call, or
+// a queue on a batch.
+type writer interface {
+	RouteReplace(netlinkx.Route) error
+	RouteDel(netlinkx.Route) error
+	NeighSet(netlinkx.Neigh) error
+	NeighDel(netlinkx.Neigh) error
+	FDBSet(netlinkx.FDB) error
+	FDBDel(netlinkx.FDB) error
+}
+
+// queue is a Batch as a writer: each call queues, and the answers come
+// from Flush.
+type queue struct{ *netlinkx.Batch }
+
+func (q queue) RouteReplace(r netlinkx.Route) error { q.Batch.RouteReplace(r); return nil }
+func (q queue) RouteDel(r netlinkx.Route) error     { q.Batch.RouteDel(r); return nil }
+func (q queue) NeighSet(n netlinkx.Neigh) error     { q.Batch.NeighSet(n); return nil }
+func (q queue) NeighDel(n netlinkx.Neigh) error     { q.Batch.NeighDel(n); return nil }
+func (q queue) FDBSet(f netlinkx.FDB) error         { q.Batch.FDBSet(f); return nil }
+func (q queue) FDBDel(f netlinkx.FDB) error         { q.Batch.FDBDel(f); return nil }
 
 // device makes sure d's device exists as configured, and is up with the
 // right MTU (and, for IPv6, accept_ra=0). A device that matches is kept
@@ -499,7 +588,7 @@ func (b *Backend) device(ctx context.Context, d *device) (netlinkx.Link, error) 
 	if d.link != 0 && d.link != l.Attrs().Index {
 		d.synced = false // entries hang off the old ifindex
 	}
-	d.link = l.Attrs().Index
+	d.setLink(l.Attrs().Index)
 	return l, nil
 }
 
@@ -579,7 +668,8 @@ func (b *Backend) create(d *device) (netlinkx.Link, error) {
 		return nil, fmt.Errorf("vxlan: %w", err)
 	}
 	d.log.Info("created device", "mac", d.mac, "mtu", d.mtu, "vni", b.vni, "port", b.port, "local", d.local, "underlay", b.p.Ext.Name)
-	d.synced, d.link = false, l.Attrs().Index
+	d.synced = false
+	d.setLink(l.Attrs().Index)
 	return l, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -534,4 +535,92 @@ func BenchmarkAddOneLease(b *testing.B) {
 		}
 		b.StartTimer()
 	}
+}
+
+// TestReadAhead: a full pass against the kernel read ahead, with changes
+// in between: leases added and removed by Update after the read (the read
+// is stale), entries deleted by hand before it (the pass repairs them), a
+// device recreated after it (the pass reads again). Each time the kernel
+// ends up as the lease set says. The read runs beside Update, as in the
+// agent (go test -race checks that it shares nothing unsafely).
+func TestReadAhead(t *testing.T) {
+	v, reconcile := scaleNode(t)
+	leases := manyLeases(0, 300)
+	if err := reconcile(leases, true); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	idx := device(t, v).Index
+	all := func(ls []lease.Lease) []lease.Lease { return append([]lease.Lease{v.own}, ls...) }
+	check := func(what string, ls []lease.Lease) {
+		t.Helper()
+		r, n, f := count(t, v)
+		if r != len(ls) || n != len(ls) || f != len(ls) {
+			t.Fatalf("%s: %d routes, %d neighbours, %d fdb entries; want %d each", what, r, n, f, len(ls))
+		}
+		for _, l := range ls {
+			if !hasRoute(t, v, l.Subnet) {
+				t.Fatalf("%s: no route to %s", what, l.Subnet)
+			}
+		}
+	}
+
+	// Deleted by hand before the read: repaired.
+	gone := leases[7]
+	for _, c := range []string{"route del " + gone.Subnet.String(), "neigh del " + gone.Subnet.Addr().String() + " dev " + v.b.Name()} {
+		if out, err := v.NS.Exec("ip", strings.Fields(c)...); err != nil {
+			t.Fatalf("ip %s: %v %s", c, err, out)
+		}
+	}
+	// The read, while Update adds leases and removes one.
+	extra := manyLeases(300, 20)
+	done := make(chan struct{})
+	var pass func(context.Context, lease.Lease, []lease.Lease) error
+	var readErr error
+	go func() {
+		defer close(done)
+		pass, readErr = v.b.ReadAhead(ctx)
+	}()
+	for _, l := range extra {
+		if err := v.b.Update(ctx, v.own, []lease.Event{{Type: lease.Added, Lease: l}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	if readErr != nil {
+		t.Fatal(readErr)
+	}
+	removed := leases[3]
+	if err := v.b.Update(ctx, v.own, []lease.Event{{Type: lease.Removed, Lease: removed}}); err != nil {
+		t.Fatal(err)
+	}
+	now := append(slices.Delete(slices.Clone(leases), 3, 4), extra...)
+	if err := pass(ctx, v.own, all(now)); err != nil {
+		t.Fatal(err)
+	}
+	check("after a pass with a stale read", now)
+	if hasRoute(t, v, removed.Subnet) {
+		t.Fatalf("the route to %s, removed after the read, is back", removed.Subnet)
+	}
+
+	// Device recreated after the read: the pass reads again.
+	pass, err := v.b.ReadAhead(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.NS.H.LinkDel(device(t, v)); err != nil {
+		t.Fatal(err)
+	}
+	if err := pass(ctx, v.own, all(now)); err != nil {
+		t.Fatal(err)
+	}
+	if device(t, v).Index == idx {
+		t.Fatalf("flannel.1 has its old ifindex %d", idx)
+	}
+	check("after a pass over a recreated device", now)
+	// And the backend goes on from there: an update needs no full pass.
+	if err := v.b.Update(ctx, v.own, []lease.Event{{Type: lease.Removed, Lease: now[0]}}); err != nil {
+		t.Fatal(err)
+	}
+	check("after one more update", now[1:])
 }
