@@ -190,6 +190,12 @@ func DualCluster(t testing.TB, v4, v6 []netip.Prefix) []*Node {
 			}
 		}
 	}
+	if len(v6) > 0 {
+		for _, n := range nodes {
+			n.NS.WaitIPv6Ready(t)
+			n.Pod.WaitIPv6Ready(t)
+		}
+	}
 	return nodes
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -90,6 +91,26 @@ func (s *NS) Exec(name string, args ...string) (string, error) {
 func (s *NS) Ping(src, dst netip.Addr) error {
 	_, err := s.Exec("ping", "-c", "1", "-W", "2", "-I", src.String(), dst.String())
 	return err
+}
+
+// WaitIPv6Ready waits until no IPv6 address in the namespace is
+// tentative. Without duplicate address detection an address still starts
+// tentative until its link has carrier, which the kernel notices
+// asynchronously; binding to it meanwhile fails with "Cannot assign
+// requested address".
+func (s *NS) WaitIPv6Ready(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, err := s.Exec("ip", "-6", "-o", "addr", "show", "tentative")
+		if err == nil && strings.TrimSpace(out) == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("netns %s: IPv6 addresses still tentative after 5 s: %v\n%s", s.Name, err, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // Sysctl writes a net.* sysctl inside the namespace ("net/ipv4/ip_forward").
