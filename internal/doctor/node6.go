@@ -163,12 +163,14 @@ func (e *eval) routes6(f *IPv6Facts, dev6 *Link) {
 	if typ == config.BackendWireGuard {
 		// One route to the whole network; the peers live in the
 		// device's table (AllowedIPs).
+		e.programChecked6 = true
 		for _, r := range f.Routes {
 			if r.LinkIndex == dev6.Index && r.Dst == network.Masked() && !r.Gw.IsValid() {
 				e.add("routes-v6", OK, fmt.Sprintf("%s dev %s (wireguard routes the whole IPv6 network into its device)", r.Dst, dev6.Name), "")
 				return
 			}
 		}
+		e.noteOf(network, "route to the network")
 		e.add("routes-v6", Fail, fmt.Sprintf("missing route %s dev %s", network.Masked(), dev6.Name),
 			"weftd adds it on its next resync: is weftd running? see its log")
 		return
@@ -210,6 +212,7 @@ func (e *eval) routes6(f *IPv6Facts, dev6 *Link) {
 			have = on(dev6.Index)
 		}
 	}
+	e.programChecked6 = true
 	missing, wrong, extra := e.diffRoutes(have, want, owned)
 	for _, s := range skipped {
 		if s.Subnet.Addr().Is6() {
@@ -232,6 +235,10 @@ func (e *eval) routes6(f *IPv6Facts, dev6 *Link) {
 			func(n netlinkx.Neigh) bool { return network.Contains(n.IP) },
 			func(n netlinkx.Neigh) string { return fmt.Sprintf("%s lladdr %s", n.IP, n.MAC) })
 		e.tableResult("neighbours-v6", name, len(vx.Neighs), "permanent neighbour entries", m, w, x)
+		put, _ := backend.Diff(f.Neighs, vx.Neighs, netlinkx.Neigh.Key, func(n netlinkx.Neigh) bool { return network.Contains(n.IP) })
+		for _, x := range put {
+			e.noteOf(netip.PrefixFrom(x.IP, 128), "neighbour entry")
+		}
 	}
 	if f.FDBErr != nil {
 		e.add("fdb-v6", Fail, fmt.Sprintf("listing the FDB of %s: %v", name, f.FDBErr), "run doctor as root")
@@ -240,6 +247,14 @@ func (e *eval) routes6(f *IPv6Facts, dev6 *Link) {
 	m, w, x := diffEntries(f.FDB, vx.FDB, netlinkx.FDB.Key, nil,
 		func(x netlinkx.FDB) string { return fmt.Sprintf("%s dst %s", x.MAC, x.Dst) })
 	e.tableResult("fdb-v6", name, len(vx.FDB), "FDB entries", m, w, x)
+	put, _ := backend.Diff(f.FDB, vx.FDB, netlinkx.FDB.Key, nil)
+	for _, x := range put {
+		for _, l := range e.leases {
+			if l.Attrs.PublicIPv6 != nil && *l.Attrs.PublicIPv6 == x.Dst && l.IPv6Subnet.IsValid() {
+				e.noteOf(l.IPv6Subnet, "fdb entry")
+			}
+		}
+	}
 }
 
 func (e *eval) forwarding6() {
