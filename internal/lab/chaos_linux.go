@@ -345,9 +345,12 @@ func (c *chaos) healed(ctx context.Context, within time.Duration) error {
 	defer cancel()
 	var last error
 	for {
-		last = c.whole(wctx)
-		if last == nil {
+		err := c.whole(wctx)
+		switch {
+		case err == nil:
 			return nil
+		case wctx.Err() == nil || last == nil:
+			last = err // not the deadline cutting the check short
 		}
 		select {
 		case <-wctx.Done():
@@ -536,7 +539,17 @@ func (c *chaos) faults() []fault {
 				what: fmt.Sprintf("node %d: eth0 down for 1 s", n.Index),
 				cuts: c.l.Families(),
 				undo: func(ctx context.Context) error {
-					_, err := c.l.Exec(ctx, n.NS, "ip", "link", "set", "eth0", "up")
+					if _, err := c.l.Exec(ctx, n.NS, "ip", "link", "set", "eth0", "up"); err != nil {
+						return err
+					}
+					if !n.PublicIPv6.IsValid() {
+						return nil
+					}
+					// The kernel drops a link's IPv6 addresses when it goes
+					// down (keep_addr_on_down 0); the host's network
+					// configuration puts its address back, as here.
+					a := netip.PrefixFrom(n.PublicIPv6, netip.MustParsePrefix(underlayPrefix6).Bits())
+					_, err := c.l.Exec(ctx, n.NS, "ip", "-6", "addr", "replace", a.String(), "dev", "eth0")
 					return err
 				},
 			}, nil
@@ -765,8 +778,9 @@ func (p *pinger) stop() {
 }
 
 // ping -D prefixes each line with [unix time]; -O reports an echo not
-// answered by the time the next is sent.
-var echoLine = regexp.MustCompile(`^\[(\d+)\.(\d+)\] (?:(\d+) bytes from|(no answer yet))`)
+// answered by the time the next is sent, which may still be answered
+// later; "From" lines are ICMP errors in reply (unreachable).
+var echoLine = regexp.MustCompile(`^\[(\d+)\.(\d+)\] (?:\d+ bytes from .*icmp_seq=(\d+)|no answer yet for icmp_seq=(\d+)|From \S+ icmp_seq=(\d+))`)
 
 func (p *pinger) echoes() []echo {
 	p.mu.Lock()
@@ -774,9 +788,14 @@ func (p *pinger) echoes() []echo {
 	return parseEchoes(p.out.String(), p.v6)
 }
 
-// parseEchoes reads the echoes of `ping -D -O` output, in time order.
+// parseEchoes reads the echoes of `ping -D -O` output, in time order. An
+// echo is lost when it was reported unanswered (or answered with an ICMP
+// error) and no reply came later: a reply that only comes late (a path
+// that stalls, a handshake) is slow, not lost. Each is timed by its first
+// line.
 func parseEchoes(out string, v6 bool) []echo {
 	var es []echo
+	pending := map[string]int{} // seq of an echo reported unanswered -> its index
 	for _, line := range strings.Split(out, "\n") {
 		m := echoLine.FindStringSubmatch(line)
 		if m == nil {
@@ -788,7 +807,24 @@ func parseEchoes(out string, v6 bool) []echo {
 			frac += "0"
 		}
 		ns, _ := strconv.ParseInt(frac[:9], 10, 64)
-		es = append(es, echo{at: time.Unix(sec, ns), v6: v6, lost: m[4] != ""})
+		at := time.Unix(sec, ns)
+		switch reply, unanswered, failed := m[3], m[4], m[5]; {
+		case reply != "":
+			if i, ok := pending[reply]; ok {
+				es[i].lost = false // late, not lost
+				delete(pending, reply)
+				continue
+			}
+			es = append(es, echo{at: at, v6: v6})
+		case unanswered != "":
+			pending[unanswered] = len(es)
+			es = append(es, echo{at: at, v6: v6, lost: true})
+		case failed != "":
+			if _, ok := pending[failed]; ok {
+				continue // counted when it went unanswered
+			}
+			es = append(es, echo{at: at, v6: v6, lost: true})
+		}
 	}
 	slices.SortFunc(es, func(a, b echo) int { return a.at.Compare(b.at) })
 	return es

@@ -167,13 +167,25 @@ func TestParseEchoes(t *testing.T) {
 	out := "PING fd00:10:244:2::2(fd00:10:244:2::2) 56 data bytes\n" +
 		"[1796182856.560580] 64 bytes from fd00:10:244:2::2: icmp_seq=1 ttl=62 time=0.080 ms\n" +
 		"[1796182856.66] no answer yet for icmp_seq=2\n" +
-		"[1796182856.764530] 64 bytes from fd00:10:244:2::2: icmp_seq=3 ttl=62 time=0.056 ms\n"
+		// 3 unanswered, then answered late; 2 and 4 never.
+		"[1796182856.764530] no answer yet for icmp_seq=3\n" +
+		"[1796182856.864] no answer yet for icmp_seq=4\n" +
+		"[1796182856.901] 64 bytes from fd00:10:244:2::2: icmp_seq=3 ttl=62 time=237 ms\n" +
+		"[1796182856.964] From fd00:10:244:1::1 icmp_seq=5 Destination unreachable: No route\n"
 	es := parseEchoes(out, true)
-	if len(es) != 3 || es[0].lost || !es[1].lost || es[2].lost || !es[0].v6 {
-		t.Fatalf("echoes %+v", es)
+	var got []string
+	for _, e := range es {
+		got = append(got, fmt.Sprintf("%d.%03d lost=%v v6=%v", e.at.Unix(), e.at.Nanosecond()/1e6, e.lost, e.v6))
 	}
-	if want := time.Unix(1796182856, 660_000_000); !es[1].at.Equal(want) {
-		t.Errorf("second echo at %v, want %v", es[1].at, want)
+	want := []string{
+		"1796182856.560 lost=false v6=true",
+		"1796182856.660 lost=true v6=true",
+		"1796182856.764 lost=false v6=true", // late
+		"1796182856.864 lost=true v6=true",
+		"1796182856.964 lost=true v6=true",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("echoes\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 
