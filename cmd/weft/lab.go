@@ -46,6 +46,23 @@ func needRoot() error {
 	return nil
 }
 
+// parseAsRoot parses args, flags only, then needs root.
+func parseAsRoot(fs *flags, args []string) error {
+	if err := fs.parseNoArgs(args); err != nil {
+		return err
+	}
+	return needRoot()
+}
+
+// openAsRoot is parseAsRoot, then opens the lab the flags of openFlags
+// name.
+func openAsRoot(fs *flags, args []string, root, ref *string) (*lab.Lab, error) {
+	if err := parseAsRoot(fs, args); err != nil {
+		return nil, err
+	}
+	return lab.Open(*root, *ref, nil)
+}
+
 // labFlags are the flags that say how to build a lab.
 type labFlags struct {
 	name, root, backend, store, binDir, cniBinDir, logLevel string
@@ -114,10 +131,7 @@ func labUp(ctx context.Context, args []string) error {
 becomes the current one, which the other commands act on unless given --lab.`)
 	var f labFlags
 	f.register(fs.FlagSet, true)
-	if err := fs.parseNoArgs(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
+	if err := parseAsRoot(fs, args); err != nil {
 		return err
 	}
 	o, err := f.options()
@@ -146,13 +160,7 @@ prints the matrix, one per IP family of the lab (IPv4, IPv6 or both). Exits
 	root, ref := openFlags(fs)
 	nodes := fs.Bool("from-nodes", false, "also ping every pod from every node")
 	parallel := fs.Int("parallel", 8, "pings in flight")
-	if err := fs.parseNoArgs(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
-		return err
-	}
-	l, err := lab.Open(*root, *ref, nil)
+	l, err := openAsRoot(fs, args, root, ref)
 	if err != nil {
 		return err
 	}
@@ -197,13 +205,7 @@ packets, or if a fault lost packets of a family it did not cut.`)
 	dur := fs.Duration("duration", time.Minute, "how long to keep making faults")
 	seed := fs.Uint64("seed", 0, "random seed, to replay a run (default: random, printed)")
 	heal := fs.Duration("heal-within", 15*time.Second, "how long a fault may take to heal")
-	if err := fs.parseNoArgs(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
-		return err
-	}
-	l, err := lab.Open(*root, *ref, nil)
+	l, err := openAsRoot(fs, args, root, ref)
 	if err != nil {
 		return err
 	}
@@ -238,10 +240,7 @@ each in fresh labs it brings up and takes down, and prints one table.`)
 	fs.StringVar(&f.binDir, "bin-dir", "", "directory with weft and weftd (with --all)")
 	fs.StringVar(&f.cniBinDir, "cni-bin-dir", "", "directory with the CNI plugins (with --all)")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "progress log level (with --all)")
-	if err := fs.parseNoArgs(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
+	if err := parseAsRoot(fs, args); err != nil {
 		return err
 	}
 	benches, err := lab.Select(lab.Benchmarks(), *only)
@@ -274,10 +273,7 @@ directory; it also takes down a lab that failed half-way.`)
 	root, ref := openFlags(fs)
 	keep := fs.Bool("keep-logs", false, "keep the logs in the lab directory")
 	all := fs.Bool("all", false, "take down every lab under --root")
-	if err := fs.parseNoArgs(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
+	if err := parseAsRoot(fs, args); err != nil {
 		return err
 	}
 	var dirs []string
@@ -400,10 +396,7 @@ node, streams pod to pod with iperf3, and takes the lab down.`)
 	var f labFlags
 	f.register(fs.FlagSet, false)
 	backends := fs.String("backends", "vxlan,host-gw", "comma-separated backends, one lab each")
-	if err := fs.parseNoArgs(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
+	if err := parseAsRoot(fs, args); err != nil {
 		return err
 	}
 	var errs []error

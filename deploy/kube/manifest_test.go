@@ -84,23 +84,17 @@ func loadManifest(t *testing.T) *manifest {
 		var dst any
 		switch tm.APIVersion + " " + tm.Kind {
 		case "v1 Namespace":
-			m.Namespace = &corev1.Namespace{}
-			dst = m.Namespace
+			dst = into(&m.Namespace)
 		case "rbac.authorization.k8s.io/v1 ClusterRole":
-			m.Role = &rbacv1.ClusterRole{}
-			dst = m.Role
+			dst = into(&m.Role)
 		case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
-			m.Binding = &rbacv1.ClusterRoleBinding{}
-			dst = m.Binding
+			dst = into(&m.Binding)
 		case "v1 ServiceAccount":
-			m.Account = &corev1.ServiceAccount{}
-			dst = m.Account
+			dst = into(&m.Account)
 		case "v1 ConfigMap":
-			m.Config = &corev1.ConfigMap{}
-			dst = m.Config
+			dst = into(&m.Config)
 		case "apps/v1 DaemonSet":
-			m.DaemonSet = &appsv1.DaemonSet{}
-			dst = m.DaemonSet
+			dst = into(&m.DaemonSet)
 		default:
 			t.Fatalf("weft.yml: unexpected object %s %s", tm.APIVersion, tm.Kind)
 		}
@@ -115,6 +109,12 @@ func loadManifest(t *testing.T) *manifest {
 		t.Fatalf("weft.yml has %v, want one each of %v in that order (the namespace before what lives in it)", m.kindsInFile, want)
 	}
 	return m
+}
+
+// into points *field at a new T and returns it, to decode into.
+func into[T any](field **T) *T {
+	*field = new(T)
+	return *field
 }
 
 // makeVar asks make for the value of a Makefile target's output.

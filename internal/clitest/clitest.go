@@ -21,6 +21,26 @@ import (
 // Nobody is the uid and gid commands run as when the test runs as root.
 const Nobody = 65534
 
+// Version is what Command links in as main.version, shaped as the
+// Makefile's git describe output.
+const Version = "v0.0.0-7-gc0ffee1-test"
+
+// Command is the command of package pkg, as go build takes it, built as
+// name with Version linked in.
+func Command(pkg, name string) *Binary {
+	return &Binary{Pkg: pkg, Name: name, LDFlags: "-X main.version=" + Version}
+}
+
+// Main runs the tests, then removes what bins built; call it from
+// TestMain: os.Exit(clitest.Main(m, bin)).
+func Main(m *testing.M, bins ...*Binary) int {
+	code := m.Run()
+	for _, b := range bins {
+		b.Remove()
+	}
+	return code
+}
+
 // Binary is one command, built once per test binary on first use.
 type Binary struct {
 	Pkg     string // package to build, as go build takes it: ".", "../weftd"
@@ -107,6 +127,15 @@ func CheckHelp(t testing.TB, args []string, r Result, usage string) {
 	t.Helper()
 	if r.Code != 0 || r.Stderr != "" || !strings.HasPrefix(r.Stdout, usage) {
 		t.Errorf("%q: %s; want exit 0, stdout starting %q, empty stderr", args, r, usage)
+	}
+}
+
+// CheckVersion fails t unless r is Version printed on request: exit 0,
+// Version and a newline on stdout, stderr empty.
+func CheckVersion(t testing.TB, args []string, r Result) {
+	t.Helper()
+	if r.Code != 0 || r.Stdout != Version+"\n" || r.Stderr != "" {
+		t.Errorf("%q: %s; want exit 0 and %q on stdout", args, r, Version)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	weftcni "github.com/weft-net/weft/internal/cni"
 	"github.com/weft-net/weft/internal/cni/cnirig"
 	"github.com/weft-net/weft/internal/netlinkx"
 	"github.com/weft-net/weft/internal/netlinkx/nstest"
@@ -69,8 +70,13 @@ var nodeEnv = subnetenv.Env{
 
 func newNode(t *testing.T, cniVersion string) *cnirig.Node {
 	t.Helper()
-	bins := binDir(t)
-	n, err := cnirig.NewNode(t.TempDir(), bins, nodeEnv, cniVersion)
+	return newNodeEnv(t, nodeEnv, cniVersion)
+}
+
+// newNodeEnv is a node whose subnet.env is env.
+func newNodeEnv(t *testing.T, env subnetenv.Env, cniVersion string) *cnirig.Node {
+	t.Helper()
+	n, err := cnirig.NewNode(t.TempDir(), binDir(t), env, cniVersion)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,8 +107,8 @@ func newPod(t *testing.T) *cnirig.Pod {
 type podView struct {
 	found  bool
 	mtu    int
-	addrs  []netip.Prefix
-	routes []netlinkx.Route
+	addrs  []netip.Prefix   // IPv4
+	routes []netlinkx.Route // both families
 }
 
 func viewPod(t *testing.T, p *cnirig.Pod) podView {
@@ -123,7 +129,7 @@ func viewPod(t *testing.T, p *cnirig.Pod) podView {
 	if v.addrs, err = h.AddrList(l, netlinkx.FamilyV4); err != nil {
 		t.Fatal(err)
 	}
-	if v.routes, err = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV4, LinkIndex: l.Attrs().Index}); err != nil {
+	if v.routes, err = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyAll, LinkIndex: l.Attrs().Index}); err != nil {
 		t.Fatal(err)
 	}
 	return v
@@ -157,6 +163,28 @@ func wantPodWired(t *testing.T, p *cnirig.Pod) netip.Prefix {
 		t.Errorf("pod %s: routes %v, want %s via %s", p.ID, v.routes, nodeEnv.Network, nodeEnv.Subnet.Addr())
 	}
 	return v.addrs[0]
+}
+
+// wantCheckFailsWithoutRoute deletes the pod's route r and wants CHECK to
+// fail with CodeCheckFailed, naming the interface and the route.
+func wantCheckFailsWithoutRoute(t *testing.T, ctx context.Context, node *cnirig.Node, pod *cnirig.Pod, r netlinkx.Route) {
+	t.Helper()
+	h, err := netlinkx.NewAt(pod.NS.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.RouteDel(r); err != nil {
+		t.Fatal(err)
+	}
+	err = node.Check(ctx, pod)
+	var te *types.Error
+	if !errors.As(err, &te) {
+		t.Fatalf("CHECK without the route to %s: got %v, want a CNI error", r.Dst, err)
+	}
+	if want := "route to " + r.Dst.String() + " missing"; te.Code != weftcni.CodeCheckFailed || !strings.Contains(te.Msg, want) || !strings.Contains(te.Msg, pod.IfName) {
+		t.Errorf("CHECK without the route to %s: code %d %q, want code %d naming %s and %q", r.Dst, te.Code, te.Msg, weftcni.CodeCheckFailed, pod.IfName, want)
+	}
 }
 
 func wantNodeClean(t *testing.T, n *cnirig.Node) {
@@ -195,26 +223,11 @@ func TestAddCheckDelLibcni(t *testing.T) {
 	}
 
 	// Take the cluster route away: CHECK must say so.
-	h, err := netlinkx.NewAt(pod.NS.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
 	r, ok := viewPod(t, pod).route(nodeEnv.Network)
 	if !ok {
 		t.Fatal("no cluster route to delete")
 	}
-	if err := h.RouteDel(r); err != nil {
-		t.Fatal(err)
-	}
-	err = node.Check(ctx, pod)
-	var te *types.Error
-	if !errors.As(err, &te) {
-		t.Fatalf("CHECK without the cluster route: got %v, want a CNI error", err)
-	}
-	if want := "route to 10.244.0.0/16 missing"; te.Code != 100 || !strings.Contains(te.Msg, want) || !strings.Contains(te.Msg, "eth0") {
-		t.Errorf("CHECK without the cluster route: code %d %q, want code 100 naming eth0 and %q", te.Code, te.Msg, want)
-	}
+	wantCheckFailsWithoutRoute(t, ctx, node, pod, r)
 
 	if err := node.Del(ctx, pod); err != nil {
 		t.Fatalf("DEL: %v", err)
@@ -243,11 +256,7 @@ func TestAddRaisesGSOForBigTCP(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			env := nodeEnv
 			env.GSOIPv4MaxSize = tc.env
-			node, err := cnirig.NewNode(t.TempDir(), binDir(t), env, "1.0.0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = node.Close() })
+			node := newNodeEnv(t, env, "1.0.0")
 			pod := newPod(t)
 			if _, err := node.Add(ctx, pod); err != nil {
 				t.Fatalf("ADD: %v", err)
@@ -400,90 +409,82 @@ func TestHundredPods(t *testing.T) {
 	wantNodeClean(t, node)
 }
 
-// DEL uses the saved delegate config, so it works after subnet.env is gone
-// (the agent stopped, the node is being drained).
-func TestDelAfterSubnetFileGone(t *testing.T) {
-	ctx := context.Background()
-	node := newNode(t, "1.0.0")
-	pod := newPod(t)
-	if _, err := node.Add(ctx, pod); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(node.SubnetFile); err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Del(ctx, pod); err != nil {
-		t.Fatalf("DEL without subnet.env: %v", err)
-	}
-	if viewPod(t, pod).found {
-		t.Error("pod interface still there after DEL")
-	}
-	wantNodeClean(t, node)
-}
-
-// Without a saved config (lost data dir) DEL renders the config again from
-// subnet.env and still frees the address.
-func TestDelWithoutSavedConfig(t *testing.T) {
-	ctx := context.Background()
-	node := newNode(t, "1.0.0")
-	pod := newPod(t)
-	if _, err := node.Add(ctx, pod); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.RemoveAll(node.DataDir); err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Del(ctx, pod); err != nil {
-		t.Fatalf("DEL without saved config: %v", err)
-	}
-	wantNodeClean(t, node)
-
-	// And DEL of a container this node never saw succeeds.
-	if err := node.Del(ctx, newPod(t)); err != nil {
-		t.Errorf("DEL of an unknown container: %v", err)
+// DEL works without what ADD left: without subnet.env (the agent stopped,
+// the node is being drained) it uses the saved delegate config; without
+// that (a lost data dir) it renders the config again from subnet.env.
+// Either way the pod is unwired and its address freed, and DEL of a
+// container this node never saw succeeds.
+func TestDelWithout(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		path func(*cnirig.Node) string
+	}{
+		{"subnet.env", func(n *cnirig.Node) string { return n.SubnetFile }},
+		{"saved config", func(n *cnirig.Node) string { return n.DataDir }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			node := newNode(t, "1.0.0")
+			pod := newPod(t)
+			if _, err := node.Add(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.RemoveAll(tc.path(node)); err != nil {
+				t.Fatal(err)
+			}
+			if err := node.Del(ctx, pod); err != nil {
+				t.Fatalf("DEL without %s: %v", tc.name, err)
+			}
+			if viewPod(t, pod).found {
+				t.Error("pod interface still there after DEL")
+			}
+			wantNodeClean(t, node)
+			if err := node.Del(ctx, newPod(t)); err != nil {
+				t.Errorf("DEL of an unknown container without %s: %v", tc.name, err)
+			}
+		})
 	}
 }
 
-// A delegate ADD that fails half-way (after host-local allocated an address
-// and the veth exists) leaves nothing behind.
+// A failed ADD leaves nothing behind: a delegate ADD that fails half-way
+// (after host-local allocated an address and the veth exists: a gateway
+// the bridge cannot reach), or a delegate config refused before anything
+// is made.
 func TestFailedAddLeavesNothing(t *testing.T) {
-	ctx := context.Background()
-	node := newNode(t, "1.0.0")
-	conf := fmt.Sprintf(`{"name":%q,"cniVersion":"1.0.0","plugins":[{"type":"flannel","subnetFile":%q,"dataDir":%q,
-		"ipam":{"dataDir":%q,"routes":[{"dst":"10.99.0.0/16","gw":"192.0.2.77"}]},
-		"delegate":{"hairpinMode":true,"isDefaultGateway":true}}]}`,
-		cnirig.NetworkName, node.SubnetFile, node.DataDir, node.IPAMDir)
-	if err := node.SetConflist([]byte(conf)); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		keys func(*cnirig.Node) string // of the flannel plugin, beside type, subnetFile and dataDir
+		code uint                      // 0: any
+		want string
+	}{
+		{"delegate ADD fails half-way", func(n *cnirig.Node) string {
+			return fmt.Sprintf(`"ipam":{"dataDir":%q,"routes":[{"dst":"10.99.0.0/16","gw":"192.0.2.77"}]},
+				"delegate":{"hairpinMode":true,"isDefaultGateway":true}`, n.IPAMDir)
+		}, 0, "delegate bridge ADD"},
+		{"delegate with a name", func(*cnirig.Node) string { return `"delegate":{"name":"mine"}` },
+			types.ErrInvalidNetworkConfig, `delegate must not set "name"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			node := newNode(t, "1.0.0")
+			conf := fmt.Sprintf(`{"name":%q,"cniVersion":"1.0.0","plugins":[{"type":"flannel","subnetFile":%q,"dataDir":%q,%s}]}`,
+				cnirig.NetworkName, node.SubnetFile, node.DataDir, tc.keys(node))
+			if err := node.SetConflist([]byte(conf)); err != nil {
+				t.Fatal(err)
+			}
+			pod := newPod(t)
+			_, err := node.Add(ctx, pod)
+			var te *types.Error
+			if !errors.As(err, &te) || tc.code != 0 && te.Code != tc.code || !strings.Contains(te.Msg, tc.want) {
+				t.Fatalf("ADD: got %v, want a CNI error (code %d) with %q", err, tc.code, tc.want)
+			}
+			t.Logf("ADD failed as intended: code %d: %s", te.Code, te.Msg)
+			if viewPod(t, pod).found {
+				t.Error("pod interface left after a failed ADD")
+			}
+			wantNodeClean(t, node)
+		})
 	}
-	pod := newPod(t)
-	_, err := node.Add(ctx, pod)
-	var te *types.Error
-	if !errors.As(err, &te) || !strings.Contains(te.Msg, "delegate bridge ADD") {
-		t.Fatalf("ADD with an unreachable gateway: got %v, want a CNI error from the delegate", err)
-	}
-	t.Logf("ADD failed as intended: code %d: %s", te.Code, te.Msg)
-	if viewPod(t, pod).found {
-		t.Error("pod interface left after a failed ADD")
-	}
-	wantNodeClean(t, node)
-}
-
-func TestBadDelegateThroughLibcni(t *testing.T) {
-	ctx := context.Background()
-	node := newNode(t, "1.0.0")
-	conf := fmt.Sprintf(`{"name":%q,"cniVersion":"1.0.0","plugins":[{"type":"flannel","subnetFile":%q,"dataDir":%q,
-		"delegate":{"name":"mine"}}]}`, cnirig.NetworkName, node.SubnetFile, node.DataDir)
-	if err := node.SetConflist([]byte(conf)); err != nil {
-		t.Fatal(err)
-	}
-	pod := newPod(t)
-	_, err := node.Add(ctx, pod)
-	var te *types.Error
-	if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, `delegate must not set "name"`) {
-		t.Fatalf("ADD with delegate.name: got %v", err)
-	}
-	wantNodeClean(t, node)
 }
 
 // TestDualStackAddCheckDel: with both families in subnet.env the pod gets
@@ -494,15 +495,7 @@ func TestDualStackAddCheckDel(t *testing.T) {
 	env := nodeEnv
 	env.IPv6Network = netip.MustParsePrefix("fd00:10:244::/56")
 	env.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:5::1/64")
-	node, err := cnirig.NewNode(t.TempDir(), binDir(t), env, "1.0.0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := node.Close(); err != nil {
-			t.Errorf("remove node netns: %v", err)
-		}
-	})
+	node := newNodeEnv(t, env, "1.0.0")
 	pod := newPod(t)
 	res, err := node.Add(ctx, pod)
 	if err != nil {
@@ -521,39 +514,15 @@ func TestDualStackAddCheckDel(t *testing.T) {
 	if !env.Subnet.Masked().Contains(got4) || !env.IPv6Subnet.Masked().Contains(got6) {
 		t.Fatalf("ADD result IPs %v, want one in %s and one in %s", res.IPs, env.Subnet.Masked(), env.IPv6Subnet.Masked())
 	}
-	h, err := netlinkx.NewAt(pod.NS.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(pod.IfName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	routes6, err := h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV6, LinkIndex: l.Attrs().Index})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r6 netlinkx.Route
-	for _, r := range routes6 {
-		if r.Dst == env.IPv6Network {
-			r6 = r
-		}
-	}
+	v := viewPod(t, pod)
+	r6, _ := v.route(env.IPv6Network)
 	if r6.Gw != env.IPv6Subnet.Addr() {
-		t.Fatalf("pod IPv6 routes %v, want %s via %s", routes6, env.IPv6Network, env.IPv6Subnet.Addr())
+		t.Fatalf("pod routes %v, want %s via %s", v.routes, env.IPv6Network, env.IPv6Subnet.Addr())
 	}
 	if err := node.Check(ctx, pod); err != nil {
 		t.Fatalf("CHECK of a healthy dual-stack pod: %v", err)
 	}
-	if err := h.RouteDel(r6); err != nil {
-		t.Fatal(err)
-	}
-	err = node.Check(ctx, pod)
-	var te *types.Error
-	if !errors.As(err, &te) || !strings.Contains(te.Msg, "route to fd00:10:244::/56 missing") {
-		t.Fatalf("CHECK without the IPv6 cluster route: %v", err)
-	}
+	wantCheckFailsWithoutRoute(t, ctx, node, pod, r6)
 	if err := node.Del(ctx, pod); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}

@@ -148,6 +148,25 @@ func (p *Plugin) add(args *skel.CmdArgs, sw *stopwatch) error {
 	return err
 }
 
+// savedDelegate reads the delegate config ADD saved for the container,
+// with its type and MTU. A config never saved (or gone) is fs.ErrNotExist,
+// for the caller to judge; any other failure is the CNI error to return.
+func savedDelegate(n *NetConf, containerID string) ([]byte, delegated, error) {
+	conf, err := loadDelegate(n.DataDir, containerID)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, delegated{}, err
+	}
+	if err != nil {
+		return nil, delegated{}, types.NewError(types.ErrIOFailure, fmt.Sprintf("reading saved delegate config: %v", err), "")
+	}
+	d, err := parseDelegated(conf)
+	if err != nil {
+		return nil, delegated{}, types.NewError(types.ErrDecodingFailure,
+			fmt.Sprintf("saved delegate config for %s: %v", containerID, err), "")
+	}
+	return conf, d, nil
+}
+
 // Del delegates DEL with the config ADD saved, then removes it. Without a
 // saved config (ADD saves it before creating anything, so the container was
 // never added or is already deleted, unless the data dir was lost) it
@@ -160,7 +179,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	conf, err := loadDelegate(n.DataDir, args.ContainerID)
+	conf, d, err := savedDelegate(n, args.ContainerID)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := p.delUnsaved(ctx, n); err != nil {
 			fmt.Fprintf(os.Stderr, "weft-cni: DEL %s without saved config: %v (ignored)\n", args.ContainerID, err)
@@ -168,12 +187,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return nil
 	}
 	if err != nil {
-		return types.NewError(types.ErrIOFailure, fmt.Sprintf("reading saved delegate config: %v", err), "")
-	}
-	d, err := parseDelegated(conf)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure,
-			fmt.Sprintf("saved delegate config for %s: %v", args.ContainerID, err), "")
+		return err
 	}
 	if err := invoke.DelegateDel(ctx, d.Type, conf, p.Exec); err != nil {
 		// Keep the saved config, so the runtime's retry can finish the job.
@@ -212,18 +226,13 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	conf, err := loadDelegate(n.DataDir, args.ContainerID)
+	conf, d, err := savedDelegate(n, args.ContainerID)
 	if errors.Is(err, fs.ErrNotExist) {
 		return types.NewError(types.ErrUnknownContainer,
 			fmt.Sprintf("container %s unknown: no saved delegate config in %s (was ADD run on this node?)", args.ContainerID, n.DataDir), "")
 	}
 	if err != nil {
-		return types.NewError(types.ErrIOFailure, fmt.Sprintf("reading saved delegate config: %v", err), "")
-	}
-	d, err := parseDelegated(conf)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure,
-			fmt.Sprintf("saved delegate config for %s: %v", args.ContainerID, err), "")
+		return err
 	}
 	if n.RawPrevResult == nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult in the network config", "")

@@ -94,6 +94,36 @@ func TestCheckUnknownContainer(t *testing.T) {
 	wantCNIError(t, err, types.ErrUnknownContainer, "container c1 unknown")
 }
 
+// DEL and CHECK read the saved config alike: one that does not parse, or
+// cannot be read, is an error naming it, and DEL keeps it.
+func TestDelCheckBadSavedConfig(t *testing.T) {
+	dir := t.TempDir()
+	saved := filepath.Join(dir, "data", "c1")
+	if err := os.MkdirAll(saved, 0o700); err != nil { // a directory: unreadable as a file
+		t.Fatal(err)
+	}
+	p := &Plugin{}
+	for name, cmd := range map[string]func(*skel.CmdArgs) error{"DEL": p.Del, "CHECK": p.Check} {
+		t.Run(name+" unreadable", func(t *testing.T) {
+			wantCNIError(t, cmd(testArgs(confIn(dir, ""))), types.ErrIOFailure, "reading saved delegate config")
+		})
+	}
+	if err := os.Remove(saved); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(saved, []byte(`{"mtu":1400}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, cmd := range map[string]func(*skel.CmdArgs) error{"DEL": p.Del, "CHECK": p.Check} {
+		t.Run(name+" without type", func(t *testing.T) {
+			wantCNIError(t, cmd(testArgs(confIn(dir, ""))), types.ErrDecodingFailure, "saved delegate config for c1: delegate config has no type")
+			if _, err := os.Stat(saved); err != nil {
+				t.Errorf("saved config gone: %v", err)
+			}
+		})
+	}
+}
+
 func TestStatus(t *testing.T) {
 	dir := t.TempDir()
 	p := &Plugin{}

@@ -139,11 +139,15 @@ type metrics struct {
 }
 
 func newMetrics() *metrics {
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+	}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
 	m := &metrics{
-		reg: prometheus.NewRegistry(),
-		leases: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_leases", Help: "Leases known to this node, its own included.",
-		}),
+		reg:    prometheus.NewRegistry(),
+		leases: gauge("weft_leases", "Leases known to this node, its own included."),
 		reconcileDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "weft_reconcile_duration_seconds",
 			Help:    "Time to converge the datapath to the lease set.",
@@ -152,33 +156,15 @@ func newMetrics() *metrics {
 		reconcileErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weft_reconcile_errors_total", Help: "Reconciles that failed.",
 		}, []string{"mode"}),
-		lastReconcile: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_last_reconcile_success_timestamp_seconds", Help: "Unix time of the last successful reconcile.",
-		}),
-		leaseExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_lease_expiration_timestamp_seconds", Help: "Unix time this node's lease expires unless renewed; 0 for a reservation.",
-		}),
-		configErrs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "weft_config_errors_total", Help: "Reads of the network config that found it missing or invalid.",
-		}),
-		refused: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_leases_refused", Help: "Leases in the store this node refuses to program (not subnet-sized, outside the network, overlapping its own subnet or an older lease).",
-		}),
-		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_store_up", Help: "1 while the lease store answers this agent's probes, 0 during an outage.",
-		}),
-		storeLastOK: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_store_last_success_timestamp_seconds", Help: "Unix time the lease store last answered a probe.",
-		}),
-		subnetChanges: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "weft_subnet_changes_total", Help: "Times this node's subnet changed while pods may hold addresses in the old one.",
-		}),
-		repairs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "weft_repairs_total", Help: "Full reconciles run because the kernel lost part of the datapath (a route, neighbour, FDB entry, address or device deleted; a device down).",
-		}),
-		refusals: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "weft_lease_refusals_total", Help: "Leases refused, counted once per lease and reason.",
-		}),
+		lastReconcile: gauge("weft_last_reconcile_success_timestamp_seconds", "Unix time of the last successful reconcile."),
+		leaseExpiry:   gauge("weft_lease_expiration_timestamp_seconds", "Unix time this node's lease expires unless renewed; 0 for a reservation."),
+		configErrs:    counter("weft_config_errors_total", "Reads of the network config that found it missing or invalid."),
+		refused:       gauge("weft_leases_refused", "Leases in the store this node refuses to program (not subnet-sized, outside the network, overlapping its own subnet or an older lease)."),
+		storeUp:       gauge("weft_store_up", "1 while the lease store answers this agent's probes, 0 during an outage."),
+		storeLastOK:   gauge("weft_store_last_success_timestamp_seconds", "Unix time the lease store last answered a probe."),
+		subnetChanges: counter("weft_subnet_changes_total", "Times this node's subnet changed while pods may hold addresses in the old one."),
+		repairs:       counter("weft_repairs_total", "Full reconciles run because the kernel lost part of the datapath (a route, neighbour, FDB entry, address or device deleted; a device down)."),
+		refusals:      counter("weft_lease_refusals_total", "Leases refused, counted once per lease and reason."),
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "weft_info", Help: "Always 1: the backend and version this agent runs.",
 		}, []string{"backend", "version"}),

@@ -115,27 +115,21 @@ func (e *eval) health() {
 		e.add("readyz", Skip, "no --healthz-port: the health server is not checked", "")
 		return
 	}
-	hint := fmt.Sprintf("is weftd serving health on %s:%d (--healthz-ip, --healthz-port)?", e.f.Options.HealthzIP, e.f.Options.HealthzPort)
-	if p := a.Healthz; p != nil {
-		switch {
-		case p.Err != nil:
-			e.add("healthz", Fail, fmt.Sprintf("GET %s: %v", p.URL, p.Err), hint)
-		case p.Code != http.StatusOK:
-			e.add("healthz", Fail, fmt.Sprintf("GET %s: %d %s", p.URL, p.Code, strings.TrimSpace(p.Body)),
-				"weftd's loop is stuck: see its log; restarting it is safe (the datapath stays)")
-		default:
-			e.add("healthz", OK, fmt.Sprintf("GET %s: %s", p.URL, strings.TrimSpace(p.Body)), "")
-		}
-	}
-	if p := a.Readyz; p != nil {
-		switch {
-		case p.Err != nil:
-			e.add("readyz", Fail, fmt.Sprintf("GET %s: %v", p.URL, p.Err), hint)
-		case p.Code != http.StatusOK:
-			e.add("readyz", Fail, fmt.Sprintf("GET %s: %d %s", p.URL, p.Code, strings.TrimSpace(p.Body)),
-				"weftd is not ready: see its log for why (no lease, config, backend error)")
-		default:
-			e.add("readyz", OK, fmt.Sprintf("GET %s: %s", p.URL, strings.TrimSpace(p.Body)), "")
-		}
+	e.healthGET("healthz", a.Healthz, "weftd's loop is stuck: see its log; restarting it is safe (the datapath stays)")
+	e.healthGET("readyz", a.Readyz, "weftd is not ready: see its log for why (no lease, config, backend error)")
+}
+
+// healthGET judges one GET of the health server (nil: not made); notOK is
+// the hint for an answer other than 200.
+func (e *eval) healthGET(check string, p *HTTPProbe, notOK string) {
+	switch {
+	case p == nil:
+	case p.Err != nil:
+		e.add(check, Fail, fmt.Sprintf("GET %s: %v", p.URL, p.Err),
+			fmt.Sprintf("is weftd serving health on %s:%d (--healthz-ip, --healthz-port)?", e.f.Options.HealthzIP, e.f.Options.HealthzPort))
+	case p.Code != http.StatusOK:
+		e.add(check, Fail, fmt.Sprintf("GET %s: %d %s", p.URL, p.Code, strings.TrimSpace(p.Body)), notOK)
+	default:
+		e.add(check, OK, fmt.Sprintf("GET %s: %s", p.URL, strings.TrimSpace(p.Body)), "")
 	}
 }

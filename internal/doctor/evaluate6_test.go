@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/netlinkx"
@@ -60,41 +61,58 @@ func TestIPv6Checks(t *testing.T) {
 	if x, _ := find(r, "subnet-file"); !strings.Contains(x.Message, "IPv6 network fd00:10:244::/56, subnet fd00:10:244:1::1/64") {
 		t.Errorf("subnet-file: %s", x.Message)
 	}
+	if x, _ := find(r, "underlay"); x.Message != "eth0 (MTU 1500, 192.0.2.0/24, 2001:db8::/64), public IP 192.0.2.1, public IPv6 2001:db8::1" {
+		t.Errorf("underlay: %s", x.Message)
+	}
 
-	tests := []struct {
-		name   string
-		break_ func(*Facts)
-		check  string
-		status Status
-		text   string
-	}{
-		{"device missing", func(f *Facts) { f.Node.Links = f.Node.Links[:len(f.Node.Links)-1] }, "device-v6", Fail, "flannel-v6.1 not found"},
-		{"address missing", func(f *Facts) { f.Node.Links[len(f.Node.Links)-1].Addrs = nil }, "device-v6", Fail, "lacks address fd00:10:244:1::/128"},
-		{"accept_ra", func(f *Facts) { f.Node.Sysctls["net/ipv6/conf/flannel-v6.1/accept_ra"] = "1" }, "device-v6", Warn, "accept_ra = 1"},
-		{"route missing", func(f *Facts) { f.Node.IPv6.Routes = f.Node.IPv6.Routes[:3] }, "routes-v6", Fail, "missing: fd00:10:244:2::/64 via fd00:10:244:2:: dev flannel-v6.1 onlink"},
-		{"neighbour missing", func(f *Facts) { f.Node.IPv6.Neighs = nil }, "neighbours-v6", Fail, "missing: fd00:10:244:2:: lladdr " + mac6b.String()},
-		{"fdb wrong", func(f *Facts) { f.Node.IPv6.FDB[0].Dst = addr("2001:db8::99") }, "fdb-v6", Fail, "dst 2001:db8::2"},
-		{"forwarding off", func(f *Facts) { f.Node.Sysctls["net/ipv6/conf/all/forwarding"] = "0" }, "ip6-forward", Fail, "forwarding = 0"},
-		{"masq flushed", func(f *Facts) { f.Node.IPv6.Masq.Rules = []string{"-N " + masq.ChainPostrouting} }, "masquerade-v6", Fail, "lacks 6 rules"},
-		{"masq jump", func(f *Facts) { f.Node.IPv6.Masq.Jump = false }, "masquerade-v6", Fail, "does not jump"},
-		{"subnet.env stale", func(f *Facts) { f.SubnetFile.Env.IPv6Network = pfx("fd00:99::/56") }, "subnet-file", Fail, "FLANNEL_IPV6_NETWORK fd00:99::/56"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := healthyDual()
-			tt.break_(&f)
-			x, ok := find(Evaluate(f), tt.check)
-			text := strings.Join(append([]string{x.Message}, x.Details...), "\n")
-			if !ok || x.Status != tt.status || !strings.Contains(text, tt.text) {
-				t.Errorf("%s = %s %q, want %s with %q", tt.check, x.Status, text, tt.status, tt.text)
-			}
-		})
-	}
+	runEvalCases(t, healthyDual, []evalCase{
+		{name: "device missing", mutate: func(f *Facts) { f.Node.Links = f.Node.Links[:len(f.Node.Links)-1] }, check: "device-v6", status: Fail, want: []string{"flannel-v6.1 not found"}},
+		{name: "address missing", mutate: func(f *Facts) { f.Node.Links[len(f.Node.Links)-1].Addrs = nil }, check: "device-v6", status: Fail, want: []string{"lacks address fd00:10:244:1::/128"}},
+		{name: "accept_ra", mutate: func(f *Facts) { f.Node.Sysctls["net/ipv6/conf/flannel-v6.1/accept_ra"] = "1" }, check: "device-v6", status: Warn, want: []string{"accept_ra = 1"}},
+		{name: "device MTU too big", mutate: func(f *Facts) { f.Node.Links[len(f.Node.Links)-1].MTU = 1450 }, check: "device-v6", status: Fail, want: []string{"MTU 1450 exceeds 1430 (eth0 1500 − 70)"}},
+		{name: "device MTU below", mutate: func(f *Facts) { f.Node.Links[len(f.Node.Links)-1].MTU = 1300 }, check: "device-v6", status: Warn, want: []string{"MTU 1300 is below 1430 (eth0 1500 − 70)"}},
+		{name: "route missing", mutate: func(f *Facts) { f.Node.IPv6.Routes = f.Node.IPv6.Routes[:3] }, check: "routes-v6", status: Fail, want: []string{"missing: fd00:10:244:2::/64 via fd00:10:244:2:: dev flannel-v6.1 onlink"}},
+		{name: "lease not programmable", mutate: func(f *Facts) {
+			f.Store.Leases = append(f.Store.Leases, RawLease{Key: "10.244.3.0-24&fd00:10:244:3::-64", Value: []byte(`{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"host-gw"}`), LeaseID: 3, TTL: 20 * time.Hour})
+		}, check: "routes-v6", status: Warn, want: []string{"1 leases not programmable"}},
+		{name: "neighbour missing", mutate: func(f *Facts) { f.Node.IPv6.Neighs = nil }, check: "neighbours-v6", status: Fail, want: []string{"missing: fd00:10:244:2:: lladdr " + mac6b.String()}},
+		{name: "fdb wrong", mutate: func(f *Facts) { f.Node.IPv6.FDB[0].Dst = addr("2001:db8::99") }, check: "fdb-v6", status: Fail, want: []string{"dst 2001:db8::2"}},
+		{name: "forwarding off", mutate: func(f *Facts) { f.Node.Sysctls["net/ipv6/conf/all/forwarding"] = "0" }, check: "ip6-forward", status: Fail, want: []string{"forwarding = 0"}},
+		{name: "masq flushed", mutate: func(f *Facts) { f.Node.IPv6.Masq.Rules = []string{"-N " + masq.ChainPostrouting} }, check: "masquerade-v6", status: Fail, want: []string{"lacks 6 rules"}},
+		{name: "masq jump", mutate: func(f *Facts) { f.Node.IPv6.Masq.Jump = false }, check: "masquerade-v6", status: Fail, want: []string{"does not jump"}},
+		{name: "subnet.env stale", mutate: func(f *Facts) { f.SubnetFile.Env.IPv6Network = pfx("fd00:99::/56") }, check: "subnet-file", status: Fail, want: []string{"FLANNEL_IPV6_NETWORK fd00:99::/56"}},
+	})
 
 	// Without IPv6 in the config, no IPv6 checks.
 	for _, x := range Evaluate(healthy()).Results {
 		if strings.HasSuffix(x.Check, "-v6") || x.Check == "ip6-forward" {
 			t.Errorf("IPv4-only network has check %s", x.Check)
+		}
+	}
+}
+
+// What this node lacks of a peer's IPv6 half shows in the cluster view,
+// as its IPv4 half's does.
+func TestIPv6Missing(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		break_ func(*Facts)
+		want   string
+	}{
+		{"route", func(f *Facts) { f.Node.IPv6.Routes = f.Node.IPv6.Routes[:3] }, "IPv6 route"},
+		{"neighbour", func(f *Facts) { f.Node.IPv6.Neighs = nil }, "IPv6 neighbour entry"},
+		{"fdb", func(f *Facts) { f.Node.IPv6.FDB = nil }, "IPv6 fdb entry"},
+	} {
+		f := healthyDual()
+		tc.break_(&f)
+		var got string
+		for _, l := range ClusterView(f).Leases {
+			if l.Subnet == pfx("10.244.2.0/24") {
+				got = l.Missing
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%s missing: the peer lacks %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }

@@ -80,21 +80,9 @@ func healthyKube() Facts {
 
 func TestHealthyKubeNode(t *testing.T) {
 	r := Evaluate(healthyKube())
-	for _, x := range r.Results {
-		if x.Status != OK {
-			t.Errorf("%s: %s %s (hint %q, details %q)", x.Check, x.Status, x.Message, x.Hint, x.Details)
-		}
-	}
-	want := []string{"kube-api", "kube-rbac", "config", "kube-node", "pod-cidr", "leases", "agent", "healthz", "readyz", "ready-marker",
+	wantAllOK(t, r, []string{"kube-api", "kube-rbac", "config", "kube-node", "pod-cidr", "leases", "agent", "healthz", "readyz", "ready-marker",
 		"subnet-file", "subnet-lease", "subnet-mtu", "subnet-gso", "annotations", "node-network", "underlay", "device", "routes", "neighbours", "fdb",
-		"ip-forward", "rp-filter", "cni0", "masquerade"}
-	var got []string
-	for _, x := range r.Results {
-		got = append(got, x.Check)
-	}
-	if strings.Join(got, " ") != strings.Join(want, " ") {
-		t.Errorf("checks\n got %v\nwant %v", got, want)
-	}
+		"ip-forward", "rp-filter", "cni0", "masquerade"})
 	for check, msg := range map[string]string{
 		"kube-api":     "API server https://192.0.2.254:6443 v1.37.2, credentials from kubeconfig /var/lib/weft/kubeconfig",
 		"kube-rbac":    "the agent may nodes get, nodes list, nodes watch, nodes/status patch",
@@ -113,14 +101,7 @@ func TestHealthyKubeNode(t *testing.T) {
 
 func TestEvaluateKube(t *testing.T) {
 	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "", errors.New(`User "system:serviceaccount:kube-weft:weft" cannot list resource "nodes"`))
-	tests := []struct {
-		name   string
-		mutate func(f *Facts)
-		check  string
-		status Status
-		want   []string // substrings of message, hint and details
-		also   map[string]Status
-	}{
+	runEvalCases(t, healthyKube, []evalCase{
 		{
 			name: "no client config",
 			mutate: func(f *Facts) {
@@ -284,32 +265,7 @@ func TestEvaluateKube(t *testing.T) {
 			},
 			check: "routes", status: Warn, want: []string{"10.244.2.0/24"},
 		},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			f := healthyKube()
-			tc.mutate(&f)
-			r := Evaluate(f)
-			x, ok := find(r, tc.check)
-			if !ok {
-				t.Fatalf("no %s result", tc.check)
-			}
-			text := strings.Join(append([]string{x.Message, x.Hint}, x.Details...), "\n")
-			if x.Status != tc.status {
-				t.Errorf("%s: %s, want %s: %s", tc.check, x.Status, tc.status, text)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(text, w) {
-					t.Errorf("%s: missing %q in\n%s", tc.check, w, text)
-				}
-			}
-			for c, s := range tc.also {
-				if y, _ := find(r, c); y.Status != s {
-					t.Errorf("%s: %s, want %s: %s", c, y.Status, s, y.Message)
-				}
-			}
-		})
-	}
+	})
 }
 
 func errFileNotExist() error { return fs.ErrNotExist }

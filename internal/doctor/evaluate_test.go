@@ -125,9 +125,12 @@ func find(r Report, check string) (Result, bool) {
 	return Result{}, false
 }
 
-func TestHealthyNode(t *testing.T) {
-	r := Evaluate(healthy())
+// wantAllOK fails t unless r is every check of want, in that order, each ok.
+func wantAllOK(t *testing.T, r Report, want []string) {
+	t.Helper()
+	var got []string
 	for _, x := range r.Results {
+		got = append(got, x.Check)
 		if x.Status != OK {
 			t.Errorf("%s: %s %s (hint %q, details %q)", x.Check, x.Status, x.Message, x.Hint, x.Details)
 		}
@@ -135,27 +138,67 @@ func TestHealthyNode(t *testing.T) {
 	if r.Failed() {
 		t.Error("Failed() on a healthy node")
 	}
-	want := []string{"store", "config", "leases", "pool", "agent", "healthz", "readyz", "ready-marker",
-		"subnet-file", "subnet-lease", "subnet-mtu", "subnet-gso", "underlay", "device", "routes", "neighbours", "fdb",
-		"ip-forward", "rp-filter", "cni0", "masquerade"}
-	var got []string
-	for _, x := range r.Results {
-		got = append(got, x.Check)
-	}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("checks\n got %v\nwant %v", got, want)
 	}
 }
 
+func TestHealthyNode(t *testing.T) {
+	wantAllOK(t, Evaluate(healthy()), []string{"store", "config", "leases", "pool", "agent", "healthz", "readyz", "ready-marker",
+		"subnet-file", "subnet-lease", "subnet-mtu", "subnet-gso", "underlay", "device", "routes", "neighbours", "fdb",
+		"ip-forward", "rp-filter", "cni0", "masquerade"})
+}
+
+// evalCase is one fault made in a healthy node's facts: mutate makes it,
+// check must then have status with every string of want in its message,
+// hint or details, and each check in also its status.
+type evalCase struct {
+	name   string
+	mutate func(f *Facts)
+	check  string
+	status Status
+	want   []string
+	also   map[string]Status
+}
+
+// runEvalCases evaluates each case over healthy() with its fault made.
+func runEvalCases(t *testing.T, healthy func() Facts, tests []evalCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := healthy()
+			tt.mutate(&f)
+			r := Evaluate(f)
+			got, ok := find(r, tt.check)
+			if !ok {
+				t.Fatalf("no %s result", tt.check)
+			}
+			text := strings.Join(append([]string{got.Message, got.Hint}, got.Details...), "\n")
+			if got.Status != tt.status {
+				t.Errorf("%s: status %s, want %s\n%s", tt.check, got.Status, tt.status, text)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(text, w) {
+					t.Errorf("%s: %q missing from\n%s", tt.check, w, text)
+				}
+			}
+			if got.Status == OK && got.Hint != "" {
+				t.Errorf("%s: ok with a hint %q", tt.check, got.Hint)
+			}
+			for check, st := range tt.also {
+				if x, _ := find(r, check); x.Status != st {
+					t.Errorf("%s: status %s, want %s (%s)", check, x.Status, st, x.Message)
+				}
+			}
+			if r.Failed() != (r.Counts()[Fail] > 0) {
+				t.Error("Failed() disagrees with the counts")
+			}
+		})
+	}
+}
+
 func TestEvaluate(t *testing.T) {
-	tests := []struct {
-		name   string
-		mutate func(f *Facts)
-		check  string
-		status Status
-		want   []string // substrings of message, hint and details
-		also   map[string]Status
-	}{
+	runEvalCases(t, healthy, []evalCase{
 		{
 			name: "etcd unreachable",
 			mutate: func(f *Facts) {
@@ -479,38 +522,7 @@ func TestEvaluate(t *testing.T) {
 			},
 			check: "masquerade", status: Fail, want: []string{"lacks 5 rules", "masquerade fully-random"},
 		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := healthy()
-			tt.mutate(&f)
-			r := Evaluate(f)
-			got, ok := find(r, tt.check)
-			if !ok {
-				t.Fatalf("no %s result", tt.check)
-			}
-			text := strings.Join(append([]string{got.Message, got.Hint}, got.Details...), "\n")
-			if got.Status != tt.status {
-				t.Errorf("%s: status %s, want %s\n%s", tt.check, got.Status, tt.status, text)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(text, w) {
-					t.Errorf("%s: %q missing from\n%s", tt.check, w, text)
-				}
-			}
-			if got.Status == OK && got.Hint != "" {
-				t.Errorf("%s: ok with a hint %q", tt.check, got.Hint)
-			}
-			for check, st := range tt.also {
-				if x, _ := find(r, check); x.Status != st {
-					t.Errorf("%s: status %s, want %s (%s)", check, x.Status, st, x.Message)
-				}
-			}
-			if r.Failed() != (r.Counts()[Fail] > 0) {
-				t.Error("Failed() disagrees with the counts")
-			}
-		})
-	}
+	})
 }
 
 func TestBackends(t *testing.T) {

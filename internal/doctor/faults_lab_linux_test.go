@@ -10,6 +10,7 @@ import (
 
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lab/labtest"
 )
 
 // TestLabFaults makes, one at a time on node 1 of a 3-node vxlan lab
@@ -20,9 +21,7 @@ import (
 // weft doctor names each, with its fix, and passes again once it is
 // undone.
 func TestLabFaults(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds a lab in network namespaces")
-	}
+	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	l := upLab(t, ctx, "docflt", lab.Options{Nodes: 3, PodsPerNode: 1, Backend: config.BackendVXLAN})
@@ -33,9 +32,7 @@ func TestLabFaults(t *testing.T) {
 	}
 	sh := func(argv ...string) {
 		t.Helper()
-		if out, err := l.Exec(ctx, n1.NS, argv...); err != nil {
-			t.Fatalf("%s: %v %s", strings.Join(argv, " "), err, out)
-		}
+		mustExec(t, ctx, l, n1.NS, argv...)
 	}
 	// The agent is stopped: every check but the agent's own is ok.
 	baseline := func(when string) {

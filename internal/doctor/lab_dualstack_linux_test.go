@@ -2,15 +2,10 @@ package doctor_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/doctor"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lab/labtest"
 )
@@ -20,51 +15,18 @@ import (
 // neighbour deleted, the ip6tables masquerade chain flushed and accept_ra
 // turned on, doctor names each.
 func TestLabDualStack(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds a lab in network namespaces")
-	}
-	bin, cni := labtest.Binaries(t)
+	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var suffix [3]byte
-	_, _ = rand.Read(suffix[:])
-	l, err := lab.Up(ctx, lab.Options{
-		Name: "doc6-" + hex.EncodeToString(suffix[:]), Root: t.TempDir(),
+	l := upLab(t, ctx, "doc6", lab.Options{
 		Nodes: 2, PodsPerNode: 1, Backend: config.BackendVXLAN, IPFamily: lab.IPFamilyDual,
-		BinDir: bin, CNIBinDir: cni,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
-		defer dcancel()
-		if err := l.Down(dctx, lab.DownOptions{}); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
 	})
 	n1, n2 := l.Node(1), l.Node(2)
-	pid, err := l.AgentPID(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	args, err := doctor.AgentArgs(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, ok := runDoctor(t, ctx, bin, n1.NS, []string{"--peers", "none"})
-	if !ok || !r.OK {
-		t.Fatalf("healthy dual-stack lab: doctor failed:\n%s", r)
-	}
-	seen := map[string]bool{}
-	for _, x := range r.Results {
-		seen[x.Check] = true
-		if x.Status != "ok" {
-			t.Errorf("healthy lab: %s is %s: %s", x.Check, x.Status, x.Message)
-		}
-	}
+	args := agentArgs(t, l, 1)
+	r, ok := runDoctor(t, ctx, l.BinDir, n1.NS, []string{"--peers", "none"})
+	wantHealthy(t, "healthy dual-stack lab", r, ok)
 	for _, c := range []string{"device-v6", "routes-v6", "neighbours-v6", "fdb-v6", "ip6-forward", "masquerade-v6"} {
-		if !seen[c] {
+		if result(r, c).Check == "" {
 			t.Errorf("no %s check in a dual-stack lab", c)
 		}
 	}
@@ -76,21 +38,15 @@ func TestLabDualStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	remote := n2.Subnet6.Masked()
-	for _, argv := range [][]string{
-		{"ip", "-6", "route", "del", remote.String(), "dev", "flannel-v6.1"},
-		{"ip", "-6", "neigh", "del", remote.Addr().String(), "dev", "flannel-v6.1"},
-		{"ip6tables", "-t", "nat", "-F", "WEFT-POSTRTG"},
-		{"sysctl", "-qw", "net.ipv6.conf.flannel-v6/1.accept_ra=1"},
-	} {
-		if out, err := l.Exec(ctx, n1.NS, argv...); err != nil {
-			t.Fatalf("%v: %v %s", argv, err, out)
-		}
-	}
-	r, ok = runDoctor(t, ctx, bin, n1.NS, append(args, "--peers", "none"))
+	mustExec(t, ctx, l, n1.NS, "ip", "-6", "route", "del", remote.String(), "dev", "flannel-v6.1")
+	mustExec(t, ctx, l, n1.NS, "ip", "-6", "neigh", "del", remote.Addr().String(), "dev", "flannel-v6.1")
+	mustExec(t, ctx, l, n1.NS, "ip6tables", "-t", "nat", "-F", "WEFT-POSTRTG")
+	mustExec(t, ctx, l, n1.NS, "sysctl", "-qw", "net.ipv6.conf.flannel-v6/1.accept_ra=1")
+	r, ok = runDoctor(t, ctx, l.BinDir, n1.NS, append(args, "--peers", "none"))
 	if ok || r.OK {
 		t.Fatalf("broken node: doctor exited 0:\n%s", r)
 	}
-	want := map[string]struct{ status, text string }{
+	wantVerdicts(t, "broken node", r, map[string]verdict{
 		"routes-v6":     {"fail", "missing: " + remote.String() + " via " + remote.Addr().String() + " dev flannel-v6.1 onlink"},
 		"neighbours-v6": {"fail", "missing: " + remote.Addr().String()},
 		"masquerade-v6": {"fail", "lacks 6 rules"},
@@ -98,18 +54,5 @@ func TestLabDualStack(t *testing.T) {
 		"fdb-v6":        {"ok", ""},
 		"routes":        {"ok", ""},
 		"ip6-forward":   {"ok", ""},
-	}
-	for _, x := range r.Results {
-		w, checked := want[x.Check]
-		if !checked {
-			continue
-		}
-		text := strings.Join(append([]string{x.Message}, x.Details...), "\n")
-		if x.Status != w.status || !strings.Contains(text, w.text) {
-			t.Errorf("broken node: %s is %s (%s), want %s with %q", x.Check, x.Status, text, w.status, w.text)
-		}
-	}
-	if t.Failed() {
-		t.Logf("report:\n%s", r)
-	}
+	})
 }

@@ -2,9 +2,6 @@ package doctor_test
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -19,6 +16,7 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/kubetest"
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lab/labtest"
 )
 
 // TestKubeLab brings up a two-node vxlan lab with --store kube and runs
@@ -26,9 +24,7 @@ import (
 // two faults made on purpose are named: the node's public-ip annotation
 // changed, and nodes/status patch taken from the agents' ClusterRole.
 func TestKubeLab(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds a lab in network namespaces")
-	}
+	labtest.RequireRoot(t)
 	kubeBin := kubetest.BinDir(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -60,11 +56,7 @@ func TestKubeLab(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	for _, c := range []string{"kube-api", "kube-rbac", "kube-node", "pod-cidr", "annotations", "node-network", "leases", "routes", "fdb"} {
-		found := false
-		for _, x := range r.Results {
-			found = found || x.Check == c
-		}
-		if !found {
+		if result(r, c).Check == "" {
 			t.Errorf("no %s check in the report:\n%s", c, r)
 		}
 	}
@@ -146,21 +138,12 @@ func TestKubeLab(t *testing.T) {
 // runLabDoctor runs `weft lab doctor --json <i>` on lab l.
 func runLabDoctor(t *testing.T, ctx context.Context, bin string, l *lab.Lab, i int) (jsonReport, bool) {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "weft"), "lab", "doctor", "--root", filepath.Dir(l.Dir), "--lab", l.Dir, "--json", strconv.Itoa(i))
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatalf("weft lab doctor: %v\n%s", err, stderr.String())
-	}
 	var r jsonReport
-	if jerr := json.Unmarshal(out, &r); jerr != nil {
-		t.Fatalf("weft lab doctor output: %v\n%s\n%s", jerr, out, stderr.String())
-	}
-	return r, err == nil
+	ok := runJSON(t, exec.CommandContext(ctx, filepath.Join(bin, "weft"), "lab", "doctor", "--root", filepath.Dir(l.Dir), "--lab", l.Dir, "--json", strconv.Itoa(i)), &r)
+	return r, ok
 }
 
+// result is r's result of check; zero when r has none.
 func result(r jsonReport, check string) (x struct {
 	Check, Status, Message, Hint string
 	Details                      []string

@@ -35,19 +35,62 @@ type jsonReport struct {
 func runDoctor(t *testing.T, ctx context.Context, bin, ns string, args []string) (jsonReport, bool) {
 	t.Helper()
 	argv := append([]string{"netns", "exec", ns, filepath.Join(bin, "weft"), "doctor", "--json"}, args...)
-	cmd := exec.CommandContext(ctx, "ip", argv...)
+	var r jsonReport
+	ok := runJSON(t, exec.CommandContext(ctx, "ip", argv...), &r)
+	return r, ok
+}
+
+// runJSON runs cmd, decodes what it prints into v and reports whether it
+// exited 0; a command that does not run or prints no JSON fails t.
+func runJSON(t *testing.T, cmd *exec.Cmd, v any) bool {
+	t.Helper()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {
-		t.Fatalf("weft doctor: %v\n%s", err, stderr.String())
+		t.Fatalf("%s: %v\n%s", cmd, err, stderr.String())
 	}
-	var r jsonReport
-	if jerr := json.Unmarshal(out, &r); jerr != nil {
-		t.Fatalf("weft doctor output: %v\n%s\n%s", jerr, out, stderr.String())
+	if jerr := json.Unmarshal(out, v); jerr != nil {
+		t.Fatalf("%s: %v, output: %v\n%s\n%s", cmd, err, jerr, out, stderr.String())
 	}
-	return r, err == nil
+	return err == nil
+}
+
+// wantHealthy fails t unless doctor exited 0 (ok) with every check ok.
+func wantHealthy(t *testing.T, what string, r jsonReport, ok bool) {
+	t.Helper()
+	if !ok || !r.OK {
+		t.Fatalf("%s: doctor failed:\n%s", what, r)
+	}
+	for _, x := range r.Results {
+		if x.Status != "ok" {
+			t.Errorf("%s: %s is %s: %s", what, x.Check, x.Status, x.Message)
+		}
+	}
+}
+
+// verdict is what a check must say: its status, and text in its message
+// or details.
+type verdict struct{ status, text string }
+
+// wantVerdicts fails t unless each check of r that want names has its
+// verdict.
+func wantVerdicts(t *testing.T, what string, r jsonReport, want map[string]verdict) {
+	t.Helper()
+	for _, x := range r.Results {
+		w, checked := want[x.Check]
+		if !checked {
+			continue
+		}
+		text := strings.Join(append([]string{x.Message}, x.Details...), "\n")
+		if x.Status != w.status || !strings.Contains(text, w.text) {
+			t.Errorf("%s: %s is %s (%s), want %s with %q", what, x.Check, x.Status, text, w.status, w.text)
+		}
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", r)
+	}
 }
 
 func (r jsonReport) String() string {
@@ -87,9 +130,7 @@ func upLab(t *testing.T, ctx context.Context, prefix string, o lab.Options) *lab
 // node: all ok; then, with the agent stopped and a route deleted by hand,
 // doctor names the missing route and exits non-zero.
 func TestLab(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds a lab in network namespaces")
-	}
+	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -112,18 +153,9 @@ func TestLab(t *testing.T) {
 	start := time.Now()
 	r, ok := runDoctor(t, ctx, l.BinDir, n1.NS, nil)
 	t.Logf("doctor on a healthy node took %s", time.Since(start).Round(time.Millisecond))
-	if !ok || !r.OK {
-		t.Fatalf("healthy lab: doctor failed:\n%s", r)
-	}
-	for _, x := range r.Results {
-		if x.Status != "ok" {
-			t.Errorf("healthy lab: %s is %s: %s", x.Check, x.Status, x.Message)
-		}
-	}
-	for _, x := range r.Results {
-		if x.Check == "agent" && !strings.Contains(x.Message, fmt.Sprintf("settings from weftd pid %d's command line", pid)) {
-			t.Errorf("agent check does not say whose settings doctor used: %s", x.Message)
-		}
+	wantHealthy(t, "healthy lab", r, ok)
+	if x := result(r, "agent"); !strings.Contains(x.Message, fmt.Sprintf("settings from weftd pid %d's command line", pid)) {
+		t.Errorf("agent check does not say whose settings doctor used: %s", x.Message)
 	}
 	if t.Failed() {
 		t.Fatalf("report:\n%s", r)
@@ -135,36 +167,18 @@ func TestLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	remote := n2.Subnet.Masked()
-	if out, err := l.Exec(ctx, n1.NS, "ip", "route", "del", remote.String()); err != nil {
-		t.Fatalf("ip route del: %v %s", err, out)
-	}
+	mustExec(t, ctx, l, n1.NS, "ip", "route", "del", remote.String())
 	r, ok = runDoctor(t, ctx, l.BinDir, n1.NS, args)
 	if ok || r.OK {
 		t.Fatalf("broken node: doctor exited 0:\n%s", r)
 	}
-	want := map[string]string{
-		"routes":     "missing: " + remote.String() + " via " + remote.Addr().String() + " dev flannel.1 onlink",
-		"agent":      "no weftd process in this network namespace",
-		"readyz":     "connection refused",
-		"store":      "",
-		"device":     "",
-		"leases":     "",
-		"masquerade": "",
-	}
-	for _, x := range r.Results {
-		w, checked := want[x.Check]
-		if !checked {
-			continue
-		}
-		text := strings.Join(append([]string{x.Message}, x.Details...), "\n")
-		switch {
-		case w == "" && x.Status != "ok":
-			t.Errorf("broken node: %s is %s, want ok: %s", x.Check, x.Status, text)
-		case w != "" && (x.Status != "fail" || !strings.Contains(text, w)):
-			t.Errorf("broken node: %s is %s (%s), want fail with %q", x.Check, x.Status, text, w)
-		}
-	}
-	if t.Failed() {
-		t.Logf("report:\n%s", r)
-	}
+	wantVerdicts(t, "broken node", r, map[string]verdict{
+		"routes":     {"fail", "missing: " + remote.String() + " via " + remote.Addr().String() + " dev flannel.1 onlink"},
+		"agent":      {"fail", "no weftd process in this network namespace"},
+		"readyz":     {"fail", "connection refused"},
+		"store":      {"ok", ""},
+		"device":     {"ok", ""},
+		"leases":     {"ok", ""},
+		"masquerade": {"ok", ""},
+	})
 }

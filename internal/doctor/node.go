@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -294,11 +295,105 @@ func (e *eval) subnetGSO() {
 
 // ---- 4. datapath ----
 
+// family is one IP family's half of the datapath. The IPv6 checks are the
+// IPv4 ones run over the IPv6 family (node6.go); what differs between the
+// two is here.
+type family struct {
+	v6      bool
+	suffix  string       // of the check names: "" or "-v6"
+	network netip.Prefix // the config's network of the family
+	own     netip.Prefix // this node's subnet of the family
+	pubIP   netip.Addr   // this node's PublicIP of the family
+	ulNet   netip.Prefix // the underlay's on-link prefix of the family
+	devName string       // the backend's device of the family; "" when it has none
+	dev     *Link        // that device, when found
+
+	routes    []netlinkx.Route // the main table's routes of the family
+	routesErr error
+	neighs    []netlinkx.Neigh // the device's neighbours (vxlan)
+	neighErr  error
+	fdb       []netlinkx.FDB // the device's FDB (vxlan)
+	fdbErr    error
+}
+
+// family4 is the IPv4 family; e.net is valid.
+func (e *eval) family4() *family {
+	n := &e.f.Node
+	return &family{
+		network: e.net.Network, own: e.own, pubIP: e.pubIP, ulNet: e.ulNet, devName: DeviceName(e.net), dev: e.dev,
+		routes: n.Routes, routesErr: n.RoutesErr, neighs: n.Neighs, neighErr: n.NeighErr, fdb: n.FDB, fdbErr: n.FDBErr,
+	}
+}
+
+// ip is what names the family in messages: "" for IPv4, "IPv6 ".
+func (fm *family) ip() string {
+	if fm.v6 {
+		return "IPv6 "
+	}
+	return ""
+}
+
+// addrs are the device addresses of the family worth showing (IPv6 link-local ones are not).
+func (fm *family) addrs(ps []netip.Prefix) []netip.Prefix {
+	if fm.v6 {
+		return globalIPv6(ps)
+	}
+	return ipv4(ps)
+}
+
+// subnetOf and pubIPOf are a lease's subnet and PublicIP of the family.
+func (fm *family) subnetOf(l lease.Lease) netip.Prefix {
+	if fm.v6 {
+		return l.IPv6Subnet
+	}
+	return l.Subnet
+}
+
+func (fm *family) pubIPOf(l lease.Lease) netip.Addr {
+	if !fm.v6 {
+		return l.Attrs.PublicIP
+	}
+	if l.Attrs.PublicIPv6 != nil {
+		return *l.Attrs.PublicIPv6
+	}
+	return netip.Addr{}
+}
+
+// underlayLine is the underlay as weftd chose it, with each family it has:
+// "eth0 (MTU 1500, 192.0.2.0/24, 2001:db8::/64), public IP 192.0.2.2, public
+// IPv6 2001:db8::2". An IPv6-only node has no IPv4 to show.
+func (e *eval) underlayLine() string {
+	var nets, ips []string
+	if e.ulNet.IsValid() {
+		nets = append(nets, e.ulNet.String())
+	}
+	if e.pubIP.IsValid() {
+		ips = append(ips, "public IP "+e.pubIP.String())
+	}
+	if e.net != nil && e.net.EnableIPv6 {
+		if p := e.f.Node.Ext.Subnet6; p.IsValid() {
+			nets = append(nets, p.String())
+		}
+		if a := e.pubIP6(); a.IsValid() {
+			ips = append(ips, "public IPv6 "+a.String())
+		}
+	}
+	line := fmt.Sprintf("%s (MTU %d", e.ulName, e.ulMTU)
+	for _, n := range nets {
+		line += ", " + n
+	}
+	line += ")"
+	if len(ips) > 0 {
+		line += ", " + strings.Join(ips, ", ")
+	}
+	return line
+}
+
 func (e *eval) datapath() {
 	n := e.f.Node
 	switch {
 	case n.ExtErr == nil && n.Ext.Index > 0:
-		e.add("underlay", OK, fmt.Sprintf("%s (MTU %d, %s), public IP %s", e.ulName, e.ulMTU, e.ulNet, e.pubIP), "")
+		e.add("underlay", OK, e.underlayLine(), "")
 	case e.ulIndex > 0:
 		e.add("underlay", Warn, fmt.Sprintf("weftd's interface rules choose none (%v); took %s (MTU %d), which holds %s, the PublicIP of this node's lease", n.ExtErr, e.ulName, e.ulMTU, e.pubIP),
 			"pass weftd's --iface / --iface-regex / --public-ip to doctor")
@@ -316,23 +411,29 @@ func (e *eval) datapath() {
 		e.add("routes", Skip, "IPv6-only network (EnableIPv4 false): see routes-v6", "")
 		return
 	}
-	e.device()
-	e.routes()
+	fm := e.family4()
+	e.device(fm)
+	e.routes(fm)
 }
 
-func (e *eval) device() {
-	name := DeviceName(e.net)
+// device checks the backend's device of the family: up, this node's
+// address, the MTU weftd gives it (and for flannel-v6.<VNI>, accept_ra
+// off).
+func (e *eval) device(fm *family) {
+	check, name := "device"+fm.suffix, fm.devName
 	if name == "" {
-		e.add("device", OK, fmt.Sprintf("%s uses no device: routes go via %s", e.net.Backend.Type, orUnknown(e.ulName)), "")
+		if !fm.v6 { // one line says so for both families
+			e.add(check, OK, fmt.Sprintf("%s uses no device: routes go via %s", e.net.Backend.Type, orUnknown(e.ulName)), "")
+		}
 		return
 	}
 	if e.f.Node.LinksErr != nil {
-		e.add("device", Fail, fmt.Sprintf("listing links: %v", e.f.Node.LinksErr), "run doctor as root")
+		e.add(check, Fail, fmt.Sprintf("listing links: %v", e.f.Node.LinksErr), "run doctor as root")
 		return
 	}
-	d := e.dev
+	d := fm.dev
 	if d == nil {
-		e.add("device", Fail, name+" not found",
+		e.add(check, Fail, name+" not found",
 			"weftd creates it at start and re-creates it on its next resync: is weftd running? see its log")
 		return
 	}
@@ -342,28 +443,14 @@ func (e *eval) device() {
 		problems = append(problems, "is down")
 		status = Fail
 	}
-	if e.own.IsValid() {
-		want := netip.PrefixFrom(lease.SubnetIP(e.own), 32)
+	if fm.own.IsValid() {
+		want := netip.PrefixFrom(lease.SubnetIP(fm.own), fm.own.Addr().BitLen())
 		if !slices.Contains(d.Addrs, want) {
-			problems = append(problems, fmt.Sprintf("lacks address %s (has %s)", want, prefixes(ipv4(d.Addrs))))
+			problems = append(problems, fmt.Sprintf("lacks address %s (has %s)", want, prefixes(fm.addrs(d.Addrs))))
 			status = Fail
 		}
 	}
-	overhead := vxlanOverhead
-	switch e.net.Backend.Type {
-	case config.BackendUDP:
-		overhead = udpOverhead
-	case config.BackendWireGuard:
-		overhead = wireguard.Overhead
-	}
-	wantMTU, why := e.net.Backend.MTU, "Backend.MTU"
-	if wantMTU > 0 && e.net.Backend.Type == config.BackendWireGuard {
-		// flannel's wireguard MTU is the underlay's, less the overhead.
-		wantMTU, why = wantMTU-overhead, fmt.Sprintf("Backend.MTU %d − %d", wantMTU, overhead)
-	}
-	if wantMTU == 0 && e.ulMTU > 0 {
-		wantMTU, why = e.ulMTU-overhead, fmt.Sprintf("%s %d − %d", e.ulName, e.ulMTU, overhead)
-	}
+	wantMTU, why := e.deviceMTU(fm)
 	switch {
 	case wantMTU == 0:
 	case d.MTU > wantMTU:
@@ -373,8 +460,14 @@ func (e *eval) device() {
 		problems = append(problems, fmt.Sprintf("MTU %d is below %d (%s)", d.MTU, wantMTU, why))
 		status = max(status, Warn)
 	}
+	// flannel sets accept_ra=0 on its VXLAN devices only.
+	vxlan6 := fm.v6 && e.net.Backend.Type == config.BackendVXLAN
+	if v, ok := e.f.Node.Sysctls["net/ipv6/conf/"+name+"/accept_ra"]; vxlan6 && ok && v != "0" {
+		problems = append(problems, "accept_ra = "+v+": router advertisements may add addresses and routes to it")
+		status = max(status, Warn)
+	}
 	if len(problems) > 0 {
-		e.add("device", status, name+" "+strings.Join(problems, "; "),
+		e.add(check, status, name+" "+strings.Join(problems, "; "),
 			"weftd repairs its device on every resync (--resync-period): if this stays, see weftd's log")
 		return
 	}
@@ -385,7 +478,36 @@ func (e *eval) device() {
 	if e.net.Backend.Type == config.BackendWireGuard {
 		mtu += ", " + wgImpl(d)
 	}
-	e.add("device", OK, fmt.Sprintf("%s up, %s, %s", name, prefixes(ipv4(d.Addrs)), mtu), "")
+	if vxlan6 {
+		mtu += ", accept_ra 0"
+	}
+	e.add(check, OK, fmt.Sprintf("%s up, %s, %s", name, prefixes(fm.addrs(d.Addrs)), mtu), "")
+}
+
+// deviceMTU is the MTU weftd gives the family's device, and why: Backend.MTU
+// (for wireguard, as flannel, less the overhead) or what the encapsulation
+// leaves of the underlay's, for flannel-v6.<VNI> at most what VXLAN over
+// IPv6 leaves; 0 when unknown.
+func (e *eval) deviceMTU(fm *family) (int, string) {
+	typ := e.net.Backend.Type
+	overhead := vxlanOverhead
+	switch typ {
+	case config.BackendUDP:
+		overhead = udpOverhead
+	case config.BackendWireGuard:
+		overhead = wireguard.Overhead
+	}
+	want, why := e.net.Backend.MTU, "Backend.MTU"
+	if want > 0 && typ == config.BackendWireGuard {
+		want, why = want-overhead, fmt.Sprintf("Backend.MTU %d − %d", want, overhead)
+	}
+	if want == 0 && e.ulMTU > 0 {
+		want, why = e.ulMTU-overhead, fmt.Sprintf("%s %d − %d", e.ulName, e.ulMTU, overhead)
+	}
+	if fm.v6 && typ == config.BackendVXLAN && e.ulMTU > 0 && e.ulMTU-vxlanOverhead6 < want {
+		want, why = e.ulMTU-vxlanOverhead6, fmt.Sprintf("%s %d − %d", e.ulName, e.ulMTU, vxlanOverhead6)
+	}
+	return want, why
 }
 
 // wgImpl names what runs WireGuard device d: the kernel's device, or a
@@ -440,31 +562,46 @@ func (e *eval) routeString(r netlinkx.Route) string {
 	return s
 }
 
-func (e *eval) routes() {
-	n := e.f.Node
+// routes compares the family's routes to remote subnets with what the
+// backend's planner wants for the leases; for vxlan, the neighbours and
+// FDB too.
+func (e *eval) routes(fm *family) {
 	typ := e.net.Backend.Type
+	check := "routes" + fm.suffix
 	switch {
-	case !e.own.IsValid():
-		e.add("routes", Skip, "this node's subnet is unknown: see subnet-file", "")
+	case !fm.own.IsValid():
+		e.add(check, Skip, "this node's "+fm.ip()+"subnet is unknown: see subnet-file", "")
 		return
 	case !e.leasesOK && typ != config.BackendUDP:
-		e.add("routes", Skip, "leases not available: see store", "")
+		e.add(check, Skip, "leases not available: see store", "")
 		return
-	case n.RoutesErr != nil:
-		e.add("routes", Fail, fmt.Sprintf("listing routes: %v", n.RoutesErr), "run doctor as root")
+	case fm.routesErr != nil:
+		e.add(check, Fail, fmt.Sprintf("listing %sroutes: %v", fm.ip(), fm.routesErr), "run doctor as root")
 		return
-	case typ != config.BackendHostGW && e.dev == nil:
-		e.add("routes", Skip, "no device: see device", "")
+	case typ != config.BackendHostGW && fm.dev == nil:
+		e.add(check, Skip, fmt.Sprintf("no %sdevice: see device%s", fm.ip(), fm.suffix), "")
 		return
 	case typ != config.BackendUDP && e.ulIndex == 0:
-		e.add("routes", Skip, "no underlay: see underlay", "")
+		e.add(check, Skip, "no underlay: see underlay", "")
 		return
 	}
-	network := e.net.Network
-	owned := func(r netlinkx.Route) bool { return backend.Manages(network, e.own, r.Dst) }
+	// weft status judges each family's half of the leases
+	// (programChecked, programChecked6); the rp_filter check
+	// (routeMissing) goes by the IPv4 routes.
+	if fm.v6 {
+		e.programChecked6 = true
+	} else {
+		e.programChecked = true
+	}
+	network, own := fm.network, fm.own
+	owned := func(r netlinkx.Route) bool {
+		// An IPv6 address puts its own route (the device's /128) in the
+		// main table: the kernel's, not weftd's.
+		return backend.Manages(network, own, r.Dst) && !(fm.v6 && own.Overlaps(r.Dst))
+	}
 	on := func(idx ...int) []netlinkx.Route {
 		var out []netlinkx.Route
-		for _, r := range n.Routes {
+		for _, r := range fm.routes {
 			if slices.Contains(idx, r.LinkIndex) {
 				out = append(out, r)
 			}
@@ -475,55 +612,65 @@ func (e *eval) routes() {
 	var want, have []netlinkx.Route
 	var vx vxlan.State
 	leases, skipped := e.admitted()
+	if fm.v6 {
+		// Leases refused by their IPv4 subnet are the IPv4 check's.
+		skipped = slices.DeleteFunc(skipped, func(s *backend.LeaseError) bool { return !s.Subnet.Addr().Is6() })
+	}
 	switch typ {
 	case config.BackendUDP, config.BackendWireGuard:
 		// One route to the whole network; the peers live in weftd's table
-		// (udp) or the WireGuard device's (wireguard).
-		e.programChecked = true
-		r := netlinkx.Route{Dst: network.Masked(), LinkIndex: e.dev.Index}
-		for _, h := range on(e.dev.Index) {
+		// (udp) or the WireGuard device's (wireguard, AllowedIPs).
+		r := netlinkx.Route{Dst: network.Masked(), LinkIndex: fm.dev.Index}
+		for _, h := range on(fm.dev.Index) {
 			if h.Dst == r.Dst && !h.Gw.IsValid() {
-				e.add("routes", OK, fmt.Sprintf("%s dev %s (%s routes the whole network into its device)", r.Dst, e.dev.Name, typ), "")
+				e.add(check, OK, fmt.Sprintf("%s dev %s (%s routes the whole %snetwork into its device)", r.Dst, fm.dev.Name, typ, fm.ip()), "")
 				return
 			}
 		}
-		e.routeMissing = 1
+		if !fm.v6 {
+			e.routeMissing = 1
+		}
 		for _, l := range e.leases {
-			if l.Subnet.IsValid() && l.Subnet != e.own {
-				e.note(l.Subnet, "route to the network")
+			if s := fm.subnetOf(l); s.IsValid() && s != own {
+				e.noteLease(fm, l, "route to the network")
 			}
 		}
-		e.add("routes", Fail, fmt.Sprintf("missing route %s dev %s", r.Dst, e.dev.Name),
+		e.add(check, Fail, fmt.Sprintf("missing route %s dev %s", r.Dst, fm.dev.Name),
 			"weftd adds it on its next resync: is weftd running? see its log")
 		return
 	case config.BackendHostGW:
 		var notProgrammable []*backend.LeaseError
 		want, notProgrammable = hostgw.Desired(hostgw.Params{
-			Network: network, Own: e.own, PublicIP: e.pubIP,
-			Underlay: e.ulIndex, UnderlayName: e.ulName, UnderlaySubnet: e.ulNet,
+			IPv6: fm.v6, Network: network, Own: own, PublicIP: fm.pubIP,
+			Underlay: e.ulIndex, UnderlayName: e.ulName, UnderlaySubnet: fm.ulNet,
 		}, leases)
 		skipped = append(skipped, notProgrammable...)
 		have = on(e.ulIndex)
 	default:
 		p := vxlan.Params{
-			Network: network, Own: e.own, PublicIP: e.pubIP, VNI: e.net.Backend.VNI, Link: e.dev.Index,
-			DirectRouting: e.net.Backend.DirectRouting, Underlay: e.ulIndex, UnderlaySubnet: e.ulNet,
+			IPv6: fm.v6, Network: network, Own: own, PublicIP: fm.pubIP, VNI: e.net.Backend.VNI, Link: fm.dev.Index,
+			DirectRouting: e.net.Backend.DirectRouting, Underlay: e.ulIndex, UnderlaySubnet: fm.ulNet,
 		}
 		var notProgrammable []*backend.LeaseError
 		vx, notProgrammable = vxlan.Desired(p, leases)
 		skipped = append(skipped, notProgrammable...)
 		want = vx.Routes
 		if p.DirectRouting {
-			have = on(e.dev.Index, e.ulIndex)
+			have = on(fm.dev.Index, e.ulIndex)
 		} else {
-			have = on(e.dev.Index)
+			have = on(fm.dev.Index)
 		}
 	}
-	e.programChecked = true
 	missing, wrong, extra := e.diffRoutes(have, want, owned)
-	e.routeMissing = len(missing) + len(wrong)
+	if !fm.v6 {
+		e.routeMissing = len(missing) + len(wrong)
+	}
 	for _, s := range skipped {
-		e.note(s.Subnet, "programming (not programmable: "+s.Err.Error()+")")
+		for _, l := range e.leases {
+			if fm.subnetOf(l) == s.Subnet {
+				e.noteLease(fm, l, "programming (not programmable: "+s.Err.Error()+")")
+			}
+		}
 	}
 	var details []string
 	details = append(details, prefixAll("missing: ", missing)...)
@@ -532,7 +679,7 @@ func (e *eval) routes() {
 	for _, s := range skipped {
 		details = append(details, "not programmed: "+s.Error())
 	}
-	msg := fmt.Sprintf("%d of %d routes to remote subnets present", len(want)-len(missing)-len(wrong), len(want))
+	msg := fmt.Sprintf("%d of %d %sroutes to remote subnets present", len(want)-len(missing)-len(wrong), len(want), fm.ip())
 	var problems []string
 	if len(missing) > 0 {
 		problems = append(problems, fmt.Sprintf("%d missing", len(missing)))
@@ -551,14 +698,14 @@ func (e *eval) routes() {
 	}
 	switch {
 	case len(missing)+len(wrong) > 0:
-		e.add("routes", Fail, msg, "weftd repairs routes on every resync (--resync-period): if they stay wrong, weftd is stopped or failing, see its log", firstN(details)...)
+		e.add(check, Fail, msg, "weftd repairs routes on every resync (--resync-period): if they stay wrong, weftd is stopped or failing, see its log", firstN(details)...)
 	case len(extra)+len(skipped) > 0:
-		e.add("routes", Warn, msg, "extra routes to the network are removed by a running weftd; unprogrammable leases name their reason", firstN(details)...)
+		e.add(check, Warn, msg, "extra routes to the network are removed by a running weftd; unprogrammable leases name their reason", firstN(details)...)
 	default:
-		e.add("routes", OK, msg, "")
+		e.add(check, OK, msg, "")
 	}
 	if typ == config.BackendVXLAN {
-		e.vxlanTables(vx)
+		e.vxlanTables(fm, vx)
 	}
 }
 
@@ -573,6 +720,19 @@ func (e *eval) note(subnet netip.Prefix, what string) {
 	e.missing[subnet] = what
 }
 
+// leaseKey is the subnet a lease is named by: its IPv4 one where it has one.
+func leaseKey(l lease.Lease) netip.Prefix {
+	if l.Subnet.IsValid() {
+		return l.Subnet
+	}
+	return l.IPv6Subnet
+}
+
+// noteLease records that this node lacks what of lease l, in family fm.
+func (e *eval) noteLease(fm *family, l lease.Lease, what string) {
+	e.note(leaseKey(l), fm.ip()+what)
+}
+
 // noteOf notes what missing for the remote lease whose subnet holds dst
 // (a route's destination, a neighbour's address).
 func (e *eval) noteOf(dst netip.Prefix, what string) {
@@ -581,12 +741,7 @@ func (e *eval) noteOf(dst netip.Prefix, what string) {
 		case l.Subnet.IsValid() && l.Subnet != e.own && l.Subnet.Overlaps(dst):
 			e.note(l.Subnet, what)
 		case l.IPv6Subnet.IsValid() && l.IPv6Subnet != e.own6 && l.IPv6Subnet.Overlaps(dst):
-			// A lease is named by its IPv4 subnet where it has one.
-			key := l.Subnet
-			if !key.IsValid() {
-				key = l.IPv6Subnet
-			}
-			e.note(key, "IPv6 "+what)
+			e.note(leaseKey(l), "IPv6 "+what)
 		}
 	}
 }
@@ -651,38 +806,38 @@ func (e *eval) diffRoutes(have, want []netlinkx.Route, owned func(netlinkx.Route
 	return missing, wrong, extra
 }
 
-// vxlanTables checks the neighbour and FDB entries of flannel.<VNI>.
-func (e *eval) vxlanTables(want vxlan.State) {
-	n := e.f.Node
-	dev := e.dev.Name
-	network := e.net.Network
-	if n.NeighErr != nil {
-		e.add("neighbours", Fail, fmt.Sprintf("listing neighbours of %s: %v", dev, n.NeighErr), "run doctor as root")
+// vxlanTables checks the neighbour and FDB entries of the family's vxlan
+// device (flannel.<VNI>, flannel-v6.<VNI>).
+func (e *eval) vxlanTables(fm *family, want vxlan.State) {
+	dev := fm.dev.Name
+	network := fm.network
+	if fm.neighErr != nil {
+		e.add("neighbours"+fm.suffix, Fail, fmt.Sprintf("listing neighbours of %s: %v", dev, fm.neighErr), "run doctor as root")
 	} else {
-		missing, wrong, extra := diffEntries(n.Neighs, want.Neighs, netlinkx.Neigh.Key,
-			func(x netlinkx.Neigh) bool { return network.Contains(x.IP) },
+		inNetwork := func(x netlinkx.Neigh) bool { return network.Contains(x.IP) }
+		missing, wrong, extra := diffEntries(fm.neighs, want.Neighs, netlinkx.Neigh.Key, inNetwork,
 			func(x netlinkx.Neigh) string { return fmt.Sprintf("%s lladdr %s", x.IP, x.MAC) })
-		e.tableResult("neighbours", dev, len(want.Neighs), "permanent neighbour entries", missing, wrong, extra)
-		put, _ := backend.Diff(n.Neighs, want.Neighs, netlinkx.Neigh.Key, func(x netlinkx.Neigh) bool { return network.Contains(x.IP) })
+		e.tableResult("neighbours"+fm.suffix, dev, len(want.Neighs), "permanent neighbour entries", missing, wrong, extra)
+		put, _ := backend.Diff(fm.neighs, want.Neighs, netlinkx.Neigh.Key, inNetwork)
 		for _, x := range put {
-			e.noteOf(netip.PrefixFrom(x.IP, 32), "neighbour entry")
+			e.noteOf(netip.PrefixFrom(x.IP, x.IP.BitLen()), "neighbour entry")
 		}
 	}
-	if n.FDBErr != nil {
-		e.add("fdb", Fail, fmt.Sprintf("listing the FDB of %s: %v", dev, n.FDBErr), "run doctor as root")
+	if fm.fdbErr != nil {
+		e.add("fdb"+fm.suffix, Fail, fmt.Sprintf("listing the FDB of %s: %v", dev, fm.fdbErr), "run doctor as root")
 		return
 	}
-	missing, wrong, extra := diffEntries(n.FDB, want.FDB, netlinkx.FDB.Key, nil,
+	missing, wrong, extra := diffEntries(fm.fdb, want.FDB, netlinkx.FDB.Key, nil,
 		func(x netlinkx.FDB) string { return fmt.Sprintf("%s dst %s", x.MAC, x.Dst) })
-	put, _ := backend.Diff(n.FDB, want.FDB, netlinkx.FDB.Key, nil)
+	put, _ := backend.Diff(fm.fdb, want.FDB, netlinkx.FDB.Key, nil)
 	for _, x := range put {
 		for _, l := range e.leases {
-			if l.Attrs.PublicIP == x.Dst && l.Subnet.IsValid() {
-				e.note(l.Subnet, "fdb entry")
+			if fm.pubIPOf(l) == x.Dst && fm.subnetOf(l).IsValid() {
+				e.noteLease(fm, l, "fdb entry")
 			}
 		}
 	}
-	e.tableResult("fdb", dev, len(want.FDB), "FDB entries", missing, wrong, extra)
+	e.tableResult("fdb"+fm.suffix, dev, len(want.FDB), "FDB entries", missing, wrong, extra)
 }
 
 // diffEntries compares kernel entries with what the backend would program,
@@ -737,18 +892,23 @@ func (e *eval) tableResult(check, dev string, total int, what string, missing, w
 // ---- 5. forwarding ----
 
 func (e *eval) forwarding() {
-	sys := e.f.Node.Sysctls
-	switch v, ok := sys["net/ipv4/ip_forward"]; {
-	case !ok:
-		e.add("ip-forward", Warn, "cannot read /proc/sys/net/ipv4/ip_forward", "run doctor as root, in the node's network namespace")
-	case v == "1":
-		e.add("ip-forward", OK, "net.ipv4.ip_forward = 1", "")
-	default:
-		e.add("ip-forward", Fail, "net.ipv4.ip_forward = "+v+": this node drops the pod traffic it should route",
-			"sysctl -w net.ipv4.ip_forward=1, and persist it in /etc/sysctl.d/")
-	}
+	e.ipForward("ip-forward", "net/ipv4/ip_forward", "")
 	e.rpFilter()
 	e.bridge()
+}
+
+// ipForward checks the family's forwarding sysctl, key below /proc/sys.
+func (e *eval) ipForward(check, key, ip string) {
+	name := strings.ReplaceAll(key, "/", ".")
+	switch v, ok := e.f.Node.Sysctls[key]; {
+	case !ok:
+		e.add(check, Warn, "cannot read /proc/sys/"+key, "run doctor as root, in the node's network namespace")
+	case v == "1":
+		e.add(check, OK, name+" = 1", "")
+	default:
+		e.add(check, Fail, name+" = "+v+": this node drops the "+ip+"pod traffic it should route",
+			"sysctl -w "+name+"=1, and persist it in /etc/sysctl.d/")
+	}
 }
 
 func (e *eval) rpFilter() {
@@ -828,13 +988,7 @@ func (e *eval) bridge() {
 	}
 	if e.own.IsValid() && len(br.Addrs) > 0 {
 		want := netip.PrefixFrom(lease.FirstIP(e.own), e.own.Bits())
-		var v4 []netip.Prefix
-		for _, a := range br.Addrs {
-			if a.Addr().Is4() {
-				v4 = append(v4, a)
-			}
-		}
-		if len(v4) > 0 && !slices.Contains(v4, want) {
+		if v4 := ipv4(br.Addrs); len(v4) > 0 && !slices.Contains(v4, want) {
 			problems = append(problems, fmt.Sprintf("has %s, not %s (this node's subnet changed; old pods keep old addresses)", prefixes(v4), want))
 			status = Fail
 		}
@@ -852,6 +1006,9 @@ func (e *eval) bridge() {
 }
 
 // ---- 6. masquerade ----
+
+// masqHint is what to do about missing masquerade rules.
+const masqHint = "weftd --ip-masq installs them within --iptables-resync (5 s): is weftd running with --ip-masq?"
 
 func (e *eval) masquerade() {
 	m := e.f.Node.Masq
@@ -873,41 +1030,21 @@ func (e *eval) masquerade() {
 	if e.net != nil {
 		network = e.net.Network
 	}
-	hint := "weftd --ip-masq installs them within --iptables-resync (5 s): is weftd running with --ip-masq?"
-	if m.Tool == "nftables" {
-		e.nftMasq(m, network, hint)
+	if m.Tool != "nftables" {
+		e.iptablesMasq("masquerade", "", m, network, e.own)
 		return
 	}
-	switch {
-	case !m.ChainExists:
-		e.add("masquerade", Fail, "FLANNEL_IPMASQ=true but the nat chain "+masq.ChainPostrouting+" is missing", hint)
-		return
-	case !m.Jump:
-		e.add("masquerade", Fail, "POSTROUTING does not jump to "+masq.ChainPostrouting+": its rules never run", hint)
+	if !m.TableExists {
+		e.add("masquerade", Fail, "FLANNEL_IPMASQ=true but the nftables table inet "+masq.NFTTable+" is missing", masqHint)
 		return
 	}
-	have := map[string]bool{}
-	var haveList []string
-	for _, r := range m.Rules {
-		if strings.HasPrefix(r, "-A ") {
-			have[normRule(r)] = true
-			haveList = append(haveList, normRule(r))
-		}
-	}
-	bestMissing := missingMasqRules(have, network, e.own)
-	if len(bestMissing) > 0 {
-		e.add("masquerade", Fail, fmt.Sprintf("%s lacks %s for %s", masq.ChainPostrouting, plural(len(bestMissing), "rule", "rules"), network), hint, firstN(bestMissing)...)
-		return
-	}
-	e.add("masquerade", OK, fmt.Sprintf("%s: %d rules for %s, jumped to from POSTROUTING", masq.ChainPostrouting, len(haveList), network), "")
+	e.nftMasq("masquerade", "", m, masq.Config{Network: network, Subnet: e.own, Masquerade: true, NoFullyRandom: e.f.Options.IPMasqFullyRandomDisable}, network)
 }
 
-func (e *eval) nftMasq(m MasqFacts, network netip.Prefix, hint string) {
-	if !m.TableExists {
-		e.add("masquerade", Fail, "FLANNEL_IPMASQ=true but the nftables table inet "+masq.NFTTable+" is missing", hint)
-		return
-	}
-	post, _ := masq.NFTRules(masq.Config{Network: network, Subnet: e.own, Masquerade: true, NoFullyRandom: e.f.Options.IPMasqFullyRandomDisable})
+// nftMasq checks that table inet weft's postrouting chain (m) holds the
+// masquerade rules of cfg, one family's (ip: "" or "IPv6 "), for network.
+func (e *eval) nftMasq(check, ip string, m MasqFacts, cfg masq.Config, network netip.Prefix) {
+	post, _ := masq.NFTRules(cfg)
 	var missing []string
 	for _, r := range post {
 		if !slices.Contains(m.Comments, r.Comment) {
@@ -915,10 +1052,36 @@ func (e *eval) nftMasq(m MasqFacts, network netip.Prefix, hint string) {
 		}
 	}
 	if len(missing) > 0 {
-		e.add("masquerade", Fail, fmt.Sprintf("table inet %s lacks %s for %s", masq.NFTTable, plural(len(missing), "rule", "rules"), network), hint, firstN(missing)...)
+		e.add(check, Fail, fmt.Sprintf("table inet %s lacks %s for %s", masq.NFTTable, plural(len(missing), "rule", "rules"), network), masqHint, firstN(missing)...)
 		return
 	}
-	e.add("masquerade", OK, fmt.Sprintf("table inet %s: %d postrouting rules for %s", masq.NFTTable, len(m.Comments), network), "")
+	e.add(check, OK, fmt.Sprintf("table inet %s: %d %spostrouting rules for %s", masq.NFTTable, len(post), ip, network), "")
+}
+
+// iptablesMasq checks the nat chain WEFT-POSTRTG that m lists, of iptables
+// (of: "") or ip6tables (of: "ip6tables' "): there, jumped to from
+// POSTROUTING, with flannel's rules for network and own.
+func (e *eval) iptablesMasq(check, of string, m MasqFacts, network, own netip.Prefix) {
+	switch {
+	case !m.ChainExists:
+		e.add(check, Fail, "FLANNEL_IPMASQ=true but "+cmp.Or(of, "the ")+"nat chain "+masq.ChainPostrouting+" is missing", masqHint)
+		return
+	case !m.Jump:
+		e.add(check, Fail, of+"POSTROUTING does not jump to "+masq.ChainPostrouting+": its rules never run", masqHint)
+		return
+	}
+	have, n := map[string]bool{}, 0
+	for _, r := range m.Rules {
+		if strings.HasPrefix(r, "-A ") {
+			have[normRule(r)] = true
+			n++
+		}
+	}
+	if missing := missingMasqRules(have, network, own); len(missing) > 0 {
+		e.add(check, Fail, fmt.Sprintf("%s%s lacks %s for %s", of, masq.ChainPostrouting, plural(len(missing), "rule", "rules"), network), masqHint, firstN(missing)...)
+		return
+	}
+	e.add(check, OK, fmt.Sprintf("%s%s: %d rules for %s, jumped to from POSTROUTING", of, masq.ChainPostrouting, n, network), "")
 }
 
 // normRule is an iptables rule as compared: quotes dropped, spaces folded.

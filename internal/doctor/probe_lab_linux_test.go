@@ -2,10 +2,8 @@ package doctor_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -17,6 +15,7 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/doctor"
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lab/labtest"
 )
 
 type statusJSON struct {
@@ -34,15 +33,9 @@ type statusJSON struct {
 func runStatus(t *testing.T, ctx context.Context, bin, ns string, args []string) (statusJSON, bool) {
 	t.Helper()
 	argv := append([]string{"netns", "exec", ns, filepath.Join(bin, "weft"), "status", "-o", "json"}, args...)
-	cmd := exec.CommandContext(ctx, "ip", argv...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
 	var s statusJSON
-	if jerr := json.Unmarshal(out, &s); jerr != nil {
-		t.Fatalf("weft status: %v %v\n%s\n%s", err, jerr, out, stderr.String())
-	}
-	return s, err == nil
+	ok := runJSON(t, exec.CommandContext(ctx, "ip", argv...), &s)
+	return s, ok
 }
 
 // peers returns the peer results of a doctor report, by the message.
@@ -70,9 +63,7 @@ func mustExec(t *testing.T, ctx context.Context, l *lab.Lab, ns string, argv ...
 // hole); 50 peers are probed in under 5 s; a node whose lease is gone and
 // a route deleted show in weft status, which exits non-zero.
 func TestLabProbes(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds a lab in network namespaces")
-	}
+	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	l := upLab(t, ctx, "docprb", lab.Options{
@@ -85,14 +76,7 @@ func TestLabProbes(t *testing.T) {
 	r, ok := runDoctor(t, ctx, l.BinDir, n1.NS, nil)
 	took := time.Since(start)
 	t.Logf("doctor on a healthy 3-node lab took %s", took.Round(time.Millisecond))
-	if !ok || !r.OK {
-		t.Fatalf("healthy lab: doctor failed:\n%s", r)
-	}
-	for _, x := range r.Results {
-		if x.Status != "ok" {
-			t.Errorf("healthy lab: %s is %s: %s", x.Check, x.Status, x.Message)
-		}
-	}
+	wantHealthy(t, "healthy lab", r, ok)
 	if p := peerResults(r); len(p) != 2 {
 		t.Errorf("healthy lab: %d peer results, want 2: %v", len(p), p)
 	}
@@ -239,9 +223,7 @@ func agentArgs(t *testing.T, l *lab.Lab, i int) []string {
 // net.core.rmem_max with what the udp datapath asks for and, below it,
 // warns with the sysctl to run; the peer answers through flannel0.
 func TestLabUDPSocketBuffers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds a lab in network namespaces")
-	}
+	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	l := upLab(t, ctx, "docudp", lab.Options{
