@@ -34,7 +34,9 @@ type LeaseView struct {
 	PublicIPv6  netip.Addr      `json:"publicIPv6,omitzero"`
 	BackendType string          `json:"backendType"`
 	BackendData json.RawMessage `json:"backendData,omitempty"`
-	Own         bool            `json:"own"` // this node's
+	// BackendV6Data is the IPv6 half's (vxlan's IPv6 VtepMAC).
+	BackendV6Data json.RawMessage `json:"backendV6Data,omitempty"`
+	Own           bool            `json:"own"` // this node's
 	// Reservation: an etcd key without a lease, which never expires.
 	Reservation bool `json:"reservation"`
 	// TTL is the time left and Renewed the time since the lease was
@@ -68,7 +70,7 @@ func ClusterView(f Facts) View {
 		}
 		lv := LeaseView{
 			Key: l.Key(), Node: e.nodeOf[key], Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet,
-			PublicIP: l.Attrs.PublicIP, BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData,
+			PublicIP: l.Attrs.PublicIP, BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, BackendV6Data: l.Attrs.BackendV6Data,
 			Own: e.own.IsValid() && l.Subnet == e.own || !e.own.IsValid() && e.own6.IsValid() && l.IPv6Subnet == e.own6,
 		}
 		if r, ok := e.meta[l.Subnet]; ok && f.Kube == nil {

@@ -8,6 +8,7 @@
 package status
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -91,7 +92,7 @@ func Build(v doctor.View) Status {
 	}
 	ownHeld := false
 	for _, lv := range v.Leases {
-		row := Row{LeaseView: lv, Data: backendData(lv.BackendData)}
+		row := Row{LeaseView: lv, Data: cmp.Or(backendData(lv.BackendData), backendData(lv.BackendV6Data))}
 		pub := lv.PublicIP
 		if !pub.IsValid() {
 			pub = lv.PublicIPv6 // an IPv6-only lease
@@ -195,14 +196,8 @@ func (s Status) WriteText(w io.Writer) error {
 		if node == "" {
 			node = r.Key
 		}
-		subnet := dash(r.Subnet.String())
-		if r.IPv6Subnet.IsValid() {
-			subnet += "," + r.IPv6Subnet.String()
-		}
-		pub := r.PublicIP.String()
-		if r.PublicIPv6.IsValid() {
-			pub += "," + r.PublicIPv6.String()
-		}
+		subnet := both(r.Subnet, r.IPv6Subnet)
+		pub := both(r.PublicIP, r.PublicIPv6)
 		renewed, expires := "-", "-"
 		switch {
 		case r.Reservation:
@@ -215,7 +210,7 @@ func (s Status) WriteText(w io.Writer) error {
 				renewed = dur(time.Duration(r.Renewed)) + " ago"
 			}
 		}
-		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", node, subnet, dash(pub), dash(r.BackendType), dash(r.Data), renewed, expires, r.State)
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", node, subnet, pub, dash(r.BackendType), dash(r.Data), renewed, expires, r.State)
 		if s.Probed {
 			var ps []string
 			if r.Probe != nil {
@@ -265,8 +260,23 @@ func (s Status) WriteJSON(w io.Writer) error {
 	return enc.Encode(s)
 }
 
+// both is a cell of a lease's IPv4 and IPv6 halves (subnets, public
+// IPs): those it has, comma-separated, or "-".
+func both[T interface {
+	IsValid() bool
+	String() string
+}](v4, v6 T) string {
+	var parts []string
+	for _, x := range []T{v4, v6} {
+		if x.IsValid() {
+			parts = append(parts, x.String())
+		}
+	}
+	return dash(strings.Join(parts, ","))
+}
+
 func dash(s string) string {
-	if s == "" || s == "invalid Prefix" || s == "invalid IP" {
+	if s == "" || s == "invalid Prefix" {
 		return "-"
 	}
 	return s

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -197,6 +198,7 @@ func TestBuildDualStack(t *testing.T) {
 	for i := range v.Leases {
 		l := &v.Leases[i]
 		l.Subnet, l.PublicIP, l.Probe = netip.Prefix{}, netip.Addr{}, nil
+		l.BackendData, l.BackendV6Data = nil, l.BackendData // its VtepMAC is the IPv6 device's
 		l.Key = strings.SplitN(l.Key, "&", 2)[1]
 	}
 	s = Build(v)
@@ -209,6 +211,14 @@ func TestBuildDualStack(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(s.Problems, "\n"), "fd00:10:244:3::-64 (2001:db8::3): this node lacks its IPv6 route") {
 		t.Errorf("IPv6 only: problems %q", s.Problems)
+	}
+	var text strings.Builder
+	if err := s.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if out := text.String(); strings.Contains(out, "invalid") || strings.Contains(out, "-,") ||
+		!regexp.MustCompile(`fd00:10:244:2::-64 +fd00:10:244:2::/64 +2001:db8::2 +vxlan +aa:00:00:00:00:02 `).MatchString(out) {
+		t.Errorf("IPv6 only: table\n%s", out)
 	}
 	v.Leases = v.Leases[1:]
 	if s := Build(v); !strings.Contains(strings.Join(s.Problems, "\n"), "this node's subnet fd00:10:244:1::/64 has no lease") {
