@@ -60,7 +60,7 @@ type eval struct {
 	programChecked  bool
 	programChecked6 bool
 	stale           []netip.Prefix
-	probed          map[netip.Prefix]*ProbeView
+	probed          map[netip.Prefix]*ProbeView // by the probed family's subnet
 }
 
 // Evaluate runs every check over f, in order: store (etcd, or with
