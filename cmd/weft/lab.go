@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -190,13 +191,16 @@ func check(ctx context.Context, l *lab.Lab, o lab.CheckOptions, w io.Writer) err
 
 func labChaos(ctx context.Context, args []string) error {
 	fs := newFlags("weft lab chaos", "[flags]", `Makes random faults in a running lab, one at a time, while every pod pings
-every other: weftd killed (SIGKILL) and started again, etcd killed and
-started again, a route, neighbour, FDB entry or the backend's device
-deleted, a node's underlay link flapped, a hostile lease written. After each
-it waits until every agent is ready and every pod reaches every other, then
-prints, per kind of fault, the echoes lost and the time to heal. Exits 1 if
-a fault did not heal, or if a fault that cuts no path (agent kill, etcd
-loss, hostile lease) lost packets.`)
+every other over each IP family the lab has: weftd killed (SIGKILL) and
+started again, etcd killed and started again, a route, neighbour, FDB entry
+or the backend's device deleted (of IPv4 and IPv6 in turn in a dual-stack
+lab: flannel-v6.1 and its entries, host-gw's IPv6 routes, flannel-wg-v6), a
+node's underlay link flapped, a hostile lease written. After each it waits
+until every agent is ready and every pod reaches every other over every
+family, then prints, per kind of fault, the echoes lost (per family with
+dual stack) and the time to heal. Exits 1 if a fault did not heal, if a
+fault that cuts no path (agent kill, etcd loss, hostile lease) lost
+packets, or if a fault lost packets of a family it did not cut.`)
 	root, ref := openFlags(fs)
 	dur := fs.Duration("duration", time.Minute, "how long to keep making faults")
 	seed := fs.Uint64("seed", 0, "random seed, to replay a run (default: random, printed)")
@@ -205,7 +209,8 @@ loss, hostile lease) lost packets.`)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("lab %s (%s): chaos for %s\n", l.Name, l.Backend, *dur)
+	fam := cmp.Or(l.IPFamily, lab.IPFamilyIPv4)
+	fmt.Printf("lab %s (%s, %s): chaos for %s\n", l.Name, l.Backend, fam, *dur)
 	r, err := l.Chaos(ctx, lab.ChaosOptions{Duration: *dur, Seed: *seed, HealWithin: *heal, Progress: os.Stdout})
 	fmt.Printf("\nseed %d\n", r.Seed)
 	r.Render(os.Stdout)

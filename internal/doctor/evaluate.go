@@ -55,10 +55,12 @@ type eval struct {
 	meta    map[netip.Prefix]RawLease
 	missing map[netip.Prefix]string
 	// programChecked says the routes check compared the kernel with the
-	// leases; stale are routed subnets no lease holds.
-	programChecked bool
-	stale          []netip.Prefix
-	probed         map[netip.Prefix]*ProbeView
+	// leases, programChecked6 the IPv6 routes check; stale are routed
+	// subnets no lease holds.
+	programChecked  bool
+	programChecked6 bool
+	stale           []netip.Prefix
+	probed          map[netip.Prefix]*ProbeView // by the probed family's subnet
 }
 
 // Evaluate runs every check over f, in order: store (etcd, or with

@@ -227,7 +227,11 @@ func (e *eval) kubeLeases() {
 		if ip := l.Attrs.PublicIP; ip.IsValid() && !ip.IsUnspecified() {
 			byIP[ip] = append(byIP[ip], n.Name)
 		}
-		e.nodeOf[l.Subnet] = n.Name
+		if l.Subnet.IsValid() {
+			e.nodeOf[l.Subnet] = n.Name
+		} else {
+			e.nodeOf[l.IPv6Subnet] = n.Name // an IPv6-only network
+		}
 		e.leases = append(e.leases, l)
 	}
 	e.leasesOK = true

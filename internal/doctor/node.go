@@ -585,9 +585,12 @@ func (e *eval) routes(fm *family) {
 		e.add(check, Skip, "no underlay: see underlay", "")
 		return
 	}
-	// weft status (programChecked) and the rp_filter check (routeMissing)
-	// go by the IPv4 routes.
-	if !fm.v6 {
+	// weft status judges each family's half of the leases
+	// (programChecked, programChecked6); the rp_filter check
+	// (routeMissing) goes by the IPv4 routes.
+	if fm.v6 {
+		e.programChecked6 = true
+	} else {
 		e.programChecked = true
 	}
 	network, own := fm.network, fm.own

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -69,6 +70,10 @@ type ProbeTarget struct {
 	Port    int        `json:"port,omitempty"` // the tunnel's UDP port
 	// MTU is the pod MTU, the size of the don't-fragment probe; 0 skips it.
 	MTU int `json:"mtu,omitempty"`
+	// IPv6 says the target is the lease's IPv6 half: Subnet, PublicIP
+	// (its PublicIPv6), Overlay and Source are IPv6 addresses, and MTU is
+	// that of the backend's IPv6 device.
+	IPv6 bool `json:"ipv6,omitempty"`
 }
 
 // ProbeFacts are the probes doctor ran.
@@ -117,8 +122,9 @@ func (p Ping) Loss() float64 {
 func (p Ping) lostAll() bool { return p.Sent > 0 && p.Received == 0 }
 
 // PlanProbes picks the peers to probe from what the checks make of f:
-// every remote lease with an IPv4 subnet (those o.Peers names, when
-// given), in key order, at most o.Max.
+// every remote lease (those o.Peers names, when given), in key order, at
+// most o.Max; a lease with both families is probed over each, its IPv4
+// target first.
 func PlanProbes(f Facts, o ProbeOptions) (targets []ProbeTarget, unmatched []string, notProbed int) {
 	o = o.withDefaults()
 	e := evaluate(f)
@@ -127,18 +133,25 @@ func PlanProbes(f Facts, o ProbeOptions) (targets []ProbeTarget, unmatched []str
 
 func (e *eval) probeTargets(o ProbeOptions) (targets []ProbeTarget, unmatched []string, notProbed int) {
 	used := make([]bool, len(o.Peers))
+	var peers [][]ProbeTarget // each lease's targets, one per family
 	for _, l := range e.leases {
-		if !l.Subnet.IsValid() || l.Subnet == e.own || !l.Attrs.PublicIP.IsValid() || l.Attrs.PublicIP.IsUnspecified() {
+		if e.own.IsValid() && l.Subnet == e.own || e.own6.IsValid() && l.IPv6Subnet == e.own6 {
 			continue
 		}
-		if e.pubIP.IsValid() && l.Attrs.PublicIP == e.pubIP {
-			continue // a stale lease of this node
+		var ts []ProbeTarget
+		if ip := l.Attrs.PublicIP; l.Subnet.IsValid() && ip.IsValid() && !ip.IsUnspecified() && ip != e.pubIP {
+			ts = append(ts, e.target(l))
 		}
-		t := e.target(l)
+		if t, ok := e.target6(l); ok {
+			ts = append(ts, t)
+		}
+		if len(ts) == 0 {
+			continue // no address to probe, or a stale lease of this node
+		}
 		if len(o.Peers) > 0 {
 			hit := false
 			for i, p := range o.Peers {
-				if t.matches(p) {
+				if slices.ContainsFunc(ts, func(t ProbeTarget) bool { return t.matches(p) }) {
 					used[i], hit = true, true
 				}
 			}
@@ -146,17 +159,20 @@ func (e *eval) probeTargets(o ProbeOptions) (targets []ProbeTarget, unmatched []
 				continue
 			}
 		}
-		targets = append(targets, t)
+		peers = append(peers, ts)
 	}
 	for i, p := range o.Peers {
 		if !used[i] {
 			unmatched = append(unmatched, p)
 		}
 	}
-	slices.SortFunc(targets, func(a, b ProbeTarget) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
-	if len(targets) > o.Max {
-		notProbed = len(targets) - o.Max
-		targets = targets[:o.Max]
+	slices.SortFunc(peers, func(a, b []ProbeTarget) int { return a[0].Subnet.Addr().Compare(b[0].Subnet.Addr()) })
+	if len(peers) > o.Max {
+		notProbed = len(peers) - o.Max
+		peers = peers[:o.Max]
+	}
+	for _, ts := range peers {
+		targets = append(targets, ts...)
 	}
 	return targets, unmatched, notProbed
 }
@@ -170,6 +186,56 @@ func (t ProbeTarget) matches(p string) bool {
 		return s.Masked() == t.Subnet
 	}
 	return p == t.Key || (t.Node != "" && p == t.Node)
+}
+
+// target6 is the IPv6 half of lease l to probe, when the network and the
+// backend carry IPv6 and l has an IPv6 subnet and PublicIPv6 (not this
+// node's).
+func (e *eval) target6(l lease.Lease) (ProbeTarget, bool) {
+	if e.net == nil || !e.net.EnableIPv6 || !l.IPv6Subnet.IsValid() || l.Attrs.PublicIPv6 == nil {
+		return ProbeTarget{}, false
+	}
+	pub := *l.Attrs.PublicIPv6
+	if !pub.IsValid() || pub.IsUnspecified() || pub == e.pubIP6() {
+		return ProbeTarget{}, false
+	}
+	key := l.Subnet
+	if !key.IsValid() {
+		key = l.IPv6Subnet
+	}
+	t := ProbeTarget{Key: l.Key(), Node: e.nodeOf[key], Subnet: l.IPv6Subnet, PublicIP: pub, Backend: e.net.Backend.Type, IPv6: true}
+	local := func(a netip.Addr) netip.Addr {
+		if e.linkHolding(a) != nil {
+			return a
+		}
+		return netip.Addr{}
+	}
+	var via netip.Addr // this node's end of the overlay
+	switch t.Backend {
+	case config.BackendVXLAN, config.BackendWireGuard:
+		// The peer's IPv6 device holds its IPv6 subnet's network address.
+		t.Overlay, via = lease.SubnetIP(l.IPv6Subnet), lease.SubnetIP(e.own6)
+		t.Port = e.net.Backend.Port
+		if t.Backend == config.BackendWireGuard {
+			// Peers are dialled over IPv6 on ListenPortV6, in every mode (flannel's).
+			t.Port = e.net.Backend.ListenPortV6
+		}
+		if d := e.link(DeviceNameV6(e.net)); d != nil {
+			t.MTU = d.MTU
+		}
+	case config.BackendHostGW:
+		t.Overlay, via = lease.FirstIP(l.IPv6Subnet), lease.FirstIP(e.own6)
+		t.MTU, _ = e.podMTU()
+	default:
+		return ProbeTarget{}, false // udp carries IPv4 only
+	}
+	if e.own6.IsValid() {
+		t.Source = local(via)
+	}
+	if t.MTU == 0 && e.env != nil {
+		t.MTU = e.env.MTU
+	}
+	return t, true
 }
 
 func (e *eval) target(l lease.Lease) ProbeTarget {
@@ -213,15 +279,38 @@ func (e *eval) target(l lease.Lease) ProbeTarget {
 
 // tunnelName is how a failure names the backend's hop.
 func tunnelName(t ProbeTarget) string {
+	over := ""
+	if t.IPv6 {
+		over = " over IPv6"
+	}
 	switch t.Backend {
 	case config.BackendVXLAN:
-		return fmt.Sprintf("VXLAN (UDP %d)", t.Port)
+		return fmt.Sprintf("VXLAN%s (UDP %d)", over, t.Port)
 	case config.BackendUDP:
 		return fmt.Sprintf("udp (UDP %d)", t.Port)
 	case config.BackendWireGuard:
-		return fmt.Sprintf("WireGuard (UDP %d)", t.Port)
+		return fmt.Sprintf("WireGuard%s (UDP %d)", over, t.Port)
 	}
-	return t.Backend
+	return t.Backend + over
+}
+
+// missingFor is what this node lacks of t's lease in t's family: the
+// checks note IPv6 items with an "IPv6 " prefix, under the lease's IPv4
+// subnet where it has one.
+func (e *eval) missingFor(t ProbeTarget) string {
+	key := t.Subnet
+	for _, l := range e.leases {
+		if t.IPv6 && l.IPv6Subnet == t.Subnet && l.Subnet.IsValid() {
+			key = l.Subnet
+		}
+	}
+	var out []string
+	for _, m := range strings.Split(e.missing[key], ", ") {
+		if m != "" && strings.HasPrefix(m, "IPv6 ") == t.IPv6 {
+			out = append(out, m)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
@@ -287,17 +376,24 @@ func (e *eval) judgePeer(p PeerProbe) {
 		e.add("peer", Fail, fmt.Sprintf("underlay to %s unreachable%s (%s lost)", t.PublicIP, why, lossOf(ul)),
 			fmt.Sprintf("is the node up? check the underlay between the nodes: ip route get %s, the link, firewalls dropping ICMP", t.PublicIP))
 	case ov.lostAll() && ov.Err != "":
-		e.add("peer", Fail, fmt.Sprintf("%s: probe of %s through %s fails on this node: %s", name, ov.Dst, tunnelName(t), ov.Err),
-			"this node does not route the peer's subnet into the backend: see routes")
-	case ov.lostAll() && e.missing[t.Subnet] != "":
-		e.add("peer", Fail, fmt.Sprintf("%s: %s through %s lost: this node lacks its %s", name, ov.Dst, tunnelName(t), e.missing[t.Subnet]),
+		msg := fmt.Sprintf("%s: probe of %s through %s fails on this node: %s", name, ov.Dst, tunnelName(t), ov.Err)
+		if m := e.missingFor(t); m != "" {
+			msg += ": this node lacks its " + m
+		}
+		routes := "routes"
+		if t.IPv6 {
+			routes = "routes-v6"
+		}
+		e.add("peer", Fail, msg, "this node does not route the peer's subnet into the backend: see "+routes)
+	case ov.lostAll() && e.missingFor(t) != "":
+		e.add("peer", Fail, fmt.Sprintf("%s: %s through %s lost: this node lacks its %s", name, ov.Dst, tunnelName(t), e.missingFor(t)),
 			"see routes / neighbours / fdb above")
 	case ov.lostAll() && t.Backend == config.BackendVXLAN:
 		e.add("peer", Fail, fmt.Sprintf("%s to %s dropped: the underlay passes ICMP but not the tunnel — check firewalls and security groups", tunnelName(t), t.PublicIP),
 			fmt.Sprintf("allow UDP %d between the nodes, both ways (nft list ruleset, iptables -S, the cloud's security groups); a probe of %s through the tunnel got no answer", t.Port, ov.Dst))
 	case ov.lostAll() && t.Backend == config.BackendWireGuard:
 		e.add("peer", Fail, fmt.Sprintf("%s to %s: no answer through the tunnel while the underlay passes ICMP — a firewall drops it, or the keys do not match", tunnelName(t), t.PublicIP),
-			fmt.Sprintf("allow UDP %d between the nodes, both ways; `wg show %s` on both nodes: a peer with no recent handshake has the other's old key (its lease's PublicKey) or is blocked", t.Port, "flannel-wg"))
+			fmt.Sprintf("allow UDP %d between the nodes, both ways; `wg show %s` on both nodes: a peer with no recent handshake has the other's old key (its lease's PublicKey) or is blocked", t.Port, wgDevice(e, t)))
 	case ov.lostAll() && t.Backend == config.BackendUDP:
 		e.add("peer", Fail, fmt.Sprintf("peer's agent not answering on its subnet: %s via %s to %s, none answered", ov.Dst, tunnelName(t), t.PublicIP),
 			fmt.Sprintf("is weftd running on %s? allow UDP %d between the nodes (firewalls, security groups)", who, t.Port))
@@ -354,4 +450,14 @@ func pingText(p Ping) string {
 		s += fmt.Sprintf(", %.0f%% loss", 100*p.Loss())
 	}
 	return s
+}
+
+// wgDevice is the WireGuard device that carries t's family.
+func wgDevice(e *eval, t ProbeTarget) string {
+	if e.net != nil {
+		if d := wireguard.DeviceFor(e.net, t.IPv6); d != "" {
+			return d
+		}
+	}
+	return wireguard.DeviceName
 }

@@ -14,16 +14,29 @@ import (
 
 	"golang.org/x/net/icmp"
 	xipv4 "golang.org/x/net/ipv4"
+	xipv6 "golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 )
 
-// Sizes of the probes, as whole IPv4 packets: the underlay and overlay
+// Sizes of the probes, as whole IP packets: the underlay and overlay
 // hops send small echoes; the MTU search never goes below minProbeSize.
 const (
 	smallProbe   = 84 // 20 IP + 8 ICMP + 56 data, as ping sends
 	minProbeSize = 576
 	icmpHeaders  = 20 + 8
+	// IPv6: a 40-byte header, and a minimum MTU of 1280 on every link.
+	smallProbe6   = 104
+	minProbeSize6 = 1280
+	icmpHeaders6  = 40 + 8
 )
+
+// sizes are the probe sizes of t's family: small, the MTU search's floor.
+func sizes(t ProbeTarget) (small, floor int) {
+	if t.IPv6 {
+		return smallProbe6, minProbeSize6
+	}
+	return smallProbe, minProbeSize
+}
 
 // Probe pings the peers PlanProbes picks from f, in parallel and bounded
 // by o: for each, the underlay (its PublicIP), then the backend (its
@@ -55,13 +68,14 @@ func Probe(ctx context.Context, f Facts, o ProbeOptions) *ProbeFacts {
 
 func probePeer(ctx context.Context, t ProbeTarget, o ProbeOptions, id uint16) PeerProbe {
 	p := PeerProbe{Target: t}
-	ul, err := openPinger(netip.Addr{}, id)
+	small, floor := sizes(t)
+	ul, err := openPinger(t.IPv6, netip.Addr{}, id)
 	if err != nil {
 		p.Err = err.Error()
 		return p
 	}
 	defer ul.Close()
-	p.Underlay = ul.ping(ctx, t.PublicIP, smallProbe, o.Count, 0, o.Timeout)
+	p.Underlay = ul.ping(ctx, t.PublicIP, small, o.Count, 0, o.Timeout)
 	if !t.Overlay.IsValid() {
 		return p
 	}
@@ -69,14 +83,14 @@ func probePeer(ctx context.Context, t ProbeTarget, o ProbeOptions, id uint16) Pe
 	if t.Source.IsValid() {
 		// Sent from this node's overlay address, the reply comes back
 		// through the overlay too.
-		if ov, err = openPinger(t.Source, id); err != nil {
+		if ov, err = openPinger(t.IPv6, t.Source, id); err != nil {
 			p.Err = err.Error()
 			return p
 		}
 		defer ov.Close()
 	}
-	p.Overlay = ov.ping(ctx, t.Overlay, smallProbe, o.Count, 1, o.Timeout)
-	if p.Overlay.Received == 0 || t.MTU <= smallProbe {
+	p.Overlay = ov.ping(ctx, t.Overlay, small, o.Count, 1, o.Timeout)
+	if p.Overlay.Received == 0 || t.MTU <= small {
 		return p
 	}
 	p.Full = ov.ping(ctx, t.Overlay, t.MTU, o.Count, 2, o.Timeout)
@@ -86,11 +100,14 @@ func probePeer(ctx context.Context, t ProbeTarget, o ProbeOptions, id uint16) Pe
 	// Search the largest size that crosses, one echo per step, waiting
 	// a few round trips of the small probe's (bounded by o.Timeout).
 	wait := min(max(10*p.Overlay.RTT, 100*time.Millisecond), o.Timeout)
-	lo, hi := smallProbe, t.MTU // lo crosses, hi does not
-	if r := ov.ping(ctx, t.Overlay, minProbeSize, 1, 3, wait); r.Received > 0 {
-		lo = minProbeSize
-	} else {
-		hi = minProbeSize
+	lo, hi := small, t.MTU // lo crosses, hi does not
+	switch {
+	case floor >= hi:
+		// IPv6's floor (1280) is not below the device's MTU: search under it.
+	case ov.ping(ctx, t.Overlay, floor, 1, 3, wait).Received > 0:
+		lo = floor
+	default:
+		hi = floor
 	}
 	for step := uint16(4); hi-lo > 1 && ctx.Err() == nil; step++ {
 		mid := (lo + hi) / 2
@@ -104,33 +121,54 @@ func probePeer(ctx context.Context, t ProbeTarget, o ProbeOptions, id uint16) Pe
 	return p
 }
 
-// pinger is one ICMP socket: an unprivileged ICMP datagram socket where
-// net.ipv4.ping_group_range allows it, else a raw one (root). Its
-// packets carry don't-fragment and ignore the path MTU cache
-// (IP_PMTUDISC_PROBE), so a size that does not fit is lost, not split.
+// pinger is one ICMP (or ICMPv6) socket: an unprivileged ICMP datagram
+// socket where net.ipv4.ping_group_range allows it (it rules both
+// families), else a raw one (root). Its packets carry don't-fragment and
+// ignore the path MTU cache (IP_PMTUDISC_PROBE; for IPv6 also
+// IPV6_DONTFRAG, since the sender itself would fragment), so a size that
+// does not fit is lost, not split.
 type pinger struct {
 	c   net.PacketConn
 	raw bool
+	v6  bool
 	id  uint16
 }
 
-func openPinger(src netip.Addr, id uint16) (*pinger, error) {
-	p := &pinger{id: id}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+func openPinger(v6 bool, src netip.Addr, id uint16) (*pinger, error) {
+	p := &pinger{id: id, v6: v6}
+	af, proto, what := unix.AF_INET, unix.IPPROTO_ICMP, "ICMP"
+	if v6 {
+		af, proto, what = unix.AF_INET6, unix.IPPROTO_ICMPV6, "ICMPv6"
+	}
+	fd, err := unix.Socket(af, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
-		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP); err != nil {
-			return nil, fmt.Errorf("ICMP socket (unprivileged or raw): %w", err)
+		if fd, err = unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto); err != nil {
+			return nil, fmt.Errorf("%s socket (unprivileged or raw): %w", what, err)
 		}
 		p.raw = true
 	}
 	f := os.NewFile(uintptr(fd), "icmp")
 	defer f.Close() // FilePacketConn holds its own descriptor
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE); err != nil {
-		return nil, fmt.Errorf("ICMP socket: don't fragment: %w", err)
+	if v6 {
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE)
+		if err == nil {
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_DONTFRAG, 1)
+		}
+	} else {
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s socket: don't fragment: %w", what, err)
 	}
 	if src.IsValid() {
-		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
-			return nil, fmt.Errorf("ICMP socket: bind %s: %w", src, err)
+		var sa unix.Sockaddr
+		if v6 {
+			sa = &unix.SockaddrInet6{Addr: src.As16()}
+		} else {
+			sa = &unix.SockaddrInet4{Addr: src.As4()}
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			return nil, fmt.Errorf("%s socket: bind %s: %w", what, src, err)
 		}
 	}
 	c, err := net.FilePacketConn(f)
@@ -149,7 +187,15 @@ func (p *pinger) Close() error { return p.c.Close() }
 func (p *pinger) ping(ctx context.Context, dst netip.Addr, size, count int, stage uint16, timeout time.Duration) Ping {
 	r := Ping{Dst: dst, Size: size}
 	sent := map[uint16]time.Time{}
-	data := make([]byte, max(size-icmpHeaders, 0))
+	headers, proto := icmpHeaders, 1
+	var echoType, replyType icmp.Type = xipv4.ICMPTypeEcho, xipv4.ICMPTypeEchoReply
+	if p.v6 {
+		// The kernel fills in an ICMPv6 checksum (it covers the IPv6
+		// pseudo-header), for raw and datagram sockets alike.
+		headers, proto = icmpHeaders6, 58
+		echoType, replyType = xipv6.ICMPTypeEchoRequest, xipv6.ICMPTypeEchoReply
+	}
+	data := make([]byte, max(size-headers, 0))
 	to := &net.IPAddr{IP: dst.AsSlice()}
 	var dstAddr net.Addr = to
 	if !p.raw {
@@ -157,7 +203,7 @@ func (p *pinger) ping(ctx context.Context, dst netip.Addr, size, count int, stag
 	}
 	for i := range count {
 		seq := stage<<8 | uint16(i)
-		m := icmp.Message{Type: xipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: int(p.id), Seq: int(seq), Data: data}}
+		m := icmp.Message{Type: echoType, Body: &icmp.Echo{ID: int(p.id), Seq: int(seq), Data: data}}
 		b, err := m.Marshal(nil)
 		if err != nil {
 			r.Err = err.Error()
@@ -184,8 +230,8 @@ func (p *pinger) ping(ctx context.Context, dst netip.Addr, size, count int, stag
 		if fromAddr(from) != dst {
 			continue
 		}
-		m, err := icmp.ParseMessage(1, buf[:n])
-		if err != nil || m.Type != xipv4.ICMPTypeEchoReply {
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil || m.Type != replyType {
 			continue
 		}
 		e, ok := m.Body.(*icmp.Echo)

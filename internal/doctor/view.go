@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/netip"
 	"slices"
@@ -10,12 +11,14 @@ import (
 // node has programmed it, and the checks' report. weft status renders it.
 type View struct {
 	Report Report
-	// Own is this node's subnet (from its subnet file); invalid when unknown.
-	Own netip.Prefix
-	// Programmed says whether Leases' Missing are known: the datapath
-	// checks ran.
-	Programmed bool
-	Leases     []LeaseView
+	// Own and Own6 are this node's subnets (from its subnet file);
+	// invalid when unknown or not of the network's families.
+	Own, Own6 netip.Prefix
+	// Programmed says whether Leases' Missing are known for IPv4: the
+	// datapath checks ran; ProgrammedIPv6 the same for IPv6.
+	Programmed     bool
+	ProgrammedIPv6 bool
+	Leases         []LeaseView
 	// Stale are subnets this node routes that no lease holds: a node
 	// whose lease expired or was deleted.
 	Stale []netip.Prefix
@@ -28,9 +31,12 @@ type LeaseView struct {
 	Subnet      netip.Prefix    `json:"subnet,omitzero"`
 	IPv6Subnet  netip.Prefix    `json:"ipv6Subnet,omitzero"`
 	PublicIP    netip.Addr      `json:"publicIP"`
+	PublicIPv6  netip.Addr      `json:"publicIPv6,omitzero"`
 	BackendType string          `json:"backendType"`
 	BackendData json.RawMessage `json:"backendData,omitempty"`
-	Own         bool            `json:"own"` // this node's
+	// BackendV6Data is the IPv6 half's (vxlan's IPv6 VtepMAC).
+	BackendV6Data json.RawMessage `json:"backendV6Data,omitempty"`
+	Own           bool            `json:"own"` // this node's
 	// Reservation: an etcd key without a lease, which never expires.
 	Reservation bool `json:"reservation"`
 	// TTL is the time left and Renewed the time since the lease was
@@ -40,11 +46,13 @@ type LeaseView struct {
 	Renewed  Seconds `json:"renewedSecondsAgo,omitempty"`
 	Expired  bool    `json:"expired"`
 	// Missing is what this node lacks to reach the lease ("route, fdb
-	// entry"); empty when all is programmed, for its own, or when not
-	// known (View.Programmed false).
+	// entry", "IPv6 route"); empty when all is programmed, for its own,
+	// or when not known (View.Programmed false).
 	Missing string `json:"missing,omitempty"`
-	// Probe is the probe's verdict, when doctor probed this peer.
-	Probe *ProbeView `json:"probe,omitempty"`
+	// Probe is the probe's verdict, when doctor probed this peer, and
+	// ProbeIPv6 that of its IPv6 half.
+	Probe     *ProbeView `json:"probe,omitempty"`
+	ProbeIPv6 *ProbeView `json:"probeIPv6,omitempty"`
 }
 
 // ClusterView runs the checks over f (with its probes, if any) and
@@ -52,12 +60,18 @@ type LeaseView struct {
 func ClusterView(f Facts) View {
 	e := evaluate(f)
 	e.peers()
-	v := View{Report: Report{Results: e.out}, Own: e.own, Programmed: e.programChecked, Stale: slices.Clone(e.stale)}
+	v := View{Report: Report{Results: e.out}, Own: e.own, Own6: e.own6, Programmed: e.programChecked, ProgrammedIPv6: e.programChecked6, Stale: slices.Clone(e.stale)}
 	for _, l := range e.leases {
+		// A lease is named by its IPv4 subnet where it has one (the
+		// checks' notes and the Node names are kept so).
+		key := l.Subnet
+		if !key.IsValid() {
+			key = l.IPv6Subnet
+		}
 		lv := LeaseView{
-			Key: l.Key(), Node: e.nodeOf[l.Subnet], Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet,
-			PublicIP: l.Attrs.PublicIP, BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData,
-			Own: e.own.IsValid() && l.Subnet == e.own,
+			Key: l.Key(), Node: e.nodeOf[key], Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet,
+			PublicIP: l.Attrs.PublicIP, BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, BackendV6Data: l.Attrs.BackendV6Data,
+			Own: e.own.IsValid() && l.Subnet == e.own || !e.own.IsValid() && e.own6.IsValid() && l.IPv6Subnet == e.own6,
 		}
 		if r, ok := e.meta[l.Subnet]; ok && f.Kube == nil {
 			switch {
@@ -70,12 +84,23 @@ func ClusterView(f Facts) View {
 				}
 			}
 		}
+		if l.Attrs.PublicIPv6 != nil {
+			lv.PublicIPv6 = *l.Attrs.PublicIPv6
+		}
 		if !lv.Own {
-			lv.Missing = e.missing[l.Subnet]
-			lv.Probe = e.probed[l.Subnet]
+			lv.Missing = e.missing[key]
+			// Each family's probe is kept under the family's subnet.
+			if l.Subnet.IsValid() {
+				lv.Probe = e.probed[l.Subnet]
+			}
+			if l.IPv6Subnet.IsValid() {
+				lv.ProbeIPv6 = e.probed[l.IPv6Subnet]
+			}
 		}
 		v.Leases = append(v.Leases, lv)
 	}
-	slices.SortFunc(v.Leases, func(a, b LeaseView) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	slices.SortFunc(v.Leases, func(a, b LeaseView) int {
+		return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr()))
+	})
 	return v
 }

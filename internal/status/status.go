@@ -1,12 +1,14 @@
 // Package status renders the cluster as one node sees it (weft status):
 // a header with the store, the network config and the agent, then one row
-// per lease with its subnet, public IP, backend data, time left, whether
-// this node has programmed it and, when probed, the round trip. The facts
-// and the checks are doctor's (doctor.Gather, doctor.ClusterView); this
-// package picks what an operator scans for and says what is wrong.
+// per lease with its subnets, public IPs, backend data, time left, whether
+// this node has programmed it (over each IP family the lease has) and,
+// when probed, the round trip over each family. The facts and the checks
+// are doctor's (doctor.Gather, doctor.ClusterView); this package picks
+// what an operator scans for and says what is wrong.
 package status
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,11 +25,17 @@ type Status struct {
 	Store  Line `json:"store"`
 	Config Line `json:"config"`
 	Agent  Line `json:"agent"`
-	// Own is this node's subnet; invalid when its subnet file is unusable.
-	Own        netip.Prefix `json:"own,omitzero"`
-	Programmed bool         `json:"programmedKnown"` // Rows' Programmed is known
-	Probed     bool         `json:"probed"`
-	Rows       []Row        `json:"nodes"`
+	// Own and Own6 are this node's subnets; invalid when its subnet file
+	// is unusable (or the network has no such family).
+	Own  netip.Prefix `json:"own,omitzero"`
+	Own6 netip.Prefix `json:"ownIPv6,omitzero"`
+	// Programmed and ProgrammedIPv6 say the rows' State is known for
+	// the leases' IPv4 and IPv6 subnets: doctor compared the kernel's
+	// routes (neighbours, FDB) of that family with the leases.
+	Programmed     bool  `json:"programmedKnown"`
+	ProgrammedIPv6 bool  `json:"programmedIPv6Known"`
+	Probed         bool  `json:"probed"`
+	Rows           []Row `json:"nodes"`
 	// Stale are subnets this node routes that no lease holds.
 	Stale    []netip.Prefix `json:"stale,omitempty"`
 	Problems []string       `json:"problems"`
@@ -46,14 +54,16 @@ type Row struct {
 	// Data is the backend data in short: the VtepMAC (vxlan), a key's
 	// fingerprint (wireguard).
 	Data string `json:"data,omitempty"`
-	// State is "this node", "programmed", "missing <what>", "unknown"
-	// (the datapath was not checked) or "expired".
+	// State is "this node", "programmed", "missing <what>" (IPv6 items
+	// say so: "missing IPv6 route"), "unknown" (the datapath was not
+	// checked), "IPv4 programmed, IPv6 unknown" (or the other way: one
+	// family's checks could not run) or "expired".
 	State string `json:"state"`
 }
 
 // Build makes the status from doctor's view.
 func Build(v doctor.View) Status {
-	s := Status{Own: v.Own, Programmed: v.Programmed, Stale: v.Stale}
+	s := Status{Own: v.Own, Own6: v.Own6, Programmed: v.Programmed, ProgrammedIPv6: v.ProgrammedIPv6, Stale: v.Stale}
 	var fails []string
 	for _, r := range v.Report.Results {
 		l := Line{Status: r.Status.String(), Message: r.Message}
@@ -82,35 +92,53 @@ func Build(v doctor.View) Status {
 	}
 	ownHeld := false
 	for _, lv := range v.Leases {
-		row := Row{LeaseView: lv, Data: backendData(lv.BackendData)}
-		who := lv.Key + " (" + lv.PublicIP.String() + ")"
+		row := Row{LeaseView: lv, Data: cmp.Or(backendData(lv.BackendData), backendData(lv.BackendV6Data))}
+		pub := lv.PublicIP
+		if !pub.IsValid() {
+			pub = lv.PublicIPv6 // an IPv6-only lease
+		}
+		who := lv.Key + " (" + pub.String() + ")"
 		if lv.Node != "" {
 			who = lv.Node + " " + who
 		}
+		// Which of the lease's families doctor compared with the kernel.
+		known4, known6 := lv.Subnet.IsValid() && v.Programmed, lv.IPv6Subnet.IsValid() && v.ProgrammedIPv6
+		unknown4, unknown6 := lv.Subnet.IsValid() && !v.Programmed, lv.IPv6Subnet.IsValid() && !v.ProgrammedIPv6
 		switch {
 		case lv.Expired:
 			row.State = "expired"
 			s.Problems = append(s.Problems, fmt.Sprintf("%s: lease expired: its agent stopped renewing", who))
 		case lv.Own:
 			row.State, ownHeld = "this node", true
-		case !v.Programmed:
+		case !known4 && !known6:
 			row.State = "unknown"
 		case lv.Missing != "":
 			row.State = "missing " + lv.Missing
 			s.Problems = append(s.Problems, fmt.Sprintf("%s: this node lacks its %s", who, lv.Missing))
+		case unknown6:
+			row.State = "IPv4 programmed, IPv6 unknown"
+		case unknown4:
+			row.State = "IPv6 programmed, IPv4 unknown"
 		default:
 			row.State = "programmed"
 		}
-		if lv.Probe != nil {
+		for _, p := range []*doctor.ProbeView{lv.Probe, lv.ProbeIPv6} {
+			if p == nil {
+				continue
+			}
 			s.Probed = true
-			if lv.Probe.Status == doctor.Fail {
-				s.Problems = append(s.Problems, fmt.Sprintf("%s: %s", who, lv.Probe.Message))
+			if p.Status == doctor.Fail {
+				s.Problems = append(s.Problems, fmt.Sprintf("%s: %s", who, p.Message))
 			}
 		}
 		s.Rows = append(s.Rows, row)
 	}
-	if v.Own.IsValid() && !ownHeld && len(v.Leases) > 0 {
-		s.Problems = append(s.Problems, fmt.Sprintf("this node's subnet %s has no lease: it expired or was deleted", v.Own))
+	own := v.Own
+	if !own.IsValid() {
+		own = v.Own6 // an IPv6-only network
+	}
+	if own.IsValid() && !ownHeld && len(v.Leases) > 0 {
+		s.Problems = append(s.Problems, fmt.Sprintf("this node's subnet %s has no lease: it expired or was deleted", own))
 	}
 	for _, p := range v.Stale {
 		s.Problems = append(s.Problems, fmt.Sprintf("%s is routed but no lease holds it: its node's lease expired or was deleted", p))
@@ -168,10 +196,8 @@ func (s Status) WriteText(w io.Writer) error {
 		if node == "" {
 			node = r.Key
 		}
-		subnet := dash(r.Subnet.String())
-		if r.IPv6Subnet.IsValid() {
-			subnet += "," + r.IPv6Subnet.String()
-		}
+		subnet := both(r.Subnet, r.IPv6Subnet)
+		pub := both(r.PublicIP, r.PublicIPv6)
 		renewed, expires := "-", "-"
 		switch {
 		case r.Reservation:
@@ -184,18 +210,20 @@ func (s Status) WriteText(w io.Writer) error {
 				renewed = dur(time.Duration(r.Renewed)) + " ago"
 			}
 		}
-		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", node, subnet, r.PublicIP, dash(r.BackendType), dash(r.Data), renewed, expires, r.State)
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", node, subnet, pub, dash(r.BackendType), dash(r.Data), renewed, expires, r.State)
 		if s.Probed {
-			p := "-"
+			var ps []string
 			if r.Probe != nil {
-				switch {
-				case r.Probe.Status == doctor.OK:
-					p = fmt.Sprintf("%.2f ms", float64(time.Duration(r.Probe.RTT).Microseconds())/1000)
-				default:
-					p = r.Probe.Status.String() + ": " + r.Probe.Message
-				}
+				ps = append(ps, probeText(r.Probe))
 			}
-			row += "\t" + p
+			if r.ProbeIPv6 != nil {
+				p := probeText(r.ProbeIPv6)
+				if r.Probe != nil || r.Subnet.IsValid() {
+					p = "v6 " + p
+				}
+				ps = append(ps, p)
+			}
+			row += "\t" + dash(strings.Join(ps, "; "))
 		}
 		fmt.Fprintln(tw, row)
 	}
@@ -213,6 +241,14 @@ func (s Status) WriteText(w io.Writer) error {
 	return err
 }
 
+// probeText is a probe's cell: the round trip, or the verdict.
+func probeText(p *doctor.ProbeView) string {
+	if p.Status == doctor.OK {
+		return fmt.Sprintf("%.2f ms", float64(time.Duration(p.RTT).Microseconds())/1000)
+	}
+	return p.Status.String() + ": " + p.Message
+}
+
 // WriteJSON prints the status as one JSON object.
 func (s Status) WriteJSON(w io.Writer) error {
 	if s.Rows == nil {
@@ -220,7 +256,23 @@ func (s Status) WriteJSON(w io.Writer) error {
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false) // dual-stack keys hold '&'
 	return enc.Encode(s)
+}
+
+// both is a cell of a lease's IPv4 and IPv6 halves (subnets, public
+// IPs): those it has, comma-separated, or "-".
+func both[T interface {
+	IsValid() bool
+	String() string
+}](v4, v6 T) string {
+	var parts []string
+	for _, x := range []T{v4, v6} {
+		if x.IsValid() {
+			parts = append(parts, x.String())
+		}
+	}
+	return dash(strings.Join(parts, ","))
 }
 
 func dash(s string) string {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -116,5 +117,138 @@ func TestGolden(t *testing.T) {
 	}
 	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.OK || len(back.Nodes) != 4 || back.Nodes[3].State != "expired" {
 		t.Errorf("JSON does not parse back: %v %+v", err, back)
+	}
+}
+
+// view6 is a dual-stack node's view: one peer programmed and answering
+// over both families, one lacking its IPv6 route whose IPv6 probe fails.
+func view6() doctor.View {
+	p := netip.MustParsePrefix
+	a := netip.MustParseAddr
+	vx := func(mac string) json.RawMessage { return json.RawMessage(`{"VNI":1,"VtepMAC":"` + mac + `"}`) }
+	ttl := doctor.Seconds(23 * time.Hour)
+	return doctor.View{
+		Report: doctor.Report{Results: []doctor.Result{
+			{Check: "store", Status: doctor.OK, Message: "etcd http://192.0.2.254:2379 v3.7.3"},
+			{Check: "config", Status: doctor.OK, Message: "network 10.244.0.0/16, IPv6 network fd00:10:244::/56, backend vxlan"},
+			{Check: "agent", Status: doctor.OK, Message: "weftd pid 7 runs in this network namespace"},
+			{Check: "routes-v6", Status: doctor.Fail, Message: "1 of 2 IPv6 routes to remote subnets on flannel-v6.1 present: 1 missing"},
+			{Check: "peer", Status: doctor.Fail, Message: "lost"},
+		}},
+		Own: p("10.244.1.0/24"), Own6: p("fd00:10:244:1::/64"),
+		Programmed: true, ProgrammedIPv6: true,
+		Leases: []doctor.LeaseView{
+			{Key: "10.244.1.0-24&fd00:10:244:1::-64", Subnet: p("10.244.1.0/24"), IPv6Subnet: p("fd00:10:244:1::/64"), PublicIP: a("192.0.2.1"), PublicIPv6: a("2001:db8::1"),
+				BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:01"), Own: true, TTLKnown: true, TTL: ttl},
+			{Key: "10.244.2.0-24&fd00:10:244:2::-64", Subnet: p("10.244.2.0/24"), IPv6Subnet: p("fd00:10:244:2::/64"), PublicIP: a("192.0.2.2"), PublicIPv6: a("2001:db8::2"),
+				BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:02"), TTLKnown: true, TTL: ttl,
+				Probe:     &doctor.ProbeView{Status: doctor.OK, RTT: doctor.Millis(420 * time.Microsecond)},
+				ProbeIPv6: &doctor.ProbeView{Status: doctor.OK, RTT: doctor.Millis(510 * time.Microsecond)}},
+			{Key: "10.244.3.0-24&fd00:10:244:3::-64", Subnet: p("10.244.3.0/24"), IPv6Subnet: p("fd00:10:244:3::/64"), PublicIP: a("192.0.2.3"), PublicIPv6: a("2001:db8::3"),
+				BackendType: "vxlan", BackendData: vx("aa:00:00:00:00:03"), TTLKnown: true, TTL: ttl, Missing: "IPv6 route",
+				Probe: &doctor.ProbeView{Status: doctor.OK, RTT: doctor.Millis(380 * time.Microsecond)},
+				ProbeIPv6: &doctor.ProbeView{Status: doctor.Fail,
+					Message: "2001:db8::3 (fd00:10:244:3::/64): fd00:10:244:3:: through VXLAN over IPv6 (UDP 8472) lost: this node lacks its IPv6 route"}},
+		},
+	}
+}
+
+func TestBuildDualStack(t *testing.T) {
+	s := Build(view6())
+	if s.OK {
+		t.Error("OK with an IPv6 route missing")
+	}
+	var states []string
+	for _, r := range s.Rows {
+		states = append(states, r.State)
+	}
+	if want := []string{"this node", "programmed", "missing IPv6 route"}; strings.Join(states, "|") != strings.Join(want, "|") {
+		t.Errorf("states %q, want %q", states, want)
+	}
+	all := strings.Join(s.Problems, "\n")
+	for _, w := range []string{"10.244.3.0-24&fd00:10:244:3::-64 (192.0.2.3): this node lacks its IPv6 route",
+		"10.244.3.0-24&fd00:10:244:3::-64 (192.0.2.3): 2001:db8::3 (fd00:10:244:3::/64): fd00:10:244:3:: through VXLAN over IPv6 (UDP 8472) lost",
+		"routes-v6: 1 of 2 IPv6 routes"} {
+		if !strings.Contains(all, w) {
+			t.Errorf("problems lack %q:\n%s", w, all)
+		}
+	}
+
+	// The IPv6 checks did not run (no flannel-v6.1, say): the rows say
+	// what is known, and nothing is called programmed over IPv6.
+	v := view6()
+	v.ProgrammedIPv6 = false
+	v.Leases[2].Missing, v.Leases[2].ProbeIPv6 = "", nil
+	v.Report.Results = v.Report.Results[:3]
+	s = Build(v)
+	if got := s.Rows[1].State; got != "IPv4 programmed, IPv6 unknown" {
+		t.Errorf("IPv6 unchecked: state %q", got)
+	}
+	if !s.OK {
+		t.Errorf("IPv6 unchecked, nothing failing: problems %q", s.Problems)
+	}
+	v.Programmed = false
+	if got := Build(v).Rows[1].State; got != "unknown" {
+		t.Errorf("nothing checked: state %q", got)
+	}
+
+	// IPv6 only: leases without an IPv4 subnet, this node's by its IPv6 one.
+	v = view6()
+	v.Own, v.Programmed = netip.Prefix{}, false
+	for i := range v.Leases {
+		l := &v.Leases[i]
+		l.Subnet, l.PublicIP, l.Probe = netip.Prefix{}, netip.Addr{}, nil
+		l.BackendData, l.BackendV6Data = nil, l.BackendData // its VtepMAC is the IPv6 device's
+		l.Key = strings.SplitN(l.Key, "&", 2)[1]
+	}
+	s = Build(v)
+	states = nil
+	for _, r := range s.Rows {
+		states = append(states, r.State)
+	}
+	if want := []string{"this node", "programmed", "missing IPv6 route"}; strings.Join(states, "|") != strings.Join(want, "|") {
+		t.Errorf("IPv6 only: states %q, want %q", states, want)
+	}
+	if !strings.Contains(strings.Join(s.Problems, "\n"), "fd00:10:244:3::-64 (2001:db8::3): this node lacks its IPv6 route") {
+		t.Errorf("IPv6 only: problems %q", s.Problems)
+	}
+	var text strings.Builder
+	if err := s.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if out := text.String(); strings.Contains(out, "invalid") || strings.Contains(out, "-,") ||
+		!regexp.MustCompile(`fd00:10:244:2::-64 +fd00:10:244:2::/64 +2001:db8::2 +vxlan +aa:00:00:00:00:02 `).MatchString(out) {
+		t.Errorf("IPv6 only: table\n%s", out)
+	}
+	v.Leases = v.Leases[1:]
+	if s := Build(v); !strings.Contains(strings.Join(s.Problems, "\n"), "this node's subnet fd00:10:244:1::/64 has no lease") {
+		t.Errorf("IPv6 only, own lease gone: problems %q", s.Problems)
+	}
+}
+
+func TestGoldenDualStack(t *testing.T) {
+	s := Build(view6())
+	var text, js bytes.Buffer
+	if err := s.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	for name, got := range map[string][]byte{"status6.txt.golden": text.Bytes(), "status6.json.golden": js.Bytes()} {
+		path := filepath.Join("testdata", name)
+		if *update {
+			if err := os.WriteFile(path, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (run go test -update)", err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs:\n got:\n%s\nwant:\n%s", name, got, want)
+		}
 	}
 }
