@@ -142,11 +142,13 @@ func managed(t *testing.T, n *backendtest.Node) []netlinkx.Route {
 	return out
 }
 
-func TestThousandLeases(t *testing.T) {
-	nodes := backendtest.Cluster(t, pfx("10.255.255.0/24"))
-	n := nodes[0]
+// manyLeasesNode is one node on a /16 underlay, so that a thousand
+// gateways are on-link, with its backend; remoteLease(i) is the i-th remote
+// lease of 10.0.0.0/8, its gateway on that underlay.
+func manyLeasesNode(t *testing.T) (*backendtest.Node, *hostgw.Backend) {
+	t.Helper()
+	n := backendtest.Cluster(t, pfx("10.255.255.0/24"))[0]
 	nw := backendtest.Network(t, `{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}`)
-	// A /16 underlay so that 1000 gateways are on-link.
 	if err := n.NS.H.AddrReplace(n.NS.Link(t, "eth0"), pfx("192.0.2.1/16")); err != nil {
 		t.Fatal(err)
 	}
@@ -155,13 +157,22 @@ func TestThousandLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return n, b
+}
+
+func remoteLease(i int) lease.Lease {
+	return lease.Lease{
+		Subnet: pfx(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256)),
+		Attrs:  lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 0, byte(10 + i/250), byte(1 + i%250)}), BackendType: "host-gw"},
+	}
+}
+
+func TestThousandLeases(t *testing.T) {
+	n, b := manyLeasesNode(t)
 	own := n.Lease("host-gw", nil)
 	leases := []lease.Lease{own}
 	for i := range 1001 {
-		leases = append(leases, lease.Lease{
-			Subnet: pfx(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256)),
-			Attrs:  lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 0, byte(10 + i/250), byte(1 + i%250)}), BackendType: "host-gw"},
-		})
+		leases = append(leases, remoteLease(i))
 	}
 	ctx := context.Background()
 	if err := b.Reconcile(ctx, own, leases[:1001], true); err != nil {
@@ -188,27 +199,11 @@ func TestThousandLeases(t *testing.T) {
 // and removes leases after the read; a route deleted by hand before the
 // read is repaired. The kernel ends up as the lease set says.
 func TestReadAhead(t *testing.T) {
-	nodes := backendtest.Cluster(t, pfx("10.255.255.0/24"))
-	n := nodes[0]
-	nw := backendtest.Network(t, `{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}`)
-	if err := n.NS.H.AddrReplace(n.NS.Link(t, "eth0"), pfx("192.0.2.1/16")); err != nil {
-		t.Fatal(err)
-	}
-	n.Ext.Subnet = pfx("192.0.0.0/16")
-	b, err := hostgw.New(n.Params(nw), n.NS.H, backendtest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, b := manyLeasesNode(t)
 	own := n.Lease("host-gw", nil)
-	remote := func(i int) lease.Lease {
-		return lease.Lease{
-			Subnet: pfx(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256)),
-			Attrs:  lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 0, byte(10 + i/250), byte(1 + i%250)}), BackendType: "host-gw"},
-		}
-	}
 	var leases []lease.Lease
 	for i := range 200 {
-		leases = append(leases, remote(i))
+		leases = append(leases, remoteLease(i))
 	}
 	ctx := context.Background()
 	if err := b.Reconcile(ctx, own, append([]lease.Lease{own}, leases...), true); err != nil {
@@ -222,7 +217,7 @@ func TestReadAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	added, removed := remote(200), leases[9]
+	added, removed := remoteLease(200), leases[9]
 	if err := b.Update(ctx, own, []lease.Event{{Type: lease.Added, Lease: added}, {Type: lease.Removed, Lease: removed}}); err != nil {
 		t.Fatal(err)
 	}
