@@ -219,4 +219,3 @@ func TestBuildDualStack(t *testing.T) {
 		t.Errorf("IPv6 only, own lease gone: problems %q", s.Problems)
 	}
 }
-
