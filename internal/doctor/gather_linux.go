@@ -337,8 +337,13 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 		}
 	}
 
+	// The iptables back end is weftd's choice, made once for both families.
+	var ipt masq.IPTablesVariant
+	if n != nil && !n.EnableNFTables && sf.Err == nil && sf.Env.IPMasq {
+		ipt = masq.DetectIPTables(ctx)
+	}
 	if n != nil && n.EnableIPv6 {
-		nf.IPv6 = gatherIPv6(ctx, h, n, nf.Links, sf)
+		nf.IPv6 = gatherIPv6(h, n, nf.Links, sf, ipt)
 	}
 
 	nf.Sysctls = map[string]string{}
@@ -359,13 +364,14 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 	}
 
 	if n != nil && sf.Err == nil && sf.Env.IPMasq {
-		nf.Masq = gatherMasq(ctx, n.EnableNFTables)
+		nf.Masq = gatherMasq(ctx, n.EnableNFTables, ipt)
 	}
 	return nf
 }
 
 // gatherIPv6 reads the IPv6 half of the datapath.
-func gatherIPv6(ctx context.Context, h *netlinkx.Handle, n *config.Network, ls []Link, sf SubnetFileFacts) *IPv6Facts {
+// ipt is the iptables back end, when it masquerades with iptables.
+func gatherIPv6(h *netlinkx.Handle, n *config.Network, ls []Link, sf SubnetFileFacts, ipt masq.IPTablesVariant) *IPv6Facts {
 	f := &IPv6Facts{}
 	f.Routes, f.RoutesErr = h.RouteList(netlinkx.RouteFilter{Family: netlinkx.FamilyV6})
 	if name := DeviceNameV6(n); name != "" && n.Backend.Type == config.BackendVXLAN {
@@ -377,17 +383,16 @@ func gatherIPv6(ctx context.Context, h *netlinkx.Handle, n *config.Network, ls [
 		}
 	}
 	if !n.EnableNFTables && sf.Err == nil && sf.Env.IPMasq {
-		f.Masq = gatherIP6Tables(ctx)
+		f.Masq = gatherIPTables(ipt, iptables.ProtocolIPv6)
 	}
 	return f
 }
 
-// gatherIP6Tables reads ip6tables' nat chain WEFT-POSTRTG and its jump,
-// on the back end weftd chooses.
-func gatherIP6Tables(ctx context.Context) MasqFacts {
-	v := masq.DetectIPTables(ctx)
-	m := MasqFacts{Checked: true, Tool: v.Command(iptables.ProtocolIPv6)}
-	ipt, err := v.New(iptables.ProtocolIPv6)
+// gatherIPTables reads proto's nat chain WEFT-POSTRTG and its jump, on
+// back end v.
+func gatherIPTables(v masq.IPTablesVariant, proto iptables.Protocol) MasqFacts {
+	m := MasqFacts{Checked: true, Tool: v.Command(proto)}
+	ipt, err := v.New(proto)
 	if err != nil {
 		m.Err = err
 		return m
@@ -415,10 +420,9 @@ func links(h *netlinkx.Handle) ([]Link, error) {
 	return out, nil
 }
 
-func gatherMasq(ctx context.Context, nft bool) MasqFacts {
-	m := MasqFacts{Checked: true, Tool: "iptables"}
+func gatherMasq(ctx context.Context, nft bool, ipt masq.IPTablesVariant) MasqFacts {
 	if nft {
-		m.Tool = "nftables"
+		m := MasqFacts{Checked: true, Tool: "nftables"}
 		t, err := knftables.New(knftables.InetFamily, masq.NFTTable)
 		if err != nil {
 			m.Err = err
@@ -443,14 +447,7 @@ func gatherMasq(ctx context.Context, nft bool) MasqFacts {
 		}
 		return m
 	}
-	v := masq.DetectIPTables(ctx)
-	m.Tool = v.Command(iptables.ProtocolIPv4)
-	ipt, err := v.New(iptables.ProtocolIPv4)
-	if err != nil {
-		m.Err = err
-		return m
-	}
-	return readMasqChain(ipt, m)
+	return gatherIPTables(ipt, iptables.ProtocolIPv4)
 }
 
 // readMasqChain fills m with the nat table's WEFT-POSTRTG rules and
