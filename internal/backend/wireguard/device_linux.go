@@ -1,12 +1,15 @@
 package wireguard
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
@@ -42,6 +45,9 @@ func createKernel(h *netlinkx.Handle, name string, mtu int) error {
 type userDevice struct {
 	dev  *device.Device
 	uapi net.Listener
+
+	mu     sync.Mutex // held by a delayed kick, so that it never runs on a closed device
+	closed bool
 }
 
 // startUserspace opens (or re-attaches to) the TUN device name and runs
@@ -126,21 +132,63 @@ func (u *userDevice) stopped() bool {
 	}
 }
 
+// kickDelay is how long the device whose public key sorts higher waits
+// before it starts a handshake with a peer it just set.
+const kickDelay = 250 * time.Millisecond
+
 // kick sends each of peers a keepalive, which starts a handshake where
 // there is no session: a peer that still holds a session with this
 // device's previous incarnation (weftd restarted, or the device was
 // re-created) would otherwise keep sending into it until WireGuard's
 // own rekey timeout, about 15 s later.
-func (u *userDevice) kick(peers []wgtypes.Key) {
+//
+// Of two devices, only the one whose key sorts lower kicks at once. Two
+// initiations that cross in flight stall both ends: each consumes the
+// other's initiation, which overwrites its own handshake state, so each
+// refuses the response to its own and waits, as responder, for data that
+// the other will not send until REKEY_TIMEOUT (5 s) later. Two nodes that
+// see each other's leases at the same moment (started together) would
+// do exactly that. The higher one kicks after kickDelay: by then the
+// lower one's handshake has finished, and its keepalive only rides the
+// session; or the lower one's initiation was dropped (this device did
+// not have the peer yet), and this one starts it.
+func (u *userDevice) kick(own wgtypes.Key, peers []wgtypes.Key) {
+	var later []wgtypes.Key
 	for _, k := range peers {
-		if p := u.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
-			p.SendKeepalive()
+		if bytes.Compare(own[:], k[:]) > 0 {
+			later = append(later, k)
+			continue
 		}
+		u.keepalive(k)
+	}
+	if len(later) == 0 {
+		return
+	}
+	time.AfterFunc(kickDelay, func() {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if u.closed {
+			return
+		}
+		for _, k := range later {
+			u.keepalive(k)
+		}
+	})
+}
+
+func (u *userDevice) keepalive(k wgtypes.Key) {
+	if p := u.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
+		p.SendKeepalive()
 	}
 }
 
 // Close stops wireguard-go and removes the socket. The TUN device stays.
 func (u *userDevice) Close() {
-	u.uapi.Close()
+	u.mu.Lock()
+	u.closed = true
+	u.mu.Unlock()
+	if u.uapi != nil {
+		u.uapi.Close()
+	}
 	u.dev.Close()
 }

@@ -238,7 +238,7 @@ func (b *Backend) reconcile(ctx context.Context, d *wgDev, own lease.Lease, leas
 		// the first packet or the other end's rekey timeout. (The
 		// kernel's device keeps its sessions across weftd restarts; it
 		// has no such call.)
-		d.user.kick(set)
+		d.user.kick(b.key.PublicKey(), set)
 	}
 	d.log.Debug("reconciled peers", "set", len(set), "removed", removed, "peers", len(want), "full", full)
 	return nil

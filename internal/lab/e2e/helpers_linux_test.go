@@ -400,16 +400,6 @@ func (e *env) mesh(ctx context.Context) {
 	e.t.Helper()
 	for _, v6 := range e.l.Families() {
 		m, err := e.l.Check(ctx, lab.CheckOptions{NodeToPod: true, IPv6: v6})
-		// Two WireGuard nodes that start together can each send their
-		// first handshake before the other has their peer; WireGuard
-		// then retries after its REKEY_TIMEOUT (5 s + jitter). Ready
-		// means configured, not handshaken: give that one retry room.
-		for t0, deadline := time.Now(), time.Now().Add(8*time.Second); err == nil && m.Failures() != 0 && e.l.Backend == "wireguard" && time.Now().Before(deadline); {
-			time.Sleep(500 * time.Millisecond)
-			if m, err = e.l.Check(ctx, lab.CheckOptions{NodeToPod: true, IPv6: v6}); err == nil && m.Failures() == 0 {
-				e.t.Logf("wireguard mesh (IPv6 %v) whole %s after the first check", v6, time.Since(t0).Round(time.Millisecond))
-			}
-		}
 		if err != nil {
 			e.t.Fatal(err)
 		}
