@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -1176,6 +1177,18 @@ func (d *daemon) reconcile(ctx context.Context, full bool, pass fullPass) error 
 			d.everReady = true
 			d.log.Info(fmt.Sprintf("programmed %d leases in %s", len(leases), time.Since(d.start).Round(time.Millisecond)))
 			d.complete(ctx)
+			// The last collection counted the start-up's transients (the
+			// store's list as decoded, the first plans and kernel dumps)
+			// as live, and the collector lets the heap grow to twice what
+			// was live before it collects again: a node with thousands of
+			// leases would hold the pages of about twice its start-up
+			// heap. One collection now, and the freed pages returned, set
+			// that bound from what the agent keeps. Off the event loop.
+			d.wg.Add(1)
+			go func() {
+				defer d.wg.Done()
+				debug.FreeOSMemory()
+			}()
 		}
 		d.log.Info("ready", "subnet", leaseName(d.own), "leases", len(leases))
 	}

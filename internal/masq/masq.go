@@ -195,6 +195,20 @@ type NFTRule struct {
 
 // NFTRules returns the rules of the two nftables chains (table inet weft)
 // for c. A family whose network is invalid gets no rules.
+//
+// flannel keeps them in two tables, ip flannel-ipv4 and ip6
+// flannel-ipv6; one inet table holds both families here, so that one
+// transaction replaces them together. Two of flannel's nftables rules are
+// deliberately not copied; the iptables form is, so that a node moving
+// between iptables and nftables treats every packet the same:
+//   - the mark is matched under a mask, as iptables' --mark 0x4000/0x4000:
+//     flannel's exact "meta mark 0x4000" misses kube-proxy's bit whenever
+//     another component has set a bit of its own;
+//   - the third return is "saddr != CLUSTER daddr POD" (iptables' rule 5,
+//     outside clients keep their address to our pods). flannel's nftables
+//     "saddr != POD daddr CLUSTER" returns everything the host sends into
+//     the cluster, so its last rule (host to cluster masquerade) can never
+//     match.
 func NFTRules(c Config) (postrouting, forward []NFTRule) {
 	if c.Masquerade {
 		postrouting = append(postrouting, NFTRule{

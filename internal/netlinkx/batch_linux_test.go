@@ -395,3 +395,105 @@ func BenchmarkProgram(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDump reads back what the vxlan backend holds for 5,000 remote
+// nodes, as each full pass does: its allocations are most of the agent's
+// heap growth between passes.
+func BenchmarkDump(b *testing.B) {
+	const nodes = 5000
+	s, link := vxlanNS(b)
+	bt := s.H.NewBatch()
+	for i := range nodes {
+		for _, c := range remote(link, i) {
+			c.queue(bt)
+		}
+	}
+	if err := errors.Join(bt.Flush()...); err != nil {
+		b.Fatal(err)
+	}
+	for _, kind := range []string{"routes", "neighbours", "fdb"} {
+		b.Run(kind, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var n int
+				var err error
+				switch kind {
+				case "routes":
+					var rs []netlinkx.Route
+					rs, err = s.H.RouteList(netlinkx.RouteFilter{LinkIndex: link, Family: netlinkx.FamilyV4})
+					n = len(rs)
+				case "neighbours":
+					var ns []netlinkx.Neigh
+					ns, err = s.H.NeighList(link, netlinkx.FamilyV4)
+					n = len(ns)
+				case "fdb":
+					var fs []netlinkx.FDB
+					fs, err = s.H.FDBList(link)
+					n = len(fs)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n != nodes {
+					b.Fatalf("%d %s, want %d", n, kind, nodes)
+				}
+			}
+		})
+	}
+}
+
+// The neighbour and FDB lists decode the kernel's dump themselves, on the
+// batch socket: they keep to the link and family asked for, and batches
+// before and after them get their own answers.
+func TestListsKeepToLinkAndFamily(t *testing.T) {
+	s, link := vxlanNS(t)
+	la := netlinkx.NewLinkAttrs()
+	la.Name = "vx8"
+	if err := s.H.LinkAdd(&netlinkx.Vxlan{LinkAttrs: la, VxlanId: 8, Port: 8472}); err != nil {
+		t.Fatal(err)
+	}
+	other := s.Link(t, "vx8").Attrs().Index
+	mac := func(i byte) netlinkx.MAC { return netlinkx.MAC{2, 0x42, 0, 0, 0, i} }
+	n4 := netlinkx.Neigh{LinkIndex: link, IP: netip.MustParseAddr("10.245.0.1"), MAC: mac(1), State: netlinkx.NUDPermanent}
+	n6 := netlinkx.Neigh{LinkIndex: link, IP: netip.MustParseAddr("fd00::1"), MAC: mac(2), State: netlinkx.NUDPermanent}
+	nOther := netlinkx.Neigh{LinkIndex: other, IP: netip.MustParseAddr("10.245.0.2"), MAC: mac(3), State: netlinkx.NUDPermanent}
+	f := netlinkx.FDB{LinkIndex: link, MAC: mac(1), Dst: netip.MustParseAddr("198.18.0.1")}
+	fOther := netlinkx.FDB{LinkIndex: other, MAC: mac(3), Dst: netip.MustParseAddr("198.18.0.2")}
+	for round := range 2 {
+		b := s.H.NewBatch()
+		b.NeighSet(n4)
+		b.NeighSet(n6)
+		b.NeighSet(nOther)
+		b.FDBSet(f)
+		b.FDBSet(fOther)
+		if err := errors.Join(b.Flush()...); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		for _, c := range []struct {
+			link int
+			fam  netlinkx.Family
+			want []netlinkx.Neigh
+		}{
+			{link, netlinkx.FamilyV4, []netlinkx.Neigh{n4}},
+			{link, netlinkx.FamilyV6, []netlinkx.Neigh{n6}},
+			{other, netlinkx.FamilyV4, []netlinkx.Neigh{nOther}},
+		} {
+			got, err := s.H.NeighList(c.link, c.fam)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, c.want) {
+				t.Errorf("round %d: neighbours of #%d family %d: %v, want %v", round, c.link, c.fam, got, c.want)
+			}
+		}
+		for l, want := range map[int][]netlinkx.FDB{link: {f}, other: {fOther}} {
+			got, err := s.H.FDBList(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("round %d: fdb of #%d: %v, want %v", round, l, got, want)
+			}
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -414,44 +415,53 @@ func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
 		filter.Table = f.Table
 		mask |= netlink.RT_FILTER_TABLE
 	}
-	nrs, err := dump(h, "list routes", func() ([]netlink.Route, error) {
-		return h.dh.RouteListFiltered(int(f.Family), filter, mask)
+	// Decoded one message at a time: a slice of the library's routes
+	// (hundreds of bytes each) would be most of what a full pass
+	// allocates at thousands of routes.
+	var out []Route
+	return dump(h, "list routes", func() ([]Route, error) {
+		out = out[:0]
+		err := h.dh.RouteListFilteredIter(int(f.Family), filter, mask, func(nr netlink.Route) bool {
+			if r, ok := routeOf(&nr); ok {
+				out = append(out, r)
+			}
+			return true
+		})
+		return out, err
 	})
-	if err != nil {
-		return nil, err
+}
+
+// routeOf converts a unicast single-path route; ok is false for any other.
+func routeOf(nr *netlink.Route) (Route, bool) {
+	if nr.Type != unix.RTN_UNICAST || len(nr.MultiPath) > 0 {
+		return Route{}, false
 	}
-	out := make([]Route, 0, len(nrs))
-	for _, nr := range nrs {
-		if nr.Type != unix.RTN_UNICAST || len(nr.MultiPath) > 0 {
-			continue
-		}
-		r := Route{
-			Gw:        fromIP(nr.Gw),
-			LinkIndex: nr.LinkIndex,
-			OnLink:    nr.Flags&int(netlink.FLAG_ONLINK) != 0,
-			Priority:  nr.Priority,
-			Table:     nr.Table,
-		}
-		if r.Table == unix.RT_TABLE_MAIN {
-			r.Table = 0
-		}
-		if nr.Family == unix.AF_INET6 && r.Priority == ip6DefaultMetric {
-			// The kernel stores an IPv6 route added with metric 0 as
-			// 1024: the same route, read back as it was written.
-			r.Priority = 0
-		}
-		if d, ok := fromIPNet(nr.Dst); ok {
-			r.Dst = d
-		} else if nr.Dst == nil && nr.Family == unix.AF_INET {
-			r.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-		} else if nr.Dst == nil && nr.Family == unix.AF_INET6 {
-			r.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
-		} else {
-			continue
-		}
-		out = append(out, r)
+	r := Route{
+		Gw:        fromIP(nr.Gw),
+		LinkIndex: nr.LinkIndex,
+		OnLink:    nr.Flags&int(netlink.FLAG_ONLINK) != 0,
+		Priority:  nr.Priority,
+		Table:     nr.Table,
 	}
-	return out, nil
+	if r.Table == unix.RT_TABLE_MAIN {
+		r.Table = 0
+	}
+	if nr.Family == unix.AF_INET6 && r.Priority == ip6DefaultMetric {
+		// The kernel stores an IPv6 route added with metric 0 as
+		// 1024: the same route, read back as it was written.
+		r.Priority = 0
+	}
+	switch d, ok := fromIPNet(nr.Dst); {
+	case ok:
+		r.Dst = d
+	case nr.Dst == nil && nr.Family == unix.AF_INET:
+		r.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	case nr.Dst == nil && nr.Family == unix.AF_INET6:
+		r.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	default:
+		return Route{}, false
+	}
+	return r, true
 }
 
 // BlackholeList is `ip route show type blackhole` (main table) for one
@@ -589,22 +599,48 @@ func (h *Handle) NeighDel(n Neigh) error {
 // NeighList is `ip neigh show dev D` for one family (FamilyV4 or FamilyV6).
 // Entries without a link-layer address (incomplete, failed) have a zero MAC.
 func (h *Handle) NeighList(linkIndex int, f Family) ([]Neigh, error) {
-	ns, err := dump(h, fmt.Sprintf("list neighbours of #%d", linkIndex), func() ([]netlink.Neigh, error) {
-		return h.dh.NeighList(linkIndex, int(f))
+	var out []Neigh
+	return dump(h, fmt.Sprintf("list neighbours of #%d", linkIndex), func() ([]Neigh, error) {
+		out = out[:0]
+		return out, h.neighEach(int(f), linkIndex, func(n *netlink.Neigh) {
+			ip := fromIP(n.IP)
+			if !ip.IsValid() {
+				return
+			}
+			mac, _ := MACFrom(n.HardwareAddr) // zero when absent
+			out = append(out, Neigh{LinkIndex: n.LinkIndex, IP: ip, MAC: mac, State: n.State})
+		})
 	})
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Neigh, 0, len(ns))
-	for _, n := range ns {
-		ip := fromIP(n.IP)
-		if !ip.IsValid() {
-			continue
+}
+
+// neighEach dumps the neighbour table of family (AF_BRIDGE: the FDB) and
+// calls f on each entry of link linkIndex (0: of every link) as its
+// message is decoded; entries that do not decode are skipped, as the
+// library does. The library's NeighList first builds a slice of every
+// entry, which at thousands of entries is most of what a full pass
+// allocates. The dump runs on the batch socket: the one socket of this
+// package's own in the handle's namespace.
+func (h *Handle) neighEach(family, linkIndex int, f func(*netlink.Neigh)) error {
+	h.bmu.Lock()
+	defer h.bmu.Unlock()
+	sh := &nl.SocketHandle{Seq: h.bs.seq, Socket: h.bs.s}
+	defer func() { h.bs.seq = sh.Seq }()
+	req := nl.NewNetlinkRequest(unix.RTM_GETNEIGH, unix.NLM_F_DUMP)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
+	req.AddData(&netlink.Ndmsg{Family: uint8(family)})
+	return req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWNEIGH, func(m []byte) bool {
+		// struct ndmsg: family u8, 3 bytes of padding, ifindex s32.
+		if len(m) < 8 || int(m[0]) != family {
+			return true
 		}
-		mac, _ := MACFrom(n.HardwareAddr) // zero when absent
-		out = append(out, Neigh{LinkIndex: n.LinkIndex, IP: ip, MAC: mac, State: n.State})
-	}
-	return out, nil
+		if linkIndex != 0 && int(int32(nl.NativeEndian().Uint32(m[4:8]))) != linkIndex {
+			return true
+		}
+		if n, err := netlink.NeighDeserialize(m); err == nil {
+			f(n)
+		}
+		return true
+	})
 }
 
 // FDBSet is `bridge fdb replace MAC dev D dst DST self permanent`.
@@ -643,20 +679,16 @@ func (h *Handle) FDBDel(e FDB) error {
 // unicast MACs with a destination IP. (The all-zero flood entries and the
 // device's multicast addresses are left out.)
 func (h *Handle) FDBList(linkIndex int) ([]FDB, error) {
-	ns, err := dump(h, fmt.Sprintf("list fdb of #%d", linkIndex), func() ([]netlink.Neigh, error) {
-		return h.dh.NeighList(linkIndex, unix.AF_BRIDGE)
+	var out []FDB
+	return dump(h, fmt.Sprintf("list fdb of #%d", linkIndex), func() ([]FDB, error) {
+		out = out[:0]
+		return out, h.neighEach(unix.AF_BRIDGE, linkIndex, func(n *netlink.Neigh) {
+			mac, err := MACFrom(n.HardwareAddr)
+			dst := fromIP(n.IP)
+			if err != nil || !mac.IsUnicast() || !dst.IsValid() {
+				return
+			}
+			out = append(out, FDB{LinkIndex: n.LinkIndex, MAC: mac, Dst: dst})
+		})
 	})
-	if err != nil {
-		return nil, err
-	}
-	out := make([]FDB, 0, len(ns))
-	for _, n := range ns {
-		mac, err := MACFrom(n.HardwareAddr)
-		dst := fromIP(n.IP)
-		if err != nil || !mac.IsUnicast() || !dst.IsValid() || n.LinkIndex != linkIndex {
-			continue
-		}
-		out = append(out, FDB{LinkIndex: n.LinkIndex, MAC: mac, Dst: dst})
-	}
-	return out, nil
 }

@@ -234,7 +234,13 @@ func (q *nameQueue) take() []string {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	clear(q.names)
+	// A map keeps its buckets when cleared: the first take, with every
+	// node, would hold room for the whole cluster for good.
+	if len(names) > 64 {
+		q.names = map[string]struct{}{}
+	} else {
+		clear(q.names)
+	}
 	close(q.space)
 	q.space = make(chan struct{})
 	return names
