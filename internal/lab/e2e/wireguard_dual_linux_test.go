@@ -50,7 +50,7 @@ func TestWireGuardDualStack(t *testing.T) {
 			}
 		}},
 		{"EncryptedOnTheWireIPv6", func(t *testing.T, ctx context.Context, e *env) {
-			checkEncrypted(t, ctx, e, e.l.Node(2).Pods[0].IP6, 51821)
+			checkEncrypted(t, ctx, e, e.l.Node(2).Pods[0].IP6, 51821, 51820)
 		}},
 		{"DualLease", testWireGuardDualLease},
 		{"DeletedV6DeviceHeals", testWireGuardHeal6},
