@@ -187,6 +187,37 @@ func wantCheckFailsWithoutRoute(t *testing.T, ctx context.Context, node *cnirig.
 	}
 }
 
+// wantCheckFailsWithoutAddr deletes the pod's address a and wants CHECK to
+// fail naming it, and no other address.
+func wantCheckFailsWithoutAddr(t *testing.T, ctx context.Context, node *cnirig.Node, pod *cnirig.Pod, a netip.Prefix, others ...netip.Prefix) {
+	t.Helper()
+	h, err := netlinkx.NewAt(pod.NS.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(pod.IfName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrDel(l, a); err != nil {
+		t.Fatal(err)
+	}
+	err = node.Check(ctx, pod)
+	var te *types.Error
+	if !errors.As(err, &te) {
+		t.Fatalf("CHECK without the address %s: got %v, want a CNI error", a, err)
+	}
+	if want := "address " + a.String() + " missing"; te.Code != weftcni.CodeCheckFailed || !strings.Contains(te.Msg, want) || !strings.Contains(te.Msg, pod.IfName) {
+		t.Errorf("CHECK without the address %s: code %d %q, want code %d naming %s and %q", a, te.Code, te.Msg, weftcni.CodeCheckFailed, pod.IfName, want)
+	}
+	for _, o := range others {
+		if strings.Contains(te.Msg, "address "+o.String()) {
+			t.Errorf("CHECK without the address %s: %q also blames %s, which is in place", a, te.Msg, o)
+		}
+	}
+}
+
 func wantNodeClean(t *testing.T, n *cnirig.Node) {
 	t.Helper()
 	if err := n.CheckEmpty(); err != nil {
@@ -502,13 +533,15 @@ func TestDualStackAddCheckDel(t *testing.T) {
 		t.Fatalf("ADD: %v", err)
 	}
 	var got4, got6 netip.Addr
+	var pfx4, pfx6 netip.Prefix
 	for _, ip := range res.IPs {
 		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		ones, _ := ip.Address.Mask.Size()
 		switch a = a.Unmap(); {
 		case a.Is4():
-			got4 = a
+			got4, pfx4 = a, netip.PrefixFrom(a, ones)
 		case a.Is6():
-			got6 = a
+			got6, pfx6 = a, netip.PrefixFrom(a, ones)
 		}
 	}
 	if !env.Subnet.Masked().Contains(got4) || !env.IPv6Subnet.Masked().Contains(got6) {
@@ -523,6 +556,7 @@ func TestDualStackAddCheckDel(t *testing.T) {
 		t.Fatalf("CHECK of a healthy dual-stack pod: %v", err)
 	}
 	wantCheckFailsWithoutRoute(t, ctx, node, pod, r6)
+	wantCheckFailsWithoutAddr(t, ctx, node, pod, pfx6, pfx4)
 	if err := node.Del(ctx, pod); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}

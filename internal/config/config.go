@@ -278,7 +278,7 @@ func parseFamily(network *netip.Prefix, subnetLen *int, subnetMin, subnetMax *ne
 		case l > f.maxLen:
 			return fieldErr(f.prefix+"SubnetLen", val, "must be at most %d (each node needs room for its gateway and pods)", f.maxLen)
 		case l < p.Bits()+2:
-			return fieldErr(f.prefix+"SubnetLen", val, "%s %s must hold at least four subnets, so SubnetLen must be at least %d", netKey, p, p.Bits()+2)
+			return fieldErr(f.prefix+"SubnetLen", val, "%s %s must hold at least four subnets, so %sSubnetLen must be at least %d", netKey, p, f.prefix, p.Bits()+2)
 		}
 		*subnetLen = l
 	} else {
@@ -308,7 +308,7 @@ func parseFamily(network *netip.Prefix, subnetLen *int, subnetMin, subnetMax *ne
 			return netip.Addr{}, fieldErr(key, quote(*w), "outside %s %s", netKey, p)
 		}
 		if netip.PrefixFrom(a, *subnetLen).Masked().Addr() != a {
-			return netip.Addr{}, fieldErr(key, quote(*w), "not on a /%d boundary (SubnetLen)", *subnetLen)
+			return netip.Addr{}, fieldErr(key, quote(*w), "not on a /%d boundary (%sSubnetLen)", *subnetLen, f.prefix)
 		}
 		return a, nil
 	}

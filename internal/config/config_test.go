@@ -83,6 +83,18 @@ func TestIPv6(t *testing.T) {
 	if n.IPv6SubnetLen != 64 || n.IPv6SubnetMin != netip.MustParseAddr("fd00:10:244:1::") || n.IPv6SubnetMax != netip.MustParseAddr("fd00:10:244:ff::") {
 		t.Errorf("got %d %s %s", n.IPv6SubnetLen, n.IPv6SubnetMin, n.IPv6SubnetMax)
 	}
+	// An explicit range is kept as given, and bounds the IPv6 family only.
+	n, _, err = Parse([]byte(`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","IPv6SubnetLen":62,` +
+		`"IPv6SubnetMin":"fd00:10:244:10::","IPv6SubnetMax":"fd00:10:244:1c::","Backend":{"Type":"vxlan"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.IPv6SubnetLen != 62 || n.IPv6SubnetMin != netip.MustParseAddr("fd00:10:244:10::") || n.IPv6SubnetMax != netip.MustParseAddr("fd00:10:244:1c::") {
+		t.Errorf("explicit IPv6 range: got %d %s %s", n.IPv6SubnetLen, n.IPv6SubnetMin, n.IPv6SubnetMax)
+	}
+	if n.SubnetMin != netip.MustParseAddr("10.244.1.0") || n.SubnetMax != netip.MustParseAddr("10.244.255.0") {
+		t.Errorf("explicit IPv6 range moved the IPv4 one: %s %s", n.SubnetMin, n.SubnetMax)
+	}
 	n, _, err = Parse([]byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}`))
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +121,7 @@ func TestErrors(t *testing.T) {
 		{"network too small", `{"Network":"10.0.0.0/29"}`, "Network", []string{"too small"}},
 		{"min outside", `{"Network":"10.244.0.0/16","SubnetMin":"10.245.1.0"}`, "SubnetMin", []string{`SubnetMin "10.245.1.0"`, "outside Network 10.244.0.0/16"}},
 		{"max outside", `{"Network":"10.244.0.0/16","SubnetMax":"192.0.2.0"}`, "SubnetMax", []string{`SubnetMax "192.0.2.0"`, "outside"}},
-		{"min unaligned", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.5"}`, "SubnetMin", []string{"boundary"}},
+		{"min unaligned", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.5"}`, "SubnetMin", []string{"not on a /24 boundary (SubnetLen)"}},
 		{"min not ip", `{"Network":"10.244.0.0/16","SubnetMin":"ten"}`, "SubnetMin", []string{"not an IP"}},
 		{"max below min", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}`, "SubnetMax", []string{"below"}},
 		{"unknown backend", `{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}`, "Backend.Type", []string{`"ipip"`, "vxlan"}},
@@ -123,6 +135,10 @@ func TestErrors(t *testing.T) {
 		{"ipv6 subnetlen no room", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/64","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}`, "IPv6SubnetLen", []string{"IPv6SubnetLen 64", "IPv6Network fd00::/64", "four subnets"}},
 		{"ipv6 subnetlen 127", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127,"Backend":{"Type":"vxlan"}}`, "IPv6SubnetLen", []string{"IPv6SubnetLen 127", "at most 126"}},
 		{"ipv6 network too small", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/125","Backend":{"Type":"vxlan"}}`, "IPv6Network", []string{"fd00::/125", "too small"}},
+		{"ipv6 max below min", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:3::","Backend":{"Type":"vxlan"}}`, "IPv6SubnetMax", []string{`IPv6SubnetMax "fd00:0:0:3::"`, "below IPv6SubnetMin fd00:0:0:9::"}},
+		{"ipv6 min unaligned", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:1::5","Backend":{"Type":"vxlan"}}`, "IPv6SubnetMin", []string{`IPv6SubnetMin "fd00:0:0:1::5"`, "not on a /64 boundary (IPv6SubnetLen)"}},
+		{"ipv6 max unaligned", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":60,"IPv6SubnetMax":"fd00:0:0:f1::","Backend":{"Type":"vxlan"}}`, "IPv6SubnetMax", []string{`IPv6SubnetMax "fd00:0:0:f1::"`, "/60 boundary (IPv6SubnetLen)"}},
+		{"ipv6 subnetlen short names the key", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":57,"Backend":{"Type":"vxlan"}}`, "IPv6SubnetLen", []string{"IPv6SubnetLen 57", "so IPv6SubnetLen must be at least 58"}},
 		{"ipv6 min outside", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::","Backend":{"Type":"vxlan"}}`, "IPv6SubnetMin", []string{`IPv6SubnetMin "fd01::"`, "outside IPv6Network fd00::/56"}},
 		{"both families off", `{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":false}`, "EnableIPv4", []string{"EnableIPv4 false", "EnableIPv6"}},
 		{"udp with ipv6", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"udp"}}`, "EnableIPv6", []string{"EnableIPv6 true", "Backend.Type", "udp"}},
@@ -156,6 +172,8 @@ func FuzzParse(f *testing.F) {
 		`{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.20.0"}`,
 		`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56"}`,
 		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/120","IPv6SubnetLen":126}`,
+		`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":60,"IPv6SubnetMin":"fd00:0:0:10::","IPv6SubnetMax":"fd00:0:0:f0::","Backend":{"Type":"vxlan"}}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/120","IPv6SubnetLen":126,"Backend":{"Type":"host-gw"}}`,
 		`[]`, `null`, `{"Backend":null}`,
 	} {
 		f.Add([]byte(s))
@@ -175,9 +193,35 @@ func FuzzParse(f *testing.F) {
 			if n.SubnetLen > 30 || n.SubnetLen < n.Network.Bits()+2 {
 				t.Fatalf("SubnetLen %d invalid for %s", n.SubnetLen, n.Network)
 			}
-			if netip.PrefixFrom(n.SubnetMin, n.SubnetLen).Masked().Addr() != n.SubnetMin {
-				t.Fatalf("SubnetMin %s not aligned to /%d", n.SubnetMin, n.SubnetLen)
+			if netip.PrefixFrom(n.SubnetMin, n.SubnetLen).Masked().Addr() != n.SubnetMin ||
+				netip.PrefixFrom(n.SubnetMax, n.SubnetLen).Masked().Addr() != n.SubnetMax {
+				t.Fatalf("SubnetMin %s or SubnetMax %s not aligned to /%d", n.SubnetMin, n.SubnetMax, n.SubnetLen)
 			}
+		} else if n.Network.IsValid() {
+			t.Fatalf("IPv4 off but Network %s set", n.Network)
+		}
+		if n.EnableIPv6 {
+			if !n.IPv6Network.Addr().Is6() || n.IPv6Network.Addr().Is4In6() || n.IPv6Network.Masked() != n.IPv6Network {
+				t.Fatalf("IPv6Network %s is not a masked IPv6 prefix", n.IPv6Network)
+			}
+			if !n.IPv6Network.Contains(n.IPv6SubnetMin) || !n.IPv6Network.Contains(n.IPv6SubnetMax) || n.IPv6SubnetMax.Less(n.IPv6SubnetMin) {
+				t.Fatalf("IPv6 range [%s, %s] not inside %s", n.IPv6SubnetMin, n.IPv6SubnetMax, n.IPv6Network)
+			}
+			if n.IPv6SubnetLen > 126 || n.IPv6SubnetLen < n.IPv6Network.Bits()+2 {
+				t.Fatalf("IPv6SubnetLen %d invalid for %s", n.IPv6SubnetLen, n.IPv6Network)
+			}
+			if netip.PrefixFrom(n.IPv6SubnetMin, n.IPv6SubnetLen).Masked().Addr() != n.IPv6SubnetMin ||
+				netip.PrefixFrom(n.IPv6SubnetMax, n.IPv6SubnetLen).Masked().Addr() != n.IPv6SubnetMax {
+				t.Fatalf("IPv6SubnetMin %s or IPv6SubnetMax %s not aligned to /%d", n.IPv6SubnetMin, n.IPv6SubnetMax, n.IPv6SubnetLen)
+			}
+			if n.Backend.Type == BackendUDP {
+				t.Fatal("EnableIPv6 accepted with the udp backend")
+			}
+		} else if n.IPv6Network.IsValid() {
+			t.Fatalf("IPv6 off but IPv6Network %s set", n.IPv6Network)
+		}
+		if !n.EnableIPv4 && !n.EnableIPv6 {
+			t.Fatal("both families off accepted")
 		}
 		switch n.Backend.Type {
 		case BackendVXLAN, BackendHostGW, BackendUDP:

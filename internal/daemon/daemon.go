@@ -628,8 +628,15 @@ func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (tim
 			return 0, err
 		}
 		if errors.Is(err, lease.ErrPoolExhausted) {
-			d.log.Error("cannot acquire a lease: the subnet pool is exhausted; retrying", "err", err,
-				"network", d.net.Network, "subnet_min", d.net.SubnetMin, "subnet_max", d.net.SubnetMax, "retry_in", time.Minute)
+			attrs := []any{"err", err}
+			// Both families' ranges: either may be the full one.
+			if d.net.EnableIPv4 {
+				attrs = append(attrs, "network", d.net.Network, "subnet_min", d.net.SubnetMin, "subnet_max", d.net.SubnetMax)
+			}
+			if d.net.EnableIPv6 {
+				attrs = append(attrs, "ipv6_network", d.net.IPv6Network, "ipv6_subnet_min", d.net.IPv6SubnetMin, "ipv6_subnet_max", d.net.IPv6SubnetMax)
+			}
+			d.log.Error("cannot acquire a lease: the subnet pool is exhausted; retrying", append(attrs, "retry_in", time.Minute)...)
 			d.notReadyUnlessHeld("subnet pool exhausted: " + err.Error())
 			return backoff.Jittered(0, time.Minute, time.Minute), err
 		}

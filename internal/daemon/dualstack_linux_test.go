@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -175,6 +176,69 @@ func TestDaemonDualStackNeedsBothFamilies(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "ext0") || !strings.Contains(err.Error(), "IPv6") || !strings.Contains(err.Error(), "dual stack") {
 		t.Fatalf("Run = %v, want an error naming ext0, IPv6 and dual stack; log:\n%s", err, logs.String())
+	}
+}
+
+// TestDaemonIPv6PoolExhausted: the IPv4 pool has room but the only IPv6
+// subnet is reserved: weftd says the IPv6 range is full, naming its keys
+// and bounds, on /readyz too, and keeps running.
+func TestDaemonIPv6PoolExhausted(t *testing.T) {
+	nstest.RequireRoot(t)
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	ctx := context.Background()
+	if _, err := cli.Put(ctx, prefix+"/subnets/10.60.0.4-30&fd00:60:0:1::-64", `{"PublicIP":"192.0.2.21","PublicIPv6":"2001:db8::21","BackendType":"host-gw"}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, prefix+"/config", `{"Network":"10.60.0.0/28","EnableIPv6":true,"IPv6Network":"fd00:60::/56",`+
+		`"IPv6SubnetMin":"fd00:60:0:1::","IPv6SubnetMax":"fd00:60:0:1::","Backend":{"Type":"host-gw"}}`); err != nil {
+		t.Fatal(err)
+	}
+	hostNS, peerNS := nstest.New(t), nstest.New(t)
+	hostNS.Sysctl(t, "net/ipv6/conf/default/accept_dad", "0")
+	nstest.Veth(t, hostNS, "ext0", netip.MustParsePrefix("192.0.2.10/24"), peerNS, "p0", netip.MustParsePrefix("192.0.2.1/24"))
+	if err := hostNS.H.AddrReplace(hostNS.Link(t, "ext0"), netip.MustParsePrefix("2001:db8::10/64")); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	logs := &syncBuffer{}
+	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
+		Options: agentopts.Options{
+			Etcd:        agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+			EtcdPrefix:  prefix,
+			Iface:       netif.Spec{Ifaces: []string{"ext0"}},
+			SubnetFile:  filepath.Join(t.TempDir(), "subnet.env"),
+			HealthzIP:   "127.0.0.1",
+			HealthzPort: port,
+		},
+		Logger:  slog.New(slog.NewTextHandler(logs, nil)),
+		Netlink: hostNS.H,
+	}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("weftd log:\n%s", logs.String())
+		}
+	})
+	n.start()
+	waitFor(t, "/readyz to report the exhausted IPv6 pool", 5*time.Second, func() bool {
+		code, body := httpGet(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
+		return code == 503 && strings.Contains(body, "subnet pool exhausted") && strings.Contains(body, "IPv6 pool")
+	})
+	var line string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "the subnet pool is exhausted") {
+			line = l
+			break
+		}
+	}
+	for _, want := range []string{"IPv6 pool fd00:60:0:1::/64 to fd00:60:0:1::/64", "IPv6SubnetMin to IPv6SubnetMax",
+		"ipv6_subnet_min=fd00:60:0:1::", "ipv6_subnet_max=fd00:60:0:1::"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("log line %q does not contain %q", line, want)
+		}
+	}
+	if err := n.stop(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -54,6 +54,38 @@ func (o BenchOptions) rounds() int {
 	return 3
 }
 
+// ipv6RatioTolerance is the target: the IPv6 pod→pod / bare ratio
+// within 5 % of the IPv4 one.
+const ipv6RatioTolerance = 0.05
+
+// familyRatios is the verdict of the IPv6 throughput benchmark: each
+// family's pod / bare ratio, the floor the IPv6 one must reach and whether
+// it does.
+type familyRatios struct {
+	R4, R6, Floor float64
+	Meets         bool
+}
+
+// compareFamilyRatios reads the target as one-sided and relative: IPv6 may
+// do better than IPv4, and may do worse by at most ipv6RatioTolerance of the
+// IPv4 ratio (not of the throughput, nor in ratio points). A bare run that
+// moved nothing is an error: its ratio would be NaN or infinite, and NaN
+// fails every comparison, so it would read as meeting the target.
+func compareFamilyRatios(bare4, pod4, bare6, pod6 float64) (familyRatios, error) {
+	for _, v := range []struct {
+		name      string
+		bps       float64
+		mustExist bool
+	}{{"bare IPv4", bare4, true}, {"pod IPv4", pod4, false}, {"bare IPv6", bare6, true}, {"pod IPv6", pod6, false}} {
+		if (v.mustExist && !(v.bps > 0)) || !(v.bps >= 0) {
+			return familyRatios{}, fmt.Errorf("%s throughput %v bit/s: no ratio to compare", v.name, v.bps)
+		}
+	}
+	r4, r6 := pod4/bare4, pod6/bare6
+	floor := r4 * (1 - ipv6RatioTolerance)
+	return familyRatios{R4: r4, R6: r6, Floor: floor, Meets: r6 >= floor}, nil
+}
+
 // interleave orders rounds measurements of "bare" and "pod" so that each
 // kind is as often first as second in a pair: bare pod pod bare bare pod ...
 func interleave(rounds int) []string {

@@ -159,10 +159,6 @@ func benchThroughput(ctx context.Context, l *Lab, o BenchOptions) ([]Result, err
 	}, nil
 }
 
-// ipv6RatioTolerance is the target: the IPv6 pod→pod / bare ratio
-// within 5 % of the IPv4 one.
-const ipv6RatioTolerance = 0.05
-
 // benchThroughputIPv6 measures, in a dual-stack lab, one TCP stream from
 // node 1 to node 2 over the bare underlay and pod to pod, over IPv4 and
 // over IPv6, interleaved as benchThroughput does, and compares the two
@@ -208,9 +204,12 @@ func benchThroughputIPv6(ctx context.Context, l *Lab, o BenchOptions) ([]Result,
 		}
 	}
 	b4, p4, b6, p6 := best(runs["bare4"]), best(runs["pod4"]), best(runs["bare6"]), best(runs["pod6"])
-	r4, r6 := p4.Bps/b4.Bps, p6.Bps/b6.Bps
+	fr, err := compareFamilyRatios(b4.Bps, p4.Bps, b6.Bps, p6.Bps)
+	if err != nil {
+		return nil, err
+	}
 	verdict := "meets"
-	if r6 < r4*(1-ipv6RatioTolerance) {
+	if !fr.Meets {
 		verdict = "BELOW"
 	}
 	settings := fmt.Sprintf("iperf3 1 stream, -t %s, best of %d, IPv4 and IPv6 interleaved; dual-stack lab, underlay %s",
@@ -221,9 +220,9 @@ func benchThroughputIPv6(ctx context.Context, l *Lab, o BenchOptions) ([]Result,
 		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s pod→pod n1→n2 IPv6", be), Value: p6.Bps / 1e9, Unit: "Gbit/s", Note: fmt.Sprintf("%d retransmits", p6.Retransmits)},
 		{Section: "throughput-ipv6", Metric: fmt.Sprintf("bare underlay n1→n2 IPv4 (%s lab)", be), Value: b4.Bps / 1e9, Unit: "Gbit/s"},
 		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s pod→pod n1→n2 IPv4", be), Value: p4.Bps / 1e9, Unit: "Gbit/s", Note: fmt.Sprintf("%d retransmits", p4.Retransmits)},
-		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s IPv4 / bare IPv4", be), Value: r4, Unit: "×"},
-		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s IPv6 / bare IPv6", be), Value: r6, Unit: "×",
-			Note: fmt.Sprintf("%s target ≥ %.2f (IPv4 ratio − %.0f %%)", verdict, r4*(1-ipv6RatioTolerance), ipv6RatioTolerance*100)},
+		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s IPv4 / bare IPv4", be), Value: fr.R4, Unit: "×"},
+		{Section: "throughput-ipv6", Metric: fmt.Sprintf("%s IPv6 / bare IPv6", be), Value: fr.R6, Unit: "×",
+			Note: fmt.Sprintf("%s target ≥ %.2f (IPv4 ratio − %.0f %%)", verdict, fr.Floor, ipv6RatioTolerance*100)},
 	}, nil
 }
 

@@ -10,8 +10,10 @@ import (
 	"github.com/weft-net/weft/internal/config"
 )
 
-// ErrPoolExhausted means every subnet in [SubnetMin, SubnetMax] is taken.
-var ErrPoolExhausted = errors.New("no free subnet left in [SubnetMin, SubnetMax]: remove stale leases or widen the range")
+// ErrPoolExhausted means every subnet of a family's pool is taken. It names
+// no keys: the store wraps it with the family's range (SubnetMin/SubnetMax or
+// IPv6SubnetMin/IPv6SubnetMax), which is what a user has to widen.
+var ErrPoolExhausted = errors.New("no free subnet left in the pool: remove stale leases or widen the range")
 
 // Pool is the set of subnets a network hands out.
 type Pool struct {

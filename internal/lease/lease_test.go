@@ -163,6 +163,40 @@ func TestPoolV6(t *testing.T) {
 	}
 }
 
+// An explicit IPv6 range bounds every pick, as SubnetMin/SubnetMax do for
+// IPv4, and a full one says so.
+func TestPoolV6PickStaysInRange(t *testing.T) {
+	n := mustNet(t, `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",`+
+		`"IPv6SubnetMin":"fd00:10:244:a0::","IPv6SubnetMax":"fd00:10:244:a5::","Backend":{"Type":"vxlan"}}`)
+	pool := PoolV6(n)
+	if pool.Size() != 6 {
+		t.Fatalf("pool size %d, want 6", pool.Size())
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	taken := map[netip.Prefix]bool{}
+	for range 6 {
+		s, err := pool.Pick(r, func(p netip.Prefix) bool { return taken[p] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if taken[s] || !pool.Contains(s) || s.Bits() != 64 || s.Addr().Less(n.IPv6SubnetMin) || n.IPv6SubnetMax.Less(s.Addr()) {
+			t.Fatalf("picked %s: taken or outside [%s, %s]", s, n.IPv6SubnetMin, n.IPv6SubnetMax)
+		}
+		taken[s] = true
+	}
+	if _, err := pool.Pick(r, func(p netip.Prefix) bool { return taken[p] }); err != ErrPoolExhausted {
+		t.Fatalf("full IPv6 pool: got %v, want ErrPoolExhausted", err)
+	}
+	if strings.Contains(ErrPoolExhausted.Error(), "SubnetMin") {
+		t.Errorf("ErrPoolExhausted %q names IPv4 keys; the store names the family's own", ErrPoolExhausted)
+	}
+	for _, p := range []string{"fd00:10:244:9f::/64", "fd00:10:244:a6::/64", "fd00:10:244:a0::/65", "fd00:10:244:a0::1/64", "10.244.160.0/24"} {
+		if pool.Contains(netip.MustParsePrefix(p)) {
+			t.Errorf("pool should not contain %s", p)
+		}
+	}
+}
+
 func TestSameNode(t *testing.T) {
 	v6 := func(s string) *netip.Addr { a := netip.MustParseAddr(s); return &a }
 	a := Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")}

@@ -150,22 +150,43 @@ func testRestart(t *testing.T, ctx context.Context, e *env) {
 // The agent puts back what is deleted behind its back — the VXLAN device,
 // a route, a neighbour, an FDB entry, the device set down — as soon as
 // the kernel says so, well within one resync period.
-func testHeal(t *testing.T, ctx context.Context, e *env) {
+func testHeal(t *testing.T, ctx context.Context, e *env) { healFamily(t, ctx, e, false) }
+
+// healFamily is testHeal on flannel.1 or, with v6, on flannel-v6.1: the
+// same faults, the same bound, the same log line.
+func healFamily(t *testing.T, ctx context.Context, e *env, v6 bool) {
 	const i = 1
 	n := e.l.Node(i)
 	peers := e.others(i)
-	p := peers[0]
+	sn, pub, mac := peers[0].half(v6)
+	dev, ip := vxlanDevice, []string{"ip"}
+	if v6 {
+		dev, ip = vxlanDevice6, []string{"ip", "-6"}
+	}
+	// change is what the repair's log line must say set it off: this fault,
+	// on the device as it is now, not a change left over from the last one.
 	faults := []struct {
-		name string
-		cmd  []string
+		name   string
+		cmd    []string
+		change func(idx int) string
 	}{
-		{vxlanDevice + " deleted", []string{"ip", "link", "del", vxlanDevice}},
-		{"route to " + p.subnet.String() + " deleted", []string{"ip", "route", "del", p.subnet.String()}},
-		{"neighbour " + p.subnet.Addr().String() + " deleted", []string{"ip", "neigh", "del", p.subnet.Addr().String(), "dev", vxlanDevice}},
-		{"FDB entry " + p.mac.String() + " deleted", []string{"bridge", "fdb", "del", p.mac.String(), "dev", vxlanDevice, "dst", p.public.String()}},
-		{vxlanDevice + " set down", []string{"ip", "link", "set", vxlanDevice, "down"}},
+		{dev + " deleted", []string{"ip", "link", "del", dev},
+			func(idx int) string { return fmt.Sprintf("#%d", idx) }},
+		{"route to " + sn.String() + " deleted", append(ip, "route", "del", sn.String()),
+			func(idx int) string { return fmt.Sprintf("route %s on #%d deleted", sn, idx) }},
+		{"neighbour " + sn.Addr().String() + " deleted", append(ip, "neigh", "del", sn.Addr().String(), "dev", dev),
+			func(idx int) string { return fmt.Sprintf("neighbour or FDB entry on #%d deleted", idx) }},
+		{"FDB entry " + mac.String() + " deleted", []string{"bridge", "fdb", "del", mac.String(), "dev", dev, "dst", pub.String()},
+			func(idx int) string { return fmt.Sprintf("neighbour or FDB entry on #%d deleted", idx) }},
+		{dev + " set down", []string{"ip", "link", "set", dev, "down"},
+			func(idx int) string { return fmt.Sprintf("#%d", idx) }},
 	}
 	for _, f := range faults {
+		e.repairsSettled(ctx, i)
+		l, err := e.h[i].LinkByName(dev)
+		if err != nil {
+			t.Fatal(err)
+		}
 		mark := e.mark(i)
 		if _, err := e.l.Exec(ctx, n.NS, f.cmd...); err != nil {
 			t.Fatalf("%s: %v", f.name, err)
@@ -176,28 +197,33 @@ func testHeal(t *testing.T, ctx context.Context, e *env) {
 		if err != nil {
 			t.Fatalf("%s: not repaired within %s: %v", f.name, eventRepair, err)
 		}
-		t.Logf("%s: repaired in %s", f.name, took.Round(time.Millisecond))
-		e.waitLog(ctx, mark, 2*time.Second, `msg="repairing: the kernel lost part of the datapath"`)
-		if f.name == vxlanDevice+" deleted" {
+		line := e.waitLog(ctx, mark, 2*time.Second, `msg="repairing: the kernel lost part of the datapath"`, f.change(l.Attrs().Index))
+		t.Logf("%s: repaired in %s: %s", f.name, took.Round(time.Millisecond), line)
+		if f.name == dev+" deleted" {
 			// The recreated device has the MAC the others know it by.
-			if got := e.peer(i); got.mac != peerMAC(t, e, i) {
-				t.Errorf("recreated %s has MAC %s, the lease says otherwise", vxlanDevice, got.mac)
+			if _, _, got := e.peer(i).half(v6); got != peerMAC(t, e, i, v6) {
+				t.Errorf("recreated %s has MAC %s, the lease says otherwise", dev, got)
 			}
 		}
 		e.mesh(ctx)
 	}
 }
 
-// peerMAC is node i's VtepMAC as its lease publishes it.
-func peerMAC(t *testing.T, e *env, i int) netlinkx.MAC {
+// peerMAC is node i's VtepMAC as its lease publishes it: BackendData's, or
+// with v6 BackendV6Data's.
+func peerMAC(t *testing.T, e *env, i int, v6 bool) netlinkx.MAC {
 	t.Helper()
 	a, ok, err := e.getLease(context.Background(), e.leaseKey(i))
 	if err != nil || !ok {
 		t.Fatalf("lease of node %d: %v, %v", i, ok, err)
 	}
+	data := a.BackendData
+	if v6 {
+		data = a.BackendV6Data
+	}
 	var d struct{ VtepMAC netlinkx.MAC }
-	if err := json.Unmarshal(a.BackendData, &d); err != nil {
-		t.Fatalf("lease of node %d: BackendData %s: %v", i, a.BackendData, err)
+	if err := json.Unmarshal(data, &d); err != nil {
+		t.Fatalf("lease of node %d: backend data %s: %v", i, data, err)
 	}
 	return d.VtepMAC
 }
@@ -209,7 +235,7 @@ func testDeletedLease(t *testing.T, ctx context.Context, e *env) {
 	const i = 3
 	n := e.l.Node(i)
 	key := e.leaseKey(i)
-	subnet := e.subnet(i)
+	subnet, subnet6 := e.subnet(i), e.subnet6(i)
 	envBefore, err := os.ReadFile(n.SubnetFile)
 	if err != nil {
 		t.Fatal(err)
@@ -264,6 +290,12 @@ func testDeletedLease(t *testing.T, ctx context.Context, e *env) {
 	}
 	if got := e.subnet(i); got != subnet {
 		t.Errorf("node %d restarted with subnet %s, had %s", i, got, subnet)
+	}
+	if got := e.subnet6(i); got != subnet6 {
+		t.Errorf("node %d restarted with IPv6 subnet %s, had %s", i, got, subnet6)
+	}
+	if _, ok, err := e.getLease(ctx, key); err != nil || !ok {
+		t.Errorf("node %d restarted without its lease %s (%v)", i, key, err)
 	}
 	e.converged(ctx, resync+slack)
 }
@@ -334,7 +366,7 @@ func testHostileLeases(t *testing.T, ctx context.Context, e *env) {
 	// 10.244.1.0): the lowest subnet used to win the MAC.
 	macCopy := netip.MustParsePrefix("10.244.0.0/24")
 	macKey := storePrefix + "/subnets/" + lease.Key(macCopy, netip.Prefix{})
-	mac2 := peerMAC(t, e, 2)
+	mac2 := peerMAC(t, e, 2, false)
 
 	var marks []logMark
 	for _, n := range e.l.Nodes {

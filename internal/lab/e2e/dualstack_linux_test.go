@@ -17,8 +17,9 @@ import (
 // TestDualStackVXLANScenarios: a three-node dual-stack vxlan lab (every
 // mesh check pings over IPv4 and over IPv6), an IPv6 TCP stream across
 // nodes, and the healing scenarios with IPv6 in them: restart (pings of
-// both families keep flowing), a deleted flannel-v6.1 and IPv6 route, a
-// deleted lease.
+// both families keep flowing), flannel-v6.1 and its IPv6 routes,
+// neighbours and FDB entries deleted (repaired from events, as for IPv4),
+// a deleted lease (both subnets kept).
 func TestDualStackVXLANScenarios(t *testing.T) {
 	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -34,7 +35,7 @@ func TestDualStackVXLANScenarios(t *testing.T) {
 		{"IPv6Stream", testStream6},
 		{"DualLease", testDualLease},
 		{"RestartKeepsSubnetsAndTraffic", testRestart},
-		{"DeletedFlannelV6AndIPv6RouteHeal", testHeal6},
+		{"DeletedFlannelV6AndIPv6PartsHeal", testHeal6},
 		{"DeletedDeviceAndRouteHeal", testHeal},
 		{"DeletedLease", testDeletedLease},
 	})
@@ -183,38 +184,10 @@ func testDualLease(t *testing.T, ctx context.Context, e *env) {
 	}
 }
 
-// testHeal6: flannel-v6.1 deleted by hand comes back, with its MAC, its
-// address and every IPv6 route, neighbour and FDB entry, within a resync;
-// so does one IPv6 route.
-func testHeal6(t *testing.T, ctx context.Context, e *env) {
-	const i = 1
-	n := e.l.Node(i)
-	peers := e.others(i)
-	within := resync + slack
-	mac6 := e.peer(i).mac6
-	if _, err := e.l.Exec(ctx, n.NS, "ip", "link", "del", vxlanDevice6); err != nil {
-		t.Fatal(err)
-	}
-	took, err := waitFor(ctx, within, func() error { return e.fabricErr(i, peers) })
-	if err != nil {
-		t.Fatalf("%s not back with its address, routes, neighbours and FDB: %v", vxlanDevice6, err)
-	}
-	t.Logf("%s deleted: back, with everything on it, in %s", vxlanDevice6, took.Round(time.Millisecond))
-	if got := e.peer(i).mac6; got != mac6 {
-		t.Errorf("recreated %s has MAC %s, published %s", vxlanDevice6, got, mac6)
-	}
-	e.mesh(ctx)
-
-	dst := peers[0].subnet6.String()
-	if _, err := e.l.Exec(ctx, n.NS, "ip", "-6", "route", "del", dst); err != nil {
-		t.Fatal(err)
-	}
-	took, err = waitFor(ctx, within, func() error { return e.fabricErr(i, peers) })
-	if err != nil {
-		t.Fatalf("IPv6 route to %s not back: %v", dst, err)
-	}
-	t.Logf("IPv6 route to %s deleted: back in %s", dst, took.Round(time.Millisecond))
-}
+// testHeal6 is testHeal over IPv6: flannel-v6.1 deleted or set down, an
+// IPv6 route, neighbour or FDB entry deleted, each repaired from the
+// kernel's notification well within a resync, flannel-v6.1 with its MAC.
+func testHeal6(t *testing.T, ctx context.Context, e *env) { healFamily(t, ctx, e, true) }
 
 // TestKubeIPv6Only: an IPv6-only network (EnableIPv4 false) with the
 // Kubernetes store, as flannel runs it: Nodes get IPv6 podCIDRs only,

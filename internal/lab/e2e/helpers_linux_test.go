@@ -458,6 +458,25 @@ func (e *env) waitLog(ctx context.Context, m logMark, within time.Duration, want
 	return found
 }
 
+// repairsSettled waits until node i's agent has logged no repair for
+// longer than its repair rate limit (500 ms): a repair still pending (the
+// agent setting its own recreated device up is a change too) would fix the
+// next fault and pass for its event-driven repair.
+func (e *env) repairsSettled(ctx context.Context, i int) {
+	e.t.Helper()
+	const quiet = 700 * time.Millisecond
+	if _, err := waitEvery(ctx, 0, 5*time.Second, func() error {
+		m := e.mark(i)
+		time.Sleep(quiet)
+		if strings.Contains(m.since(), `msg="repairing:`) {
+			return fmt.Errorf("node %d still repairing", i)
+		}
+		return nil
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // alive fails the test unless node i's agent runs.
 func (e *env) alive(i int) {
 	e.t.Helper()

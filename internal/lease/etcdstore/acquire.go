@@ -277,8 +277,12 @@ func (a *acquisition) choose(enabled bool, family string, pool lease.Pool, lo, h
 	}
 	p, err := pool.Pick(a.rnd, func(p netip.Prefix) bool { return taken[p] })
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("acquire lease: %s pool %s/%d to %s/%d (%d subnets, all taken): %w",
-			family, lo, bits, hi, bits, pool.Size(), err)
+		keys := "SubnetMin to SubnetMax"
+		if family == "IPv6" {
+			keys = "IPv6SubnetMin to IPv6SubnetMax"
+		}
+		return netip.Prefix{}, fmt.Errorf("acquire lease: %s pool %s/%d to %s/%d (%s: %d subnets, all taken): %w",
+			family, lo, bits, hi, bits, keys, pool.Size(), err)
 	}
 	return p, nil
 }

@@ -323,6 +323,106 @@ func TestDualStackSharedSubnetRace(t *testing.T) {
 	}
 }
 
+// The same race on the IPv6 side: a key with another IPv4 subnet already
+// holds our IPv6 subnet. The older claim wins; we move to a free one.
+func TestDualStackSharedIPv6SubnetRace(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	s, _ := newStore(t, cli, time.Hour)
+	ctx := ctxT(t)
+	n := network(t, `{"Network":"10.244.0.0/16","SubnetMin":"10.244.3.0","SubnetMax":"10.244.9.0",`+
+		`"EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:1::","IPv6SubnetMax":"fd00:0:0:2::","Backend":{"Type":"vxlan"}}`)
+	const older = "/coreos.com/network/subnets/10.244.9.0-24&fd00:0:0:1::-64"
+	put(t, cli, older, `{"PublicIP":"192.0.2.9","PublicIPv6":null}`)
+	a := &acquisition{s: s, n: n, attrs: vxlanAttrs("192.0.2.1", "c6:d2:32:6f:8f:01"), val: `{"PublicIP":"192.0.2.1","PublicIPv6":null}`}
+	defer a.release()
+	_, done, next, err := a.create(ctx, netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:0:0:1::/64"))
+	if err != nil || done {
+		t.Fatalf("create on an IPv6 subnet held under another key: done=%v err=%v; want a retry", done, err)
+	}
+	for _, kv := range next {
+		if strings.HasPrefix(string(kv.Key), "/coreos.com/network/subnets/10.244.3.0-24") {
+			t.Errorf("retry listing still holds our withdrawn key %s", kv.Key)
+		}
+	}
+	if resp, _ := cli.Get(ctx, "/coreos.com/network/subnets/10.244.3.0-24&fd00:0:0:1::-64"); len(resp.Kvs) != 0 {
+		t.Fatalf("withdrawn key still in the store")
+	}
+	if resp, _ := cli.Get(ctx, older); len(resp.Kvs) != 1 {
+		t.Fatalf("the older claim %s is gone", older)
+	}
+	// The real call keeps its free IPv4 subnet and takes the other IPv6 one.
+	l, err := s.Acquire(ctx, n, a.attrs, lease.Hint{Subnet: netip.MustParsePrefix("10.244.3.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:0:0:1::/64")})
+	if err != nil || l.Subnet != netip.MustParsePrefix("10.244.3.0/24") || l.IPv6Subnet != netip.MustParsePrefix("fd00:0:0:2::/64") {
+		t.Fatalf("Acquire = %s %s, %v; want 10.244.3.0/24 fd00:0:0:2::/64", l.Subnet, l.IPv6Subnet, err)
+	}
+	if c := count(t, cli, s); c != 2 {
+		t.Errorf("store holds %d keys, want 2", c)
+	}
+}
+
+// Dual-stack nodes racing for a pool whose IPv6 side is the smaller: every
+// winner holds its own subnet in both families, and the one node too many
+// is told the IPv6 range is full.
+func TestConcurrentDualStackAcquireOnFullIPv6Pool(t *testing.T) {
+	srv := etcdtest.Start(t)
+	clients := []*clientv3.Client{srv.Client(t), srv.Client(t), srv.Client(t), srv.Client(t)}
+	n := network(t, `{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.12.0",`+
+		`"EnableIPv6":true,"IPv6Network":"fd00:5::/56","IPv6SubnetMin":"fd00:5:0:1::","IPv6SubnetMax":"fd00:5:0:8::","Backend":{"Type":"vxlan"}}`)
+	ctx := ctxT(t)
+
+	const free, nodes = 8, 9
+	got := make([]lease.Lease, nodes)
+	errs := make([]error, nodes)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range nodes {
+		s, _ := newStore(t, clients[i%len(clients)], time.Hour)
+		wg.Go(func() {
+			<-start
+			got[i], errs[i] = s.Acquire(ctx, n, vxlanAttrs(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}).String(), "c6:d2:32:6f:8f:44"), lease.Hint{})
+		})
+	}
+	close(start)
+	wg.Wait()
+	seen4, seen6 := map[netip.Prefix]int{}, map[netip.Prefix]int{}
+	var failed []int
+	for i := range nodes {
+		if errs[i] != nil {
+			failed = append(failed, i)
+			if !errors.Is(errs[i], lease.ErrPoolExhausted) {
+				t.Errorf("node %d: %v, want ErrPoolExhausted", i, errs[i])
+			}
+			for _, want := range []string{"IPv6 pool", "fd00:5:0:1::/64", "fd00:5:0:8::/64", "IPv6SubnetMin to IPv6SubnetMax"} {
+				if !strings.Contains(errs[i].Error(), want) {
+					t.Errorf("node %d: error %q does not contain %q", i, errs[i], want)
+				}
+			}
+			continue
+		}
+		if !lease.PoolV4(n).Contains(got[i].Subnet) || !lease.PoolV6(n).Contains(got[i].IPv6Subnet) {
+			t.Errorf("node %d holds %s %s, outside the pools", i, got[i].Subnet, got[i].IPv6Subnet)
+		}
+		if j, dup := seen4[got[i].Subnet]; dup {
+			t.Errorf("nodes %d and %d both hold %s", i, j, got[i].Subnet)
+		}
+		if j, dup := seen6[got[i].IPv6Subnet]; dup {
+			t.Errorf("nodes %d and %d both hold %s", i, j, got[i].IPv6Subnet)
+		}
+		seen4[got[i].Subnet], seen6[got[i].IPv6Subnet] = i, i
+	}
+	if len(failed) != nodes-free {
+		t.Fatalf("nodes %v failed, want exactly %d of %d to fail on a pool of %d", failed, nodes-free, nodes, free)
+	}
+	s, _ := newStore(t, clients[0], time.Hour)
+	if c := count(t, clients[0], s); c != free {
+		t.Errorf("store holds %d leases, want %d", c, free)
+	}
+	leases, err := clients[0].Leases(ctx)
+	if err != nil || len(leases.Leases) != free {
+		t.Errorf("etcd holds %d leases (%v), want %d", len(leases.Leases), err, free)
+	}
+}
+
 func TestAcquireDeletesOurLeaseOutsideNetwork(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	s, _ := newStore(t, cli, time.Hour)
