@@ -372,7 +372,28 @@ func TestEvaluate(t *testing.T) {
 		{
 			name:   "subnet MTU too big",
 			mutate: func(f *Facts) { f.SubnetFile.Env.MTU = 1500 },
-			check:  "subnet-mtu", status: Fail, want: []string{"FLANNEL_MTU 1500 exceeds flannel.1's MTU 1450"},
+			check:  "subnet-mtu", status: Fail, want: []string{"FLANNEL_MTU 1500 exceeds flannel.1's MTU 1450", "restart weftd to rewrite the subnet file"},
+		},
+		{
+			// The subnet file has what weftd gives the device: the device
+			// is what changed, and the fix is its MTU, not the file.
+			name:   "device MTU lowered by hand",
+			mutate: func(f *Facts) { f.Node.Links[2].MTU = 1300 },
+			check:  "subnet-mtu", status: Fail,
+			want: []string{"FLANNEL_MTU 1450 exceeds flannel.1's MTU 1300", "the subnet file is right: flannel.1's MTU was changed from the 1450 weftd gives it (eth0 1500 − 50)",
+				"ip link set flannel.1 mtu 1450"},
+			also: map[string]Status{"device": Warn},
+		},
+		{
+			name:   "device MTU lowered by hand: the device check",
+			mutate: func(f *Facts) { f.Node.Links[2].MTU = 1300 },
+			check:  "device", status: Warn, want: []string{"MTU 1300 is below 1450 (eth0 1500 − 50)", "ip link set flannel.1 mtu 1450"},
+		},
+		{
+			name:   "device MTU raised by hand",
+			mutate: func(f *Facts) { f.Node.Links[2].MTU = 1480 },
+			check:  "subnet-mtu", status: Warn, want: []string{"FLANNEL_MTU 1450 is below flannel.1's MTU 1480", "ip link set flannel.1 mtu 1450"},
+			also: map[string]Status{"device": Fail},
 		},
 		{
 			name: "underlay by lease",
