@@ -1,9 +1,13 @@
 package doctor
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	udpbackend "github.com/weft-net/weft/internal/backend/udp"
+	"github.com/weft-net/weft/internal/netlinkx"
 )
 
 func ping(sent, recv int, rtt time.Duration) Ping {
@@ -95,14 +99,72 @@ func TestKernelLimits(t *testing.T) {
 		f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
 		return f
 	}
-	f := udp()
-	f.Node.Sysctls["net/core/rmem_max"] = "212992"
-	r, _ := find(Evaluate(f), "socket-buffers")
-	if r.Status != Warn || !strings.Contains(r.Message, "rmem_max is below the 7340032 bytes") || !strings.Contains(r.Hint, "sysctl -w net.core.rmem_max=7340032") {
-		t.Errorf("low rmem_max: %s %q %q", r.Status, r.Message, r.Hint)
+	const udpSocketBuffer = udpbackend.SocketBuffer
+	// sock_diag reports twice the size a socket was given.
+	sock := func(port uint16, size int) netlinkx.UDPSocket {
+		return netlinkx.UDPSocket{Local: netip.AddrPortFrom(netip.IPv4Unspecified(), port), RcvBuf: 2 * size, SndBuf: 2 * size}
 	}
-	if _, found := find(Evaluate(healthy()), "socket-buffers"); found {
-		t.Error("socket-buffers checked for vxlan, which uses no socket")
+	wgUser := func() Facts {
+		f := healthyWGDual("")
+		f.Node.Sysctls["net/core/rmem_max"], f.Node.Sysctls["net/core/wmem_max"] = "212992", "212992"
+		return f
+	}
+	wgKernel := func() Facts {
+		f := wgUser()
+		for i := range f.Node.Links {
+			if strings.HasPrefix(f.Node.Links[i].Name, "flannel-wg") {
+				f.Node.Links[i].Kind = "wireguard"
+			}
+		}
+		f.Node.DatapathSockets = []netlinkx.UDPSocket{sock(51820, 212992)}
+		return f
+	}
+	for _, c := range []struct {
+		name    string
+		facts   func() Facts
+		rmem    string
+		sockets []netlinkx.UDPSocket
+		status  Status
+		want    []string // in the message or the hint
+	}{
+		{"udp, no socket, rmem_max low", udp, "212992", nil, Warn,
+			[]string{"rmem_max is below the 7340032 bytes the udp datapath asks for", "unless weftd has CAP_NET_ADMIN", "no weftd socket on UDP 8285", "sysctl -w net.core.rmem_max=7340032"}},
+		{"udp, no socket, rmem_max enough", udp, "7340032", nil, OK,
+			[]string{"net.core.rmem_max = 7340032, wmem_max = 7340032 ≥ the 7340032 bytes the udp datapath asks for"}},
+		{"udp, forced past a low rmem_max", udp, "212992", []netlinkx.UDPSocket{sock(8285, udpSocketBuffer)}, OK,
+			[]string{"weftd's socket on UDP 8285 got 7340032-byte receive and 7340032-byte send buffers", "net.core.rmem_max = 212992, wmem_max = 7340032 does not cap them", "CAP_NET_ADMIN"}},
+		{"udp, capped by rmem_max", udp, "212992", []netlinkx.UDPSocket{sock(8285, 212992)}, Warn,
+			[]string{"got 212992-byte receive", "below the 7340032 the udp datapath asks for", "rmem_max = 212992", "lacks CAP_NET_ADMIN", "sysctl -w net.core.rmem_max=7340032"}},
+		{"wireguard-go, capped", wgUser, "212992", []netlinkx.UDPSocket{sock(51820, 212992), sock(51821, 212992)}, Warn,
+			[]string{"weftd's sockets on UDP 51820, 51821 got 212992-byte", "wireguard-go asks for", "sysctl -w net.core.rmem_max=7340032"}},
+		{"wireguard-go, forced", wgUser, "212992", []netlinkx.UDPSocket{sock(51820, udpSocketBuffer), sock(51821, udpSocketBuffer)}, OK,
+			[]string{"got 7340032-byte receive", "the 7340032 wireguard-go asks for", "does not cap them"}},
+		{"wireguard-go, one socket capped", wgUser, "212992", []netlinkx.UDPSocket{sock(51820, udpSocketBuffer), sock(51821, 212992)}, Warn,
+			[]string{"got 212992-byte receive"}},
+		{"wireguard-go, no socket", wgUser, "212992", nil, Warn,
+			[]string{"wireguard-go asks for", "no weftd socket on UDP 51820, 51821"}},
+	} {
+		f := c.facts()
+		f.Node.Sysctls["net/core/rmem_max"] = c.rmem
+		f.Node.DatapathSockets = c.sockets
+		r, found := find(Evaluate(f), "socket-buffers")
+		text := r.Message + " | " + r.Hint
+		if !found || r.Status != c.status {
+			t.Errorf("%s: socket-buffers %v %s, want %s: %s", c.name, found, r.Status, c.status, text)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(text, w) {
+				t.Errorf("%s: %q missing from %s", c.name, w, text)
+			}
+		}
+		if r.Status == OK && r.Hint != "" {
+			t.Errorf("%s: ok with a hint", c.name)
+		}
+	}
+	for name, f := range map[string]Facts{"vxlan": healthy(), "kernel wireguard": wgKernel()} {
+		if r, found := find(Evaluate(f), "socket-buffers"); found {
+			t.Errorf("socket-buffers checked for %s, which receives in the kernel: %s", name, r.Message)
+		}
 	}
 	for _, c := range []struct {
 		count  string
