@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -48,6 +49,18 @@ func peerResults(r jsonReport) []string {
 		}
 	}
 	return out
+}
+
+// peerFailing is the failing peer result of r whose message starts with
+// prefix.
+func peerFailing(r jsonReport, prefix string) (x struct{ Status, Message, Hint string }, found bool) {
+	for _, y := range r.Results {
+		if y.Check == "peer" && y.Status == "fail" && strings.HasPrefix(y.Message, prefix) {
+			x.Status, x.Message, x.Hint = y.Status, y.Message, y.Hint
+			return x, true
+		}
+	}
+	return x, false
 }
 
 func mustExec(t *testing.T, ctx context.Context, l *lab.Lab, ns string, argv ...string) {
@@ -113,20 +126,39 @@ func TestLabProbes(t *testing.T) {
 	mustExec(t, ctx, l, n2.NS, "nft", fmt.Sprintf("add rule inet docprobe input ip saddr %s udp dport 8472 drop", n1.PublicIP))
 	for _, c := range []struct{ from, to *lab.Node }{{n1, n2}, {n2, n1}} {
 		r, ok := runDoctor(t, ctx, l.BinDir, c.from.NS, nil)
-		w := fmt.Sprintf("fail VXLAN (UDP 8472) to %s dropped: the underlay passes ICMP but not the tunnel", c.to.PublicIP)
-		p := peerResults(r)
-		if ok || !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, w) }) {
-			t.Errorf("UDP 8472 dropped: doctor on node %d: want %q in %q", c.from.Index, w, p)
+		w := fmt.Sprintf("VXLAN (UDP 8472) to %s dropped: the underlay passes ICMP but not the tunnel — check firewalls and security groups", c.to.PublicIP)
+		if x, found := peerFailing(r, w); ok || !found || !strings.Contains(x.Hint, "allow UDP 8472 between the nodes, both ways") {
+			t.Errorf("UDP 8472 dropped: doctor on node %d exit 0 %v: want %q with its fix, got %+v among %q", c.from.Index, ok, w, x, peerResults(r))
 		}
 	}
 	mustExec(t, ctx, l, n2.NS, "nft", "delete table inet docprobe")
 
-	// Node 3's link MTU lowered: an MTU black hole from node 1.
+	// Node 3's link MTU lowered by 100: an MTU black hole from node 1.
+	// What crosses is at least the link's MTU less VXLAN's 50 bytes; a
+	// veth takes frames 4 bytes over its MTU (VLAN_HLEN) and node 3's
+	// replies leave fragmented, so the figure doctor finds is checked
+	// against ping: that size crosses with don't-fragment, one byte more
+	// does not.
 	mustExec(t, ctx, l, n3.NS, "ip", "link", "set", "eth0", "mtu", "1400")
 	r, ok = runDoctor(t, ctx, l.BinDir, n1.NS, nil)
-	w := fmt.Sprintf("fail MTU black hole to %s: 1450-byte packets do not cross, ", n3.PublicIP)
-	if p := peerResults(r); ok || !slices.ContainsFunc(p, func(s string) bool { return strings.HasPrefix(s, w) }) {
-		t.Errorf("underlay MTU lowered: want %q in %q", w, p)
+	w := fmt.Sprintf("MTU black hole to %s: 1450-byte packets do not cross, ", n3.PublicIP)
+	x, found := peerFailing(r, w)
+	var largest int
+	if _, err := fmt.Sscanf(strings.TrimPrefix(x.Message, w), "%d do", &largest); ok || !found || err != nil || largest < 1350 || largest >= 1450 ||
+		!strings.Contains(x.Hint, "give every node's underlay the same MTU") || !strings.Contains(x.Hint, fmt.Sprintf("set Backend.MTU to %d or less", largest)) {
+		t.Errorf("underlay MTU lowered: doctor exit 0 %v: want %q and a size from 1350 to 1449 that crosses, with the fix; got %+v among %q", ok, w, x, peerResults(r))
+	} else {
+		vtep3 := lease.SubnetIP(n3.Subnet.Masked()).String()
+		pingDF := func(size int) error {
+			_, err := l.Exec(ctx, n1.NS, "ping", "-n", "-q", "-c", "1", "-W", "1", "-M", "do", "-s", strconv.Itoa(size-28), vtep3)
+			return err
+		}
+		if err := pingDF(largest); err != nil {
+			t.Errorf("doctor says %d-byte packets cross to %s, ping -M do of that size fails: %v", largest, vtep3, err)
+		}
+		if err := pingDF(largest + 1); err == nil {
+			t.Errorf("doctor says %d-byte packets are the largest to cross to %s, but %d cross too", largest, vtep3, largest+1)
+		}
 	}
 	mustExec(t, ctx, l, n3.NS, "ip", "link", "set", "eth0", "mtu", "1500")
 
@@ -196,7 +228,7 @@ func TestLabProbes(t *testing.T) {
 	}
 	mustExec(t, ctx, l, n1.NS, "ip", "route", "del", n2.Subnet.Masked().String())
 	s, ok = runStatus(t, ctx, l.BinDir, n1.NS, args1)
-	found := false
+	found = false
 	for _, n := range s.Nodes {
 		if n.Subnet == n2.Subnet.Masked() {
 			found = n.State == "missing route"

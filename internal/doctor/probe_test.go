@@ -179,3 +179,36 @@ func TestKernelLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestLargestCrossing runs the MTU search against every path MTU a
+// search can meet, for both families' sizes: it finds the largest size
+// that crosses, sends each size once with its own sequence number, and
+// stays within a binary search's steps.
+func TestLargestCrossing(t *testing.T) {
+	for _, c := range []struct{ small, floor, mtu int }{
+		{smallProbe, minProbeSize, 1450}, // IPv4 vxlan
+		{smallProbe, minProbeSize, 1472}, // IPv4 udp
+		{smallProbe6, minProbeSize6, 1430},
+		{smallProbe6, minProbeSize6, 1280}, // the floor is the device's MTU
+		{smallProbe6, minProbeSize6, 1200},
+	} {
+		bound := 1 // the floor
+		for n := c.mtu - c.small; n > 1; n = (n + 1) / 2 {
+			bound++
+		}
+		for m := c.small; m < c.mtu; m++ {
+			sent := map[int]bool{}
+			seqs := map[uint16]bool{}
+			got := largestCrossing(c.small, c.floor, c.mtu, func(size int, seq uint16) bool {
+				if size <= c.small || size >= c.mtu || sent[size] || seqs[seq] || seq < 3 {
+					t.Errorf("%+v, path MTU %d: probe of %d bytes, seq %d (sent %v)", c, m, size, seq, sent)
+				}
+				sent[size], seqs[seq] = true, true
+				return size <= m
+			})
+			if got != m || len(sent) > bound {
+				t.Fatalf("%+v, path MTU %d: found %d after %d probes (bound %d)", c, m, got, len(sent), bound)
+			}
+		}
+	}
+}
