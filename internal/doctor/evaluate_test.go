@@ -546,31 +546,38 @@ func TestEvaluate(t *testing.T) {
 	})
 }
 
+// healthyHostGW is healthy() as a host-gw node: no device, the route to
+// the peer via its PublicIP on eth0, pods at the underlay's MTU.
+func healthyHostGW() Facts {
+	f := healthy()
+	f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`)
+	f.Store.Leases[0].Value = []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}`)
+	f.Store.Leases[1].Value = []byte(`{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"host-gw"}`)
+	f.Node.Links = append(f.Node.Links[:2], f.Node.Links[3])
+	f.Node.Links[2].MTU = 1500
+	f.SubnetFile.Env.MTU = 1500
+	f.Node.Routes[2] = netlinkx.Route{Dst: pfx("10.244.2.0/24"), Gw: addr("192.0.2.2"), LinkIndex: ulIdx}
+	f.Node.Neighs, f.Node.FDB = nil, nil
+	return f
+}
+
+// healthyUDP is healthy() as a udp node: flannel0 and the route to the
+// whole network through it.
+func healthyUDP() Facts {
+	f := healthy()
+	f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
+	f.Store.Leases[0].Value = []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":null}`)
+	f.Store.Leases[1].Value = []byte(`{"PublicIP":"192.0.2.2","PublicIPv6":null}`)
+	f.Node.Links[2] = Link{Name: "flannel0", Index: devIdx, Kind: "tuntap", MTU: 1472, Up: true, Addrs: []netip.Prefix{pfx("10.244.1.0/32")}}
+	f.Node.Links[3].MTU = 1472
+	f.SubnetFile.Env.MTU = 1472
+	f.Node.Routes[2] = netlinkx.Route{Dst: network, LinkIndex: devIdx}
+	f.Node.Neighs, f.Node.FDB = nil, nil
+	return f
+}
+
 func TestBackends(t *testing.T) {
-	hostgwFacts := func() Facts {
-		f := healthy()
-		f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`)
-		f.Store.Leases[0].Value = []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}`)
-		f.Store.Leases[1].Value = []byte(`{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"host-gw"}`)
-		f.Node.Links = append(f.Node.Links[:2], f.Node.Links[3])
-		f.Node.Links[2].MTU = 1500
-		f.SubnetFile.Env.MTU = 1500
-		f.Node.Routes[2] = netlinkx.Route{Dst: pfx("10.244.2.0/24"), Gw: addr("192.0.2.2"), LinkIndex: ulIdx}
-		f.Node.Neighs, f.Node.FDB = nil, nil
-		return f
-	}
-	udpFacts := func() Facts {
-		f := healthy()
-		f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
-		f.Store.Leases[0].Value = []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":null}`)
-		f.Store.Leases[1].Value = []byte(`{"PublicIP":"192.0.2.2","PublicIPv6":null}`)
-		f.Node.Links[2] = Link{Name: "flannel0", Index: devIdx, Kind: "tuntap", MTU: 1472, Up: true, Addrs: []netip.Prefix{pfx("10.244.1.0/32")}}
-		f.Node.Links[3].MTU = 1472
-		f.SubnetFile.Env.MTU = 1472
-		f.Node.Routes[2] = netlinkx.Route{Dst: network, LinkIndex: devIdx}
-		f.Node.Neighs, f.Node.FDB = nil, nil
-		return f
-	}
+	hostgwFacts, udpFacts := healthyHostGW, healthyUDP
 	t.Run("host-gw healthy", func(t *testing.T) {
 		r := Evaluate(hostgwFacts())
 		for _, x := range r.Results {

@@ -212,3 +212,84 @@ func TestLargestCrossing(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeBackends plans the probes of host-gw and wireguard nodes and
+// judges what probing the planned targets could find: each backend's
+// hop goes to its own address (host-gw the peer's cni0 gateway, wireguard
+// the peer's device through its listen port) and a lost probe is named
+// for that backend, with its fix.
+func TestProbeBackends(t *testing.T) {
+	ok := ping(3, 3, 400*time.Microsecond)
+	lost := ping(3, 0, 0)
+	type verdict struct {
+		p      PeerProbe
+		status Status
+		msg    string
+		hint   []string
+	}
+	for _, c := range []struct {
+		name     string
+		facts    func() Facts
+		targets  []ProbeTarget
+		verdicts [][]verdict // per target
+	}{
+		{
+			name: "host-gw", facts: healthyHostGW,
+			targets: []ProbeTarget{{Key: "10.244.2.0-24", Subnet: pfx("10.244.2.0/24"), PublicIP: addr("192.0.2.2"), Overlay: addr("10.244.2.1"), Source: addr("10.244.1.1"), Backend: "host-gw", MTU: 1500}},
+			verdicts: [][]verdict{{
+				{PeerProbe{Underlay: ok, Overlay: ok, Full: Ping{Sent: 3, Received: 3, RTT: time.Millisecond, Size: 1500}}, OK,
+					"192.0.2.2 (10.244.2.0/24): underlay 0.40 ms, host-gw 0.40 ms, 1500-byte DF 1.00 ms", nil},
+				{PeerProbe{Underlay: ok, Overlay: lost}, Fail,
+					"peer's agent not answering on its subnet: gateway 10.244.2.1 via 192.0.2.2 (host-gw) did not answer",
+					[]string{"on 192.0.2.2: is weftd running, cni0 up with 10.244.2.1", "ip_forward on?", "one L2 segment"}},
+			}},
+		},
+		{
+			name: "wireguard", facts: func() Facts { return healthyWGDual("") },
+			targets: []ProbeTarget{
+				{Key: "10.244.2.0-24&fd00:10:244:2::-64", Subnet: pfx("10.244.2.0/24"), PublicIP: addr("192.0.2.2"), Overlay: addr("10.244.2.0"), Source: addr("10.244.1.0"), Backend: "wireguard", Port: 51820, MTU: 1420},
+				{Key: "10.244.2.0-24&fd00:10:244:2::-64", Subnet: pfx("fd00:10:244:2::/64"), PublicIP: addr("2001:db8::2"), Overlay: addr("fd00:10:244:2::"), Source: addr("fd00:10:244:1::"), Backend: "wireguard", Port: 51821, MTU: 1420, IPv6: true},
+			},
+			verdicts: [][]verdict{
+				{
+					{PeerProbe{Underlay: ok, Overlay: ok, Full: Ping{Sent: 3, Received: 3, RTT: time.Millisecond, Size: 1420}}, OK,
+						"192.0.2.2 (10.244.2.0/24): underlay 0.40 ms, wireguard 0.40 ms, 1420-byte DF 1.00 ms", nil},
+					{PeerProbe{Underlay: ok, Overlay: lost}, Fail,
+						"WireGuard (UDP 51820) to 192.0.2.2: no answer through the tunnel while the underlay passes ICMP — a firewall drops it, or the keys do not match",
+						[]string{"allow UDP 51820 between the nodes", "`wg show flannel-wg` on both nodes"}},
+				},
+				{
+					{PeerProbe{Underlay: ok, Overlay: lost}, Fail,
+						"WireGuard over IPv6 (UDP 51821) to 2001:db8::2: no answer through the tunnel",
+						[]string{"allow UDP 51821 between the nodes", "`wg show flannel-wg-v6` on both nodes"}},
+				},
+			},
+		},
+	} {
+		f := c.facts()
+		targets, _, _ := PlanProbes(f, ProbeOptions{})
+		if len(targets) != len(c.targets) {
+			t.Fatalf("%s: targets %+v, want %+v", c.name, targets, c.targets)
+		}
+		for i, tg := range targets {
+			if tg != c.targets[i] {
+				t.Errorf("%s: target %d\n got %+v\nwant %+v", c.name, i, tg, c.targets[i])
+			}
+			for _, v := range c.verdicts[i] {
+				g := c.facts()
+				// As the pinger fills them in.
+				v.p.Target, v.p.Underlay.Dst, v.p.Overlay.Dst = tg, tg.PublicIP, tg.Overlay
+				g.Probe = &ProbeFacts{Peers: []PeerProbe{v.p}}
+				r, found := find(Evaluate(g), "peer")
+				if !found || r.Status != v.status || !strings.HasPrefix(r.Message, v.msg) {
+					t.Errorf("%s: %+v: got %s %q, want %s %q", c.name, v.p, r.Status, r.Message, v.status, v.msg)
+				}
+				for _, h := range v.hint {
+					if !strings.Contains(r.Hint, h) {
+						t.Errorf("%s: %q: %q missing from the hint %q", c.name, v.msg, h, r.Hint)
+					}
+				}
+			}
+		}
+	}
+}
