@@ -27,6 +27,7 @@ type statusJSON struct {
 		Subnet     netip.Prefix
 		PublicIP   netip.Addr
 	}
+	Stale    []netip.Prefix
 	Problems []string
 }
 
@@ -74,8 +75,9 @@ func mustExec(t *testing.T, ctx context.Context, l *lab.Lab, ns string, argv ...
 // fast, weft status lists the lease set; then each fault is named by the
 // hop that fails: UDP 8472 dropped by an nftables rule in one node (on
 // both ends), the underlay MTU lowered on one node's link (an MTU black
-// hole); 50 peers are probed in under 5 s; a node whose lease is gone and
-// a route deleted show in weft status, which exits non-zero.
+// hole); 50 peers are probed in under 5 s; a node whose lease is gone
+// (on itself, and on a node still routing it) and a route deleted show in
+// weft status, which exits non-zero.
 func TestLabProbes(t *testing.T) {
 	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -162,7 +164,7 @@ func TestLabProbes(t *testing.T) {
 	}
 	mustExec(t, ctx, l, n3.NS, "ip", "link", "set", "eth0", "mtu", "1500")
 
-	// 50 peers: 47 more leases whose PublicIPs answer on the underlay
+	// 50 peers: 48 more leases whose PublicIPs answer on the underlay
 	// (addresses on the lab's switch) but have no VXLAN endpoint.
 	cli, err := l.StoreClient(ctx)
 	if err != nil {
@@ -170,13 +172,13 @@ func TestLabProbes(t *testing.T) {
 	}
 	defer cli.Close()
 	var fakes []string
-	for i := range 47 {
+	for i := 0; len(fakes) < 48 && 200+i < 256; i++ {
 		ip := fmt.Sprintf("192.0.2.%d", 100+i)
-		mustExec(t, ctx, l, l.UnderlayNS, "ip", "addr", "add", ip+"/24", "dev", "br0")
 		key := fmt.Sprintf("10.244.%d.0-24", 200+i)
 		if n1.Subnet.Masked().String() == strings.Replace(key, "-", "/", 1) || n2.Subnet.Masked().String() == strings.Replace(key, "-", "/", 1) || n3.Subnet.Masked().String() == strings.Replace(key, "-", "/", 1) {
 			continue
 		}
+		mustExec(t, ctx, l, l.UnderlayNS, "ip", "addr", "add", ip+"/24", "dev", "br0")
 		val := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ce:00:00:00:01:%02x"}}`, ip, i)
 		if _, err := cli.Put(ctx, "/coreos.com/network/subnets/"+key, val); err != nil {
 			t.Fatal(err)
@@ -189,7 +191,7 @@ func TestLabProbes(t *testing.T) {
 	took = time.Since(start)
 	p := peerResults(r)
 	t.Logf("doctor with %d peers took %s", len(p), took.Round(time.Millisecond))
-	if len(p) != 2+len(fakes) {
+	if len(p) != 2+len(fakes) || len(p) < 50 {
 		t.Errorf("%d peer results, want %d", len(p), 2+len(fakes))
 	}
 	if took > 5*time.Second {
@@ -207,10 +209,15 @@ func TestLabProbes(t *testing.T) {
 		}
 	}
 
-	// Node 3's agent stopped and its lease gone: its own status says so.
-	args3 := agentArgs(t, l, 3)
-	if err := l.StopAgent(ctx, 3); err != nil {
-		t.Fatal(err)
+	// Node 1's and node 3's agents stopped (nothing repairs their kernel
+	// now), node 3's lease gone: its own status says so, and node 1,
+	// which still routes node 3's subnet, shows it as routed with no
+	// lease. Node 1's route to node 2 deleted: node 2's row says so.
+	args1, args3 := agentArgs(t, l, 1), agentArgs(t, l, 3)
+	for _, i := range []int{1, 3} {
+		if err := l.StopAgent(ctx, i); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := cli.Delete(ctx, "/coreos.com/network/subnets/"+strings.Replace(n3.Subnet.Masked().String(), "/", "-", 1)); err != nil {
 		t.Fatal(err)
@@ -220,22 +227,19 @@ func TestLabProbes(t *testing.T) {
 	if ok || s.OK || !slices.ContainsFunc(s.Problems, func(p string) bool { return strings.Contains(p, w) }) {
 		t.Errorf("node 3's lease deleted: status exit 0 %v, problems %q, want %q", ok, s.Problems, w)
 	}
-
-	// Node 1's agent stopped and its route to node 2 deleted.
-	args1 := agentArgs(t, l, 1)
-	if err := l.StopAgent(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
 	mustExec(t, ctx, l, n1.NS, "ip", "route", "del", n2.Subnet.Masked().String())
 	s, ok = runStatus(t, ctx, l.BinDir, n1.NS, args1)
-	found = false
+	state := map[netip.Prefix]string{}
 	for _, n := range s.Nodes {
-		if n.Subnet == n2.Subnet.Masked() {
-			found = n.State == "missing route"
-		}
+		state[n.Subnet] = n.State
 	}
-	if ok || s.OK || !found {
-		t.Errorf("route to node 2 deleted: status exit 0 %v, rows %+v, problems %q", ok, s.Nodes, s.Problems)
+	if st := state[n2.Subnet.Masked()]; ok || s.OK || st != "missing route" {
+		t.Errorf("route to node 2 deleted: status exit 0 %v, node 2's row %q, problems %q", ok, st, s.Problems)
+	}
+	w = fmt.Sprintf("%s is routed but no lease holds it", n3.Subnet.Masked())
+	if st, listed := state[n3.Subnet.Masked()]; listed || !slices.Contains(s.Stale, n3.Subnet.Masked()) ||
+		!slices.ContainsFunc(s.Problems, func(p string) bool { return strings.Contains(p, w) }) {
+		t.Errorf("node 3's lease deleted: on node 1 its row %q (listed %v), stale %v, problems %q; want no row, stale, %q", st, listed, s.Stale, s.Problems, w)
 	}
 }
 
