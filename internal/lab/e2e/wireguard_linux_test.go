@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -72,22 +71,8 @@ func TestWireGuardBackend(t *testing.T) {
 // wireguard-go's sockets got; with UDP 51820 from node 1 dropped in node
 // 2, it names the WireGuard hop to node 2, with the fix.
 func testDoctor(t *testing.T, ctx context.Context, e *env) {
-	type report struct {
-		OK      bool
-		Results []struct{ Check, Status, Message, Hint string }
-	}
 	n1, n2 := e.l.Node(1), e.l.Node(2)
-	doctor := func() (report, bool) {
-		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n1.NS, filepath.Join(e.l.BinDir, "weft"), "doctor", "--json")
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		var r report
-		if jerr := json.Unmarshal(out, &r); jerr != nil {
-			t.Fatalf("weft doctor: %v, %v\n%s\n%s", err, jerr, out, stderr.String())
-		}
-		return r, err == nil
-	}
+	doctor := func() (doctorReport, bool) { return e.doctor(t, ctx, 1) }
 	dev, err := e.h[1].LinkByName(wireguard.DeviceName)
 	if err != nil {
 		t.Fatal(err)
