@@ -16,14 +16,14 @@ import (
 func runDoctor(ctx context.Context, args []string) error {
 	fs := newFlags("weft doctor", "[--json] [--timeout D] [--peers LIST] [weftd's flags]", `Diagnoses this node, or the network namespace doctor runs in (ip netns exec
 <ns> weft doctor): the store, the agent, the subnet file, the datapath,
-forwarding and masquerading, kernel limits (socket buffers for udp,
-conntrack), one line per check (ok, warn, FAIL) with the evidence and what
+forwarding and masquerading, kernel limits (the socket buffers weftd's udp
+or wireguard-go datapath got, conntrack), one line per check (ok, warn, FAIL) with the evidence and what
 to do next. Exits 1 when a check fails.
 
 Then it probes every remote peer (up to --max-peers, in parallel, with ICMP
 echoes only): its underlay address, its address through the backend (vxlan:
 the remote flannel.<VNI>; host-gw: the remote gateway on cni0; udp: the
-remote flannel0), and a don't-fragment echo of the full pod MTU; one line
+remote flannel0; wireguard: the remote flannel-wg), and a don't-fragment echo of the full pod MTU; one line
 per peer with loss and round-trip time, a failure named by the hop that
 fails (underlay unreachable, tunnel dropped, MTU black hole, peer's agent
 not answering). --peers none skips the probes.

@@ -252,6 +252,12 @@ type NodeFacts struct {
 	// could not be read.
 	Sysctls map[string]string
 
+	// DatapathSockets are the UDP sockets on the ports weftd's own
+	// datapath listens on (udp, wireguard-go), with the buffers the kernel
+	// gave them; read for those backends only.
+	DatapathSockets    []netlinkx.UDPSocket
+	DatapathSocketsErr error
+
 	Masq MasqFacts
 }
 

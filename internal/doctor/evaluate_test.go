@@ -372,7 +372,28 @@ func TestEvaluate(t *testing.T) {
 		{
 			name:   "subnet MTU too big",
 			mutate: func(f *Facts) { f.SubnetFile.Env.MTU = 1500 },
-			check:  "subnet-mtu", status: Fail, want: []string{"FLANNEL_MTU 1500 exceeds flannel.1's MTU 1450"},
+			check:  "subnet-mtu", status: Fail, want: []string{"FLANNEL_MTU 1500 exceeds flannel.1's MTU 1450", "restart weftd to rewrite the subnet file"},
+		},
+		{
+			// The subnet file has what weftd gives the device: the device
+			// is what changed, and the fix is its MTU, not the file.
+			name:   "device MTU lowered by hand",
+			mutate: func(f *Facts) { f.Node.Links[2].MTU = 1300 },
+			check:  "subnet-mtu", status: Fail,
+			want: []string{"FLANNEL_MTU 1450 exceeds flannel.1's MTU 1300", "the subnet file is right: flannel.1's MTU was changed from the 1450 weftd gives it (eth0 1500 − 50)",
+				"ip link set flannel.1 mtu 1450"},
+			also: map[string]Status{"device": Warn},
+		},
+		{
+			name:   "device MTU lowered by hand: the device check",
+			mutate: func(f *Facts) { f.Node.Links[2].MTU = 1300 },
+			check:  "device", status: Warn, want: []string{"MTU 1300 is below 1450 (eth0 1500 − 50)", "ip link set flannel.1 mtu 1450"},
+		},
+		{
+			name:   "device MTU raised by hand",
+			mutate: func(f *Facts) { f.Node.Links[2].MTU = 1480 },
+			check:  "subnet-mtu", status: Warn, want: []string{"FLANNEL_MTU 1450 is below flannel.1's MTU 1480", "ip link set flannel.1 mtu 1450"},
+			also: map[string]Status{"device": Fail},
 		},
 		{
 			name: "underlay by lease",
@@ -525,31 +546,38 @@ func TestEvaluate(t *testing.T) {
 	})
 }
 
+// healthyHostGW is healthy() as a host-gw node: no device, the route to
+// the peer via its PublicIP on eth0, pods at the underlay's MTU.
+func healthyHostGW() Facts {
+	f := healthy()
+	f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`)
+	f.Store.Leases[0].Value = []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}`)
+	f.Store.Leases[1].Value = []byte(`{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"host-gw"}`)
+	f.Node.Links = append(f.Node.Links[:2], f.Node.Links[3])
+	f.Node.Links[2].MTU = 1500
+	f.SubnetFile.Env.MTU = 1500
+	f.Node.Routes[2] = netlinkx.Route{Dst: pfx("10.244.2.0/24"), Gw: addr("192.0.2.2"), LinkIndex: ulIdx}
+	f.Node.Neighs, f.Node.FDB = nil, nil
+	return f
+}
+
+// healthyUDP is healthy() as a udp node: flannel0 and the route to the
+// whole network through it.
+func healthyUDP() Facts {
+	f := healthy()
+	f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
+	f.Store.Leases[0].Value = []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":null}`)
+	f.Store.Leases[1].Value = []byte(`{"PublicIP":"192.0.2.2","PublicIPv6":null}`)
+	f.Node.Links[2] = Link{Name: "flannel0", Index: devIdx, Kind: "tuntap", MTU: 1472, Up: true, Addrs: []netip.Prefix{pfx("10.244.1.0/32")}}
+	f.Node.Links[3].MTU = 1472
+	f.SubnetFile.Env.MTU = 1472
+	f.Node.Routes[2] = netlinkx.Route{Dst: network, LinkIndex: devIdx}
+	f.Node.Neighs, f.Node.FDB = nil, nil
+	return f
+}
+
 func TestBackends(t *testing.T) {
-	hostgwFacts := func() Facts {
-		f := healthy()
-		f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`)
-		f.Store.Leases[0].Value = []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}`)
-		f.Store.Leases[1].Value = []byte(`{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"host-gw"}`)
-		f.Node.Links = append(f.Node.Links[:2], f.Node.Links[3])
-		f.Node.Links[2].MTU = 1500
-		f.SubnetFile.Env.MTU = 1500
-		f.Node.Routes[2] = netlinkx.Route{Dst: pfx("10.244.2.0/24"), Gw: addr("192.0.2.2"), LinkIndex: ulIdx}
-		f.Node.Neighs, f.Node.FDB = nil, nil
-		return f
-	}
-	udpFacts := func() Facts {
-		f := healthy()
-		f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
-		f.Store.Leases[0].Value = []byte(`{"PublicIP":"192.0.2.1","PublicIPv6":null}`)
-		f.Store.Leases[1].Value = []byte(`{"PublicIP":"192.0.2.2","PublicIPv6":null}`)
-		f.Node.Links[2] = Link{Name: "flannel0", Index: devIdx, Kind: "tuntap", MTU: 1472, Up: true, Addrs: []netip.Prefix{pfx("10.244.1.0/32")}}
-		f.Node.Links[3].MTU = 1472
-		f.SubnetFile.Env.MTU = 1472
-		f.Node.Routes[2] = netlinkx.Route{Dst: network, LinkIndex: devIdx}
-		f.Node.Neighs, f.Node.FDB = nil, nil
-		return f
-	}
+	hostgwFacts, udpFacts := healthyHostGW, healthyUDP
 	t.Run("host-gw healthy", func(t *testing.T) {
 		r := Evaluate(hostgwFacts())
 		for _, x := range r.Results {

@@ -3,7 +3,9 @@ package doctor_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,15 +13,16 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lab/labtest"
+	"github.com/weft-net/weft/internal/lease"
 )
 
 // TestLabFaults makes, one at a time on node 1 of a 3-node vxlan lab
 // whose agent is stopped (a running agent would repair most of them at
-// once), the faults of issue 12 that TestLab and TestLabProbes do not:
-// the store stopped, subnet.env edited to a wrong subnet, an FDB entry
-// pointing at a wrong address, ip_forward off, the device's MTU changed.
-// weft doctor names each, with its fix, and passes again once it is
-// undone.
+// once), the faults of issue 12 that TestLabProbes does not: the agent
+// stopped, the store stopped, subnet.env edited to a wrong subnet, a
+// route deleted, an FDB entry pointing at a wrong address, ip_forward
+// off, the device's MTU changed. weft doctor names each, with its fix,
+// and passes again once it is undone.
 func TestLabFaults(t *testing.T) {
 	labtest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -34,14 +37,19 @@ func TestLabFaults(t *testing.T) {
 		t.Helper()
 		mustExec(t, ctx, l, n1.NS, argv...)
 	}
-	// The agent is stopped: every check but the agent's own is ok.
+	// The agent is stopped: doctor names it, with the fix, and every
+	// other check but the agent's health endpoints is ok.
 	baseline := func(when string) {
 		t.Helper()
-		r, _ := runDoctor(t, ctx, l.BinDir, n1.NS, args)
+		r, ok := runDoctor(t, ctx, l.BinDir, n1.NS, args)
 		for _, x := range r.Results {
 			if x.Status == "fail" && x.Check != "agent" && x.Check != "healthz" && x.Check != "readyz" && x.Check != "ready-marker" {
 				t.Fatalf("%s: %s fails: %s\n%s", when, x.Check, x.Message, r)
 			}
+		}
+		if a := result(r, "agent"); ok || a.Status != "fail" || !strings.Contains(a.Message, "no weftd process in this network namespace") ||
+			!strings.Contains(a.Hint, "start weftd") {
+			t.Fatalf("%s: doctor exit 0 %v, agent %s: %s | %s; want it to fail naming the stopped agent and how to start it", when, ok, a.Status, a.Message, a.Hint)
 		}
 	}
 	baseline("agent stopped")
@@ -51,6 +59,14 @@ func TestLabFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	peer := n2.Subnet.Masked()
+	// A wrong subnet no lab node holds, so that no lease names it.
+	var wrong netip.Prefix
+	for i := 250; i < 256 && !wrong.IsValid(); i++ {
+		p := netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i))
+		if !slices.ContainsFunc([]*lab.Node{n1, n2, l.Node(3)}, func(n *lab.Node) bool { return n.Subnet.Overlaps(p) }) {
+			wrong = p
+		}
+	}
 	var peerMAC string
 	if out, err := l.Exec(ctx, n1.NS, "ip", "neigh", "show", peer.Addr().String(), "dev", "flannel.1"); err == nil {
 		if f := strings.Fields(string(out)); len(f) >= 3 {
@@ -80,8 +96,8 @@ func TestLabFaults(t *testing.T) {
 			"store", "unreachable", "is the store up?"},
 		{"subnet.env edited to a wrong subnet",
 			func() {
-				wrong := strings.ReplaceAll(string(env), n1.Subnet.Addr().String(), "10.244.250.1")
-				if err := os.WriteFile(n1.SubnetFile, []byte(wrong), 0o644); err != nil {
+				edited := strings.ReplaceAll(string(env), n1.Subnet.Addr().String(), lease.FirstIP(wrong).String())
+				if err := os.WriteFile(n1.SubnetFile, []byte(edited), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -90,7 +106,15 @@ func TestLabFaults(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			"subnet-lease", "no lease for 10.244.250.0/24", ""},
+			"subnet-lease", fmt.Sprintf("no lease for %s, the subnet file's; this node (%s) holds %s", wrong, n1.PublicIP, strings.Replace(n1.Subnet.Masked().String(), "/", "-", 1)),
+			"the subnet file is stale: restart weftd to rewrite it"},
+		{"a route deleted",
+			func() { sh("ip", "route", "del", peer.String()) },
+			func() {
+				sh("ip", "route", "replace", peer.String(), "via", peer.Addr().String(), "dev", "flannel.1", "onlink")
+			},
+			"routes", "missing: " + peer.String() + " via " + peer.Addr().String() + " dev flannel.1 onlink",
+			"weftd repairs routes on every resync"},
 		{"FDB entry pointing at a wrong address",
 			func() {
 				sh("bridge", "fdb", "replace", peerMAC, "dev", "flannel.1", "dst", "192.0.2.99", "self", "permanent")
@@ -98,7 +122,7 @@ func TestLabFaults(t *testing.T) {
 			func() {
 				sh("bridge", "fdb", "replace", peerMAC, "dev", "flannel.1", "dst", n2.PublicIP.String(), "self", "permanent")
 			},
-			"fdb", peerMAC + " dst " + n2.PublicIP.String(), ""},
+			"fdb", "differs (want): " + peerMAC + " dst " + n2.PublicIP.String(), "weftd repairs them on every resync"},
 		{"ip_forward off",
 			func() { sh("sysctl", "-qw", "net.ipv4.ip_forward=0") },
 			func() { sh("sysctl", "-qw", "net.ipv4.ip_forward=1") },
@@ -106,15 +130,19 @@ func TestLabFaults(t *testing.T) {
 		{"device MTU changed",
 			func() { sh("ip", "link", "set", "flannel.1", "mtu", "1300") },
 			func() { sh("ip", "link", "set", "flannel.1", "mtu", "1450") },
-			"subnet-mtu", "exceeds flannel.1's MTU 1300", ""},
+			"subnet-mtu", "FLANNEL_MTU 1450 exceeds flannel.1's MTU 1300: pods send packets the overlay drops; the subnet file is right: flannel.1's MTU was changed from the 1450",
+			"ip link set flannel.1 mtu 1450"},
 	}
 	for _, f := range faults {
+		if f.want == "" || f.hint == "" {
+			t.Fatalf("%s: the fault's cause and fix must both be asserted", f.name)
+		}
 		f.make()
 		r, ok := runDoctor(t, ctx, l.BinDir, n1.NS, args)
 		found := false
 		for _, x := range r.Results {
-			text := strings.Join(append([]string{x.Message, x.Hint}, x.Details...), "\n")
-			if x.Check == f.check && x.Status == "fail" && strings.Contains(text, f.want) && strings.Contains(text, f.hint) {
+			text := strings.Join(append([]string{x.Message}, x.Details...), "\n")
+			if x.Check == f.check && x.Status == "fail" && strings.Contains(text, f.want) && strings.Contains(x.Hint, f.hint) {
 				found = true
 				t.Logf("%s: %s: %s | %s", f.name, x.Check, x.Message, x.Hint)
 			}

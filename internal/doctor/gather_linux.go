@@ -363,6 +363,17 @@ func gatherNode(ctx context.Context, o agentopts.Options, n *config.Network, sf 
 		}
 	}
 
+	if _, ports := datapathSockets(n, nf.Links); len(ports) > 0 {
+		for _, p := range ports {
+			s, err := netlinkx.UDPSockets(uint16(p))
+			if err != nil {
+				nf.DatapathSocketsErr = err
+				break
+			}
+			nf.DatapathSockets = append(nf.DatapathSockets, s...)
+		}
+	}
+
 	if n != nil && sf.Err == nil && sf.Env.IPMasq {
 		nf.Masq = gatherMasq(ctx, n.EnableNFTables, ipt)
 	}

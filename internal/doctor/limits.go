@@ -2,8 +2,12 @@ package doctor
 
 import (
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/weft-net/weft/internal/backend/udp"
+	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
 )
 
@@ -27,38 +31,101 @@ func (e *eval) kernelLimits() {
 	e.conntrack()
 }
 
-// socketBuffers compares the kernel's socket buffer limits with what the
-// udp datapath asks for: a socket capped below it overflows on bursts and
-// drops packets (netstat -su: receive buffer errors).
-func (e *eval) socketBuffers() {
-	if e.net == nil || e.net.Backend.Type != config.BackendUDP {
-		return // vxlan and host-gw forward in the kernel, with no socket
+// datapathSockets names what in weftd listens on UDP itself and on which
+// ports: the udp datapath, or wireguard-go (its conn.NewDefaultBind is the
+// same StdNetBind, asking for udp.SocketBuffer); "" for backends the
+// kernel forwards with no socket of weftd's (vxlan, host-gw, the kernel's
+// WireGuard device, which receives in the kernel).
+func datapathSockets(n *config.Network, links []Link) (who string, ports []int) {
+	if n == nil {
+		return "", nil
 	}
+	switch n.Backend.Type {
+	case config.BackendUDP:
+		return "the udp datapath", []int{n.Backend.Port}
+	case config.BackendWireGuard:
+		for _, d := range wireguard.Devices(n) {
+			if slices.ContainsFunc(links, func(l Link) bool { return l.Name == d.Name && l.Kind == "wireguard" }) {
+				return "", nil
+			}
+			ports = append(ports, d.Port)
+		}
+		return "wireguard-go", ports
+	}
+	return "", nil
+}
+
+// socketBuffers compares the buffers weftd's datapath sockets got with
+// what they ask for (udp.SocketBuffer): a smaller one overflows on bursts
+// and drops packets (netstat -su: receive buffer errors). The sockets ask
+// with SO_RCVBUF/SO_SNDBUF, which net.core.rmem_max/wmem_max cap, then
+// with SO_RCVBUFFORCE/SO_SNDBUFFORCE, which pass the cap when weftd has
+// CAP_NET_ADMIN (as it does as root): so the sockets' own sizes are the
+// verdict, and the sysctls only when no socket is found.
+func (e *eval) socketBuffers() {
+	who, ports := datapathSockets(e.net, e.f.Node.Links)
+	if who == "" {
+		return
+	}
+	want := udp.SocketBuffer
 	sys := e.f.Node.Sysctls
 	rs, rok := sys[sysRmemMax]
 	ws, wok := sys[sysWmemMax]
-	if !rok || !wok {
-		e.add("socket-buffers", Skip, "cannot read net.core.rmem_max / wmem_max", "")
-		return
-	}
 	r, w := atoi(rs), atoi(ws)
-	msg := fmt.Sprintf("net.core.rmem_max = %d, wmem_max = %d", r, w)
-	if r >= udp.SocketBuffer && w >= udp.SocketBuffer {
-		e.add("socket-buffers", OK, msg+fmt.Sprintf(" ≥ the %d bytes the udp datapath asks for", udp.SocketBuffer), "")
+	limits := fmt.Sprintf("net.core.rmem_max = %d, wmem_max = %d", r, w)
+	capped := rok && wok && (r < want || w < want)
+	fix := fmt.Sprintf("sysctl -w net.core.rmem_max=%d net.core.wmem_max=%d, persist it in /etc/sysctl.d/, then restart weftd", want, want)
+	var ps []string
+	for _, p := range ports {
+		ps = append(ps, strconv.Itoa(p))
+	}
+	on := "UDP " + strings.Join(ps, ", ")
+
+	if socks := e.f.Node.DatapathSockets; len(socks) > 0 {
+		// The kernel reports twice the size set: its bookkeeping counts.
+		rcv, snd := socks[0].RcvBuf/2, socks[0].SndBuf/2
+		for _, s := range socks[1:] {
+			rcv, snd = min(rcv, s.RcvBuf/2), min(snd, s.SndBuf/2)
+		}
+		sockets := "socket"
+		if len(socks) > 1 {
+			sockets = "sockets" // IPv4 and IPv6, or one per WireGuard device
+		}
+		msg := fmt.Sprintf("weftd's %s on %s got %d-byte receive and %d-byte send buffers", sockets, on, rcv, snd)
+		switch {
+		case rcv >= want && snd >= want && capped:
+			e.add("socket-buffers", OK, fmt.Sprintf("%s, the %d %s asks for: %s does not cap them, since weftd has CAP_NET_ADMIN (SO_RCVBUFFORCE/SO_SNDBUFFORCE)", msg, want, who, limits), "")
+		case rcv >= want && snd >= want:
+			e.add("socket-buffers", OK, fmt.Sprintf("%s, the %d %s asks for", msg, want, who), "")
+		case capped:
+			e.add("socket-buffers", Warn, fmt.Sprintf("%s, below the %d %s asks for: %s caps them, and weftd lacks CAP_NET_ADMIN to pass the cap (SO_RCVBUFFORCE); bursts overflow a smaller buffer and drop", msg, want, who, limits),
+				fix+", or run weftd with CAP_NET_ADMIN")
+		default:
+			e.add("socket-buffers", Warn, fmt.Sprintf("%s, below the %d %s asks for; bursts overflow a smaller buffer and drop", msg, want, who),
+				"restart weftd; if they stay small, see its log")
+		}
 		return
 	}
-	var low string
-	switch {
-	case r < udp.SocketBuffer && w < udp.SocketBuffer:
-		low = "both are"
-	case r < udp.SocketBuffer:
-		low = "rmem_max is"
-	default:
-		low = "wmem_max is"
+	none := "no weftd socket on " + on + " to read (see agent)"
+	if err := e.f.Node.DatapathSocketsErr; err != nil {
+		none = err.Error()
 	}
-	e.add("socket-buffers", Warn,
-		fmt.Sprintf("%s: %s below the %d bytes the udp datapath asks for; weftd passes the cap only with CAP_NET_ADMIN (SO_RCVBUFFORCE), and bursts overflow a smaller buffer and drop", msg, low, udp.SocketBuffer),
-		fmt.Sprintf("sysctl -w net.core.rmem_max=%d net.core.wmem_max=%d, persist it in /etc/sysctl.d/, then restart weftd", udp.SocketBuffer, udp.SocketBuffer))
+	switch {
+	case !rok || !wok:
+		e.add("socket-buffers", Skip, "cannot read net.core.rmem_max / wmem_max, and "+none, "")
+	case !capped:
+		e.add("socket-buffers", OK, fmt.Sprintf("%s ≥ the %d bytes %s asks for (%s)", limits, want, who, none), "")
+	default:
+		low := "both are"
+		if r >= want {
+			low = "wmem_max is"
+		} else if w >= want {
+			low = "rmem_max is"
+		}
+		e.add("socket-buffers", Warn,
+			fmt.Sprintf("%s: %s below the %d bytes %s asks for, which caps its sockets unless weftd has CAP_NET_ADMIN (SO_RCVBUFFORCE); %s, so what they got is unknown", limits, low, want, who, none),
+			fix)
+	}
 }
 
 // conntrack warns before the connection tracking table fills: once full,

@@ -244,14 +244,37 @@ func (e *eval) subnetMTU() {
 	case want == 0:
 		e.add("subnet-mtu", Skip, fmt.Sprintf("FLANNEL_MTU %d not compared: the device is unknown", e.env.MTU), "")
 	case e.env.MTU > want:
-		e.add("subnet-mtu", Fail, fmt.Sprintf("FLANNEL_MTU %d exceeds %s's MTU %d: pods send packets the overlay drops", e.env.MTU, of, want),
-			"restart weftd to rewrite the subnet file, then recreate the pods")
+		msg, hint := fmt.Sprintf("FLANNEL_MTU %d exceeds %s's MTU %d: pods send packets the overlay drops", e.env.MTU, of, want),
+			"restart weftd to rewrite the subnet file, then recreate the pods"
+		if m, h := e.deviceMTUChanged(); m != "" {
+			msg, hint = msg+"; "+m, h
+		}
+		e.add("subnet-mtu", Fail, msg, hint)
 	case e.env.MTU < want:
-		e.add("subnet-mtu", Warn, fmt.Sprintf("FLANNEL_MTU %d is below %s's MTU %d: works, but wastes bandwidth", e.env.MTU, of, want),
-			"restart weftd to rewrite the subnet file")
+		msg, hint := fmt.Sprintf("FLANNEL_MTU %d is below %s's MTU %d: works, but wastes bandwidth", e.env.MTU, of, want),
+			"restart weftd to rewrite the subnet file"
+		if m, h := e.deviceMTUChanged(); m != "" {
+			msg, hint = msg+"; "+m, h
+		}
+		e.add("subnet-mtu", Warn, msg, hint)
 	default:
 		e.add("subnet-mtu", OK, fmt.Sprintf("FLANNEL_MTU %d = %s's MTU", e.env.MTU, of), "")
 	}
+}
+
+// deviceMTUChanged says, when the subnet file has the MTU weftd gives its
+// device but the device has another, that the device is what changed
+// (ip link set by hand), and how to put it back; "" otherwise.
+func (e *eval) deviceMTUChanged() (msg, hint string) {
+	if e.dev == nil || e.net == nil || e.net.Backend.Type == config.BackendHostGW {
+		return "", ""
+	}
+	want, why := e.deviceMTU(e.family4())
+	if want == 0 || e.dev.MTU == want || e.env.MTU != want {
+		return "", ""
+	}
+	return fmt.Sprintf("the subnet file is right: %s's MTU was changed from the %d weftd gives it (%s)", e.dev.Name, want, why),
+		fmt.Sprintf("ip link set %s mtu %d (a running weftd resets it on its next resync; if it does not, see its log)", e.dev.Name, want)
 }
 
 // subnetGSO checks the GSO limit subnet.env gives pods: host-gw pods follow
@@ -451,6 +474,10 @@ func (e *eval) device(fm *family) {
 		}
 	}
 	wantMTU, why := e.deviceMTU(fm)
+	hint := "weftd repairs its device on every resync (--resync-period): if this stays, see weftd's log"
+	if wantMTU != 0 && d.MTU != wantMTU {
+		hint = fmt.Sprintf("ip link set %s mtu %d, or let weftd repair it: it resets its device on every resync (--resync-period); if this stays, see weftd's log", name, wantMTU)
+	}
 	switch {
 	case wantMTU == 0:
 	case d.MTU > wantMTU:
@@ -467,8 +494,7 @@ func (e *eval) device(fm *family) {
 		status = max(status, Warn)
 	}
 	if len(problems) > 0 {
-		e.add(check, status, name+" "+strings.Join(problems, "; "),
-			"weftd repairs its device on every resync (--resync-period): if this stays, see weftd's log")
+		e.add(check, status, name+" "+strings.Join(problems, "; "), hint)
 		return
 	}
 	mtu := fmt.Sprintf("MTU %d", d.MTU)

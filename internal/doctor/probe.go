@@ -432,6 +432,33 @@ func (e *eval) judgePeer(p PeerProbe) {
 	}
 }
 
+// largestCrossing finds the largest packet size that crosses, given that
+// small does and mtu does not: first whether floor (the least MTU a path
+// must carry) crosses, then a binary search in what is left. crosses
+// sends one echo of size with sequence number seq (3, 4, ...: 0 to 2 are
+// the hops') and says whether it came back; a search whose echoes stop
+// coming back (ctx done) ends at the largest size seen to cross.
+func largestCrossing(small, floor, mtu int, crosses func(size int, seq uint16) bool) int {
+	lo, hi := small, mtu // lo crosses, hi does not
+	switch {
+	case floor >= hi:
+		// IPv6's floor (1280) is not below the device's MTU: search under it.
+	case crosses(floor, 3):
+		lo = floor
+	default:
+		hi = floor
+	}
+	for seq := uint16(4); hi-lo > 1; seq++ {
+		mid := (lo + hi) / 2
+		if crosses(mid, seq) {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
 func lowerTo(largest int) string {
 	if largest <= 0 {
 		return ""

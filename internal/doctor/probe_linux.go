@@ -100,24 +100,9 @@ func probePeer(ctx context.Context, t ProbeTarget, o ProbeOptions, id uint16) Pe
 	// Search the largest size that crosses, one echo per step, waiting
 	// a few round trips of the small probe's (bounded by o.Timeout).
 	wait := min(max(10*p.Overlay.RTT, 100*time.Millisecond), o.Timeout)
-	lo, hi := small, t.MTU // lo crosses, hi does not
-	switch {
-	case floor >= hi:
-		// IPv6's floor (1280) is not below the device's MTU: search under it.
-	case ov.ping(ctx, t.Overlay, floor, 1, 3, wait).Received > 0:
-		lo = floor
-	default:
-		hi = floor
-	}
-	for step := uint16(4); hi-lo > 1 && ctx.Err() == nil; step++ {
-		mid := (lo + hi) / 2
-		if r := ov.ping(ctx, t.Overlay, mid, 1, step, wait); r.Received > 0 {
-			lo = mid
-		} else {
-			hi = mid
-		}
-	}
-	p.Largest = lo
+	p.Largest = largestCrossing(small, floor, t.MTU, func(size int, seq uint16) bool {
+		return ctx.Err() == nil && ov.ping(ctx, t.Overlay, size, 1, seq, wait).Received > 0
+	})
 	return p
 }
 

@@ -1,9 +1,13 @@
 package doctor
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	udpbackend "github.com/weft-net/weft/internal/backend/udp"
+	"github.com/weft-net/weft/internal/netlinkx"
 )
 
 func ping(sent, recv int, rtt time.Duration) Ping {
@@ -95,14 +99,72 @@ func TestKernelLimits(t *testing.T) {
 		f.Store.Config = []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
 		return f
 	}
-	f := udp()
-	f.Node.Sysctls["net/core/rmem_max"] = "212992"
-	r, _ := find(Evaluate(f), "socket-buffers")
-	if r.Status != Warn || !strings.Contains(r.Message, "rmem_max is below the 7340032 bytes") || !strings.Contains(r.Hint, "sysctl -w net.core.rmem_max=7340032") {
-		t.Errorf("low rmem_max: %s %q %q", r.Status, r.Message, r.Hint)
+	const udpSocketBuffer = udpbackend.SocketBuffer
+	// sock_diag reports twice the size a socket was given.
+	sock := func(port uint16, size int) netlinkx.UDPSocket {
+		return netlinkx.UDPSocket{Local: netip.AddrPortFrom(netip.IPv4Unspecified(), port), RcvBuf: 2 * size, SndBuf: 2 * size}
 	}
-	if _, found := find(Evaluate(healthy()), "socket-buffers"); found {
-		t.Error("socket-buffers checked for vxlan, which uses no socket")
+	wgUser := func() Facts {
+		f := healthyWGDual("")
+		f.Node.Sysctls["net/core/rmem_max"], f.Node.Sysctls["net/core/wmem_max"] = "212992", "212992"
+		return f
+	}
+	wgKernel := func() Facts {
+		f := wgUser()
+		for i := range f.Node.Links {
+			if strings.HasPrefix(f.Node.Links[i].Name, "flannel-wg") {
+				f.Node.Links[i].Kind = "wireguard"
+			}
+		}
+		f.Node.DatapathSockets = []netlinkx.UDPSocket{sock(51820, 212992)}
+		return f
+	}
+	for _, c := range []struct {
+		name    string
+		facts   func() Facts
+		rmem    string
+		sockets []netlinkx.UDPSocket
+		status  Status
+		want    []string // in the message or the hint
+	}{
+		{"udp, no socket, rmem_max low", udp, "212992", nil, Warn,
+			[]string{"rmem_max is below the 7340032 bytes the udp datapath asks for", "unless weftd has CAP_NET_ADMIN", "no weftd socket on UDP 8285", "sysctl -w net.core.rmem_max=7340032"}},
+		{"udp, no socket, rmem_max enough", udp, "7340032", nil, OK,
+			[]string{"net.core.rmem_max = 7340032, wmem_max = 7340032 ≥ the 7340032 bytes the udp datapath asks for"}},
+		{"udp, forced past a low rmem_max", udp, "212992", []netlinkx.UDPSocket{sock(8285, udpSocketBuffer)}, OK,
+			[]string{"weftd's socket on UDP 8285 got 7340032-byte receive and 7340032-byte send buffers", "net.core.rmem_max = 212992, wmem_max = 7340032 does not cap them", "CAP_NET_ADMIN"}},
+		{"udp, capped by rmem_max", udp, "212992", []netlinkx.UDPSocket{sock(8285, 212992)}, Warn,
+			[]string{"got 212992-byte receive", "below the 7340032 the udp datapath asks for", "rmem_max = 212992", "lacks CAP_NET_ADMIN", "sysctl -w net.core.rmem_max=7340032"}},
+		{"wireguard-go, capped", wgUser, "212992", []netlinkx.UDPSocket{sock(51820, 212992), sock(51821, 212992)}, Warn,
+			[]string{"weftd's sockets on UDP 51820, 51821 got 212992-byte", "wireguard-go asks for", "sysctl -w net.core.rmem_max=7340032"}},
+		{"wireguard-go, forced", wgUser, "212992", []netlinkx.UDPSocket{sock(51820, udpSocketBuffer), sock(51821, udpSocketBuffer)}, OK,
+			[]string{"got 7340032-byte receive", "the 7340032 wireguard-go asks for", "does not cap them"}},
+		{"wireguard-go, one socket capped", wgUser, "212992", []netlinkx.UDPSocket{sock(51820, udpSocketBuffer), sock(51821, 212992)}, Warn,
+			[]string{"got 212992-byte receive"}},
+		{"wireguard-go, no socket", wgUser, "212992", nil, Warn,
+			[]string{"wireguard-go asks for", "no weftd socket on UDP 51820, 51821"}},
+	} {
+		f := c.facts()
+		f.Node.Sysctls["net/core/rmem_max"] = c.rmem
+		f.Node.DatapathSockets = c.sockets
+		r, found := find(Evaluate(f), "socket-buffers")
+		text := r.Message + " | " + r.Hint
+		if !found || r.Status != c.status {
+			t.Errorf("%s: socket-buffers %v %s, want %s: %s", c.name, found, r.Status, c.status, text)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(text, w) {
+				t.Errorf("%s: %q missing from %s", c.name, w, text)
+			}
+		}
+		if r.Status == OK && r.Hint != "" {
+			t.Errorf("%s: ok with a hint", c.name)
+		}
+	}
+	for name, f := range map[string]Facts{"vxlan": healthy(), "kernel wireguard": wgKernel()} {
+		if r, found := find(Evaluate(f), "socket-buffers"); found {
+			t.Errorf("socket-buffers checked for %s, which receives in the kernel: %s", name, r.Message)
+		}
 	}
 	for _, c := range []struct {
 		count  string
@@ -114,6 +176,120 @@ func TestKernelLimits(t *testing.T) {
 		r, _ := find(Evaluate(f), "conntrack")
 		if r.Status != c.status || (c.status != OK && !strings.Contains(r.Hint, "sysctl -w net.netfilter.nf_conntrack_max=2000")) {
 			t.Errorf("conntrack %s/1000: %s %q %q", c.count, r.Status, r.Message, r.Hint)
+		}
+	}
+}
+
+// TestLargestCrossing runs the MTU search against every path MTU a
+// search can meet, for both families' sizes: it finds the largest size
+// that crosses, sends each size once with its own sequence number, and
+// stays within a binary search's steps.
+func TestLargestCrossing(t *testing.T) {
+	for _, c := range []struct{ small, floor, mtu int }{
+		{smallProbe, minProbeSize, 1450}, // IPv4 vxlan
+		{smallProbe, minProbeSize, 1472}, // IPv4 udp
+		{smallProbe6, minProbeSize6, 1430},
+		{smallProbe6, minProbeSize6, 1280}, // the floor is the device's MTU
+		{smallProbe6, minProbeSize6, 1200},
+	} {
+		bound := 1 // the floor
+		for n := c.mtu - c.small; n > 1; n = (n + 1) / 2 {
+			bound++
+		}
+		for m := c.small; m < c.mtu; m++ {
+			sent := map[int]bool{}
+			seqs := map[uint16]bool{}
+			got := largestCrossing(c.small, c.floor, c.mtu, func(size int, seq uint16) bool {
+				if size <= c.small || size >= c.mtu || sent[size] || seqs[seq] || seq < 3 {
+					t.Errorf("%+v, path MTU %d: probe of %d bytes, seq %d (sent %v)", c, m, size, seq, sent)
+				}
+				sent[size], seqs[seq] = true, true
+				return size <= m
+			})
+			if got != m || len(sent) > bound {
+				t.Fatalf("%+v, path MTU %d: found %d after %d probes (bound %d)", c, m, got, len(sent), bound)
+			}
+		}
+	}
+}
+
+// TestProbeBackends plans the probes of host-gw and wireguard nodes and
+// judges what probing the planned targets could find: each backend's
+// hop goes to its own address (host-gw the peer's cni0 gateway, wireguard
+// the peer's device through its listen port) and a lost probe is named
+// for that backend, with its fix.
+func TestProbeBackends(t *testing.T) {
+	ok := ping(3, 3, 400*time.Microsecond)
+	lost := ping(3, 0, 0)
+	type verdict struct {
+		p      PeerProbe
+		status Status
+		msg    string
+		hint   []string
+	}
+	for _, c := range []struct {
+		name     string
+		facts    func() Facts
+		targets  []ProbeTarget
+		verdicts [][]verdict // per target
+	}{
+		{
+			name: "host-gw", facts: healthyHostGW,
+			targets: []ProbeTarget{{Key: "10.244.2.0-24", Subnet: pfx("10.244.2.0/24"), PublicIP: addr("192.0.2.2"), Overlay: addr("10.244.2.1"), Source: addr("10.244.1.1"), Backend: "host-gw", MTU: 1500}},
+			verdicts: [][]verdict{{
+				{PeerProbe{Underlay: ok, Overlay: ok, Full: Ping{Sent: 3, Received: 3, RTT: time.Millisecond, Size: 1500}}, OK,
+					"192.0.2.2 (10.244.2.0/24): underlay 0.40 ms, host-gw 0.40 ms, 1500-byte DF 1.00 ms", nil},
+				{PeerProbe{Underlay: ok, Overlay: lost}, Fail,
+					"peer's agent not answering on its subnet: gateway 10.244.2.1 via 192.0.2.2 (host-gw) did not answer",
+					[]string{"on 192.0.2.2: is weftd running, cni0 up with 10.244.2.1", "ip_forward on?", "one L2 segment"}},
+			}},
+		},
+		{
+			name: "wireguard", facts: func() Facts { return healthyWGDual("") },
+			targets: []ProbeTarget{
+				{Key: "10.244.2.0-24&fd00:10:244:2::-64", Subnet: pfx("10.244.2.0/24"), PublicIP: addr("192.0.2.2"), Overlay: addr("10.244.2.0"), Source: addr("10.244.1.0"), Backend: "wireguard", Port: 51820, MTU: 1420},
+				{Key: "10.244.2.0-24&fd00:10:244:2::-64", Subnet: pfx("fd00:10:244:2::/64"), PublicIP: addr("2001:db8::2"), Overlay: addr("fd00:10:244:2::"), Source: addr("fd00:10:244:1::"), Backend: "wireguard", Port: 51821, MTU: 1420, IPv6: true},
+			},
+			verdicts: [][]verdict{
+				{
+					{PeerProbe{Underlay: ok, Overlay: ok, Full: Ping{Sent: 3, Received: 3, RTT: time.Millisecond, Size: 1420}}, OK,
+						"192.0.2.2 (10.244.2.0/24): underlay 0.40 ms, wireguard 0.40 ms, 1420-byte DF 1.00 ms", nil},
+					{PeerProbe{Underlay: ok, Overlay: lost}, Fail,
+						"WireGuard (UDP 51820) to 192.0.2.2: no answer through the tunnel while the underlay passes ICMP — a firewall drops it, or the keys do not match",
+						[]string{"allow UDP 51820 between the nodes", "`wg show flannel-wg` on both nodes"}},
+				},
+				{
+					{PeerProbe{Underlay: ok, Overlay: lost}, Fail,
+						"WireGuard over IPv6 (UDP 51821) to 2001:db8::2: no answer through the tunnel",
+						[]string{"allow UDP 51821 between the nodes", "`wg show flannel-wg-v6` on both nodes"}},
+				},
+			},
+		},
+	} {
+		f := c.facts()
+		targets, _, _ := PlanProbes(f, ProbeOptions{})
+		if len(targets) != len(c.targets) {
+			t.Fatalf("%s: targets %+v, want %+v", c.name, targets, c.targets)
+		}
+		for i, tg := range targets {
+			if tg != c.targets[i] {
+				t.Errorf("%s: target %d\n got %+v\nwant %+v", c.name, i, tg, c.targets[i])
+			}
+			for _, v := range c.verdicts[i] {
+				g := c.facts()
+				// As the pinger fills them in.
+				v.p.Target, v.p.Underlay.Dst, v.p.Overlay.Dst = tg, tg.PublicIP, tg.Overlay
+				g.Probe = &ProbeFacts{Peers: []PeerProbe{v.p}}
+				r, found := find(Evaluate(g), "peer")
+				if !found || r.Status != v.status || !strings.HasPrefix(r.Message, v.msg) {
+					t.Errorf("%s: %+v: got %s %q, want %s %q", c.name, v.p, r.Status, r.Message, v.status, v.msg)
+				}
+				for _, h := range v.hint {
+					if !strings.Contains(r.Hint, h) {
+						t.Errorf("%s: %q: %q missing from the hint %q", c.name, v.msg, h, r.Hint)
+					}
+				}
+			}
 		}
 	}
 }

@@ -230,3 +230,13 @@ func PrefixOf(n net.IPNet) (netip.Prefix, bool) {
 	}
 	return netip.PrefixFrom(a, ones), true
 }
+
+// UDPSocket is a UDP socket of a network namespace as sock_diag shows
+// it: where it is bound and the buffer limits the kernel gave it
+// (sk_rcvbuf, sk_sndbuf). Those are twice what SO_RCVBUF/SO_SNDBUF asked
+// for, once net.core.rmem_max/wmem_max capped the request (SO_*BUFFORCE
+// is not capped): the kernel counts its bookkeeping in the buffer.
+type UDPSocket struct {
+	Local          netip.AddrPort
+	RcvBuf, SndBuf int
+}

@@ -219,3 +219,36 @@ func TestBuildDualStack(t *testing.T) {
 		t.Errorf("IPv6 only, own lease gone: problems %q", s.Problems)
 	}
 }
+
+// TestWireGuardKey: a wireguard lease's row shows its key's fingerprint
+// (the first 8 base64 characters, as the text table prints it), taken
+// from BackendV6Data when an IPv6-only lease has no BackendData.
+func TestWireGuardKey(t *testing.T) {
+	const key4, key6 = "q5CdaJ9+L7JPAWLqxCwgcaY7WVbZFFYrz8/PXEpcimw=", "Ni0gmylCFr5J3bqGx2uGq1hc0P6CVOtrtN1e2vxdVzc="
+	wg := func(key string) json.RawMessage {
+		return json.RawMessage(`{"PublicKey":"` + key + `","Port":51820}`)
+	}
+	v := view()
+	v.Leases = v.Leases[:2]
+	v.Report.Results = v.Report.Results[:4]
+	v.Stale = nil
+	v.Leases[0].BackendType, v.Leases[0].BackendData = "wireguard", wg(key4)
+	v.Leases[1].BackendType, v.Leases[1].BackendData, v.Leases[1].BackendV6Data = "wireguard", nil, wg(key6)
+	s := Build(v)
+	for i, want := range []string{"key q5CdaJ9+…", "key Ni0gmylC…"} {
+		if s.Rows[i].Data != want {
+			t.Errorf("%s: data %q, want %q", s.Rows[i].Key, s.Rows[i].Data, want)
+		}
+	}
+	var text bytes.Buffer
+	if err := s.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^10\.244\.1\.0-24 +10\.244\.1\.0/24 +192\.0\.2\.1 +wireguard +key q5CdaJ9\+… `).Match(text.Bytes()) {
+		t.Errorf("the table lacks node 1's key fingerprint:\n%s", text.String())
+	}
+	v.Leases[0].BackendData = json.RawMessage(`{"PublicKey":`)
+	if d := Build(v).Rows[0].Data; d != "unparsable" {
+		t.Errorf("broken backend data: %q, want unparsable", d)
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lab/labtest"
+	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
@@ -66,6 +69,7 @@ func TestDualStackHostGW(t *testing.T) {
 	e.mesh(ctx)
 
 	runScenarios(t, ctx, e, e, []scenario[*env]{
+		{"Doctor", testDoctorHostGW},
 		{"IPv6Stream", testStream6},
 		{"RestartKeepsSubnetsAndTraffic", testRestart},
 		{"DeletedIPv6RouteHeals", func(t *testing.T, ctx context.Context, e *env) {
@@ -244,5 +248,65 @@ func TestKubeDualStack(t *testing.T) {
 			ann[e.keys.PublicIPv6] != n.PublicIPv6.String() {
 			t.Errorf("node %d annotations: %v", n.Index, ann)
 		}
+	}
+}
+
+// testDoctorHostGW: weft doctor on node 1 finds every check ok and each
+// peer's cni0 gateway answering over both families; with echoes to node
+// 2's IPv4 gateway dropped in node 2 (as when it has no cni0 with that
+// address), it names node 2 as not answering on its subnet, with what to
+// check there.
+func testDoctorHostGW(t *testing.T, ctx context.Context, e *env) {
+	r, ok := e.doctor(t, ctx, 1)
+	var peers []string
+	for _, x := range r.Results {
+		if x.Status != "ok" {
+			t.Errorf("healthy: %s is %s: %s | %s", x.Check, x.Status, x.Message, x.Hint)
+		}
+		if x.Check == "peer" {
+			peers = append(peers, x.Message)
+		}
+	}
+	t.Logf("peers: %q", peers)
+	for _, n := range []*lab.Node{e.l.Node(2), e.l.Node(3)} {
+		for _, w := range []string{
+			fmt.Sprintf("%s (%s): underlay ", n.PublicIP, n.Subnet.Masked()),
+			fmt.Sprintf("%s (%s): underlay ", n.PublicIPv6, n.Subnet6.Masked()),
+		} {
+			if !slices.ContainsFunc(peers, func(p string) bool {
+				return strings.HasPrefix(p, w) && strings.Contains(p, ", host-gw ") && strings.Contains(p, "-byte DF ")
+			}) {
+				t.Errorf("node %d: no %q…host-gw… among %q", n.Index, w, peers)
+			}
+		}
+	}
+	if !ok || !r.OK {
+		t.Fatalf("healthy: doctor failed: %+v", r)
+	}
+
+	n2 := e.l.Node(2)
+	gw := lease.FirstIP(n2.Subnet.Masked())
+	for _, cmd := range []string{
+		"add table inet e2edoctor",
+		"add chain inet e2edoctor input { type filter hook input priority 0 ; }",
+		fmt.Sprintf("add rule inet e2edoctor input ip daddr %s icmp type echo-request drop", gw),
+	} {
+		if out, err := e.l.Exec(ctx, n2.NS, "nft", cmd); err != nil {
+			t.Fatalf("nft %s: %v\n%s", cmd, err, out)
+		}
+	}
+	defer func() {
+		if out, err := e.l.Exec(ctx, n2.NS, "nft", "delete table inet e2edoctor"); err != nil {
+			t.Errorf("nft: %v\n%s", err, out)
+		}
+	}()
+	r, ok = e.doctor(t, ctx, 1)
+	w := fmt.Sprintf("peer's agent not answering on its subnet: gateway %s via %s (host-gw) did not answer", gw, n2.PublicIP)
+	found := false
+	for _, x := range r.Results {
+		found = found || x.Check == "peer" && x.Status == "fail" && x.Message == w && strings.Contains(x.Hint, fmt.Sprintf("cni0 up with %s", gw))
+	}
+	if ok || !found {
+		t.Errorf("echoes to node 2's gateway dropped: doctor exit 0 %v, want %q with its fix:\n%+v", ok, w, r)
 	}
 }

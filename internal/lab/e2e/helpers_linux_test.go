@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -110,6 +111,27 @@ func tailFile(path string, n int) string {
 }
 
 // subnet is node i's subnet, as its subnet.env last said.
+// doctorReport is what weft doctor --json prints.
+type doctorReport struct {
+	OK      bool
+	Results []struct{ Check, Status, Message, Hint string }
+}
+
+// doctor runs weft doctor --json in node i (its running agent's settings)
+// and returns the report and whether it exited 0.
+func (e *env) doctor(t *testing.T, ctx context.Context, i int) (doctorReport, bool) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", e.l.Node(i).NS, filepath.Join(e.l.BinDir, "weft"), "doctor", "--json")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var r doctorReport
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		t.Fatalf("weft doctor in node %d: %v, %v\n%s\n%s", i, err, jerr, out, stderr.String())
+	}
+	return r, err == nil
+}
+
 func (e *env) subnet(i int) netip.Prefix { return e.l.Node(i).Subnet.Masked() }
 
 // subnet6 is node i's IPv6 subnet (invalid without IPv6).

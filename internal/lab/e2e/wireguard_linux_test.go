@@ -63,6 +63,74 @@ func TestWireGuardBackend(t *testing.T) {
 	t.Run("key survives a restart, a new key converges", func(t *testing.T) { testKey(t, ctx, e) })
 	e.mesh(ctx)
 	t.Run("the device's sockets are never reopened in vain", func(t *testing.T) { testNoRebind(t, e) })
+	t.Run("weft doctor probes through WireGuard and names a blocked tunnel", func(t *testing.T) { testDoctor(t, ctx, e) })
+}
+
+// testDoctor: weft doctor on node 1 finds every check ok, each peer
+// answering through flannel-wg with the full pod MTU, and the buffers
+// wireguard-go's sockets got; with UDP 51820 from node 1 dropped in node
+// 2, it names the WireGuard hop to node 2, with the fix.
+func testDoctor(t *testing.T, ctx context.Context, e *env) {
+	n1, n2 := e.l.Node(1), e.l.Node(2)
+	doctor := func() (doctorReport, bool) { return e.doctor(t, ctx, 1) }
+	dev, err := e.h[1].LinkByName(wireguard.DeviceName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtu := dev.Attrs().MTU // the pod MTU
+	r, ok := doctor()
+	var peers []string
+	buffers := "none"
+	for _, x := range r.Results {
+		if x.Status != "ok" {
+			t.Errorf("healthy: %s is %s: %s | %s", x.Check, x.Status, x.Message, x.Hint)
+		}
+		switch x.Check {
+		case "peer":
+			peers = append(peers, x.Message)
+		case "socket-buffers":
+			buffers = x.Message
+		}
+	}
+	t.Logf("socket-buffers: %s; peers: %q", buffers, peers)
+	if !strings.HasPrefix(buffers, "weftd's sockets on UDP 51820 got 7340032-byte receive and 7340032-byte send buffers, the 7340032 wireguard-go asks for") {
+		t.Errorf("socket-buffers: %s", buffers)
+	}
+	for _, n := range []*lab.Node{e.l.Node(2), e.l.Node(3)} {
+		w := fmt.Sprintf("%s (%s): underlay ", n.PublicIP, n.Subnet.Masked())
+		if !slices.ContainsFunc(peers, func(p string) bool {
+			return strings.HasPrefix(p, w) && strings.Contains(p, ", wireguard ") && strings.Contains(p, fmt.Sprintf(", %d-byte DF ", mtu))
+		}) {
+			t.Errorf("node %d not answering through WireGuard with %d-byte packets: %q", n.Index, mtu, peers)
+		}
+	}
+	if !ok || !r.OK {
+		t.Fatalf("healthy: doctor failed: %+v", r)
+	}
+
+	for _, cmd := range []string{
+		"add table inet e2edoctor",
+		"add chain inet e2edoctor input { type filter hook input priority 0 ; }",
+		fmt.Sprintf("add rule inet e2edoctor input ip saddr %s udp dport 51820 drop", n1.PublicIP),
+	} {
+		if out, err := e.l.Exec(ctx, n2.NS, "nft", cmd); err != nil {
+			t.Fatalf("nft %s: %v\n%s", cmd, err, out)
+		}
+	}
+	defer func() {
+		if out, err := e.l.Exec(ctx, n2.NS, "nft", "delete table inet e2edoctor"); err != nil {
+			t.Errorf("nft: %v\n%s", err, out)
+		}
+	}()
+	r, ok = doctor()
+	w := fmt.Sprintf("WireGuard (UDP 51820) to %s: no answer through the tunnel while the underlay passes ICMP — a firewall drops it, or the keys do not match", n2.PublicIP)
+	found := false
+	for _, x := range r.Results {
+		found = found || x.Check == "peer" && x.Status == "fail" && x.Message == w && strings.Contains(x.Hint, "allow UDP 51820 between the nodes") && strings.Contains(x.Hint, "wg show flannel-wg")
+	}
+	if ok || !found {
+		t.Errorf("UDP 51820 dropped: doctor exit 0 %v, want %q with its fix:\n%+v", ok, w, r)
+	}
 }
 
 // testNoRebind: through starts, restarts and full reconciles, no weftd
