@@ -32,7 +32,7 @@ import (
 // The Kubernetes store benchmark's size and issue 9's targets.
 const (
 	kubeBenchNodes   = 5000
-	kubeBenchAdds    = 200 // enough that p99 is not simply the slowest add
+	kubeBenchAdds    = 200            // enough that p99 is not simply the slowest add
 	kubeBenchNetwork = "10.64.0.0/11" // 8,192 /24s, clear of the service CIDR 10.96.0.0/12
 	kubeBenchSubnets = 24
 	// The bench's own API server: beside a --store kube lab's (6443), on
