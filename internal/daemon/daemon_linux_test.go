@@ -128,28 +128,19 @@ func TestDaemon(t *testing.T) {
 	subnetFile := filepath.Join(t.TempDir(), "subnet.env")
 	port := freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	logs := &syncBuffer{}
-	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Options: agentopts.Options{
-			Etcd:         agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
-			EtcdPrefix:   prefix,
-			LeaseTTL:     3 * time.Second, // renewed at half-life: the margin (1h) exceeds it
-			Iface:        netif.Spec{Ifaces: []string{"ext0"}},
-			SubnetFile:   subnetFile,
-			HealthzIP:    "127.0.0.1",
-			HealthzPort:  port,
-			ResyncPeriod: time.Second,
-			ConfigRetry:  100 * time.Millisecond,
-		},
-		Version: "test",
-		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Netlink: hostNS.H,
-	}}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_TEST_LOGS") != "" {
-			t.Logf("weftd log:\n%s", logs.String())
-		}
+	n := newNode(t, hostNS, agentopts.Options{
+		Etcd:         agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+		EtcdPrefix:   prefix,
+		LeaseTTL:     3 * time.Second, // renewed at half-life: the margin (1h) exceeds it
+		Iface:        netif.Spec{Ifaces: []string{"ext0"}},
+		SubnetFile:   subnetFile,
+		HealthzIP:    "127.0.0.1",
+		HealthzPort:  port,
+		ResyncPeriod: time.Second,
+		ConfigRetry:  100 * time.Millisecond,
 	})
+	n.opts.Version = "test"
+	logs := n.logs
 
 	// A garbage lease and a bad config: weftd waits, says why, and does not exit.
 	put(prefix+"/subnets/10.244.99.0-24", "not json at all")
@@ -319,23 +310,14 @@ func TestDaemonConfigFromFile(t *testing.T) {
 	nstest.Veth(t, hostNS, "ext0", netip.MustParsePrefix("192.0.2.10/24"), peerNS, "p0", netip.MustParsePrefix("192.0.2.1/24"))
 	dir := t.TempDir()
 	confPath := filepath.Join(dir, "net-conf.json")
-	logs := &syncBuffer{}
-	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Options: agentopts.Options{
-			Etcd:          agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
-			Iface:         netif.Spec{Regexes: []string{`^192\.0\.2\.`}},
-			SubnetFile:    filepath.Join(dir, "subnet.env"),
-			NetConfigFile: confPath,
-			ConfigRetry:   50 * time.Millisecond,
-		},
-		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Netlink: hostNS.H,
-	}}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_TEST_LOGS") != "" {
-			t.Logf("weftd log:\n%s", logs.String())
-		}
+	n := newNode(t, hostNS, agentopts.Options{
+		Etcd:          agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+		Iface:         netif.Spec{Regexes: []string{`^192\.0\.2\.`}},
+		SubnetFile:    filepath.Join(dir, "subnet.env"),
+		NetConfigFile: confPath,
+		ConfigRetry:   50 * time.Millisecond,
 	})
+	logs := n.logs
 	n.start()
 	waitFor(t, "missing file reported", 5*time.Second, func() bool { return strings.Contains(logs.String(), "no network config yet") })
 	if err := os.WriteFile(confPath, []byte(`{"Network":"10.50.0.0/16","SubnetLen":26,"Backend":{"Type":"host-gw"},"Bogus":1}`), 0o644); err != nil {
@@ -390,24 +372,15 @@ func TestDaemonBlackhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	const resync = 500 * time.Millisecond
-	logs := &syncBuffer{}
-	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Options: agentopts.Options{
-			Etcd:           agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
-			Iface:          netif.Spec{Ifaces: []string{"ext0"}},
-			SubnetFile:     filepath.Join(dir, "subnet.env"),
-			NetConfigFile:  confPath,
-			BlackholeRoute: true,
-			IPTablesResync: resync,
-		},
-		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Netlink: hostNS.H,
-	}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("weftd log:\n%s", logs.String())
-		}
+	n := newNode(t, hostNS, agentopts.Options{
+		Etcd:           agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+		Iface:          netif.Spec{Ifaces: []string{"ext0"}},
+		SubnetFile:     filepath.Join(dir, "subnet.env"),
+		NetConfigFile:  confPath,
+		BlackholeRoute: true,
+		IPTablesResync: resync,
 	})
+	logs := n.logs
 	n.start()
 	waitFor(t, "programmed", 20*time.Second, func() bool { return strings.Contains(logs.String(), "programmed 1 leases in") })
 	env, err := subnetenv.Read(n.opts.SubnetFile)
@@ -457,23 +430,14 @@ func TestDaemonPoolExhausted(t *testing.T) {
 	hostNS, peerNS := nstest.New(t), nstest.New(t)
 	nstest.Veth(t, hostNS, "ext0", netip.MustParsePrefix("192.0.2.10/24"), peerNS, "p0", netip.MustParsePrefix("192.0.2.1/24"))
 	port := freePort(t)
-	logs := &syncBuffer{}
-	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Options: agentopts.Options{
-			Etcd:        agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
-			Iface:       netif.Spec{Ifaces: []string{"192.0.2.10"}},
-			SubnetFile:  filepath.Join(t.TempDir(), "subnet.env"),
-			HealthzIP:   "127.0.0.1",
-			HealthzPort: port,
-		},
-		Logger:  slog.New(slog.NewTextHandler(logs, nil)),
-		Netlink: hostNS.H,
-	}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("weftd log:\n%s", logs.String())
-		}
+	n := newNode(t, hostNS, agentopts.Options{
+		Etcd:        agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+		Iface:       netif.Spec{Ifaces: []string{"192.0.2.10"}},
+		SubnetFile:  filepath.Join(t.TempDir(), "subnet.env"),
+		HealthzIP:   "127.0.0.1",
+		HealthzPort: port,
 	})
+	logs := n.logs
 	n.start()
 	waitFor(t, "/readyz to report the exhausted pool", 5*time.Second, func() bool {
 		code, body := httpGet(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
@@ -485,4 +449,21 @@ func TestDaemonPoolExhausted(t *testing.T) {
 	if err := n.stop(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newNode is weftd with ao in ns, logging at debug level into n.logs,
+// which the test prints when it fails (or WEFT_TEST_LOGS is set).
+func newNode(t *testing.T, ns *nstest.NS, ao agentopts.Options) *node {
+	t.Helper()
+	logs := &syncBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("WEFT_TEST_LOGS") != "" {
+			t.Logf("weftd log:\n%s", logs.String())
+		}
+	})
+	return &node{t: t, ns: ns, logs: logs, opts: Options{
+		Options: ao,
+		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Netlink: ns.H,
+	}}
 }

@@ -49,24 +49,15 @@ func TestDaemonDualStack(t *testing.T) {
 
 	dir := t.TempDir()
 	subnetFile := filepath.Join(dir, "subnet.env")
-	logs := &syncBuffer{}
-	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Options: agentopts.Options{
-			Etcd:         agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
-			EtcdPrefix:   prefix,
-			Iface:        netif.Spec{Regexes: []string{`^192\.0\.2\.|^2001:db8::`}},
-			SubnetFile:   subnetFile,
-			ResyncPeriod: time.Second,
-			ConfigRetry:  100 * time.Millisecond,
-		},
-		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Netlink: hostNS.H,
-	}}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_TEST_LOGS") != "" {
-			t.Logf("weftd log:\n%s", logs.String())
-		}
+	n := newNode(t, hostNS, agentopts.Options{
+		Etcd:         agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+		EtcdPrefix:   prefix,
+		Iface:        netif.Spec{Regexes: []string{`^192\.0\.2\.|^2001:db8::`}},
+		SubnetFile:   subnetFile,
+		ResyncPeriod: time.Second,
+		ConfigRetry:  100 * time.Millisecond,
 	})
+	logs := n.logs
 	if _, err := cli.Put(ctx, prefix+"/config", dualConf); err != nil {
 		t.Fatal(err)
 	}
@@ -201,24 +192,15 @@ func TestDaemonIPv6PoolExhausted(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := freePort(t)
-	logs := &syncBuffer{}
-	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Options: agentopts.Options{
-			Etcd:        agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
-			EtcdPrefix:  prefix,
-			Iface:       netif.Spec{Ifaces: []string{"ext0"}},
-			SubnetFile:  filepath.Join(t.TempDir(), "subnet.env"),
-			HealthzIP:   "127.0.0.1",
-			HealthzPort: port,
-		},
-		Logger:  slog.New(slog.NewTextHandler(logs, nil)),
-		Netlink: hostNS.H,
-	}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("weftd log:\n%s", logs.String())
-		}
+	n := newNode(t, hostNS, agentopts.Options{
+		Etcd:        agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+		EtcdPrefix:  prefix,
+		Iface:       netif.Spec{Ifaces: []string{"ext0"}},
+		SubnetFile:  filepath.Join(t.TempDir(), "subnet.env"),
+		HealthzIP:   "127.0.0.1",
+		HealthzPort: port,
 	})
+	logs := n.logs
 	n.start()
 	waitFor(t, "/readyz to report the exhausted IPv6 pool", 5*time.Second, func() bool {
 		code, body := httpGet(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
@@ -260,18 +242,14 @@ func TestDaemonIPv6OnlyNeedsKube(t *testing.T) {
 	if err := os.WriteFile(confPath, []byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
-	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Options: agentopts.Options{
-			Etcd:          agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
-			Iface:         netif.Spec{Ifaces: []string{"ext0"}},
-			SubnetFile:    filepath.Join(dir, "subnet.env"),
-			NetConfigFile: confPath,
-			ConfigRetry:   100 * time.Millisecond,
-		},
-		Logger:  slog.New(slog.NewTextHandler(logs, nil)),
-		Netlink: hostNS.H,
-	}}
+	n := newNode(t, hostNS, agentopts.Options{
+		Etcd:          agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+		Iface:         netif.Spec{Ifaces: []string{"ext0"}},
+		SubnetFile:    filepath.Join(dir, "subnet.env"),
+		NetConfigFile: confPath,
+		ConfigRetry:   100 * time.Millisecond,
+	})
+	logs := n.logs
 	n.start()
 	waitFor(t, "the config error", 10*time.Second, func() bool {
 		return strings.Contains(logs.String(), "network config unusable") && strings.Contains(logs.String(), "EnableIPv4 false") &&

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -35,19 +34,15 @@ func TestDaemonNotifiesSystemd(t *testing.T) {
 	t.Setenv("WATCHDOG_USEC", "200000")
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 
-	logs := &syncBuffer{}
-	n := &node{t: t, ns: hostNS, logs: logs, opts: Options{
-		Options: agentopts.Options{
-			Etcd:         agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
-			EtcdPrefix:   prefix,
-			Iface:        netif.Spec{Ifaces: []string{"ext0"}},
-			SubnetFile:   subnetFile,
-			ResyncPeriod: time.Second,
-			ConfigRetry:  50 * time.Millisecond,
-		},
-		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Netlink: hostNS.H,
-	}}
+	n := newNode(t, hostNS, agentopts.Options{
+		Etcd:         agentopts.Etcd{Endpoints: []string{etcd.Endpoint}},
+		EtcdPrefix:   prefix,
+		Iface:        netif.Spec{Ifaces: []string{"ext0"}},
+		SubnetFile:   subnetFile,
+		ResyncPeriod: time.Second,
+		ConfigRetry:  50 * time.Millisecond,
+	})
+	logs := n.logs
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("weftd log:\n%s\nnotifications: %+v", logs.String(), nl.all())
