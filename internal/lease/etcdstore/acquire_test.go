@@ -287,76 +287,58 @@ func TestConcurrentAcquireOnFullPool(t *testing.T) {
 	}
 }
 
-// Two dual-stack nodes whose keys differ but share the IPv4 subnet: the
-// older claim must win even though the create transactions both succeed.
+// Two dual-stack nodes whose keys differ but share one family's subnet:
+// the older claim must win even though the create transactions both
+// succeed. The newer withdraws its key and moves to a free subnet of that
+// family, keeping the other family's.
 func TestDualStackSharedSubnetRace(t *testing.T) {
-	cli := etcdtest.Start(t).Client(t)
-	s, _ := newStore(t, cli, time.Hour)
-	ctx := ctxT(t)
-	n := network(t, `{"Network":"10.244.0.0/16","SubnetMin":"10.244.3.0","SubnetMax":"10.244.4.0",`+
-		`"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}`)
-	// Someone already holds 10.244.3.0/24 under a key with a different IPv6
-	// subnet, written after our listing would have been taken: simulate by
-	// handing the acquisition a listing without it.
-	if _, err := cli.Put(ctx, "/coreos.com/network/subnets/10.244.3.0-24&fd00:0:0:9::-64", `{"PublicIP":"192.0.2.9","PublicIPv6":null}`); err != nil {
-		t.Fatal(err)
-	}
-	a := &acquisition{s: s, n: n, attrs: vxlanAttrs("192.0.2.1", "c6:d2:32:6f:8f:01"), val: `{"PublicIP":"192.0.2.1","PublicIPv6":null}`}
-	defer a.release()
-	_, done, next, err := a.create(ctx, netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:0:0:1::/64"))
-	if err != nil || done {
-		t.Fatalf("create on a subnet held under another key: done=%v err=%v; want a retry", done, err)
-	}
-	for _, kv := range next {
-		if strings.Contains(string(kv.Key), "fd00:0:0:1::") {
-			t.Errorf("retry listing still holds our withdrawn key %s", kv.Key)
-		}
-	}
-	resp, _ := cli.Get(ctx, "/coreos.com/network/subnets/10.244.3.0-24&fd00:0:0:1::-64")
-	if len(resp.Kvs) != 0 {
-		t.Fatalf("withdrawn key still in the store")
-	}
-	// The real call then settles on the free subnet.
-	l, err := s.Acquire(ctx, n, a.attrs, lease.Hint{Subnet: netip.MustParsePrefix("10.244.3.0/24")})
-	if err != nil || l.Subnet != netip.MustParsePrefix("10.244.4.0/24") || l.IPv6Subnet == netip.MustParsePrefix("fd00:0:0:9::/64") {
-		t.Fatalf("Acquire = %s %s, %v", l.Subnet, l.IPv6Subnet, err)
-	}
-}
-
-// The same race on the IPv6 side: a key with another IPv4 subnet already
-// holds our IPv6 subnet. The older claim wins; we move to a free one.
-func TestDualStackSharedIPv6SubnetRace(t *testing.T) {
-	cli := etcdtest.Start(t).Client(t)
-	s, _ := newStore(t, cli, time.Hour)
-	ctx := ctxT(t)
-	n := network(t, `{"Network":"10.244.0.0/16","SubnetMin":"10.244.3.0","SubnetMax":"10.244.9.0",`+
-		`"EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:1::","IPv6SubnetMax":"fd00:0:0:2::","Backend":{"Type":"vxlan"}}`)
-	const older = "/coreos.com/network/subnets/10.244.9.0-24&fd00:0:0:1::-64"
-	put(t, cli, older, `{"PublicIP":"192.0.2.9","PublicIPv6":null}`)
-	a := &acquisition{s: s, n: n, attrs: vxlanAttrs("192.0.2.1", "c6:d2:32:6f:8f:01"), val: `{"PublicIP":"192.0.2.1","PublicIPv6":null}`}
-	defer a.release()
-	_, done, next, err := a.create(ctx, netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:0:0:1::/64"))
-	if err != nil || done {
-		t.Fatalf("create on an IPv6 subnet held under another key: done=%v err=%v; want a retry", done, err)
-	}
-	for _, kv := range next {
-		if strings.HasPrefix(string(kv.Key), "/coreos.com/network/subnets/10.244.3.0-24") {
-			t.Errorf("retry listing still holds our withdrawn key %s", kv.Key)
-		}
-	}
-	if resp, _ := cli.Get(ctx, "/coreos.com/network/subnets/10.244.3.0-24&fd00:0:0:1::-64"); len(resp.Kvs) != 0 {
-		t.Fatalf("withdrawn key still in the store")
-	}
-	if resp, _ := cli.Get(ctx, older); len(resp.Kvs) != 1 {
-		t.Fatalf("the older claim %s is gone", older)
-	}
-	// The real call keeps its free IPv4 subnet and takes the other IPv6 one.
-	l, err := s.Acquire(ctx, n, a.attrs, lease.Hint{Subnet: netip.MustParsePrefix("10.244.3.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:0:0:1::/64")})
-	if err != nil || l.Subnet != netip.MustParsePrefix("10.244.3.0/24") || l.IPv6Subnet != netip.MustParsePrefix("fd00:0:0:2::/64") {
-		t.Fatalf("Acquire = %s %s, %v; want 10.244.3.0/24 fd00:0:0:2::/64", l.Subnet, l.IPv6Subnet, err)
-	}
-	if c := count(t, cli, s); c != 2 {
-		t.Errorf("store holds %d keys, want 2", c)
+	const conf = `{"Network":"10.244.0.0/16","SubnetMin":"10.244.3.0","SubnetMax":"10.244.4.0",` +
+		`"EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:1::","IPv6SubnetMax":"fd00:0:0:2::","Backend":{"Type":"vxlan"}}`
+	for _, c := range []struct {
+		name  string
+		older string // the key already holding one of our subnets
+		want  lease.Lease
+	}{
+		{"IPv4", "10.244.3.0-24&fd00:0:0:9::-64", lease.Lease{Subnet: netip.MustParsePrefix("10.244.4.0/24")}},
+		{"IPv6", "10.244.9.0-24&fd00:0:0:1::-64", lease.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:0:0:2::/64")}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cli := etcdtest.Start(t).Client(t)
+			s, _ := newStore(t, cli, time.Hour)
+			ctx := ctxT(t)
+			n := network(t, conf)
+			// Written after our listing would have been taken: simulate by
+			// handing the acquisition a listing without it.
+			older := "/coreos.com/network/subnets/" + c.older
+			put(t, cli, older, `{"PublicIP":"192.0.2.9","PublicIPv6":null}`)
+			const ours = "/coreos.com/network/subnets/10.244.3.0-24&fd00:0:0:1::-64"
+			a := &acquisition{s: s, n: n, attrs: vxlanAttrs("192.0.2.1", "c6:d2:32:6f:8f:01"), val: `{"PublicIP":"192.0.2.1","PublicIPv6":null}`}
+			defer a.release()
+			_, done, next, err := a.create(ctx, netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:0:0:1::/64"))
+			if err != nil || done {
+				t.Fatalf("create on a subnet held under another key: done=%v err=%v; want a retry", done, err)
+			}
+			for _, kv := range next {
+				if string(kv.Key) == ours {
+					t.Errorf("retry listing still holds our withdrawn key %s", kv.Key)
+				}
+			}
+			if resp, _ := cli.Get(ctx, ours); len(resp.Kvs) != 0 {
+				t.Fatalf("withdrawn key still in the store")
+			}
+			if resp, _ := cli.Get(ctx, older); len(resp.Kvs) != 1 {
+				t.Fatalf("the older claim %s is gone", older)
+			}
+			// The real call then settles on the free subnet.
+			l, err := s.Acquire(ctx, n, a.attrs, lease.Hint{Subnet: netip.MustParsePrefix("10.244.3.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:0:0:1::/64")})
+			if err != nil || l.Subnet != c.want.Subnet || c.want.IPv6Subnet.IsValid() && l.IPv6Subnet != c.want.IPv6Subnet ||
+				l.IPv6Subnet.Overlaps(netip.MustParsePrefix("fd00:0:0:9::/64")) {
+				t.Fatalf("Acquire = %s %s, %v; want %s %s", l.Subnet, l.IPv6Subnet, err, c.want.Subnet, c.want.IPv6Subnet)
+			}
+			if n := count(t, cli, s); n != 2 {
+				t.Errorf("store holds %d keys, want 2: the older claim and ours", n)
+			}
+		})
 	}
 }
 
