@@ -2,6 +2,7 @@ package doctor_test
 
 import (
 	"context"
+	"encoding/json"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -17,12 +18,18 @@ import (
 	"github.com/weft-net/weft/internal/kubetest"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lab/labtest"
+	"github.com/weft-net/weft/internal/lease/kubeannot"
 )
 
 // TestKubeLab brings up a two-node vxlan lab with --store kube and runs
-// weft doctor in node 1 as `weft lab doctor 1` does: every check ok. Then
-// two faults made on purpose are named: the node's public-ip annotation
-// changed, and nodes/status patch taken from the agents' ClusterRole.
+// weft doctor in node 1 as `weft lab doctor 1` does: every check ok; weft
+// status there (and weft lab status) shows one row per Node as the API
+// holds it, each programmed, and exits 0. Then faults made on purpose are
+// named: the node's public-ip annotation changed; with node 1's agent
+// stopped, node 2's route deleted (status: "missing route", exit 1) and
+// node 2's annotations removed (status: its subnet routed without a
+// lease, named with its Node); nodes/status patch taken from the agents'
+// ClusterRole.
 func TestKubeLab(t *testing.T) {
 	labtest.RequireRoot(t)
 	kubeBin := kubetest.BinDir(t)
@@ -64,6 +71,29 @@ func TestKubeLab(t *testing.T) {
 		t.Errorf("leases: %s", r.Message)
 	}
 
+	// weft status on node 1, as a user there runs it: it reads the
+	// running weftd's kube flags. One row per Node, as the API holds it.
+	st, ok := runKubeStatus(t, ctx, l, 1)
+	if !ok || !st.OK {
+		t.Fatalf("healthy kube lab: weft status exit 0 %v, %+v", ok, st)
+	}
+	wantKubeStatusMatches(t, ctx, l, 1, st)
+	n2 := l.Node(2)
+	peerState := func(want string) func(string) string {
+		return func(name string) string {
+			if name == n1.Name {
+				return "this node"
+			}
+			return want
+		}
+	}
+	out, ok := runLabStatus(t, ctx, l, 1)
+	if !ok {
+		t.Errorf("healthy kube lab: weft lab status exited non-zero:\n%s", out)
+	}
+	wantLabStatusLists(t, ctx, l, 1, out, peerState("programmed"))
+	agent1 := agentArgs(t, l, 1)
+
 	// What weft lab status shows of the Kubernetes side.
 	ks, err := l.KubeStatus(ctx)
 	if err != nil {
@@ -94,13 +124,69 @@ func TestKubeLab(t *testing.T) {
 	if _, err := cs.CoreV1().Nodes().Patch(ctx, n1.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	r, ok := runLabDoctor(t, ctx, l.BinDir, l, 1)
+	r, ok = runLabDoctor(t, ctx, l.BinDir, l, 1)
 	if x := result(r, "annotations"); ok || x.Status != "fail" || !strings.Contains(x.Message, `public-ip="192.0.2.99", but this node's PublicIP is `+n1.PublicIP.String()) {
 		t.Errorf("changed public-ip: exit ok %v, annotations %s %s\n%s", ok, x.Status, x.Message, r)
 	}
 	patch = `{"metadata":{"annotations":{"flannel.alpha.coreos.com/public-ip":"` + n1.PublicIP.String() + `"}}}`
 	if _, err := cs.CoreV1().Nodes().Patch(ctx, n1.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
+	}
+
+	// Agent 1 stopped, status run with its flags: the rows as before; the
+	// only problems are the missing agent and its health server.
+	st, ok = runKubeStatus(t, ctx, l, 1, agent1...)
+	wantKubeStatusMatches(t, ctx, l, 1, st)
+	agentDown := len(st.Problems)
+	for _, p := range st.Problems {
+		if !strings.HasPrefix(p, "agent: no weftd process") && !strings.HasPrefix(p, "healthz: ") && !strings.HasPrefix(p, "readyz: ") {
+			agentDown = -1
+		}
+	}
+	if ok || st.OK || agentDown < 1 {
+		t.Errorf("agent 1 stopped: weft status exit 0 %v, problems %q; want only the agent's", ok, st.Problems)
+	}
+	// Node 2's route deleted on node 1: its row says so, status fails.
+	n2Subnet := n2.Subnet.Masked().String()
+	route, err := l.Exec(ctx, n1.NS, "ip", "route", "show", n2Subnet)
+	if err != nil || !strings.Contains(string(route), "dev flannel.1") {
+		t.Fatalf("node 1's route to %s: %q %v", n2Subnet, route, err)
+	}
+	mustExec(t, ctx, l, n1.NS, "ip", "route", "del", n2Subnet, "dev", "flannel.1")
+	st, ok = runKubeStatus(t, ctx, l, 1, agent1...)
+	row := rowOf(t, st, n2.Name)
+	if ok || st.OK || len(st.Problems) <= agentDown || row.State != "missing route" || row.Subnet.String() != n2Subnet ||
+		!containsString(st.Problems, n2.Name+" "+row.Key+" ("+n2.PublicIP.String()+"): this node lacks its route") {
+		t.Errorf("node 2's route deleted: weft status exit 0 %v, node 2's row %+v, problems %q", ok, row, st.Problems)
+	}
+	out, ok = runLabStatus(t, ctx, l, 1)
+	if ok {
+		t.Errorf("node 2's route deleted: weft lab status exited 0:\n%s", out)
+	}
+	wantLabStatusLists(t, ctx, l, 1, out, peerState("missing route"))
+	mustExec(t, ctx, l, n1.NS, append([]string{"ip", "route", "add"}, strings.Fields(string(route))...)...)
+
+	// Node 2's annotations removed (its agent stopped, or it would put
+	// them back): its lease is gone while node 1 still routes its subnet.
+	if err := l.StopAgent(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kubeannot.NewKeys(kubeannot.DefaultPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unset := map[string]any{}
+	for _, k := range []string{keys.KubeSubnetManager, keys.BackendType, keys.BackendData, keys.PublicIP} {
+		unset[k] = nil
+	}
+	unpatch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": unset}})
+	if _, err := cs.CoreV1().Nodes().Patch(ctx, n2.Name, types.MergePatchType, unpatch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	st, ok = runKubeStatus(t, ctx, l, 1, agent1...)
+	if ok || st.OK || len(st.Problems) <= agentDown || len(st.Nodes) != 1 || st.Nodes[0].Node != n1.Name || len(st.Stale) != 1 || st.Stale[0].String() != n2Subnet ||
+		st.StaleNodes[n2Subnet] != n2.Name || !containsString(st.Problems, n2Subnet+" is routed but no lease holds it: Node "+n2.Name+" has it as podCIDR but publishes no usable lease") {
+		t.Errorf("node 2's annotations removed: weft status exit 0 %v, rows %+v, stale %v %v, problems %q", ok, st.Nodes, st.Stale, st.StaleNodes, st.Problems)
 	}
 
 	// Fault 2: the ClusterRole without nodes/status patch.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net/netip"
 	"slices"
+
+	"github.com/weft-net/weft/internal/lease/kubestore"
 )
 
 // View is the cluster as this node sees it: every lease, whether this
@@ -22,6 +24,9 @@ type View struct {
 	// Stale are subnets this node routes that no lease holds: a node
 	// whose lease expired or was deleted.
 	Stale []netip.Prefix
+	// StaleNode names, for a stale subnet that is a Node's podCIDR
+	// (Kubernetes store), that Node: it exists but publishes no lease.
+	StaleNode map[netip.Prefix]string
 }
 
 // LeaseView is one lease.
@@ -98,6 +103,22 @@ func ClusterView(f Facts) View {
 			}
 		}
 		v.Leases = append(v.Leases, lv)
+	}
+	if f.Kube != nil && len(v.Stale) > 0 {
+		// A stale subnet in Kubernetes is a Node without its lease (its
+		// annotations removed, its agent gone) or a Node deleted: name
+		// the Node where there is one, so the row says whose it is.
+		for i := range f.Kube.Nodes {
+			v4, v6, _ := kubestore.PodCIDRs(&f.Kube.Nodes[i])
+			for _, p := range []netip.Prefix{v4, v6} {
+				if p.IsValid() && slices.Contains(v.Stale, p) {
+					if v.StaleNode == nil {
+						v.StaleNode = map[netip.Prefix]string{}
+					}
+					v.StaleNode[p] = f.Kube.Nodes[i].Name
+				}
+			}
+		}
 	}
 	slices.SortFunc(v.Leases, func(a, b LeaseView) int {
 		return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr()))

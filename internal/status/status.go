@@ -36,10 +36,12 @@ type Status struct {
 	ProgrammedIPv6 bool  `json:"programmedIPv6Known"`
 	Probed         bool  `json:"probed"`
 	Rows           []Row `json:"nodes"`
-	// Stale are subnets this node routes that no lease holds.
-	Stale    []netip.Prefix `json:"stale,omitempty"`
-	Problems []string       `json:"problems"`
-	OK       bool           `json:"ok"`
+	// Stale are subnets this node routes that no lease holds; StaleNodes
+	// names the Node whose podCIDR one is (Kubernetes store).
+	Stale      []netip.Prefix          `json:"stale,omitempty"`
+	StaleNodes map[netip.Prefix]string `json:"staleNodes,omitempty"`
+	Problems   []string                `json:"problems"`
+	OK         bool                    `json:"ok"`
 }
 
 // Line is one header line: a check's verdict and evidence.
@@ -63,7 +65,7 @@ type Row struct {
 
 // Build makes the status from doctor's view.
 func Build(v doctor.View) Status {
-	s := Status{Own: v.Own, Own6: v.Own6, Programmed: v.Programmed, ProgrammedIPv6: v.ProgrammedIPv6, Stale: v.Stale}
+	s := Status{Own: v.Own, Own6: v.Own6, Programmed: v.Programmed, ProgrammedIPv6: v.ProgrammedIPv6, Stale: v.Stale, StaleNodes: v.StaleNode}
 	var fails []string
 	for _, r := range v.Report.Results {
 		l := Line{Status: r.Status.String(), Message: r.Message}
@@ -141,6 +143,10 @@ func Build(v doctor.View) Status {
 		s.Problems = append(s.Problems, fmt.Sprintf("this node's subnet %s has no lease: it expired or was deleted", own))
 	}
 	for _, p := range v.Stale {
+		if n, ok := v.StaleNode[p]; ok {
+			s.Problems = append(s.Problems, fmt.Sprintf("%s is routed but no lease holds it: Node %s has it as podCIDR but publishes no usable lease: its agent never published, or its annotations were removed or are unusable", p, n))
+			continue
+		}
 		s.Problems = append(s.Problems, fmt.Sprintf("%s is routed but no lease holds it: its node's lease expired or was deleted", p))
 	}
 	s.Problems = append(s.Problems, fails...)
@@ -228,7 +234,7 @@ func (s Status) WriteText(w io.Writer) error {
 		fmt.Fprintln(tw, row)
 	}
 	for _, p := range s.Stale {
-		fmt.Fprintf(tw, "-\t%s\t-\t-\t-\t-\tno lease\trouted, stale\n", p)
+		fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\tno lease\trouted, stale\n", dash(s.StaleNodes[p]), p)
 	}
 	_ = tw.Flush()
 	if len(s.Problems) > 0 {

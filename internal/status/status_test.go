@@ -252,3 +252,35 @@ func TestWireGuardKey(t *testing.T) {
 		t.Errorf("broken backend data: %q, want unparsable", d)
 	}
 }
+
+// A subnet routed without a lease that is a Node's podCIDR (Kubernetes
+// store) is shown and named with that Node; one of no Node as before.
+func TestStaleNode(t *testing.T) {
+	v := view()
+	v.Stale = append(v.Stale, netip.MustParsePrefix("10.244.6.0/24"))
+	v.StaleNode = map[netip.Prefix]string{netip.MustParsePrefix("10.244.6.0/24"): "n6"}
+	s := Build(v)
+	all := strings.Join(s.Problems, "\n")
+	for _, w := range []string{"10.244.5.0/24 is routed but no lease holds it: its node's lease expired or was deleted",
+		"10.244.6.0/24 is routed but no lease holds it: Node n6 has it as podCIDR but publishes no usable lease"} {
+		if !strings.Contains(all, w) {
+			t.Errorf("problems lack %q:\n%s", w, all)
+		}
+	}
+	var text, js bytes.Buffer
+	if err := s.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	for _, re := range []string{`(?m)^- +10\.244\.5\.0/24 .* routed, stale$`, `(?m)^n6 +10\.244\.6\.0/24 .* routed, stale$`} {
+		if !regexp.MustCompile(re).Match(text.Bytes()) {
+			t.Errorf("the table lacks %s:\n%s", re, text.String())
+		}
+	}
+	if err := s.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var got struct{ StaleNodes map[string]string }
+	if err := json.Unmarshal(js.Bytes(), &got); err != nil || len(got.StaleNodes) != 1 || got.StaleNodes["10.244.6.0/24"] != "n6" {
+		t.Errorf("JSON staleNodes %v (%v):\n%s", got.StaleNodes, err, js.String())
+	}
+}
