@@ -13,7 +13,6 @@ import (
 
 // Benchmarks lists every benchmark, in the order their sections print.
 func Benchmarks() []Benchmark {
-	flows := &flowRuns{seen: map[string]map[string]flowFigure{}}
 	return []Benchmark{
 		{
 			Name:          "throughput",
@@ -33,7 +32,7 @@ func Benchmarks() []Benchmark {
 			Run:         benchThroughputIPv6,
 		},
 		{Name: "cni", Run: benchCNI},
-		agentBenchmark(), kubeBenchmark(), udpBenchmark(flows), wireguardBenchmark(flows),
+		agentBenchmark(), kubeBenchmark(), udpBenchmark(), wireguardBenchmark(),
 	}
 }
 
