@@ -238,26 +238,11 @@ func TestReservationReplacesOwnLease(t *testing.T) {
 }
 
 func TestConcurrentAcquireOnFullPool(t *testing.T) {
-	srv := etcdtest.Start(t)
-	clients := []*clientv3.Client{srv.Client(t), srv.Client(t), srv.Client(t), srv.Client(t)}
 	n := network(t, `{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.20.0","Backend":{"Type":"vxlan"}}`)
-	ctx := ctxT(t)
-
 	const nodes = 20
-	got := make([]lease.Lease, nodes)
-	errs := make([]error, nodes)
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := range nodes {
-		s, _ := newStore(t, clients[i%len(clients)], time.Hour)
-		wg.Go(func() {
-			<-start
-			got[i], errs[i] = s.Acquire(ctx, n, vxlanAttrs(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}).String(), "c6:d2:32:6f:8f:44"), lease.Hint{})
-		})
-	}
 	begin := time.Now()
-	close(start)
-	wg.Wait()
+	got, errs, cli := acquireAtOnce(t, n, nodes)
+	ctx := ctxT(t)
 	t.Logf("%d concurrent acquires on a pool of %d: %v", nodes, nodes, time.Since(begin))
 	seen := map[netip.Prefix]int{}
 	for i := range nodes {
@@ -269,8 +254,8 @@ func TestConcurrentAcquireOnFullPool(t *testing.T) {
 		}
 		seen[got[i].Subnet] = i
 	}
-	s, _ := newStore(t, clients[0], time.Hour)
-	if c := count(t, clients[0], s); c != nodes {
+	s, _ := newStore(t, cli, time.Hour)
+	if c := count(t, cli, s); c != nodes {
 		t.Fatalf("store holds %d leases, want %d", c, nodes)
 	}
 	_, err := s.Acquire(ctx, n, vxlanAttrs("192.0.2.100", "c6:d2:32:6f:8f:44"), lease.Hint{})
@@ -281,7 +266,7 @@ func TestConcurrentAcquireOnFullPool(t *testing.T) {
 		t.Errorf("error %q does not name the pool range", err)
 	}
 	// The failed attempt leaves no etcd lease behind.
-	leases, err := clients[0].Leases(ctx)
+	leases, err := cli.Leases(ctx)
 	if err != nil || len(leases.Leases) != nodes {
 		t.Errorf("etcd holds %d leases (%v), want %d", len(leases.Leases), err, nodes)
 	}
@@ -346,26 +331,11 @@ func TestDualStackSharedSubnetRace(t *testing.T) {
 // winner holds its own subnet in both families, and the one node too many
 // is told the IPv6 range is full.
 func TestConcurrentDualStackAcquireOnFullIPv6Pool(t *testing.T) {
-	srv := etcdtest.Start(t)
-	clients := []*clientv3.Client{srv.Client(t), srv.Client(t), srv.Client(t), srv.Client(t)}
 	n := network(t, `{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.12.0",`+
 		`"EnableIPv6":true,"IPv6Network":"fd00:5::/56","IPv6SubnetMin":"fd00:5:0:1::","IPv6SubnetMax":"fd00:5:0:8::","Backend":{"Type":"vxlan"}}`)
-	ctx := ctxT(t)
-
 	const free, nodes = 8, 9
-	got := make([]lease.Lease, nodes)
-	errs := make([]error, nodes)
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := range nodes {
-		s, _ := newStore(t, clients[i%len(clients)], time.Hour)
-		wg.Go(func() {
-			<-start
-			got[i], errs[i] = s.Acquire(ctx, n, vxlanAttrs(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}).String(), "c6:d2:32:6f:8f:44"), lease.Hint{})
-		})
-	}
-	close(start)
-	wg.Wait()
+	got, errs, cli := acquireAtOnce(t, n, nodes)
+	ctx := ctxT(t)
 	seen4, seen6 := map[netip.Prefix]int{}, map[netip.Prefix]int{}
 	var failed []int
 	for i := range nodes {
@@ -395,11 +365,11 @@ func TestConcurrentDualStackAcquireOnFullIPv6Pool(t *testing.T) {
 	if len(failed) != nodes-free {
 		t.Fatalf("nodes %v failed, want exactly %d of %d to fail on a pool of %d", failed, nodes-free, nodes, free)
 	}
-	s, _ := newStore(t, clients[0], time.Hour)
-	if c := count(t, clients[0], s); c != free {
+	s, _ := newStore(t, cli, time.Hour)
+	if c := count(t, cli, s); c != free {
 		t.Errorf("store holds %d leases, want %d", c, free)
 	}
-	leases, err := clients[0].Leases(ctx)
+	leases, err := cli.Leases(ctx)
 	if err != nil || len(leases.Leases) != free {
 		t.Errorf("etcd holds %d leases (%v), want %d", len(leases.Leases), err, free)
 	}
@@ -558,4 +528,28 @@ func TestRestartsLeakNoEtcdLeases(t *testing.T) {
 	if len(resp.Leases) != 1 {
 		t.Errorf("%d etcd leases after 5 acquisitions of one key, want 1", len(resp.Leases))
 	}
+}
+
+// acquireAtOnce has nodes agents (192.0.2.1, .2, …), spread over four
+// clients of one etcd, call Acquire on n at the same moment, and returns
+// what each got, and one of the clients.
+func acquireAtOnce(t *testing.T, n *config.Network, nodes int) ([]lease.Lease, []error, *clientv3.Client) {
+	t.Helper()
+	srv := etcdtest.Start(t)
+	clients := []*clientv3.Client{srv.Client(t), srv.Client(t), srv.Client(t), srv.Client(t)}
+	ctx := ctxT(t)
+	got := make([]lease.Lease, nodes)
+	errs := make([]error, nodes)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range nodes {
+		s, _ := newStore(t, clients[i%len(clients)], time.Hour)
+		wg.Go(func() {
+			<-start
+			got[i], errs[i] = s.Acquire(ctx, n, vxlanAttrs(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}).String(), "c6:d2:32:6f:8f:44"), lease.Hint{})
+		})
+	}
+	close(start)
+	wg.Wait()
+	return got, errs, clients[0]
 }
