@@ -293,14 +293,8 @@ func TestBatchLarge(t *testing.T) {
 		t.Fatalf("%d routes, %d neighbours, %d fdb entries; want 2000 each", len(rs), len(ns), len(fs))
 	}
 	for _, c := range slices.Backward(cs) {
-		switch c.op {
-		case "route":
-			b.RouteDel(c.r)
-		case "neigh":
-			b.NeighDel(c.n)
-		case "fdb":
-			b.FDBDel(c.f)
-		}
+		c.op = "-" + c.op // its undo
+		c.queue(b)
 	}
 	if err := errors.Join(b.Flush()...); err != nil {
 		t.Fatal(err)
