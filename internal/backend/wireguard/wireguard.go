@@ -125,13 +125,7 @@ func Devices(n *config.Network) []Device {
 	}
 	v4 := n.EnableIPv4 && n.Network.IsValid()
 	v6 := n.EnableIPv6 && n.IPv6Network.IsValid()
-	port, port6 := n.Backend.ListenPort, n.Backend.ListenPortV6
-	if port == 0 {
-		port = config.DefaultWireGuardPort
-	}
-	if port6 == 0 {
-		port6 = config.DefaultWireGuardPortV6
-	}
+	port, port6 := listenPorts(n)
 	switch n.Backend.Mode {
 	case "", config.WireGuardSeparate:
 		var out []Device
@@ -147,6 +141,19 @@ func Devices(n *config.Network) []Device {
 		return nil
 	}
 	return []Device{{Name: DeviceName, Port: port, IPv4: v4, IPv6: v6}}
+}
+
+// listenPorts are n's ListenPort and ListenPortV6, flannel's defaults
+// where unset.
+func listenPorts(n *config.Network) (port, port6 int) {
+	port, port6 = n.Backend.ListenPort, n.Backend.ListenPortV6
+	if port == 0 {
+		port = config.DefaultWireGuardPort
+	}
+	if port6 == 0 {
+		port6 = config.DefaultWireGuardPortV6
+	}
+	return port, port6
 }
 
 // DeviceFor is the device that carries a family's pod traffic under n
@@ -181,15 +188,10 @@ func deriveSettings(p backend.Params) (settings, error) {
 	n := p.Network
 	b := n.Backend
 	s := settings{
-		port: b.ListenPort, port6: b.ListenPortV6, keepalive: b.PersistentKeepaliveInterval, mode: b.Mode, impl: b.Implementation,
+		keepalive: b.PersistentKeepaliveInterval, mode: b.Mode, impl: b.Implementation,
 		v4: n.EnableIPv4 && n.Network.IsValid(), v6: n.EnableIPv6 && n.IPv6Network.IsValid(),
 	}
-	if s.port == 0 {
-		s.port = config.DefaultWireGuardPort
-	}
-	if s.port6 == 0 {
-		s.port6 = config.DefaultWireGuardPortV6
-	}
+	s.port, s.port6 = listenPorts(n)
 	if s.mode == "" {
 		s.mode = config.WireGuardSeparate
 	}
@@ -225,9 +227,7 @@ func deriveSettings(p backend.Params) (settings, error) {
 	if s.mtu < minMTU {
 		return settings{}, fmt.Errorf("wireguard: device MTU %d (%d less %d) is below WireGuard's minimum %d", s.mtu, ext, Overhead, minMTU)
 	}
-	nc := *n
-	nc.Backend.ListenPort, nc.Backend.ListenPortV6, nc.Backend.Mode = s.port, s.port6, s.mode
-	s.devices = Devices(&nc)
+	s.devices = Devices(n)
 	return s, nil
 }
 
