@@ -83,10 +83,7 @@ func (b *Batch) RouteDel(r Route) {
 
 // NeighSet queues `ip neigh replace` of n (see Handle.NeighSet).
 func (b *Batch) NeighSet(n Neigh) {
-	state := n.State
-	if state == 0 {
-		state = NUDPermanent
-	}
+	state := n.state()
 	b.neighs = append(b.neighs, n)
 	b.queueNeigh(batchOp{kind: opNeigh, idx: len(b.neighs) - 1}, unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE,
 		netlink.Ndmsg{Family: uint8(neighFamily(n.IP)), Index: uint32(n.LinkIndex), State: uint16(state), Type: unix.RTN_UNICAST},
@@ -185,11 +182,12 @@ func (b *Batch) write() {
 	errs := make([]error, len(b.ops))
 	b.h.flush(b.buf, b.ops, errs)
 	for i, err := range errs {
-		switch op := b.ops[i]; {
-		case err == nil:
-		case op.delete && IsNotFound(err):
-			errs[i] = nil
-		default:
+		op := b.ops[i]
+		if op.delete {
+			err = ignoreNotFound(err)
+		}
+		errs[i] = err
+		if err != nil {
 			errs[i] = fmt.Errorf("%s: %w", b.describe(op), err)
 		}
 	}

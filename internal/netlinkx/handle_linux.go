@@ -39,7 +39,9 @@ func NewLinkAttrs() LinkAttrs { return netlink.NewLinkAttrs() }
 // so no thread has to switch into it. Safe for concurrent use: dumps go
 // through a socket of their own, since the library holds a socket for a
 // whole dump, and reading 15,000 entries on one goroutine must not hold
-// up a write on another.
+// up a write on another. Neighbour and FDB dumps, which this package
+// decodes itself, run on the batch socket instead: they and a Batch's
+// flush wait for each other, while single writes never wait for either.
 type Handle struct {
 	nh     *netlink.Handle // requests
 	dh     *netlink.Handle // dumps
@@ -565,10 +567,7 @@ func neighFamily(a netip.Addr) int {
 
 // NeighSet is `ip neigh replace IP lladdr MAC nud STATE dev D` (see Neigh).
 func (h *Handle) NeighSet(n Neigh) error {
-	state := n.State
-	if state == 0 {
-		state = NUDPermanent
-	}
+	state := n.state()
 	err := h.nh.NeighSet(&netlink.Neigh{
 		LinkIndex:    n.LinkIndex,
 		Family:       neighFamily(n.IP),

@@ -147,6 +147,14 @@ type Neigh struct {
 	State     int // NUD* bits; NeighSet uses NUDPermanent when 0
 }
 
+// state is the state a write gives the entry: NUDPermanent for 0.
+func (n Neigh) state() int {
+	if n.State == 0 {
+		return NUDPermanent
+	}
+	return n.State
+}
+
 // Key identifies the entry in the kernel's neighbour table.
 func (n Neigh) Key() NeighKey { return NeighKey{LinkIndex: n.LinkIndex, IP: n.IP} }
 
