@@ -10,12 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"os"
 	"reflect"
 	"runtime/debug"
-	"slices"
 	"sync"
 	"time"
 
@@ -81,13 +79,11 @@ type daemon struct {
 	admit    admit.Set // what of leases the datapath may program
 	admitted bool      // admit was Reset for own and the network
 	refusals backend.SkipLog
-	// admittedNow is admit's admitted set (own aside) by key, kept from
-	// Reset's answer and the changes admit.Update returns, so that a
-	// periodic pass need not judge every lease again (at 5,000 leases a
-	// Reset costs 10-30 ms on the event loop). admitOwn is own as of the
-	// last Reset; unadmitted counts the lease changes applied since that
-	// admit has not seen; resetsSkipped, the passes that used admittedNow.
-	admittedNow   map[string]lease.Lease
+	// A periodic pass takes admit's admitted set as Updates left it
+	// rather than judge every lease again (at 5,000 leases a Reset costs
+	// 10-30 ms on the event loop). admitOwn is own as of the last Reset;
+	// unadmitted counts the lease changes applied since that admit has
+	// not seen; resetsSkipped, the passes that took the kept set.
 	admitOwn      lease.Lease
 	unadmitted    int
 	resetsSkipped int
@@ -1021,19 +1017,12 @@ func (d *daemon) update(ctx context.Context, evs []lease.Event) bool {
 	return true
 }
 
-// admitEvents judges the leases evs change (admit.Update), keeping
-// admittedNow and the refusals, and returns the changes to the admitted
-// set. evs are what applyBatches returned.
+// admitEvents judges the leases evs change (admit.Update), keeping the
+// refusals, and returns the changes to the admitted set. evs are what
+// applyBatches returned.
 func (d *daemon) admitEvents(evs []lease.Event) []lease.Event {
 	d.unadmitted -= len(evs)
 	evs, verdicts := d.admit.Update(evs)
-	for _, ev := range evs {
-		if ev.Type == lease.Removed {
-			delete(d.admittedNow, ev.Lease.Key())
-		} else {
-			d.admittedNow[ev.Lease.Key()] = ev.Lease
-		}
-	}
 	for _, v := range verdicts {
 		if d.refusals.Set(d.log, &backend.LeaseError{Subnet: v.Subnet, Key: v.Key, Err: refusalErr(v)}) {
 			d.metrics.refusals.Inc()
@@ -1051,10 +1040,6 @@ func (d *daemon) admittedLeases() []lease.Lease {
 	}
 	ls, refused := d.admit.Reset(d.net, d.own, d.leases)
 	d.admitted, d.admitOwn, d.unadmitted, d.resetsSkipped = true, d.own, 0, 0
-	d.admittedNow = make(map[string]lease.Lease, len(ls))
-	for _, l := range ls[1:] { // own first
-		d.admittedNow[l.Key()] = l
-	}
 	errs := make([]*backend.LeaseError, len(refused))
 	for i, r := range refused {
 		errs[i] = &backend.LeaseError{Subnet: r.Subnet, Key: r.Key, Err: refusalErr(r)}
@@ -1079,12 +1064,7 @@ func (d *daemon) admittedFor(cheap bool) []lease.Lease {
 		return d.admittedLeases()
 	}
 	d.resetsSkipped++
-	ls := make([]lease.Lease, 0, len(d.admittedNow)+1)
-	ls = append(ls, d.own)
-	for _, k := range slices.Sorted(maps.Keys(d.admittedNow)) {
-		ls = append(ls, d.admittedNow[k])
-	}
-	return ls
+	return d.admit.Admitted()
 }
 
 // refusalErr is r as the error a SkipLog keeps: nil when admitted.

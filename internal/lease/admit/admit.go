@@ -118,7 +118,7 @@ func (s *Set) Reset(n *config.Network, own lease.Lease, leases map[string]lease.
 		}
 		s.insert(e)
 	}
-	return s.admitted(), s.refusals()
+	return s.Admitted(), s.refusals()
 }
 
 // Update applies watch events, in order, and returns the events that take
@@ -209,8 +209,9 @@ func (s *Set) refusals() []Refusal {
 	return out
 }
 
-// admitted lists own and every admitted lease, in key order after own.
-func (s *Set) admitted() []lease.Lease {
+// Admitted lists own and every admitted lease, in key order after own: as
+// Reset returned it, changed by every Update since.
+func (s *Set) Admitted() []lease.Lease {
 	out := make([]lease.Lease, 0, len(s.leases)+1)
 	out = append(out, s.own)
 	for _, k := range slices.Sorted(maps.Keys(s.leases)) {

@@ -180,7 +180,7 @@ func TestUpdateInvariants(t *testing.T) {
 					model[ev.Lease.Key()] = ev.Lease
 				}
 			}
-			adm := s.admitted()[1:]
+			adm := s.Admitted()[1:]
 			if !sameSet(model, adm) {
 				t.Fatalf("run %d step %d: events lead to %v, the set admits %s", run, step, model, keys(adm))
 			}
