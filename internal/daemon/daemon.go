@@ -906,18 +906,22 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch, repairs <-chan s
 		reconcile(true)
 	}
 
-	onEvents := func(b batch) {
+	// onEvents applies b and what follows it; it reports whether that
+	// took a full pass.
+	onEvents := func(b batch) (fullPass bool) {
 		full, lost, evs := d.applyBatches(drain(events, b))
 		if lost && !needAcquire {
 			d.log.Warn("our lease was removed or taken; acquiring again", "subnet", leaseName(d.own))
 			d.dropLease("lease " + leaseName(d.own) + " lost; acquiring again")
 			reacquire()
-			return
+			return false
 		}
 		if !full && !needFull && d.update(ctx, evs) {
-			return
+			return false
 		}
+		fullPass = full || needFull
 		reconcile(full)
+		return fullPass
 	}
 
 	for {
@@ -938,9 +942,13 @@ func (d *daemon) loop(ctx context.Context, events <-chan batch, repairs <-chan s
 			}
 			// Events that came in meanwhile go first: the pass is the
 			// safety net, they are the news.
+			// A full pass they took makes this one's reading stale and
+			// its work done.
 			select {
 			case b := <-events:
-				onEvents(b)
+				if onEvents(b) {
+					continue
+				}
 			default:
 			}
 			reconcileWith(true, r.pass)
