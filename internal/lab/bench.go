@@ -68,22 +68,29 @@ type familyRatios struct {
 
 // compareFamilyRatios reads the target as one-sided and relative: IPv6 may
 // do better than IPv4, and may do worse by at most ipv6RatioTolerance of the
-// IPv4 ratio (not of the throughput, nor in ratio points). A bare run that
-// moved nothing is an error: its ratio would be NaN or infinite, and NaN
-// fails every comparison, so it would read as meeting the target.
+// IPv4 ratio (not of the throughput, nor in ratio points).
 func compareFamilyRatios(bare4, pod4, bare6, pod6 float64) (familyRatios, error) {
-	for _, v := range []struct {
-		name      string
-		bps       float64
-		mustExist bool
-	}{{"bare IPv4", bare4, true}, {"pod IPv4", pod4, false}, {"bare IPv6", bare6, true}, {"pod IPv6", pod6, false}} {
-		if (v.mustExist && !(v.bps > 0)) || !(v.bps >= 0) {
-			return familyRatios{}, fmt.Errorf("%s throughput %v bit/s: no ratio to compare", v.name, v.bps)
-		}
+	r4, err := throughputRatio("IPv4", pod4, bare4)
+	if err != nil {
+		return familyRatios{}, err
 	}
-	r4, r6 := pod4/bare4, pod6/bare6
+	r6, err := throughputRatio("IPv6", pod6, bare6)
+	if err != nil {
+		return familyRatios{}, err
+	}
 	floor := r4 * (1 - ipv6RatioTolerance)
 	return familyRatios{R4: r4, R6: r6, Floor: floor, Meets: r6 >= floor}, nil
+}
+
+// throughputRatio is pod / bare, in bit/s. A bare run that moved nothing,
+// or a figure that is not a number, is an error: the ratio would be NaN or
+// infinite, and NaN fails every comparison, so it would read as meeting
+// any target.
+func throughputRatio(what string, pod, bare float64) (float64, error) {
+	if !(bare > 0) || !(pod >= 0) {
+		return 0, fmt.Errorf("%s: pod %v bit/s over bare %v bit/s: no ratio to compare", what, pod, bare)
+	}
+	return pod / bare, nil
 }
 
 // interleave orders rounds measurements of "bare" and "pod" so that each

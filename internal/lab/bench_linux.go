@@ -137,11 +137,10 @@ func benchThroughput(ctx context.Context, l *Lab, o BenchOptions) ([]Result, err
 	b, p := best(bare), best(pod)
 	settings := fmt.Sprintf("iperf3 1 stream, -t %s, best of %d; underlay %s",
 		strconv.Itoa(int(d.Seconds())), rounds, l.UnderlayGSONote())
-	if !(b.Bps > 0) {
-		// A ratio to nothing is NaN, which compares as meeting any target.
-		return nil, fmt.Errorf("bare underlay n1→n2 moved nothing in %d runs", len(bare))
+	ratio, err := throughputRatio(fmt.Sprintf("%s n1→n2, best of %d runs", l.Backend, len(bare)), p.Bps, b.Bps)
+	if err != nil {
+		return nil, err
 	}
-	ratio := p.Bps / b.Bps
 	target := map[string]float64{config.BackendVXLAN: 0.7, config.BackendHostGW: 0.95}[l.Backend]
 	ratioNote := ""
 	if target > 0 {

@@ -46,10 +46,7 @@ func (l *Lab) Check(ctx context.Context, o CheckOptions) (Matrix, error) {
 	for _, s := range srcs {
 		from = append(from, s.name)
 	}
-	fam := "IPv4"
-	if o.IPv6 {
-		fam = "IPv6"
-	}
+	fam := familyName(o.IPv6)
 	for _, p := range pods {
 		if !p.Addr(o.IPv6).IsValid() {
 			return Matrix{}, fmt.Errorf("pod %s has no %s address (lab not fully up, or not %s?)", p.NS, fam, fam)
