@@ -227,11 +227,7 @@ func (e *eval) kubeLeases() {
 		if ip := l.Attrs.PublicIP; ip.IsValid() && !ip.IsUnspecified() {
 			byIP[ip] = append(byIP[ip], n.Name)
 		}
-		if l.Subnet.IsValid() {
-			e.nodeOf[l.Subnet] = n.Name
-		} else {
-			e.nodeOf[l.IPv6Subnet] = n.Name // an IPv6-only network
-		}
+		e.nodeOf[leaseKey(l)] = n.Name
 		e.leases = append(e.leases, l)
 	}
 	e.leasesOK = true

@@ -199,11 +199,7 @@ func (e *eval) target6(l lease.Lease) (ProbeTarget, bool) {
 	if !pub.IsValid() || pub.IsUnspecified() || pub == e.pubIP6() {
 		return ProbeTarget{}, false
 	}
-	key := l.Subnet
-	if !key.IsValid() {
-		key = l.IPv6Subnet
-	}
-	t := ProbeTarget{Key: l.Key(), Node: e.nodeOf[key], Subnet: l.IPv6Subnet, PublicIP: pub, Backend: e.net.Backend.Type, IPv6: true}
+	t := ProbeTarget{Key: l.Key(), Node: e.nodeOf[leaseKey(l)], Subnet: l.IPv6Subnet, PublicIP: pub, Backend: e.net.Backend.Type, IPv6: true}
 	local := func(a netip.Addr) netip.Addr {
 		if e.linkHolding(a) != nil {
 			return a
@@ -472,7 +468,7 @@ func pingText(p Ping) string {
 	if p.Received == 0 {
 		return lossOf(p) + " lost"
 	}
-	s := ms(time.Duration(p.RTT))
+	s := ms(p.RTT)
 	if p.Received < p.Sent {
 		s += fmt.Sprintf(", %.0f%% loss", 100*p.Loss())
 	}

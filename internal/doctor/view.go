@@ -67,12 +67,8 @@ func ClusterView(f Facts) View {
 	e.peers()
 	v := View{Report: Report{Results: e.out}, Own: e.own, Own6: e.own6, Programmed: e.programChecked, ProgrammedIPv6: e.programChecked6, Stale: slices.Clone(e.stale)}
 	for _, l := range e.leases {
-		// A lease is named by its IPv4 subnet where it has one (the
-		// checks' notes and the Node names are kept so).
-		key := l.Subnet
-		if !key.IsValid() {
-			key = l.IPv6Subnet
-		}
+		// The checks' notes and the Node names are kept by leaseKey.
+		key := leaseKey(l)
 		lv := LeaseView{
 			Key: l.Key(), Node: e.nodeOf[key], Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet,
 			PublicIP: l.Attrs.PublicIP, BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, BackendV6Data: l.Attrs.BackendV6Data,
