@@ -7,10 +7,16 @@ import (
 )
 
 func TestWrite(t *testing.T) {
+	for name, write := range map[string]func(string, []byte, os.FileMode) error{"Write": Write, "WriteUnsynced": WriteUnsynced} {
+		t.Run(name, func(t *testing.T) { testWrite(t, write) })
+	}
+}
+
+func testWrite(t *testing.T, write func(string, []byte, os.FileMode) error) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "a", "b", "f.conf")
 	for _, content := range []string{"one\n", "two\n"} {
-		if err := Write(path, []byte(content), 0o600); err != nil {
+		if err := write(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		got, err := os.ReadFile(path)
@@ -25,7 +31,7 @@ func TestWrite(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
 		t.Errorf("temp files left behind: %v", ents)
 	}
-	if err := Write(filepath.Join(path, "under-a-file"), nil, 0o644); err == nil {
+	if err := write(filepath.Join(path, "under-a-file"), nil, 0o644); err == nil {
 		t.Error("writing below a regular file succeeded")
 	}
 }

@@ -1,8 +1,9 @@
 // Package cni is the CNI plugin: flannel's meta-plugin, which reads
 // subnet.env, renders a config for a delegate (bridge + host-local by
-// default), keeps it on disk for DEL and hands the work to the delegate. On
-// top of flannel it implements CHECK (the pod's interface, address, MTU and
-// routes are verified) and STATUS.
+// default), keeps it on disk for DEL and hands the work to the delegate
+// (the default one's ADD it does itself, exactly as the binaries would:
+// see inProcessBridge). On top of flannel it implements CHECK (the pod's
+// interface, address, MTU and routes are verified) and STATUS.
 //
 // The package must stay light: the plugin binary is exec'd for every pod, so
 // nothing here may import client-go or the etcd client.
@@ -40,6 +41,9 @@ type NetConf struct {
 	// ReadyFile (weft's addition) is the agent's readiness marker that
 	// STATUS requires; default weftd.ready beside SubnetFile.
 	ReadyFile string `json:"readyFile,omitempty"`
+	// ExecDelegate (weft's addition) makes ADD exec the bridge plugin even
+	// for a delegate the plugin runs in process (see inProcessBridge).
+	ExecDelegate bool `json:"execDelegate,omitempty"`
 }
 
 // LoadNetConf decodes the plugin's stdin and fills in flannel's defaults.

@@ -562,3 +562,136 @@ func TestDualStackAddCheckDel(t *testing.T) {
 	}
 	wantNodeClean(t, node)
 }
+
+// The plugin runs the default bridge delegate in process; a pod it adds
+// must be exactly what the bridge plugin's own ADD makes (execDelegate),
+// on both families: the same result but for names, MACs and addresses, the
+// same pod and host state (sysctls, hairpin, master, MTU, routes), and the
+// bridge plugin CHECKs and DELs it.
+func TestInProcessBridgeMatchesBinary(t *testing.T) {
+	ctx := context.Background()
+	env := nodeEnv
+	env.IPv6Network = netip.MustParsePrefix("fd00:10:244::/56")
+	env.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:5::1/64")
+	node := newNodeEnv(t, env, "1.0.0")
+	// The plugin's timings tell which way each ADD went.
+	timings := filepath.Join(t.TempDir(), "timings.jsonl")
+	t.Setenv(weftcni.TimingsEnv, timings)
+	conflist := func(viaBinary bool) []byte {
+		data, err := cnirig.Conflist("1.0.0", node.SubnetFile, node.DataDir, node.IPAMDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l map[string]any
+		if err := json.Unmarshal(data, &l); err != nil {
+			t.Fatal(err)
+		}
+		l["plugins"].([]any)[0].(map[string]any)["execDelegate"] = viaBinary
+		if data, err = json.Marshal(l); err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	type added struct {
+		pod   *cnirig.Pod
+		res   string // the result with what differs per pod taken out
+		state string // the pod's and its host veth's state, as above
+	}
+	add := func(viaBinary bool) added {
+		if err := node.SetConflist(conflist(viaBinary)); err != nil {
+			t.Fatal(err)
+		}
+		pod := newPod(t)
+		res, err := node.Add(ctx, pod)
+		if err != nil {
+			t.Fatalf("ADD (execDelegate %v): %v", viaBinary, err)
+		}
+		if len(res.Interfaces) != 3 || !strings.HasPrefix(res.Interfaces[1].Name, "veth") || len(res.Interfaces[1].Name) != 12 ||
+			res.Interfaces[2].Sandbox != pod.NS.Path() {
+			t.Fatalf("ADD (execDelegate %v): interfaces %v", viaBinary, res.Interfaces)
+		}
+		hostVeth := res.Interfaces[1].Name
+		var b strings.Builder
+		for i, ifc := range res.Interfaces {
+			fmt.Fprintf(&b, "if%d mac=%v sandbox=%v; ", i, ifc.Mac != "", ifc.Sandbox != "")
+		}
+		b.WriteString(res.Interfaces[0].Name + "; ")
+		for _, ip := range res.IPs {
+			ones, _ := ip.Address.Mask.Size()
+			fmt.Fprintf(&b, "ip /%d gw %s if %d; ", ones, ip.Gateway, *ip.Interface)
+		}
+		for _, r := range res.Routes {
+			fmt.Fprintf(&b, "route %s via %s; ", r.Dst.String(), r.GW)
+		}
+		fmt.Fprintf(&b, "dns %v", res.DNS)
+
+		var s strings.Builder
+		run := func(nsPath string, args ...string) string {
+			out, err := exec.Command("nsenter", append([]string{"--net=" + nsPath}, args...)...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %v: %s", args, err, out)
+			}
+			return strings.TrimSpace(string(out))
+		}
+		for _, k := range []string{"ipv6/conf/eth0/accept_dad", "ipv4/conf/eth0/arp_notify", "ipv6/conf/eth0/keep_addr_on_down",
+			"ipv6/conf/eth0/disable_ipv6", "ipv6/conf/lo/disable_ipv6"} {
+			fmt.Fprintf(&s, "pod %s=%s; ", k, run(pod.NS.Path(), "cat", "/proc/sys/net/"+k))
+		}
+		fmt.Fprintf(&s, "host accept_ra=%s; ", run(node.NS.Path(), "cat", "/proc/sys/net/ipv6/conf/"+hostVeth+"/accept_ra"))
+		fmt.Fprintf(&s, "ip_forward=%s; ", run(node.NS.Path(), "cat", "/proc/sys/net/ipv4/ip_forward"))
+		var port []struct {
+			Master   string `json:"master"`
+			State    string `json:"state"`
+			Hairpin  bool   `json:"hairpin"`
+			MTU      int    `json:"mtu"`
+			Isolated bool   `json:"isolated"`
+		}
+		if err := json.Unmarshal([]byte(run(node.NS.Path(), "bridge", "-d", "-j", "link", "show", "dev", hostVeth)), &port); err != nil || len(port) != 1 {
+			t.Fatalf("bridge link show dev %s: %v %v", hostVeth, port, err)
+		}
+		fmt.Fprintf(&s, "port %+v; ", port[0])
+		v := viewPod(t, pod)
+		fmt.Fprintf(&s, "pod mtu %d addrs %d; ", v.mtu, len(v.addrs))
+		for _, r := range v.routes {
+			fmt.Fprintf(&s, "route %s gw %s; ", r.Dst, r.Gw)
+		}
+		return added{pod, b.String(), s.String()}
+	}
+	bin, own := add(true), add(false)
+	data, err := os.ReadFile(timings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var tm weftcni.Timing
+		if err := json.Unmarshal([]byte(line), &tm); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, st := range tm.Steps {
+			names = append(names, st.Step)
+		}
+		steps = append(steps, tm.ContainerID[:4]+": "+strings.Join(names, ","))
+	}
+	if len(steps) != 2 || !strings.Contains(steps[0], "delegate bridge") || strings.Contains(steps[0], "veth") ||
+		!strings.Contains(steps[1], ",veth,host-local,") || strings.Contains(steps[1], "delegate bridge") {
+		t.Errorf("ADD steps %q: want the bridge binary's, then the plugin's own", steps)
+	}
+	if bin.res != own.res {
+		t.Errorf("ADD results differ:\nbridge plugin: %s\nin process:    %s", bin.res, own.res)
+	}
+	if bin.state != own.state {
+		t.Errorf("pod state differs:\nbridge plugin: %s\nin process:    %s", bin.state, own.state)
+	}
+	t.Logf("both: %s\n%s", own.res, own.state)
+	for _, a := range []added{bin, own} {
+		if err := node.Check(ctx, a.pod); err != nil {
+			t.Errorf("CHECK of %s: %v", a.pod.ID, err)
+		}
+		if err := node.Del(ctx, a.pod); err != nil {
+			t.Errorf("DEL of %s: %v", a.pod.ID, err)
+		}
+	}
+	wantNodeClean(t, node)
+}

@@ -125,8 +125,7 @@ func (p *Plugin) add(args *skel.CmdArgs, sw *stopwatch) error {
 		_ = removeDelegate(n.DataDir, args.ContainerID)
 		return addErr
 	}
-	res, err := invoke.DelegateAdd(ctx, typ, conf, p.Exec)
-	sw.lap("delegate " + typ)
+	res, err := p.delegateAdd(ctx, n, d, conf, args, sw)
 	if err != nil {
 		return undo(delegateError("delegate "+typ+" ADD", err))
 	}
@@ -148,13 +147,38 @@ func (p *Plugin) add(args *skel.CmdArgs, sw *stopwatch) error {
 	return err
 }
 
+// delegateAdd runs the delegate's ADD: in process for the default bridge
+// with host-local (inProcessBridge) unless the config asks for the binary
+// or Exec is a runtime's or a test's own; else through Exec.
+func (p *Plugin) delegateAdd(ctx context.Context, n *NetConf, d map[string]any, conf []byte, args *skel.CmdArgs, sw *stopwatch) (types.Result, error) {
+	typ := d["type"].(string)
+	if c, ok := inProcessBridge(d, args.Args); ok && p.Exec == nil && !n.ExecDelegate {
+		// A failure leaves what the bridge plugin's DEL takes back (the
+		// caller's undo), as its own ADD would.
+		res, err := addInProcess(args, conf, c, sw)
+		if err != nil {
+			return nil, err
+		}
+		return res, nil
+	}
+	res, err := invoke.DelegateAdd(ctx, typ, conf, p.Exec)
+	sw.lap("delegate " + typ)
+	return res, err
+}
+
 // savedDelegate reads the delegate config ADD saved for the container,
-// with its type and MTU. A config never saved (or gone) is fs.ErrNotExist,
-// for the caller to judge; any other failure is the CNI error to return.
+// with its type and MTU. A config never saved (or gone, or empty) is
+// fs.ErrNotExist, for the caller to judge; any other failure is the CNI
+// error to return.
 func savedDelegate(n *NetConf, containerID string) ([]byte, delegated, error) {
 	conf, err := loadDelegate(n.DataDir, containerID)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, delegated{}, err
+	}
+	if err == nil && len(conf) == 0 {
+		// What a crash right after ADD can leave of it (saveDelegate
+		// does not sync): as good as none.
+		return nil, delegated{}, fmt.Errorf("saved delegate config for %s is empty: %w", containerID, fs.ErrNotExist)
 	}
 	if err != nil {
 		return nil, delegated{}, types.NewError(types.ErrIOFailure, fmt.Sprintf("reading saved delegate config: %v", err), "")
@@ -183,6 +207,10 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := p.delUnsaved(ctx, n); err != nil {
 			fmt.Fprintf(os.Stderr, "weft-cni: DEL %s without saved config: %v (ignored)\n", args.ContainerID, err)
+		}
+		// An empty one goes too.
+		if err := removeDelegate(n.DataDir, args.ContainerID); err != nil {
+			return types.NewError(types.ErrIOFailure, err.Error(), "")
 		}
 		return nil
 	}

@@ -95,7 +95,8 @@ func TestCheckUnknownContainer(t *testing.T) {
 }
 
 // DEL and CHECK read the saved config alike: one that does not parse, or
-// cannot be read, is an error naming it, and DEL keeps it.
+// cannot be read, is an error naming it, and DEL keeps it; an empty one is
+// none.
 func TestDelCheckBadSavedConfig(t *testing.T) {
 	dir := t.TempDir()
 	saved := filepath.Join(dir, "data", "c1")
@@ -110,6 +111,21 @@ func TestDelCheckBadSavedConfig(t *testing.T) {
 	}
 	if err := os.Remove(saved); err != nil {
 		t.Fatal(err)
+	}
+	if err := os.WriteFile(saved, []byte(`{"mtu":1400}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Empty is what a crash can leave (the config is saved unsynced):
+	// CHECK says the container is unknown, DEL does without it.
+	if err := os.WriteFile(saved, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantCNIError(t, p.Check(testArgs(confIn(dir, ""))), types.ErrUnknownContainer, "no saved delegate config")
+	if err := p.Del(testArgs(confIn(dir, ""))); err != nil {
+		t.Errorf("DEL with an empty saved config: %v", err)
+	}
+	if _, err := os.Stat(saved); !os.IsNotExist(err) {
+		t.Errorf("empty saved config still there after DEL: %v", err)
 	}
 	if err := os.WriteFile(saved, []byte(`{"mtu":1400}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -182,7 +198,7 @@ func TestAddKeepsConfigWhenCleanupFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("CNI_PATH", bin) // where invoke finds the delegate
-	args := testArgs(confIn(dir, ""))
+	args := testArgs(confIn(dir, `,"execDelegate":true`))
 	args.Path = bin
 	err := (&Plugin{}).Add(args)
 	wantCNIError(t, err, 11, "half done")

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/version"
 
@@ -28,12 +29,17 @@ const (
 	targetCNIMedian = 40 * time.Millisecond
 	targetCNIP99    = 80 * time.Millisecond
 	cniBatch        = 10
+	// cniExecPods are added one at a time with the bridge plugin exec'd
+	// (execDelegate), as flannel's plugin runs it, for the comparison.
+	cniExecPods = 20
 )
 
 // benchCNI times the CNI ADD of 100 pods one at a time and of 100 more,
 // 10 at once, through flannel's conflist run by weft's plugin (flannel ->
-// bridge + host-local, portmap) in a node namespace of its own; it shows
-// where a one-at-a-time ADD's time goes and reports the plugin's size.
+// bridge + host-local, in process; portmap) in a node namespace of its
+// own, then of 20 more with the bridge and host-local binaries exec'd; it
+// shows where a one-at-a-time ADD's time goes and reports the plugin's
+// size.
 func benchCNI(ctx context.Context, _ *Lab, o BenchOptions) ([]Result, error) {
 	r, err := BenchCNIAdd(ctx, o.Lab, 100)
 	if err != nil {
@@ -50,6 +56,11 @@ func benchCNI(ctx context.Context, _ *Lab, o BenchOptions) ([]Result, error) {
 		{Section: "cni", Metric: "ADD p99", Value: ms(r.P99), Unit: "ms", Note: target(r.P99, targetCNIP99) + "; " + one},
 		{Section: "cni", Metric: fmt.Sprintf("ADD median, %d at once", r.Batch), Value: ms(r.BatchMedian), Unit: "ms", Note: target(r.BatchMedian, targetCNIMedian) + "; " + batch},
 		{Section: "cni", Metric: fmt.Sprintf("ADD p99, %d at once", r.Batch), Value: ms(r.BatchP99), Unit: "ms", Note: target(r.BatchP99, targetCNIP99) + "; " + batch},
+	}
+	if r.ExecPods > 0 {
+		out = append(out, Result{Section: "cni", Metric: "ADD median, bridge binary", Value: ms(r.ExecMedian), Unit: "ms",
+			Note: fmt.Sprintf("p99 %.1f ms; %d pods one at a time, execDelegate: the bridge and host-local binaries exec'd, as flannel's plugin does (%.2fx the in-process median)",
+				ms(r.ExecP99), r.ExecPods, ms(r.ExecMedian)/max(ms(r.Median), 1e-9))})
 	}
 	for _, s := range r.Split {
 		out = append(out, Result{Section: "cni", Metric: "  " + s.Name, Value: ms(s.Median), Unit: "ms", Note: "median; " + s.Note})
@@ -69,6 +80,10 @@ type CNIBenchResult struct {
 	// BatchMedian, BatchP99 and BatchMax are of the pods added Batch at
 	// once, each timed from the start of its batch.
 	BatchMedian, BatchP99, BatchMax time.Duration
+	// ExecMedian and ExecP99 are of ExecPods more pods added one at a
+	// time with weft-cni exec'ing the bridge plugin (execDelegate).
+	ExecPods            int
+	ExecMedian, ExecP99 time.Duration
 	// Split is where a one-at-a-time ADD's time goes, in order.
 	Split      []CNIStep
 	PluginSize int64 // bytes of the flannel (weft-cni) binary
@@ -103,8 +118,8 @@ var cniBenchEnv = subnetenv.Env{
 // The lab is taken down before BenchCNIAdd returns; one left by a crash is
 // found by `weft lab down --all`. o's name and node counts are ignored.
 func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, err error) {
-	if pods < 1 || pods > 120 {
-		return res, fmt.Errorf("cni bench: %d pods: want 1..120 (twice that must fit one /24)", pods)
+	if pods < 1 || 2*pods+cniExecPods > 250 {
+		return res, fmt.Errorf("cni bench: %d pods: want 1..%d (twice that and %d more must fit one /24)", pods, (250-cniExecPods)/2, cniExecPods)
 	}
 	o.Name, o.Dir, o.Nodes = "", "", 1
 	if o, err = o.withDefaults(); err != nil {
@@ -234,7 +249,49 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 	if res.BatchPods = len(batchLat); res.BatchPods > 0 {
 		res.BatchMedian, res.BatchP99, res.BatchMax = latencies(batchLat)
 	}
+
+	// The same, one at a time, with the bridge binary doing the work.
+	execList, err := withExecDelegate(list)
+	if err != nil {
+		return res, err
+	}
+	var execLat []time.Duration
+	for j := range cniExecPods {
+		p, err := newPod(2*pods + j + 1)
+		if err != nil {
+			return res, err
+		}
+		start := time.Now()
+		if err := l.attachPod(ctx, n, p, execList); err != nil {
+			return res, err
+		}
+		execLat = append(execLat, time.Since(start))
+		mu.Lock()
+		added = append(added, p)
+		mu.Unlock()
+	}
+	res.ExecPods = len(execLat)
+	res.ExecMedian, res.ExecP99, _ = latencies(execLat)
 	return res, nil
+}
+
+// withExecDelegate is list with weft-cni told to exec its delegate
+// (execDelegate), as flannel's plugin always does.
+func withExecDelegate(list *libcni.NetworkConfigList) (*libcni.NetworkConfigList, error) {
+	var l map[string]any
+	if err := json.Unmarshal(list.Bytes, &l); err != nil {
+		return nil, fmt.Errorf("cni bench: conflist: %w", err)
+	}
+	plugins, _ := l["plugins"].([]any)
+	if len(plugins) == 0 {
+		return nil, fmt.Errorf("cni bench: conflist without plugins")
+	}
+	plugins[0].(map[string]any)["execDelegate"] = true
+	data, err := json.Marshal(l)
+	if err != nil {
+		return nil, err
+	}
+	return libcni.ConfListFromBytes(data)
 }
 
 // execTimer runs CNI plugins as libcni's default does, timing every exec
@@ -312,8 +369,11 @@ func cniSplit(ctx context.Context, e *execTimer, l *Lab, n *Node, pods []*Pod, l
 		if strings.HasPrefix(name, "weft-cni ") {
 			note += "; part of exec flannel"
 		}
-		if name == "weft-cni delegate bridge" {
+		switch name {
+		case "weft-cni delegate bridge":
 			note += "; bridge exec, host-local included"
+		case "weft-cni host-local":
+			note += "; the bridge's IPAM, in process"
 		}
 		out = append(out, CNIStep{Name: name, Median: quantile(steps[name], 0.5), Note: note})
 	}
@@ -326,7 +386,7 @@ func cniSplit(ctx context.Context, e *execTimer, l *Lab, n *Node, pods []*Pod, l
 		return nil, err
 	}
 	return append(out,
-		CNIStep{Name: "host-local ADD alone", Median: hl, Note: "20 runs of the bridge's IPAM config; part of delegate bridge"},
+		CNIStep{Name: "host-local binary ADD alone", Median: hl, Note: "20 runs of the bridge's IPAM config: what the bridge binary would exec"},
 		CNIStep{Name: "exec of a no-op Go plugin", Median: base, Note: "20 runs of loopback VERSION: the floor of each exec here"},
 	), nil
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/coreos/go-iptables/iptables"
+	"sigs.k8s.io/knftables"
 
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -49,7 +51,7 @@ func (l *Lab) podNetwork(n *Node) (*libcni.NetworkConfigList, error) {
 	if err != nil {
 		return nil, err
 	}
-	conf, err := podConflist(env, n)
+	conf, err := podConflist(env, n, l.portmapBackend())
 	if err != nil {
 		return nil, err
 	}
@@ -61,6 +63,25 @@ func (l *Lab) podNetwork(n *Node) (*libcni.NetworkConfigList, error) {
 		return nil, fmt.Errorf("pod conflist: %w", err)
 	}
 	return list, nil
+}
+
+// portmapBackend is the netfilter backend portmap picks on this machine
+// when its config names none, found once per Lab by portmap's own test
+// (plugins' pkg/utils): iptables when it can list a chain, else nftables
+// when knftables can run, else iptables.
+func (l *Lab) portmapBackend() string {
+	l.portmapOnce.Do(func() {
+		l.portmap = "iptables"
+		if ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4); err == nil {
+			if _, err := ipt.ChainExists("filter", "INPUT"); err == nil {
+				return
+			}
+		}
+		if _, err := knftables.New(knftables.IPv4Family, "supports_nftables_test"); err == nil {
+			l.portmap = "nftables"
+		}
+	})
+	return l.portmap
 }
 
 // newPodNS makes the pod's namespace, with lo brought up by the loopback

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -237,6 +238,9 @@ type Lab struct {
 	// cniExec runs the CNI plugins of pods; nil is libcni's own. The CNI
 	// bench times the plugins through it.
 	cniExec invoke.Exec
+
+	portmapOnce sync.Once
+	portmap     string // see portmapBackend
 }
 
 // NewName returns a fresh lab name, weft-<6 hex>.

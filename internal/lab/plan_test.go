@@ -124,7 +124,7 @@ func TestPodConflist(t *testing.T) {
 		MTU:     1450,
 		IPMasq:  true,
 	}
-	data, err := podConflist(env, n)
+	data, err := podConflist(env, n, "iptables")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +135,10 @@ func TestPodConflist(t *testing.T) {
 	if list.Name != "cbr0" || list.CNIVersion != "0.3.1" || len(list.Plugins) != 2 ||
 		list.Plugins[0].Network.Type != "flannel" || list.Plugins[1].Network.Type != "portmap" {
 		t.Fatalf("conflist %s", data)
+	}
+	var portmap struct{ Backend string }
+	if err := json.Unmarshal(list.Plugins[1].Bytes, &portmap); err != nil || portmap.Backend != "iptables" {
+		t.Errorf("portmap %s: want the backend named (%v)", list.Plugins[1].Bytes, err)
 	}
 	// What the plugin makes of it on this node: the delegate config it
 	// renders from the conflist entry and subnet.env.
@@ -183,7 +187,7 @@ func TestPodConflist(t *testing.T) {
 	if !delegate(env).IPMasq {
 		t.Errorf("without agent masquerading the bridge must masquerade")
 	}
-	if _, err := podConflist(subnetenv.Env{MTU: 1450}, n); err == nil {
+	if _, err := podConflist(subnetenv.Env{MTU: 1450}, n, ""); err == nil {
 		t.Error("no subnet: accepted")
 	}
 	if _, err := libcni.ConfListFromBytes(loopbackConflist()); err != nil {

@@ -88,10 +88,15 @@ func (h *Handle) SubscribeChanges(ctx context.Context, onErr func(error)) (<-cha
 			onErr(err)
 		}
 	}
-	links := make(chan netlink.LinkUpdate, 256)
-	addrs := make(chan netlink.AddrUpdate, 256)
-	routes := make(chan netlink.RouteUpdate, 4096)
-	neighs := make(chan netlink.NeighUpdate, 4096)
+	// The library's updates are large (a netlink.Route is ~300 bytes):
+	// they are turned into Changes as they come, and the burst a full
+	// pass makes waits in the sockets' buffers (subscribeBuffer) and in
+	// out, not in these. Thousands of buffered updates were megabytes
+	// of heap held for good.
+	links := make(chan netlink.LinkUpdate, 16)
+	addrs := make(chan netlink.AddrUpdate, 16)
+	routes := make(chan netlink.RouteUpdate, 64)
+	neighs := make(chan netlink.NeighUpdate, 64)
 	fail := func(what string, err error) (<-chan Change, error) {
 		close(done)
 		return nil, fmt.Errorf("subscribe to %s changes: %w", what, err)
@@ -120,7 +125,7 @@ func (h *Handle) SubscribeChanges(ctx context.Context, onErr func(error)) (<-cha
 		<-ctx.Done()
 		close(done)
 	}()
-	out := make(chan Change, 1024)
+	out := make(chan Change, 4096)
 	go func() {
 		defer close(out)
 		// The library closes each channel when its socket is done; the

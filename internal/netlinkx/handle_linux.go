@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -102,23 +103,42 @@ func (h *Handle) Close() {
 }
 
 // SetSysctl is `sysctl -w` of a /proc/sys key ("net/ipv6/conf/flannel-v6.1/accept_ra")
-// in the handle's namespace. /proc/sys/net shows the namespace of the
-// thread that opens it, so for another namespace the write happens on a
-// locked thread switched into it.
+// in the handle's namespace.
 func (h *Handle) SetSysctl(key, value string) error {
-	path := filepath.Join("/proc/sys", filepath.Clean("/"+key))
-	write := func() error {
-		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+	return h.inNamespace("sysctl "+key, func() error {
+		if err := os.WriteFile(sysctlPath(key), []byte(value), 0o644); err != nil {
 			return fmt.Errorf("sysctl %s=%s: %w", key, value, err)
 		}
 		return nil
-	}
+	})
+}
+
+// Sysctl is `sysctl -n` of a /proc/sys key in the handle's namespace.
+func (h *Handle) Sysctl(key string) (string, error) {
+	var v string
+	err := h.inNamespace("sysctl "+key, func() error {
+		b, err := os.ReadFile(sysctlPath(key))
+		if err != nil {
+			return fmt.Errorf("sysctl %s: %w", key, err)
+		}
+		v = strings.TrimSpace(string(b))
+		return nil
+	})
+	return v, err
+}
+
+func sysctlPath(key string) string { return filepath.Join("/proc/sys", filepath.Clean("/"+key)) }
+
+// inNamespace runs f where /proc/sys/net shows the handle's namespace:
+// /proc/sys/net shows the namespace of the thread that opens it, so for
+// another namespace f runs on a locked thread switched into it.
+func (h *Handle) inNamespace(what string, f func() error) error {
 	if h.nsPath == "" {
-		return write()
+		return f()
 	}
 	target, err := netns.GetFromPath(h.nsPath)
 	if err != nil {
-		return fmt.Errorf("sysctl %s: open netns %s: %w", key, h.nsPath, err)
+		return fmt.Errorf("%s: open netns %s: %w", what, h.nsPath, err)
 	}
 	defer target.Close()
 	errc := make(chan error, 1)
@@ -128,15 +148,15 @@ func (h *Handle) SetSysctl(key, value string) error {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
-			errc <- fmt.Errorf("sysctl %s: own namespace: %w", key, err)
+			errc <- fmt.Errorf("%s: own namespace: %w", what, err)
 			return
 		}
 		defer orig.Close()
 		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("sysctl %s: enter namespace: %w", key, err)
+			errc <- fmt.Errorf("%s: enter namespace: %w", what, err)
 			return
 		}
-		err = write()
+		err = f()
 		if netns.Set(orig) == nil {
 			runtime.UnlockOSThread()
 		}
@@ -246,6 +266,20 @@ func (h *Handle) LinkSetUp(l Link) error {
 	return nil
 }
 
+// LinkSetHairpin is `bridge link set dev NAME hairpin on|off` on a bridge
+// port: whether the bridge sends a frame back out of the port it came in
+// by (a pod reaching itself through a service address).
+func (h *Handle) LinkSetHairpin(l Link, on bool) error {
+	if err := h.nh.LinkSetHairpin(l, on); err != nil {
+		return fmt.Errorf("set hairpin %v on %s: %w", on, l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// OperUp reports whether l is operationally up (carrier, and for a bridge
+// port, forwarding), as `ip link` shows state UP.
+func OperUp(l Link) bool { return l.Attrs().OperState == netlink.OperUp }
+
 // LinkSetMTU is `ip link set NAME mtu MTU`.
 func (h *Handle) LinkSetMTU(l Link, mtu int) error {
 	if err := h.nh.LinkSetMTU(l, mtu); err != nil {
@@ -314,6 +348,15 @@ func fromIP(ip net.IP) netip.Addr {
 func (h *Handle) AddrReplace(l Link, p netip.Prefix) error {
 	if err := h.nh.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(p)}); err != nil {
 		return fmt.Errorf("replace address %s on %s: %w", p, l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// AddrAdd is `ip addr add P dev NAME`; an address already there is an
+// error (IsExist).
+func (h *Handle) AddrAdd(l Link, p netip.Prefix) error {
+	if err := h.nh.AddrAdd(l, &netlink.Addr{IPNet: toIPNet(p)}); err != nil {
+		return fmt.Errorf("add address %s to %s: %w", p, l.Attrs().Name, err)
 	}
 	return nil
 }

@@ -205,6 +205,7 @@ const (
 	// AddrFTemporary is an IPv6 privacy address; on IPv4 the same bit
 	// marks a secondary address (IFA_F_SECONDARY).
 	AddrFTemporary  = 0x01
+	AddrFTentative  = 0x40 // IPv6 duplicate address detection not done
 	AddrFDeprecated = 0x20 // preferred lifetime over
 	// AddrFPermanent is set on addresses configured with infinite
 	// lifetime; autoconfigured (SLAAC, DHCP with lifetimes) ones lack it

@@ -89,30 +89,29 @@ func (w *watcher) run(ctx context.Context) error {
 // list reads the whole lease set, reports how it differs from known and
 // makes it the new known set.
 func (w *watcher) list(ctx context.Context) error {
-	resp, err := w.s.cli.Get(ctx, w.s.subnets, clientv3.WithPrefix())
-	if err != nil {
-		return fmt.Errorf("list %s: %w", w.s.subnets, err)
-	}
-	fresh := make(map[string]lease.Lease, len(resp.Kvs))
-	var changed []*mvccpb.KeyValue
-	for _, kv := range resp.Kvs {
+	fresh := make(map[string]lease.Lease, len(w.known))
+	var changed []string
+	rev, err := w.s.listSubnets(ctx, func(kv *mvccpb.KeyValue) {
 		l, err := w.s.parse(kv)
 		if err != nil {
 			w.s.log.Warn("ignoring bad lease", "key", lease.Clip(string(kv.Key)), "err", err)
-			continue
+			return
 		}
 		key := string(kv.Key)
 		if old, ok := w.known[key]; ok && old.Equal(l) {
 			fresh[key] = old
-			continue
+			return
 		}
 		fresh[key] = l
-		changed = append(changed, kv)
+		changed = append(changed, key)
+	})
+	if err != nil {
+		return fmt.Errorf("list %s: %w", w.s.subnets, err)
 	}
 
 	var events []lease.Event
-	for _, kv := range changed {
-		events = append(events, lease.Event{Type: lease.Added, Lease: fresh[string(kv.Key)]})
+	for _, key := range changed {
+		events = append(events, lease.Event{Type: lease.Added, Lease: fresh[key]})
 	}
 	for key, l := range w.known {
 		if _, ok := fresh[key]; !ok {
@@ -121,12 +120,45 @@ func (w *watcher) list(ctx context.Context) error {
 	}
 	sort.SliceStable(events, func(i, j int) bool { return events[i].Lease.Key() < events[j].Lease.Key() })
 	initial := w.rev == 0
-	w.known, w.rev, w.relist = fresh, resp.Header.Revision, false
+	w.known, w.rev, w.relist = fresh, rev, false
 	w.s.log.Debug("listed leases", "count", len(fresh), "revision", w.rev, "changes", len(events))
 	if initial || len(events) > 0 {
 		w.emit(events)
 	}
 	return nil
+}
+
+// listPage is how many keys one Get of a listing asks for: thousands of
+// leases in one response are megabytes held at once (the response, gRPC's
+// buffers, the parsed leases), the largest part of an agent's peak memory.
+const listPage = 500
+
+// listSubnets calls fn for every subnet key as of one revision, which it
+// returns, reading a page at a time.
+func (s *Store) listSubnets(ctx context.Context, fn func(*mvccpb.KeyValue)) (rev int64, err error) {
+	key, end := s.subnets, clientv3.GetPrefixRangeEnd(s.subnets)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
+		if rev != 0 {
+			// The later pages at the first one's revision: one
+			// consistent listing, as a single Get would be.
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, key, opts...)
+		if err != nil {
+			return 0, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			fn(kv)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
 }
 
 // follow watches from rev+1 until the watch ends. progress is called

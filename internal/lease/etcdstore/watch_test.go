@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/etcdtest"
@@ -332,5 +333,38 @@ func TestWatchThousandLeases(t *testing.T) {
 	t.Logf("Acquire among %d leases in %v", leases, time.Since(begin).Round(time.Millisecond))
 	if got := describe(nextBatch(t, ch, 5*time.Second)); got != "added "+l.Key()+" 198.51.100.1" {
 		t.Fatalf("after acquire: %s", got)
+	}
+}
+
+// A listing longer than a page is read a page at a time, every key once,
+// all as of the first page's revision: a key written meanwhile is not in
+// it (the watch from that revision reports it).
+func TestListSubnetsPaged(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	s, _ := newStore(t, cli, time.Hour)
+	const leases = 2*listPage + 1
+	putLeases(t, cli, s.prefix, leases, 3600)
+	late := s.subnets + "10.255.255.0-24"
+	seen := map[string]bool{}
+	rev, err := s.listSubnets(ctxT(t), func(kv *mvccpb.KeyValue) {
+		if len(seen) == 0 {
+			if _, err := cli.Put(ctxT(t), late, "{}"); err != nil {
+				t.Error(err)
+			}
+		}
+		if seen[string(kv.Key)] {
+			t.Errorf("%s listed twice", kv.Key)
+		}
+		seen[string(kv.Key)] = true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != leases || seen[late] {
+		t.Fatalf("listed %d keys (the one written during the listing: %v), want %d without it", len(seen), seen[late], leases)
+	}
+	resp, err := cli.Get(ctxT(t), late)
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision <= rev {
+		t.Fatalf("key written during the listing: %v, %v; want it after revision %d", resp, err, rev)
 	}
 }
