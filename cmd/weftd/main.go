@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"k8s.io/klog/v2"
@@ -23,6 +24,9 @@ import (
 // version is set at link time by the Makefile:
 // -ldflags "-X main.version=$(git describe --tags --always --dirty)".
 var version = ""
+
+// weftdGCPercent is the agent's GOGC unless the environment sets one.
+const weftdGCPercent = 50
 
 func main() {
 	// Parse's usage and flag's own messages go to a buffer: --help prints
@@ -57,6 +61,14 @@ func main() {
 	}
 	o := daemon.Options{Options: s.Options, Logger: log, Version: buildinfo.Version(version)}
 
+	// The heap is mostly the lease set, long lived; memory is what a node
+	// agent is short of (a DaemonSet's limit), and the collector's work
+	// is small beside the netlink it waits on. At 5,000 leases this takes
+	// the peak RSS from 52 to 46 MiB, start-up unchanged (make bench).
+	// GOGC in the environment still decides.
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(weftdGCPercent)
+	}
 	// SIGINT and SIGTERM end the run cleanly; the datapath stays so that
 	// pods keep talking until the next weftd takes over.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
