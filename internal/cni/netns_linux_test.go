@@ -518,14 +518,20 @@ func TestFailedAddLeavesNothing(t *testing.T) {
 	}
 }
 
+// dualStackEnv is nodeEnv with an IPv6 network and subnet too.
+func dualStackEnv() subnetenv.Env {
+	env := nodeEnv
+	env.IPv6Network = netip.MustParsePrefix("fd00:10:244::/56")
+	env.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:5::1/64")
+	return env
+}
+
 // TestDualStackAddCheckDel: with both families in subnet.env the pod gets
 // an address from each range and a route to each network; CHECK passes,
 // and fails naming the IPv6 network once its route is gone.
 func TestDualStackAddCheckDel(t *testing.T) {
 	ctx := context.Background()
-	env := nodeEnv
-	env.IPv6Network = netip.MustParsePrefix("fd00:10:244::/56")
-	env.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:5::1/64")
+	env := dualStackEnv()
 	node := newNodeEnv(t, env, "1.0.0")
 	pod := newPod(t)
 	res, err := node.Add(ctx, pod)
@@ -570,9 +576,7 @@ func TestDualStackAddCheckDel(t *testing.T) {
 // bridge plugin CHECKs and DELs it.
 func TestInProcessBridgeMatchesBinary(t *testing.T) {
 	ctx := context.Background()
-	env := nodeEnv
-	env.IPv6Network = netip.MustParsePrefix("fd00:10:244::/56")
-	env.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:5::1/64")
+	env := dualStackEnv()
 	node := newNodeEnv(t, env, "1.0.0")
 	// The plugin's timings tell which way each ADD went.
 	timings := filepath.Join(t.TempDir(), "timings.jsonl")
