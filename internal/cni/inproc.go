@@ -2,9 +2,9 @@ package cni
 
 import (
 	"encoding/json"
-	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/allocator"
 )
 
 // bridgeConf is a bridge delegate config the plugin runs itself instead of
@@ -63,35 +63,43 @@ func inProcessBridge(d map[string]any, cniArgs string) (bridgeConf, bool) {
 	if ipam["type"] != "host-local" {
 		return c, false
 	}
-	// host-local reads resolv.conf-style DNS in its own main, not in the
-	// allocator the plugin uses.
-	if _, ok := ipam["resolvConf"]; ok {
-		return c, false
-	}
-	// Routes by destination, gateway, metric and table; a scope is the
-	// bridge's to set.
-	routes, _ := ipam["routes"].([]any)
-	for _, r := range routes {
-		m, _ := r.(map[string]any)
-		if _, ok := m["scope"]; ok {
-			return c, false
-		}
-	}
-	// The bridge takes a pod MAC from runtimeConfig or CNI_ARGS.
-	if rc, ok := d["runtimeConfig"].(map[string]any); ok {
-		if _, ok := rc["mac"]; ok {
-			return c, false
-		}
-	}
-	for _, kv := range strings.Split(cniArgs, ";") {
-		if k, _, _ := strings.Cut(kv, "="); strings.EqualFold(k, "MAC") {
-			return c, false
-		}
-	}
-	// Decoded as the bridge plugin decodes it; a value of the wrong type
-	// gets the bridge plugin's own error.
+	// From here on, the config as the plugins decode it (Go's decoding:
+	// any case of a key), and a value of the wrong type gets the bridge
+	// plugin's own error.
 	b, err := json.Marshal(d)
 	if err != nil || json.Unmarshal(b, &c) != nil {
+		return c, false
+	}
+	ipamConf, _, err := allocator.LoadIPAMConfig(b, cniArgs)
+	if err != nil {
+		return c, false
+	}
+	// host-local reads resolv.conf-style DNS in its own main, not in the
+	// allocator the plugin uses; a route's scope is applied by nothing
+	// here.
+	if ipamConf.ResolvConf != "" {
+		return c, false
+	}
+	for _, r := range ipamConf.Routes {
+		if r.Scope != nil {
+			return c, false
+		}
+	}
+	// The bridge takes a pod MAC from runtimeConfig or CNI_ARGS, and
+	// refuses CNI_ARGS it does not know unless told to ignore them.
+	var rc struct {
+		RuntimeConfig struct {
+			Mac string `json:"mac"`
+		} `json:"runtimeConfig"`
+	}
+	if json.Unmarshal(b, &rc) != nil || rc.RuntimeConfig.Mac != "" {
+		return c, false
+	}
+	var env struct {
+		types.CommonArgs
+		MAC types.UnmarshallableString `json:"mac,omitempty"`
+	}
+	if cniArgs != "" && (types.LoadArgs(cniArgs, &env) != nil || env.MAC != "") {
 		return c, false
 	}
 	if c.Bridge == "" {

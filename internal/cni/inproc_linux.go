@@ -136,6 +136,10 @@ func ensureBridge(h *netlinkx.Handle, c bridgeConf) (netlinkx.Link, error) {
 	return br, nil
 }
 
+// defaultTxQLen is the queue length the kernel gives an Ethernet device
+// (DEFAULT_TX_QUEUE_LEN).
+const defaultTxQLen = 1000
+
 // addVeth makes the pod's veth: its host end (vethXXXXXXXX, as the bridge
 // plugin names it) up and on the bridge, its pod end ifName made straight
 // in the pod's namespace at podNS.
@@ -152,7 +156,12 @@ func addVeth(h *netlinkx.Handle, podNS, ifName string, c bridgeConf, br netlinkx
 		}
 		attrs := netlinkx.NewLinkAttrs()
 		attrs.Name, attrs.MTU, attrs.MasterIndex, attrs.Flags = name, c.MTU, br.Attrs().Index, net.FlagUp
-		err = h.LinkAdd(&netlinkx.Veth{LinkAttrs: attrs, PeerName: ifName, PeerNamespace: netlinkx.NsFd(fd)})
+		// The bridge plugin makes the pair from the pod's side, and the
+		// library gives the peer, its host end, a queue length of 0
+		// while the pod's end keeps the kernel's 1000: the same here,
+		// from the host's side.
+		attrs.TxQLen = 0
+		err = h.LinkAdd(&netlinkx.Veth{LinkAttrs: attrs, PeerName: ifName, PeerNamespace: netlinkx.NsFd(fd), PeerTxQLen: defaultTxQLen})
 		if netlinkx.IsExist(err) {
 			if _, lerr := h.LinkByName(name); lerr == nil {
 				continue // our random name was taken: another one
@@ -377,7 +386,7 @@ func configurePod(h *netlinkx.Handle, link netlinkx.Link, r *current.Result) err
 		if rt.Table != nil {
 			route.Table = *rt.Table
 		}
-		if err := h.RouteReplace(route); err != nil {
+		if err := h.RouteAddECMP(route); err != nil {
 			return fmt.Errorf("failed to add route '%v via %v dev %v metric %d': %w", dst, route.Gw, name, rt.Priority, err)
 		}
 	}
@@ -385,9 +394,9 @@ func configurePod(h *netlinkx.Handle, link netlinkx.Link, r *current.Result) err
 }
 
 // settle waits until no address of link is tentative (with DAD off, at
-// once), as long as the bridge plugin would.
+// once), as long as the bridge plugin would (5 s).
 func settle(h *netlinkx.Handle, link netlinkx.Link) error {
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for {
 		addrs, err := h.Addrs(link, netlinkx.FamilyV6)
 		if err != nil {
@@ -401,7 +410,7 @@ func settle(h *netlinkx.Handle, link netlinkx.Link) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return errors.New("addresses still tentative after 10s")
+			return errors.New("addresses still tentative after 5s")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

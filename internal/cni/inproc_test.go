@@ -48,7 +48,16 @@ func TestInProcessBridge(t *testing.T) {
 		"runtime MAC":                {func(d map[string]any) { d["runtimeConfig"] = map[string]any{"mac": "c2:11:22:33:44:55"} }, "", false},
 		"CNI_ARGS MAC":               {nil, "IgnoreUnknown=1;MAC=c2:11:22:33:44:55", false},
 		"CNI_ARGS IP (host-local's)": {nil, "IgnoreUnknown=1;IP=10.244.7.9", true},
-		"mtu of the wrong type":      {func(d map[string]any) { d["mtu"] = "1450" }, "", false},
+		"CNI_ARGS IP alone":          {nil, "IP=10.244.7.9", false}, // the bridge refuses it
+		"CNI_ARGS that do not parse": {nil, "IgnoreUnknown=1;IP", false},
+		"runtime MAC, other case":    {func(d map[string]any) { d["runtimeConfig"] = map[string]any{"MAC": "c2:11:22:33:44:55"} }, "", false},
+		"resolv.conf, other case":    {func(d map[string]any) { ipam(d)["resolvconf"] = "/etc/resolv.conf" }, "", false},
+		"route scope, other case":    {func(d map[string]any) { ipam(d)["routes"] = []any{map[string]any{"dst": "10.0.0.0/8", "Scope": 253.0}} }, "", false},
+		"route with a gateway": {func(d map[string]any) {
+			ipam(d)["routes"] = []any{map[string]any{"dst": "10.0.0.0/8", "gw": "10.244.7.1"}}
+		}, "", true},
+		"bad range":             {func(d map[string]any) { ipam(d)["ranges"] = []any{[]any{map[string]any{"subnet": "nope"}}} }, "", false},
+		"mtu of the wrong type": {func(d map[string]any) { d["mtu"] = "1450" }, "", false},
 	} {
 		if _, ok := inProcessBridge(conf(tc.edit), tc.args); ok != tc.want {
 			t.Errorf("%s: in process %v, want %v", name, ok, tc.want)

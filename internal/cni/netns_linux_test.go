@@ -654,6 +654,16 @@ func TestInProcessBridgeMatchesBinary(t *testing.T) {
 			t.Fatalf("bridge link show dev %s: %v %v", hostVeth, port, err)
 		}
 		fmt.Fprintf(&s, "port %+v; ", port[0])
+		for _, l := range []struct{ ns, dev string }{{node.NS.Path(), hostVeth}, {pod.NS.Path(), pod.IfName}} {
+			var link []struct {
+				TxQLen int      `json:"txqlen"`
+				Flags  []string `json:"flags"`
+			}
+			if err := json.Unmarshal([]byte(run(l.ns, "ip", "-j", "link", "show", "dev", l.dev)), &link); err != nil || len(link) != 1 {
+				t.Fatalf("ip link show dev %s: %v %v", l.dev, link, err)
+			}
+			fmt.Fprintf(&s, "%s qlen %d flags %v; ", l.dev[:min(len(l.dev), 4)], link[0].TxQLen, link[0].Flags)
+		}
 		v := viewPod(t, pod)
 		fmt.Fprintf(&s, "pod mtu %d addrs %d; ", v.mtu, len(v.addrs))
 		for _, r := range v.routes {

@@ -104,10 +104,11 @@ func (p *Plugin) add(args *skel.CmdArgs, sw *stopwatch) error {
 	}
 	typ := d["type"].(string) // checkDelegate or the default made it a string
 	sw.lap("render")
-	// A delegate that is not installed fails before anything is saved.
-	if _, err := invoke.FindInPath(typ, filepath.SplitList(args.Path)); err != nil {
-		return types.NewError(types.ErrPluginNotAvailable,
-			fmt.Sprintf("delegate plugin %q is not installed: %v", typ, err), "install the reference CNI plugins (bridge, host-local) into CNI_PATH")
+	// A delegate that is not installed fails before anything is saved;
+	// so does a missing IPAM plugin, which the in-process ADD would not
+	// need but every DEL does.
+	if err := findDelegates(d, args.Path); err != nil {
+		return err
 	}
 	sw.lap("find delegate")
 	if err := saveDelegate(n.DataDir, args.ContainerID, conf); err != nil {
@@ -145,6 +146,19 @@ func (p *Plugin) add(args *skel.CmdArgs, sw *stopwatch) error {
 	err = res.Print()
 	sw.lap("result")
 	return err
+}
+
+// findDelegates reports a delegate (rendered config d) or its IPAM plugin
+// missing from cniPath.
+func findDelegates(d map[string]any, cniPath string) *types.Error {
+	ipamType, _ := d["ipam"].(map[string]any)["type"].(string)
+	for _, plugin := range []string{d["type"].(string), ipamType} {
+		if _, err := invoke.FindInPath(plugin, filepath.SplitList(cniPath)); err != nil {
+			return types.NewError(types.ErrPluginNotAvailable,
+				fmt.Sprintf("delegate plugin %q is not installed: %v", plugin, err), "install the reference CNI plugins (bridge, host-local) into CNI_PATH")
+		}
+	}
+	return nil
 }
 
 // delegateAdd runs the delegate's ADD: in process for the default bridge
@@ -327,12 +341,8 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		return err
 	}
 	// The delegate and its IPAM must be installed for an ADD to work.
-	ipamType, _ := d["ipam"].(map[string]any)["type"].(string)
-	for _, plugin := range []string{d["type"].(string), ipamType} {
-		if _, err := invoke.FindInPath(plugin, filepath.SplitList(args.Path)); err != nil {
-			return types.NewError(types.ErrPluginNotAvailable,
-				fmt.Sprintf("delegate plugin %q is not installed: %v", plugin, err), "")
-		}
+	if err := findDelegates(d, args.Path); err != nil {
+		return err
 	}
 	if err := readyfile.Check(n.ReadyFile, time.Now()); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "weftd is not ready: "+err.Error(), "")

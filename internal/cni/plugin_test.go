@@ -197,6 +197,9 @@ func TestAddKeepsConfigWhenCleanupFails(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(bin, "bridge"), []byte(failing), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(bin, "host-local"), nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("CNI_PATH", bin) // where invoke finds the delegate
 	args := testArgs(confIn(dir, `,"execDelegate":true`))
 	args.Path = bin
@@ -205,4 +208,24 @@ func TestAddKeepsConfigWhenCleanupFails(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "data", "c1")); err != nil {
 		t.Errorf("saved config gone after a failed cleanup: %v", err)
 	}
+}
+
+// ADD needs the delegate's IPAM plugin installed even when the plugin does
+// the delegate's work itself: every DEL runs it.
+func TestAddNeedsIPAMPlugin(t *testing.T) {
+	dir := t.TempDir()
+	if err := subnetenv.Write(filepath.Join(dir, "subnet.env"), testEnv); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bin, "bridge"), nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	args := testArgs(confIn(dir, ""))
+	args.Path = bin
+	wantCNIError(t, (&Plugin{}).Add(args), types.ErrPluginNotAvailable, `"host-local" is not installed`)
+	dataDirEmpty(t, dir)
 }

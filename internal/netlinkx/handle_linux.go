@@ -423,6 +423,21 @@ func toNLRoute(r Route) *netlink.Route {
 	return nr
 }
 
+// RouteAddECMP adds r as the CNI plugins' ipam.ConfigureIface does
+// (netlink's RouteAddEcmp): create, never replace, an exact duplicate an
+// error (IsExist), a second IPv6 route to the same destination a next
+// hop of it; without a gateway in universe scope, not link.
+func (h *Handle) RouteAddECMP(r Route) error {
+	nr := toNLRoute(r)
+	if !r.Gw.IsValid() {
+		nr.Scope = netlink.SCOPE_UNIVERSE
+	}
+	if err := h.nh.RouteAddEcmp(nr); err != nil {
+		return fmt.Errorf("add route %s: %w", r, err)
+	}
+	return nil
+}
+
 // RouteReplace is `ip route replace` (see Route).
 func (h *Handle) RouteReplace(r Route) error {
 	if err := h.nh.RouteReplace(toNLRoute(r)); err != nil {
