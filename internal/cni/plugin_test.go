@@ -181,18 +181,26 @@ func TestStatus(t *testing.T) {
 	wantCNIError(t, p.Status(testArgs(confIn(dir, ""))), types.ErrPluginNotAvailable, "subnet")
 }
 
+// nodeDirs is a node's directory, with subnet.env, and an empty CNI bin
+// dir in it.
+func nodeDirs(t *testing.T) (dir, bin string) {
+	t.Helper()
+	dir = t.TempDir()
+	if err := subnetenv.Write(filepath.Join(dir, "subnet.env"), testEnv); err != nil {
+		t.Fatal(err)
+	}
+	bin = filepath.Join(dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, bin
+}
+
 // A delegate that fails ADD and then its cleanup DEL may have left a veth
 // or an address behind: the saved config stays so that the runtime's DEL
 // can still undo it after subnet.env is gone.
 func TestAddKeepsConfigWhenCleanupFails(t *testing.T) {
-	dir := t.TempDir()
-	if err := subnetenv.Write(filepath.Join(dir, "subnet.env"), testEnv); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, bin := nodeDirs(t)
 	failing := "#!/bin/sh\necho '{\"cniVersion\":\"1.1.0\",\"code\":11,\"msg\":\"half done\"}'\nexit 1\n"
 	if err := os.WriteFile(filepath.Join(bin, "bridge"), []byte(failing), 0o755); err != nil {
 		t.Fatal(err)
@@ -213,14 +221,7 @@ func TestAddKeepsConfigWhenCleanupFails(t *testing.T) {
 // ADD needs the delegate's IPAM plugin installed even when the plugin does
 // the delegate's work itself: every DEL runs it.
 func TestAddNeedsIPAMPlugin(t *testing.T) {
-	dir := t.TempDir()
-	if err := subnetenv.Write(filepath.Join(dir, "subnet.env"), testEnv); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, bin := nodeDirs(t)
 	if err := os.WriteFile(filepath.Join(bin, "bridge"), nil, 0o755); err != nil {
 		t.Fatal(err)
 	}
