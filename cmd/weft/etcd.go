@@ -116,9 +116,9 @@ func seedNetworkConfig(ctx context.Context, srv *etcdserver.Server, prefix strin
 	cli := srv.Client()
 	defer cli.Close()
 	key := etcdstore.New(cli, etcdstore.Options{Prefix: prefix}).ConfigKey()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := cli.Txn(ctx).
+	resp, err := cli.Txn(tctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(conf))).Commit()
 	if err != nil {
@@ -127,6 +127,11 @@ func seedNetworkConfig(ctx context.Context, srv *etcdserver.Server, prefix strin
 		// still serves.
 		if e := rpctypes.Error(err); errors.Is(e, rpctypes.ErrUserEmpty) || errors.Is(e, rpctypes.ErrPermissionDenied) {
 			slog.Warn("authentication is enabled: --network-config not written; write the config as a user allowed to", "key", key, "err", err)
+			return nil
+		}
+		if ctx.Err() != nil {
+			// Asked to stop while seeding (SIGTERM right after start):
+			// a clean stop, the config is written at the next start.
 			return nil
 		}
 		return fmt.Errorf("write network config %s: %w", key, err)
