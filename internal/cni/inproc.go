@@ -22,6 +22,8 @@ type bridgeConf struct {
 	IsDefaultGateway bool      `json:"isDefaultGateway"`
 	HairpinMode      bool      `json:"hairpinMode"`
 	DNS              types.DNS `json:"dns"`
+
+	ipam *allocator.IPAMConfig // host-local's, as it reads the config
 }
 
 // defaultBridgeName is the bridge plugin's.
@@ -42,9 +44,10 @@ var (
 )
 
 // inProcessBridge reports whether the delegate config d (as RenderDelegate
-// made it, with the runtime's CNI_ARGS cniArgs) is a bridge with host-local
-// IPAM that the plugin runs in process, and its bridge options.
-func inProcessBridge(d map[string]any, cniArgs string) (bridgeConf, bool) {
+// made it; conf is d encoded, as the delegate reads it; cniArgs the
+// runtime's CNI_ARGS) is a bridge with host-local IPAM that the plugin runs
+// in process, and its bridge and IPAM options.
+func inProcessBridge(d map[string]any, conf []byte, cniArgs string) (bridgeConf, bool) {
 	var c bridgeConf
 	if d["type"] != "bridge" {
 		return c, false
@@ -66,11 +69,10 @@ func inProcessBridge(d map[string]any, cniArgs string) (bridgeConf, bool) {
 	// From here on, the config as the plugins decode it (Go's decoding:
 	// any case of a key), and a value of the wrong type gets the bridge
 	// plugin's own error.
-	b, err := json.Marshal(d)
-	if err != nil || json.Unmarshal(b, &c) != nil {
+	if json.Unmarshal(conf, &c) != nil {
 		return c, false
 	}
-	ipamConf, _, err := allocator.LoadIPAMConfig(b, cniArgs)
+	ipamConf, _, err := allocator.LoadIPAMConfig(conf, cniArgs)
 	if err != nil {
 		return c, false
 	}
@@ -92,7 +94,7 @@ func inProcessBridge(d map[string]any, cniArgs string) (bridgeConf, bool) {
 			Mac string `json:"mac"`
 		} `json:"runtimeConfig"`
 	}
-	if json.Unmarshal(b, &rc) != nil || rc.RuntimeConfig.Mac != "" {
+	if json.Unmarshal(conf, &rc) != nil || rc.RuntimeConfig.Mac != "" {
 		return c, false
 	}
 	var env struct {
@@ -108,5 +110,6 @@ func inProcessBridge(d map[string]any, cniArgs string) (bridgeConf, bool) {
 	if c.IsDefaultGateway {
 		c.IsGateway = true
 	}
+	c.ipam = ipamConf
 	return c, true
 }

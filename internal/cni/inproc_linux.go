@@ -21,12 +21,11 @@ import (
 
 // addInProcess is the bridge plugin's ADD with host-local IPAM
 // (plugins/main/bridge cmdAdd, plugins/ipam/host-local cmdAdd, v1.9) for a
-// config inProcessBridge accepted, step for step. conf is the delegate
-// config as the bridge would read it. Where the bridge plugin switches a
+// config inProcessBridge accepted, step for step. Where the bridge plugin switches a
 // thread into the pod's namespace, this talks to it through a netlink
 // handle opened there, and makes the veth with its pod end already in the
 // pod. On failure the caller undoes it with the bridge plugin's DEL.
-func addInProcess(args *skel.CmdArgs, conf []byte, c bridgeConf, sw *stopwatch) (*current.Result, error) {
+func addInProcess(args *skel.CmdArgs, c bridgeConf, sw *stopwatch) (*current.Result, error) {
 	host, err := netlinkx.New()
 	if err != nil {
 		return nil, err
@@ -53,7 +52,7 @@ func addInProcess(args *skel.CmdArgs, conf []byte, c bridgeConf, sw *stopwatch) 
 	}
 	sw.lap("veth")
 
-	result, err := allocate(conf, args)
+	result, err := allocate(c.ipam, args)
 	if err != nil {
 		return nil, err
 	}
@@ -184,14 +183,10 @@ func addVeth(h *netlinkx.Handle, podNS, ifName string, c bridgeConf, br netlinkx
 	return nil, errors.New("failed to find a unique veth name")
 }
 
-// allocate is host-local's ADD: one address from each range set, under the
-// store's lock, in the files host-local keeps (so host-local releases
-// them on DEL).
-func allocate(conf []byte, args *skel.CmdArgs) (*current.Result, error) {
-	ipamConf, _, err := allocator.LoadIPAMConfig(conf, args.Args)
-	if err != nil {
-		return nil, err
-	}
+// allocate is host-local's ADD for its config ipamConf: one address from
+// each range set, under the store's lock, in the files host-local keeps
+// (so host-local releases them on DEL).
+func allocate(ipamConf *allocator.IPAMConfig, args *skel.CmdArgs) (*current.Result, error) {
 	store, err := disk.New(ipamConf.Name, ipamConf.DataDir)
 	if err != nil {
 		return nil, err
@@ -437,7 +432,7 @@ func ensureGatewayAddr(h *netlinkx.Handle, br netlinkx.Link, gw netip.Prefix) er
 	}
 	// Pinned to its own MAC, the bridge keeps it as ports come and go
 	// (else it takes the lowest of its ports').
-	mac, err := netlinkx.ParseMAC(br.Attrs().HardwareAddr.String())
+	mac, err := netlinkx.MACFrom(br.Attrs().HardwareAddr)
 	if err != nil {
 		return err
 	}

@@ -23,9 +23,19 @@ func TestInProcessBridge(t *testing.T) {
 		}
 		return d
 	}
-	c, ok := inProcessBridge(conf(nil), "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web")
-	if !ok || !reflect.DeepEqual(c, bridgeConf{Bridge: "cni0", MTU: 1450, IsGateway: true, IsDefaultGateway: true, HairpinMode: true}) {
-		t.Fatalf("flannel's delegate: %+v, %v; want it in process", c, ok)
+	decide := func(d map[string]any, cniArgs string) (bridgeConf, bool) {
+		b, err := json.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inProcessBridge(d, b, cniArgs)
+	}
+	c, ok := decide(conf(nil), "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web")
+	if !ok || c.ipam == nil || c.ipam.Name != "cbr0" || c.ipam.DataDir != "/d" || len(c.ipam.Ranges) != 1 || len(c.ipam.Routes) != 1 {
+		t.Fatalf("flannel's delegate: %+v (ipam %+v), %v; want it in process", c, c.ipam, ok)
+	}
+	if c.ipam = nil; !reflect.DeepEqual(c, bridgeConf{Bridge: "cni0", MTU: 1450, IsGateway: true, IsDefaultGateway: true, HairpinMode: true}) {
+		t.Fatalf("flannel's delegate: %+v; want it in process", c)
 	}
 	ipam := func(d map[string]any) map[string]any { return d["ipam"].(map[string]any) }
 	for name, tc := range map[string]struct {
@@ -59,7 +69,7 @@ func TestInProcessBridge(t *testing.T) {
 		"bad range":             {func(d map[string]any) { ipam(d)["ranges"] = []any{[]any{map[string]any{"subnet": "nope"}}} }, "", false},
 		"mtu of the wrong type": {func(d map[string]any) { d["mtu"] = "1450" }, "", false},
 	} {
-		if _, ok := inProcessBridge(conf(tc.edit), tc.args); ok != tc.want {
+		if _, ok := decide(conf(tc.edit), tc.args); ok != tc.want {
 			t.Errorf("%s: in process %v, want %v", name, ok, tc.want)
 		}
 	}

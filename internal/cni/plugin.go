@@ -166,14 +166,16 @@ func findDelegates(d map[string]any, cniPath string) *types.Error {
 // or Exec is a runtime's or a test's own; else through Exec.
 func (p *Plugin) delegateAdd(ctx context.Context, n *NetConf, d map[string]any, conf []byte, args *skel.CmdArgs, sw *stopwatch) (types.Result, error) {
 	typ := d["type"].(string)
-	if c, ok := inProcessBridge(d, args.Args); ok && p.Exec == nil && !n.ExecDelegate {
-		// A failure leaves what the bridge plugin's DEL takes back (the
-		// caller's undo), as its own ADD would.
-		res, err := addInProcess(args, conf, c, sw)
-		if err != nil {
-			return nil, err
+	if p.Exec == nil && !n.ExecDelegate {
+		if c, ok := inProcessBridge(d, conf, args.Args); ok {
+			// A failure leaves what the bridge plugin's DEL takes back
+			// (the caller's undo), as its own ADD would.
+			res, err := addInProcess(args, c, sw)
+			if err != nil {
+				return nil, err
+			}
+			return res, nil
 		}
-		return res, nil
 	}
 	res, err := invoke.DelegateAdd(ctx, typ, conf, p.Exec)
 	sw.lap("delegate " + typ)
