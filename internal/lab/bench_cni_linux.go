@@ -195,10 +195,11 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 		}
 		return p, l.newPodNS(ctx, n, p)
 	}
-	// attach adds p, timed from start, and keeps it for the DEL at the end
-	// even when ADD fails (DEL then cleans up what ADD left).
-	attach := func(p *Pod, start time.Time) (time.Duration, error) {
-		err := l.attachPod(ctx, n, p, list)
+	// attach adds p with pod network pl, timed from start, and keeps it
+	// for the DEL at the end even when ADD fails (DEL then cleans up what
+	// ADD left).
+	attach := func(p *Pod, pl *libcni.NetworkConfigList, start time.Time) (time.Duration, error) {
+		err := l.attachPod(ctx, n, p, pl)
 		d := time.Since(start)
 		mu.Lock()
 		added = append(added, p)
@@ -212,7 +213,7 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 		if err != nil {
 			return res, err
 		}
-		d, err := attach(p, time.Now())
+		d, err := attach(p, list, time.Now())
 		if err != nil {
 			return res, err
 		}
@@ -238,7 +239,7 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 		errs := make([]error, cniBatch)
 		start := time.Now()
 		for i, p := range batch {
-			wg.Go(func() { ds[i], errs[i] = attach(p, start) })
+			wg.Go(func() { ds[i], errs[i] = attach(p, list, start) })
 		}
 		wg.Wait()
 		if err := errors.Join(errs...); err != nil {
@@ -261,14 +262,11 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 		if err != nil {
 			return res, err
 		}
-		start := time.Now()
-		if err := l.attachPod(ctx, n, p, execList); err != nil {
+		d, err := attach(p, execList, time.Now())
+		if err != nil {
 			return res, err
 		}
-		execLat = append(execLat, time.Since(start))
-		mu.Lock()
-		added = append(added, p)
-		mu.Unlock()
+		execLat = append(execLat, d)
 	}
 	res.ExecPods = len(execLat)
 	res.ExecMedian, res.ExecP99, _ = latencies(execLat)
