@@ -154,6 +154,7 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	}
 	med, p99 := quantile(lat, 0.5), quantile(lat, 0.99)
 	o.progress("  new lease -> route: p50 %s, p99 %s; all: %v", med.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), roundAll(lat))
+	anon, file := rssSplit(pid)
 
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -173,7 +174,8 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 		{Section: "agent", Metric: "new lease → route, p99", Value: ms(p99), Unit: "ms",
 			Note: fmt.Sprintf("%s target ≤ %s (flannel %s)", verdict(ms(p99), ms(targetAddLatency), true), targetAddLatency, flannelAddLatency)},
 		{Section: "agent", Metric: "peak RSS (VmHWM)", Value: float64(hwm) / (1 << 20), Unit: "MiB",
-			Note: fmt.Sprintf("%s target ≤ %d MiB (flannel %s); %d leases", verdict(float64(hwm), targetPeakRSS, true), targetPeakRSS>>20, flannelPeakRSS, len(fakes)+len(adds)+1)},
+			Note: fmt.Sprintf("%s target ≤ %d MiB (flannel %s); %d leases; at the end RssAnon %d MiB, RssFile %d MiB (the binary's pages)",
+				verdict(float64(hwm), targetPeakRSS, true), targetPeakRSS>>20, flannelPeakRSS, len(fakes)+len(adds)+1, anon>>20, file>>20)},
 	}, nil
 }
 

@@ -56,6 +56,8 @@ func benchCNI(ctx context.Context, _ *Lab, o BenchOptions) ([]Result, error) {
 		{Section: "cni", Metric: "ADD p99", Value: ms(r.P99), Unit: "ms", Note: target(r.P99, targetCNIP99) + "; " + one},
 		{Section: "cni", Metric: fmt.Sprintf("ADD median, %d at once", r.Batch), Value: ms(r.BatchMedian), Unit: "ms", Note: target(r.BatchMedian, targetCNIMedian) + "; " + batch},
 		{Section: "cni", Metric: fmt.Sprintf("ADD p99, %d at once", r.Batch), Value: ms(r.BatchP99), Unit: "ms", Note: target(r.BatchP99, targetCNIP99) + "; " + batch},
+		{Section: "cni", Metric: fmt.Sprintf("  exec floor, %d at once", r.Batch), Value: ms(r.FloorMedian), Unit: "ms",
+			Note: fmt.Sprintf("median, p99 %.1f ms; the same batches exec'ing the conflist's plugins (VERSION) and nothing else: this machine's floor for the two lines above", ms(r.FloorP99))},
 	}
 	if r.ExecPods > 0 {
 		out = append(out, Result{Section: "cni", Metric: "ADD median, bridge binary", Value: ms(r.ExecMedian), Unit: "ms",
@@ -80,6 +82,11 @@ type CNIBenchResult struct {
 	// BatchMedian, BatchP99 and BatchMax are of the pods added Batch at
 	// once, each timed from the start of its batch.
 	BatchMedian, BatchP99, BatchMax time.Duration
+	// FloorMedian and FloorP99 are of the same batches doing nothing but
+	// exec each of the conflist's plugins in turn (VERSION), each timed
+	// from the start of its batch: what Batch ADDs at once cost here
+	// before any plugin does its work.
+	FloorMedian, FloorP99 time.Duration
 	// ExecMedian and ExecP99 are of ExecPods more pods added one at a
 	// time with weft-cni exec'ing the bridge plugin (execDelegate).
 	ExecPods            int
@@ -249,6 +256,9 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 	}
 	if res.BatchPods = len(batchLat); res.BatchPods > 0 {
 		res.BatchMedian, res.BatchP99, res.BatchMax = latencies(batchLat)
+	}
+	if res.FloorMedian, res.FloorP99, err = benchExecFloor(ctx, l, list, cniBatch, pods/cniBatch); err != nil {
+		return res, err
 	}
 
 	// The same, one at a time, with the bridge binary doing the work.
@@ -467,6 +477,42 @@ func benchPluginExec(ctx context.Context, l *Lab, runs int) (time.Duration, erro
 		lat = append(lat, time.Since(start))
 	}
 	return quantile(lat, 0.5), nil
+}
+
+// benchExecFloor runs rounds batches of batch chains at once, each chain
+// exec'ing every plugin of list in turn with VERSION, as an ADD execs
+// them but with no work in them; it returns the median and p99 of the
+// chains, each timed from the start of its batch.
+func benchExecFloor(ctx context.Context, l *Lab, list *libcni.NetworkConfigList, batch, rounds int) (median, p99 time.Duration, err error) {
+	var paths []string
+	for _, p := range list.Plugins {
+		paths = append(paths, filepath.Join(l.CNIBinDir, p.Network.Type))
+	}
+	var lat []time.Duration
+	for range rounds {
+		ds := make([]time.Duration, batch)
+		errs := make([]error, batch)
+		var wg sync.WaitGroup
+		start := time.Now()
+		for i := range batch {
+			wg.Go(func() {
+				for _, path := range paths {
+					if _, err := invoke.GetVersionInfo(ctx, path, nil); err != nil {
+						errs[i] = fmt.Errorf("cni bench: %s VERSION: %w", filepath.Base(path), err)
+						return
+					}
+				}
+				ds[i] = time.Since(start)
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return 0, 0, err
+		}
+		lat = append(lat, ds...)
+	}
+	median, p99, _ = latencies(lat)
+	return median, p99, nil
 }
 
 // cniNodeClean reports any address host-local holds, veth or saved
