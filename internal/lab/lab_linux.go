@@ -680,6 +680,17 @@ func (l *Lab) Health() string {
 	case missing > 0:
 		state = "broken"
 	}
-	return fmt.Sprintf("%s: %d/%d agents running, %d/%d etcd members, %d namespaces missing", state, running, len(l.Nodes),
-		etcd, len(l.EtcdMembers), missing)
+	// A kube lab's agents read the API server, not etcd (which backs it):
+	// its control plane is what they depend on.
+	store := fmt.Sprintf("%d/%d etcd members", etcd, len(l.EtcdMembers))
+	if l.Store == StoreKube {
+		cp := 0
+		for _, name := range []string{kubecp.APIServerBinary, kubecp.ControllerManagerBinary} {
+			if pid, err := readPID(filepath.Join(l.KubeDir, name+".pid")); err == nil && inNamespace(pid, l.ControlNS) {
+				cp++
+			}
+		}
+		store = fmt.Sprintf("%d/2 control-plane processes (kube-apiserver, kube-controller-manager), %s behind them", cp, store)
+	}
+	return fmt.Sprintf("%s: %d/%d agents running, %s, %d namespaces missing", state, running, len(l.Nodes), store, missing)
 }
