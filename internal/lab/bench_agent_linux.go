@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,23 +94,11 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 		node.remove(cctx)
 	}()
 
-	sctx, stopSub := context.WithCancel(ctx)
-	defer stopSub()
-	overflow := make(chan error, 1)
-	events, err := netlinkx.SubscribeRoutes(sctx, nsPath(node.ns), func(err error) {
-		select {
-		case overflow <- err:
-		default:
-		}
-	})
+	rw, err := watchRoutes(ctx, node.ns)
 	if err != nil {
 		return nil, err
 	}
-	h, err := netlinkx.NewAt(nsPath(node.ns))
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
+	defer rw.close()
 
 	args := []string{
 		"--etcd-endpoints=" + l.State.EtcdEndpoint,
@@ -121,7 +110,7 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	for _, f := range fakes {
 		want[f.Subnet] = true
 	}
-	pid, startup, selfNote, err := startTimed(ctx, filepath.Join(l.BinDir, "weftd"), node, args, nil, "leases", want, events, overflow, h, o)
+	pid, startup, selfNote, err := startTimed(ctx, filepath.Join(l.BinDir, "weftd"), node, args, nil, "leases", want, rw, o)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +134,7 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 		}
 		puts = append(puts, time.Since(t0))
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		at, _, err := waitRoutesAt(wctx, events, overflow, h, map[netip.Prefix]bool{a.Subnet: true}, pid)
+		at, _, err := rw.waitAt(wctx, map[netip.Prefix]bool{a.Subnet: true}, pid)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("route for new lease %s: %w", a.Subnet, err)
@@ -154,13 +143,7 @@ func benchAgent(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	}
 	med, p99 := quantile(lat, 0.5), quantile(lat, 0.99)
 	o.progress("  new lease -> route: p50 %s, p99 %s; all: %v", med.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), roundAll(lat))
-	anon, file := rssSplit(pid)
-
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return nil, fmt.Errorf("weftd status: %w", err)
-	}
-	hwm, err := parseVmHWM(status)
+	hwm, anon, file, err := memoryOf(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -256,16 +239,16 @@ func parallel(ctx context.Context, n, width int, f func(i int) error) error {
 // returns its pid, that time, and the agent's own figure as a note. what
 // names the leases for errors.
 func startTimed(ctx context.Context, weftd string, node *benchNode, args, env []string, what string, want map[netip.Prefix]bool,
-	events <-chan netlinkx.RouteEvent, overflow <-chan error, h *netlinkx.Handle, o BenchOptions) (int, time.Duration, string, error) {
+	rw *routeWatch, o BenchOptions) (int, time.Duration, string, error) {
 	o.progress("  starting weftd on %s", node.ns)
 	start := time.Now()
-	routes := len(want) // waitRoutesAt consumes want
+	routes := len(want) // waitAt consumes want
 	pid, err := startDetached(node.ns, weftd, args, env, node.log)
 	if err != nil {
 		return 0, 0, "", err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	allAt, how, err := waitRoutesAt(wctx, events, overflow, h, want, pid)
+	allAt, how, err := rw.waitAt(wctx, want, pid)
 	cancel()
 	if err != nil {
 		return 0, 0, "", fmt.Errorf("weftd with %d %s: %w; last lines of %s:\n%s", routes, what, err, node.log, tail(node.log, 10))
@@ -291,13 +274,79 @@ func startTimed(ctx context.Context, weftd string, node *benchNode, args, env []
 	return pid, startup, selfNote, nil
 }
 
-// waitRoutesAt waits until every prefix in want has been added as a route
-// and returns when the last one was. It reads route events; if the
+// memoryOf reads weftd's peak resident set (VmHWM) and, as they are now,
+// its anonymous and file-backed (the binary's pages) parts, in bytes.
+func memoryOf(pid int) (hwm, anon, file int64, err error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("weftd status: %w", err)
+	}
+	if hwm, err = parseVmHWM(status); err != nil {
+		return 0, 0, 0, err
+	}
+	for line := range strings.Lines(string(status)) {
+		f := strings.Fields(line)
+		if len(f) != 3 || f[2] != "kB" {
+			continue
+		}
+		v, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "RssAnon:":
+			anon = v << 10
+		case "RssFile:":
+			file = v << 10
+		}
+	}
+	return hwm, anon, file, nil
+}
+
+// routeWatch follows the routes of a bench node's namespace: their netlink
+// notifications, and a handle to list them once notifications are lost.
+type routeWatch struct {
+	events   <-chan netlinkx.RouteEvent
+	overflow chan error
+	h        *netlinkx.Handle
+	stop     context.CancelFunc
+}
+
+// watchRoutes subscribes to the routes of namespace ns.
+func watchRoutes(ctx context.Context, ns string) (*routeWatch, error) {
+	sctx, stop := context.WithCancel(ctx)
+	rw := &routeWatch{overflow: make(chan error, 1), stop: stop}
+	var err error
+	rw.events, err = netlinkx.SubscribeRoutes(sctx, nsPath(ns), func(err error) {
+		select {
+		case rw.overflow <- err:
+		default:
+		}
+	})
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	if rw.h, err = netlinkx.NewAt(nsPath(ns)); err != nil {
+		stop()
+		return nil, err
+	}
+	return rw, nil
+}
+
+func (rw *routeWatch) close() {
+	rw.stop()
+	rw.h.Close()
+}
+
+// waitAt waits until every prefix in want has been added as a route and
+// returns when the last one was. It reads route events; if the
 // subscription overflows, it falls back to listing the routes every 2 ms
 // (and says so). want is consumed.
-func waitRoutesAt(ctx context.Context, events <-chan netlinkx.RouteEvent, overflow <-chan error, h *netlinkx.Handle, want map[netip.Prefix]bool, pid int) (time.Time, string, error) {
+func (rw *routeWatch) waitAt(ctx context.Context, want map[netip.Prefix]bool, pid int) (time.Time, string, error) {
 	aliveT := time.NewTicker(200 * time.Millisecond)
 	defer aliveT.Stop()
+	events := rw.events
 	for len(want) > 0 {
 		select {
 		case ev, ok := <-events:
@@ -311,8 +360,8 @@ func waitRoutesAt(ctx context.Context, events <-chan netlinkx.RouteEvent, overfl
 					return ev.At, "route events", nil
 				}
 			}
-		case err := <-overflow:
-			return pollRoutes(ctx, h, want, fmt.Sprintf("listing every 2 ms: route events lost (%v)", err))
+		case err := <-rw.overflow:
+			return pollRoutes(ctx, rw.h, want, fmt.Sprintf("listing every 2 ms: route events lost (%v)", err))
 		case <-aliveT.C:
 			if !alive(pid) {
 				return time.Time{}, "", errors.New("weftd exited")

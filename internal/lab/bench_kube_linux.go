@@ -10,8 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -26,7 +24,6 @@ import (
 	"github.com/weft-net/weft/internal/kubecp"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/kubeannot"
-	"github.com/weft-net/weft/internal/netlinkx"
 )
 
 // The Kubernetes store benchmark's size and issue 9's targets.
@@ -183,23 +180,11 @@ func benchKube(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 		return nil, err
 	}
 
-	sctx, stopSub := context.WithCancel(ctx)
-	defer stopSub()
-	overflow := make(chan error, 1)
-	events, err := netlinkx.SubscribeRoutes(sctx, nsPath(node.ns), func(err error) {
-		select {
-		case overflow <- err:
-		default:
-		}
-	})
+	rw, err := watchRoutes(ctx, node.ns)
 	if err != nil {
 		return nil, err
 	}
-	h, err := netlinkx.NewAt(nsPath(node.ns))
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
+	defer rw.close()
 
 	args := []string{
 		"--kube-subnet-mgr",
@@ -212,7 +197,7 @@ func benchKube(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	for _, f := range fakes {
 		want[f.Subnet] = true
 	}
-	pid, startup, selfNote, err := startTimed(ctx, filepath.Join(l.BinDir, "weftd"), node, args, []string{"NODE_NAME=" + selfName}, "Nodes", want, events, overflow, h, o)
+	pid, startup, selfNote, err := startTimed(ctx, filepath.Join(l.BinDir, "weftd"), node, args, []string{"NODE_NAME=" + selfName}, "Nodes", want, rw, o)
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +226,7 @@ func benchKube(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 		}
 		creates = append(creates, time.Since(t0))
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		at, _, err := waitRoutesAt(wctx, events, overflow, h, map[netip.Prefix]bool{a.Subnet: true}, pid)
+		at, _, err := rw.waitAt(wctx, map[netip.Prefix]bool{a.Subnet: true}, pid)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("route for new Node with podCIDR %s: %w", a.Subnet, err)
@@ -256,13 +241,7 @@ func benchKube(ctx context.Context, l *Lab, o BenchOptions) ([]Result, error) {
 	med, p99 := quantile(lat, 0.5), quantile(lat, 0.99)
 	o.progress("  new Node -> route: p50 %s, p99 %s; all: %v", med.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), roundAll(lat))
 	o.progress("  new Node -> a watch of the bench's: %v", roundAll(api))
-	anon, file := rssSplit(pid)
-
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return nil, fmt.Errorf("weftd status: %w", err)
-	}
-	hwm, err := parseVmHWM(status)
+	hwm, anon, file, err := memoryOf(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -404,29 +383,4 @@ func waitQuiet(ctx context.Context, pid int, window, limit time.Duration) error 
 		prev = cur
 	}
 	return fmt.Errorf("weftd still busy after %s", limit)
-}
-
-// rssSplit returns pid's resident anonymous and file-backed memory now.
-func rssSplit(pid int) (anon, file int64) {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0
-	}
-	for line := range strings.Lines(string(status)) {
-		f := strings.Fields(line)
-		if len(f) != 3 || f[2] != "kB" {
-			continue
-		}
-		v, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch f[0] {
-		case "RssAnon:":
-			anon = v << 10
-		case "RssFile:":
-			file = v << 10
-		}
-	}
-	return anon, file
 }
