@@ -3,7 +3,6 @@ package udp
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -202,31 +201,13 @@ func (b *Backend) start() error {
 	return nil
 }
 
-// openTUN creates flannel0, or attaches to it when it exists (left by a
-// previous run), with virtio-net headers so that the kernel passes TCP
-// segmentation and checksums to us. The device is made persistent: it
-// outlives this process, see Close.
+// openTUN is flannel0 (backend.OpenTUN) as wireguard-go's tun package
+// drives it, unmonitored: configureLink sets its MTU and state. It outlives
+// this process, see Close.
 func openTUN(name string) (tun.Device, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, err := backend.OpenTUN(name)
 	if err != nil {
 		return nil, err
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		if errors.Is(err, unix.EBUSY) {
-			return nil, fmt.Errorf("TUNSETIFF: %w (another process, flanneld?, holds %s)", err, name)
-		}
-		return nil, fmt.Errorf("TUNSETIFF: %w (is %s something other than a TUN device?)", err, name)
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("TUNSETPERSIST: %w", err)
 	}
 	dev, _, err := tun.CreateUnmonitoredTUNFromFD(fd)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/netlinkx"
 )
 
@@ -55,28 +56,9 @@ type userDevice struct {
 // with its address and route, so pod packets to other nodes go into it
 // and are dropped there, not out by the default route in clear.
 func startUserspace(name string, mtu int, log *slog.Logger, drops *userDrops) (*userDevice, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, err := backend.OpenTUN(name)
 	if err != nil {
-		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
 		return nil, err
-	}
-	// IFF_VNET_HDR: the kernel hands over whole TCP segments and takes
-	// coalesced ones back (tun's offloads), as for the udp backend.
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		if errors.Is(err, unix.EBUSY) {
-			return nil, fmt.Errorf("TUNSETIFF %s: %w (another process holds it)", name, err)
-		}
-		return nil, fmt.Errorf("TUNSETIFF %s: %w", name, err)
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("TUNSETPERSIST %s: %w", name, err)
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
