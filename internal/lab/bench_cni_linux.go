@@ -213,18 +213,27 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 		mu.Unlock()
 		return d, err
 	}
+	// oneAtATime adds count new pods, numbered from first, with pod
+	// network pl, one after another, and returns their times.
+	oneAtATime := func(pl *libcni.NetworkConfigList, first, count int) ([]time.Duration, error) {
+		lat := make([]time.Duration, 0, count)
+		for j := first; j < first+count; j++ {
+			p, err := newPod(j)
+			if err != nil {
+				return nil, err
+			}
+			d, err := attach(p, pl, time.Now())
+			if err != nil {
+				return nil, err
+			}
+			lat = append(lat, d)
+		}
+		return lat, nil
+	}
 
-	lat := make([]time.Duration, 0, pods)
-	for j := 1; j <= pods; j++ {
-		p, err := newPod(j)
-		if err != nil {
-			return res, err
-		}
-		d, err := attach(p, list, time.Now())
-		if err != nil {
-			return res, err
-		}
-		lat = append(lat, d)
+	lat, err := oneAtATime(list, 1, pods)
+	if err != nil {
+		return res, err
 	}
 	res.Pods = len(lat)
 	res.Median, res.P99, res.Max = latencies(slices.Clone(lat)) // sorts; cniSplit pairs lat with added
@@ -241,15 +250,8 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 				return res, err
 			}
 		}
-		var wg sync.WaitGroup
-		ds := make([]time.Duration, cniBatch)
-		errs := make([]error, cniBatch)
-		start := time.Now()
-		for i, p := range batch {
-			wg.Go(func() { ds[i], errs[i] = attach(p, list, start) })
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
+		ds, err := atOnce(cniBatch, func(i int, start time.Time) (time.Duration, error) { return attach(batch[i], list, start) })
+		if err != nil {
 			return res, err
 		}
 		batchLat = append(batchLat, ds...)
@@ -266,17 +268,9 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 	if err != nil {
 		return res, err
 	}
-	var execLat []time.Duration
-	for j := range cniExecPods {
-		p, err := newPod(2*pods + j + 1)
-		if err != nil {
-			return res, err
-		}
-		d, err := attach(p, execList, time.Now())
-		if err != nil {
-			return res, err
-		}
-		execLat = append(execLat, d)
+	execLat, err := oneAtATime(execList, 2*pods+1, cniExecPods)
+	if err != nil {
+		return res, err
 	}
 	res.ExecPods = len(execLat)
 	res.ExecMedian, res.ExecP99, _ = latencies(execLat)
@@ -488,31 +482,38 @@ func benchExecFloor(ctx context.Context, l *Lab, list *libcni.NetworkConfigList,
 	for _, p := range list.Plugins {
 		paths = append(paths, filepath.Join(l.CNIBinDir, p.Network.Type))
 	}
+	chain := func(_ int, start time.Time) (time.Duration, error) {
+		for _, path := range paths {
+			if _, err := invoke.GetVersionInfo(ctx, path, nil); err != nil {
+				return 0, fmt.Errorf("cni bench: %s VERSION: %w", filepath.Base(path), err)
+			}
+		}
+		return time.Since(start), nil
+	}
 	var lat []time.Duration
 	for range rounds {
-		ds := make([]time.Duration, batch)
-		errs := make([]error, batch)
-		var wg sync.WaitGroup
-		start := time.Now()
-		for i := range batch {
-			wg.Go(func() {
-				for _, path := range paths {
-					if _, err := invoke.GetVersionInfo(ctx, path, nil); err != nil {
-						errs[i] = fmt.Errorf("cni bench: %s VERSION: %w", filepath.Base(path), err)
-						return
-					}
-				}
-				ds[i] = time.Since(start)
-			})
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
+		ds, err := atOnce(batch, chain)
+		if err != nil {
 			return 0, 0, err
 		}
 		lat = append(lat, ds...)
 	}
 	median, p99, _ = latencies(lat)
 	return median, p99, nil
+}
+
+// atOnce runs fn(i, start) for every i below n at once, all from one
+// start, and returns the times they report.
+func atOnce(n int, fn func(i int, start time.Time) (time.Duration, error)) ([]time.Duration, error) {
+	ds := make([]time.Duration, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range n {
+		wg.Go(func() { ds[i], errs[i] = fn(i, start) })
+	}
+	wg.Wait()
+	return ds, errors.Join(errs...)
 }
 
 // cniNodeClean reports any address host-local holds, veth or saved
