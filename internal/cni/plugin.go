@@ -1,6 +1,7 @@
 package cni
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -191,9 +192,11 @@ func savedDelegate(n *NetConf, containerID string) ([]byte, delegated, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, delegated{}, err
 	}
-	if err == nil && len(conf) == 0 {
+	if err == nil && len(bytes.Trim(conf, "\x00")) == 0 {
 		// What a crash right after ADD can leave of it (saveDelegate
-		// does not sync): as good as none.
+		// does not sync): ext4 an empty file, XFS its length of NULs,
+		// neither ever a config. As good as none; anything else that
+		// does not parse stays an error.
 		return nil, delegated{}, fmt.Errorf("saved delegate config for %s is empty: %w", containerID, fs.ErrNotExist)
 	}
 	if err != nil {

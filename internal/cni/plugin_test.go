@@ -95,8 +95,8 @@ func TestCheckUnknownContainer(t *testing.T) {
 }
 
 // DEL and CHECK read the saved config alike: one that does not parse, or
-// cannot be read, is an error naming it, and DEL keeps it; an empty one is
-// none.
+// cannot be read, is an error naming it, and DEL keeps it; one a crash
+// left empty or NUL-filled is none.
 func TestDelCheckBadSavedConfig(t *testing.T) {
 	dir := t.TempDir()
 	saved := filepath.Join(dir, "data", "c1")
@@ -112,20 +112,20 @@ func TestDelCheckBadSavedConfig(t *testing.T) {
 	if err := os.Remove(saved); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(saved, []byte(`{"mtu":1400}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// Empty is what a crash can leave (the config is saved unsynced):
-	// CHECK says the container is unknown, DEL does without it.
-	if err := os.WriteFile(saved, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	wantCNIError(t, p.Check(testArgs(confIn(dir, ""))), types.ErrUnknownContainer, "no saved delegate config")
-	if err := p.Del(testArgs(confIn(dir, ""))); err != nil {
-		t.Errorf("DEL with an empty saved config: %v", err)
-	}
-	if _, err := os.Stat(saved); !os.IsNotExist(err) {
-		t.Errorf("empty saved config still there after DEL: %v", err)
+	// Empty (ext4) or its length of NULs (XFS) is what a crash can leave,
+	// the config being saved unsynced: CHECK says the container is
+	// unknown, DEL does without it.
+	for name, remnant := range map[string][]byte{"empty": nil, "NUL-filled": make([]byte, 412)} {
+		if err := os.WriteFile(saved, remnant, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		wantCNIError(t, p.Check(testArgs(confIn(dir, ""))), types.ErrUnknownContainer, "no saved delegate config")
+		if err := p.Del(testArgs(confIn(dir, ""))); err != nil {
+			t.Errorf("DEL with an %s saved config: %v", name, err)
+		}
+		if _, err := os.Stat(saved); !os.IsNotExist(err) {
+			t.Errorf("%s saved config still there after DEL: %v", name, err)
+		}
 	}
 	if err := os.WriteFile(saved, []byte(`{"mtu":1400}`), 0o600); err != nil {
 		t.Fatal(err)

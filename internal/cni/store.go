@@ -26,9 +26,9 @@ func savedPath(dataDir, containerID string) (string, error) {
 
 // saveDelegate writes the rendered delegate config atomically, mode 0600,
 // without an fsync: a millisecond of every ADD, and far more when pods
-// start together. A config a crash leaves empty is read as none
-// (savedDelegate), and DEL works without one, as flannel's writes (which
-// are neither atomic nor synced) have it.
+// start together. A config a crash leaves empty or NUL-filled is read as
+// none (savedDelegate), and DEL works without one, as flannel's writes
+// (which are neither atomic nor synced) have it.
 func saveDelegate(dataDir, containerID string, conf []byte) error {
 	path, err := savedPath(dataDir, containerID)
 	if err != nil {
