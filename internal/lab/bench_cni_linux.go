@@ -65,7 +65,11 @@ func benchCNI(ctx context.Context, _ *Lab, o BenchOptions) ([]Result, error) {
 				ms(r.ExecP99), r.ExecPods, ms(r.ExecMedian)/max(ms(r.Median), 1e-9))})
 	}
 	for _, s := range r.Split {
-		out = append(out, Result{Section: "cni", Metric: "  " + s.Name, Value: ms(s.Median), Unit: "ms", Note: "median; " + s.Note})
+		note := "median; " + s.Note
+		if s.BatchMedian > 0 {
+			note = fmt.Sprintf("median; %d at once %.2f ms; %s", r.Batch, ms(s.BatchMedian), s.Note)
+		}
+		out = append(out, Result{Section: "cni", Metric: "  " + s.Name, Value: ms(s.Median), Unit: "ms", Note: note})
 	}
 	return append(out, Result{Section: "cni", Metric: "plugin binary", Value: float64(r.PluginSize) / (1 << 20), Unit: "MiB", Note: "weft-cni"}), nil
 }
@@ -91,17 +95,20 @@ type CNIBenchResult struct {
 	// time with weft-cni exec'ing the bridge plugin (execDelegate).
 	ExecPods            int
 	ExecMedian, ExecP99 time.Duration
-	// Split is where a one-at-a-time ADD's time goes, in order.
+	// Split is where a one-at-a-time ADD's time goes, in order, each
+	// step with its median in the batches beside it.
 	Split      []CNIStep
 	PluginSize int64 // bytes of the flannel (weft-cni) binary
 }
 
 // CNIStep is one part of an ADD: its median over the pods added one at a
-// time, or over runs of its own where Note says so.
+// time, or over runs of its own where Note says so, and over the pods
+// added Batch at once (BatchMedian; 0 for a step timed alone).
 type CNIStep struct {
-	Name   string
-	Median time.Duration
-	Note   string
+	Name        string
+	Median      time.Duration
+	BatchMedian time.Duration
+	Note        string
 }
 
 // cniBenchEnv is the subnet.env that stands in for an agent on the bench's
@@ -235,14 +242,15 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 	if err != nil {
 		return res, err
 	}
+	onePods := slices.Clone(added)
 	res.Pods = len(lat)
-	res.Median, res.P99, res.Max = latencies(slices.Clone(lat)) // sorts; cniSplit pairs lat with added
-	if res.Split, err = cniSplit(ctx, timer, l, n, added, lat); err != nil {
-		return res, err
-	}
+	res.Median, res.P99, res.Max = latencies(slices.Clone(lat)) // sorts; cniSplit pairs lat with its pods
 
 	res.Batch = cniBatch
-	var batchLat []time.Duration
+	var (
+		batchPods []*Pod
+		batchLat  []time.Duration
+	)
 	for b := 0; b < pods/cniBatch; b++ {
 		batch := make([]*Pod, cniBatch)
 		for i := range batch {
@@ -254,10 +262,13 @@ func BenchCNIAdd(ctx context.Context, o Options, pods int) (res CNIBenchResult, 
 		if err != nil {
 			return res, err
 		}
-		batchLat = append(batchLat, ds...)
+		batchPods, batchLat = append(batchPods, batch...), append(batchLat, ds...)
 	}
 	if res.BatchPods = len(batchLat); res.BatchPods > 0 {
-		res.BatchMedian, res.BatchP99, res.BatchMax = latencies(batchLat)
+		res.BatchMedian, res.BatchP99, res.BatchMax = latencies(slices.Clone(batchLat))
+	}
+	if res.Split, err = cniSplit(ctx, timer, l, n, onePods, lat, batchPods, batchLat); err != nil {
+		return res, err
 	}
 	if res.FloorMedian, res.FloorP99, err = benchExecFloor(ctx, l, list, cniBatch, pods/cniBatch); err != nil {
 		return res, err
@@ -336,38 +347,29 @@ func (e *execTimer) ExecPlugin(ctx context.Context, path string, stdin []byte, e
 }
 
 // cniSplit tells where the time of the one-at-a-time ADDs went (their
-// total times are lat, in the order of pods): libcni's exec of weft-cni,
-// of it weft-cni's own steps and the rest (process start and exit), the
-// portmap exec and what libcni spends between; then, timed alone, the
-// host-local IPAM the bridge execs and the exec of a plugin that does
-// nothing (loopback VERSION), the floor of every exec here.
-func cniSplit(ctx context.Context, e *execTimer, l *Lab, n *Node, pods []*Pod, lat []time.Duration) ([]CNIStep, error) {
+// total times are lat, in the order of pods), and beside each step where
+// the time of the batched ones went (batchLat, of batchPods): libcni's
+// exec of weft-cni, of it weft-cni's own steps and the rest (process
+// start and exit), the portmap exec and what libcni spends between; then,
+// timed alone, the host-local IPAM the bridge execs and the exec of a
+// plugin that does nothing (loopback VERSION), the floor of every exec
+// here.
+func cniSplit(ctx context.Context, e *execTimer, l *Lab, n *Node, pods []*Pod, lat []time.Duration, batchPods []*Pod, batchLat []time.Duration) ([]CNIStep, error) {
 	own, order, err := readCNITimings(e.timings)
 	if err != nil {
 		return nil, err
 	}
-	steps := map[string][]time.Duration{}
-	add := func(name string, d time.Duration) { steps[name] = append(steps[name], d) }
-	e.mu.Lock()
-	for i, p := range pods {
-		ex := e.execs[p.ContainerID]
-		t, ok := own[p.ContainerID]
-		if ex == nil || !ok {
-			e.mu.Unlock()
-			return nil, fmt.Errorf("cni bench: no timings of pod %s (execs %v)", p.ContainerID, ex)
-		}
-		add("exec flannel (weft-cni)", ex["flannel"])
-		for _, s := range t.Steps {
-			add("weft-cni "+s.Step, s.D)
-		}
-		add("weft-cni process start, exit", ex["flannel"]-t.Total())
-		add("exec portmap", ex["portmap"])
-		add("libcni itself", lat[i]-ex["flannel"]-ex["portmap"])
+	one, err := e.steps(own, pods, lat)
+	if err != nil {
+		return nil, err
 	}
-	e.mu.Unlock()
+	batched, err := e.steps(own, batchPods, batchLat)
+	if err != nil {
+		return nil, err
+	}
 	var out []CNIStep
 	for _, name := range append([]string{"exec flannel (weft-cni)"}, append(order, "weft-cni process start, exit", "exec portmap", "libcni itself")...) {
-		note := fmt.Sprintf("%d ADDs", len(steps[name]))
+		note := fmt.Sprintf("%d ADDs", len(one[name]))
 		if strings.HasPrefix(name, "weft-cni ") {
 			note += "; part of exec flannel"
 		}
@@ -377,7 +379,7 @@ func cniSplit(ctx context.Context, e *execTimer, l *Lab, n *Node, pods []*Pod, l
 		case "weft-cni host-local":
 			note += "; the bridge's IPAM, in process"
 		}
-		out = append(out, CNIStep{Name: name, Median: quantile(steps[name], 0.5), Note: note})
+		out = append(out, CNIStep{Name: name, Median: quantile(one[name], 0.5), BatchMedian: quantile(batched[name], 0.5), Note: note})
 	}
 	hl, err := benchHostLocal(ctx, l, n, pods[0], 20)
 	if err != nil {
@@ -391,6 +393,30 @@ func cniSplit(ctx context.Context, e *execTimer, l *Lab, n *Node, pods []*Pod, l
 		CNIStep{Name: "host-local binary ADD alone", Median: hl, Note: "20 runs of the bridge's IPAM config: what the bridge binary would exec"},
 		CNIStep{Name: "exec of a no-op Go plugin", Median: base, Note: "20 runs of loopback VERSION: the floor of each exec here"},
 	), nil
+}
+
+// steps is, by step name, the time each of pods spent in it; lat are the
+// pods' whole ADDs and own weft-cni's timings.
+func (e *execTimer) steps(own map[string]cni.Timing, pods []*Pod, lat []time.Duration) (map[string][]time.Duration, error) {
+	steps := map[string][]time.Duration{}
+	add := func(name string, d time.Duration) { steps[name] = append(steps[name], d) }
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, p := range pods {
+		ex := e.execs[p.ContainerID]
+		t, ok := own[p.ContainerID]
+		if ex == nil || !ok {
+			return nil, fmt.Errorf("cni bench: no timings of pod %s (execs %v)", p.ContainerID, ex)
+		}
+		add("exec flannel (weft-cni)", ex["flannel"])
+		for _, s := range t.Steps {
+			add("weft-cni "+s.Step, s.D)
+		}
+		add("weft-cni process start, exit", ex["flannel"]-t.Total())
+		add("exec portmap", ex["portmap"])
+		add("libcni itself", lat[i]-ex["flannel"]-ex["portmap"])
+	}
+	return steps, nil
 }
 
 // readCNITimings reads weft-cni's timings by container ID, and the names

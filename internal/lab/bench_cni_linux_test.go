@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,12 +31,22 @@ func TestBenchCNIAdd(t *testing.T) {
 		t.Errorf("implausible batch result %+v", r)
 	}
 	// Every part is measured, and the parts of weft-cni's exec fit in it.
-	split := map[string]time.Duration{}
+	split, batched := map[string]time.Duration{}, map[string]time.Duration{}
 	for _, s := range r.Split {
 		if s.Median <= 0 {
 			t.Errorf("step %q: %v", s.Name, s.Median)
 		}
-		split[s.Name] = s.Median
+		split[s.Name], batched[s.Name] = s.Median, s.BatchMedian
+	}
+	// The steps of an ADD are split for the batches too; those timed
+	// alone are not.
+	for name, d := range batched {
+		if alone := strings.HasSuffix(name, " alone") || strings.HasPrefix(name, "exec of a no-op"); alone != (d == 0) {
+			t.Errorf("step %q: %v at once", name, d)
+		}
+	}
+	if batched["weft-cni host-local"] >= batched["exec flannel (weft-cni)"] || batched["exec flannel (weft-cni)"] >= r.BatchMax {
+		t.Errorf("batched parts larger than the whole: %+v, max %v", r.Split, r.BatchMax)
 	}
 	if r.ExecPods != cniExecPods || r.ExecMedian <= 0 || r.ExecP99 < r.ExecMedian {
 		t.Errorf("implausible result with the bridge binary %+v", r)
