@@ -22,21 +22,27 @@ func Diff[T comparable, K comparable](current, desired []T, key func(T) K, owned
 	for len(current) > 0 && len(desired) > 0 && current[len(current)-1] == desired[len(desired)-1] {
 		current, desired = current[:len(current)-1], desired[:len(desired)-1]
 	}
-	have := make(map[T]bool, len(current))
+	// One set, of the current entries not (yet) found desired: at
+	// thousands of entries a full pass's diffs are most of what it
+	// allocates, and a set per side would be twice that.
+	unwanted := make(map[T]struct{}, len(current))
 	for _, c := range current {
-		have[c] = true
+		unwanted[c] = struct{}{}
 	}
-	want := make(map[T]bool, len(desired))
-	putKeys := make(map[K]bool)
+	var putKeys map[K]bool
 	for _, d := range desired {
-		want[d] = true
-		if !have[d] {
-			put = append(put, d)
-			putKeys[key(d)] = true
+		if _, ok := unwanted[d]; ok {
+			delete(unwanted, d)
+			continue
 		}
+		put = append(put, d)
+		if putKeys == nil {
+			putKeys = make(map[K]bool)
+		}
+		putKeys[key(d)] = true
 	}
 	for _, c := range current {
-		if want[c] || putKeys[key(c)] || (owned != nil && !owned(c)) {
+		if _, ok := unwanted[c]; !ok || putKeys[key(c)] || (owned != nil && !owned(c)) {
 			continue
 		}
 		del = append(del, c)

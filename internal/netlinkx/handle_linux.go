@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -461,67 +460,21 @@ const ip6DefaultMetric = 1024
 
 // RouteList is `ip route show [table T] [dev D]`. It returns unicast
 // single-path routes only: weft makes no others, and so never changes them.
+// The dump runs on the batch socket, decoded in place (dump_linux.go).
 func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
-	filter := &netlink.Route{LinkIndex: f.LinkIndex}
-	var mask uint64
-	if f.LinkIndex != 0 {
-		mask |= netlink.RT_FILTER_OIF
-	}
-	switch {
-	case f.Table == TableAll:
-		filter.Table = unix.RT_TABLE_UNSPEC
-		mask |= netlink.RT_FILTER_TABLE
-	case f.Table != 0:
-		filter.Table = f.Table
-		mask |= netlink.RT_FILTER_TABLE
-	}
-	// Decoded one message at a time: a slice of the library's routes
-	// (hundreds of bytes each) would be most of what a full pass
-	// allocates at thousands of routes.
 	var out []Route
+	hdr := make([]byte, unix.SizeofRtMsg)
+	hdr[0] = uint8(f.Family)
 	return dump(h, "list routes", func() ([]Route, error) {
 		out = out[:0]
-		err := h.dh.RouteListFilteredIter(int(f.Family), filter, mask, func(nr netlink.Route) bool {
-			if r, ok := routeOf(&nr); ok {
+		h.bmu.Lock()
+		defer h.bmu.Unlock()
+		return out, h.bs.dumpEach(unix.RTM_GETROUTE, unix.RTM_NEWROUTE, hdr, func(m []byte) {
+			if r, ok := decodeRoute(m, f); ok {
 				out = append(out, r)
 			}
-			return true
 		})
-		return out, err
 	})
-}
-
-// routeOf converts a unicast single-path route; ok is false for any other.
-func routeOf(nr *netlink.Route) (Route, bool) {
-	if nr.Type != unix.RTN_UNICAST || len(nr.MultiPath) > 0 {
-		return Route{}, false
-	}
-	r := Route{
-		Gw:        fromIP(nr.Gw),
-		LinkIndex: nr.LinkIndex,
-		OnLink:    nr.Flags&int(netlink.FLAG_ONLINK) != 0,
-		Priority:  nr.Priority,
-		Table:     nr.Table,
-	}
-	if r.Table == unix.RT_TABLE_MAIN {
-		r.Table = 0
-	}
-	if nr.Family == unix.AF_INET6 && r.Priority == ip6DefaultMetric {
-		// The kernel stores an IPv6 route added with metric 0 as
-		// 1024: the same route, read back as it was written.
-		r.Priority = 0
-	}
-	switch d, ok := fromIPNet(nr.Dst); {
-	case ok:
-		r.Dst = d
-	case nr.Dst == nil && nr.Family == unix.AF_INET:
-		r.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-	case nr.Dst == nil && nr.Family == unix.AF_INET6:
-		r.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
-	default:
-		return Route{}, false
-	}
-	return r, true
 }
 
 // BlackholeList is `ip route show type blackhole` (main table) for one
@@ -659,44 +612,26 @@ func (h *Handle) NeighList(linkIndex int, f Family) ([]Neigh, error) {
 	var out []Neigh
 	return dump(h, fmt.Sprintf("list neighbours of #%d", linkIndex), func() ([]Neigh, error) {
 		out = out[:0]
-		return out, h.neighEach(int(f), linkIndex, func(n *netlink.Neigh) {
-			ip := fromIP(n.IP)
-			if !ip.IsValid() {
-				return
+		return out, h.neighEach(int(f), linkIndex, func(e neighEntry) {
+			if e.ip.IsValid() {
+				out = append(out, Neigh{LinkIndex: e.linkIndex, IP: e.ip, MAC: e.mac(), State: e.state})
 			}
-			mac, _ := MACFrom(n.HardwareAddr) // zero when absent
-			out = append(out, Neigh{LinkIndex: n.LinkIndex, IP: ip, MAC: mac, State: n.State})
 		})
 	})
 }
 
 // neighEach dumps the neighbour table of family (AF_BRIDGE: the FDB) and
 // calls f on each entry of link linkIndex (0: of every link) as its
-// message is decoded; entries that do not decode are skipped, as the
-// library does. The library's NeighList first builds a slice of every
-// entry, which at thousands of entries is most of what a full pass
-// allocates. The dump runs on the batch socket: the one socket of this
-// package's own in the handle's namespace.
-func (h *Handle) neighEach(family, linkIndex int, f func(*netlink.Neigh)) error {
+// message is decoded, on the batch socket (dump_linux.go).
+func (h *Handle) neighEach(family, linkIndex int, f func(neighEntry)) error {
 	h.bmu.Lock()
 	defer h.bmu.Unlock()
-	sh := &nl.SocketHandle{Seq: h.bs.seq, Socket: h.bs.s}
-	defer func() { h.bs.seq = sh.Seq }()
-	req := nl.NewNetlinkRequest(unix.RTM_GETNEIGH, unix.NLM_F_DUMP)
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
-	req.AddData(&netlink.Ndmsg{Family: uint8(family)})
-	return req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWNEIGH, func(m []byte) bool {
-		// struct ndmsg: family u8, 3 bytes of padding, ifindex s32.
-		if len(m) < 8 || int(m[0]) != family {
-			return true
+	hdr := make([]byte, unix.SizeofNdMsg)
+	hdr[0] = uint8(family)
+	return h.bs.dumpEach(unix.RTM_GETNEIGH, unix.RTM_NEWNEIGH, hdr, func(m []byte) {
+		if e, ok := decodeNeigh(m); ok && int(e.family) == family && (linkIndex == 0 || e.linkIndex == linkIndex) {
+			f(e)
 		}
-		if linkIndex != 0 && int(int32(nl.NativeEndian().Uint32(m[4:8]))) != linkIndex {
-			return true
-		}
-		if n, err := netlink.NeighDeserialize(m); err == nil {
-			f(n)
-		}
-		return true
 	})
 }
 
@@ -739,13 +674,10 @@ func (h *Handle) FDBList(linkIndex int) ([]FDB, error) {
 	var out []FDB
 	return dump(h, fmt.Sprintf("list fdb of #%d", linkIndex), func() ([]FDB, error) {
 		out = out[:0]
-		return out, h.neighEach(unix.AF_BRIDGE, linkIndex, func(n *netlink.Neigh) {
-			mac, err := MACFrom(n.HardwareAddr)
-			dst := fromIP(n.IP)
-			if err != nil || !mac.IsUnicast() || !dst.IsValid() {
-				return
+		return out, h.neighEach(unix.AF_BRIDGE, linkIndex, func(e neighEntry) {
+			if mac := e.mac(); mac.IsUnicast() && e.ip.IsValid() {
+				out = append(out, FDB{LinkIndex: e.linkIndex, MAC: mac, Dst: e.ip})
 			}
-			out = append(out, FDB{LinkIndex: n.LinkIndex, MAC: mac, Dst: dst})
 		})
 	})
 }
