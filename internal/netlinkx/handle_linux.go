@@ -39,9 +39,10 @@ func NewLinkAttrs() LinkAttrs { return netlink.NewLinkAttrs() }
 // so no thread has to switch into it. Safe for concurrent use: dumps go
 // through a socket of their own, since the library holds a socket for a
 // whole dump, and reading 15,000 entries on one goroutine must not hold
-// up a write on another. Neighbour and FDB dumps, which this package
-// decodes itself, run on the batch socket instead: they and a Batch's
-// flush wait for each other, while single writes never wait for either.
+// up a write on another. Route, neighbour and FDB dumps, which this
+// package reads and decodes itself (dump_linux.go), run on the batch
+// socket instead: they and a Batch's flush wait for each other, while
+// single writes never wait for either.
 type Handle struct {
 	nh     *netlink.Handle // requests
 	dh     *netlink.Handle // dumps
