@@ -29,23 +29,27 @@ func Diff[T comparable, K comparable](current, desired []T, key func(T) K, owned
 	for _, c := range current {
 		unwanted[c] = struct{}{}
 	}
-	var putKeys map[K]bool
 	for _, d := range desired {
 		if _, ok := unwanted[d]; ok {
 			delete(unwanted, d)
 			continue
 		}
 		put = append(put, d)
-		if putKeys == nil {
-			putKeys = make(map[K]bool)
-		}
-		putKeys[key(d)] = true
+	}
+	if len(unwanted) == 0 {
+		return put, nil // at start-up: everything to put, nothing to delete
+	}
+	putKeys := make(map[K]struct{}, len(put))
+	for _, p := range put {
+		putKeys[key(p)] = struct{}{}
 	}
 	for _, c := range current {
-		if _, ok := unwanted[c]; !ok || putKeys[key(c)] || (owned != nil && !owned(c)) {
+		if _, ok := unwanted[c]; !ok || (owned != nil && !owned(c)) {
 			continue
 		}
-		del = append(del, c)
+		if _, ok := putKeys[key(c)]; !ok {
+			del = append(del, c)
+		}
 	}
 	return put, del
 }

@@ -51,6 +51,10 @@ func TestDiff(t *testing.T) {
 	if len(put) != 0 || len(del) != len(current) {
 		t.Errorf("diff to empty: put %v del %v", put, del)
 	}
+	put, del = Diff(nil, desired, key, owned)
+	if !slices.Equal(put, desired) || len(del) != 0 {
+		t.Errorf("diff from empty: put %v del %v", put, del)
+	}
 }
 
 func TestManages(t *testing.T) {
