@@ -397,10 +397,12 @@ func (d *daemon) configSource() string {
 
 // waitConfig reads and parses the network config until it is valid. A
 // missing or invalid config is logged (once per distinct error) and read
-// again every ConfigRetry: weftd never exits over it.
+// again every ConfigRetry: weftd never exits over it. A store that does not
+// answer is asked again within a second: a node that starts during an
+// outage is to be routed within a second or two of the store's return.
 func (d *daemon) waitConfig(ctx context.Context) (*config.Network, bool) {
 	lastErr := ""
-	for {
+	for attempt := 0; ; attempt++ {
 		d.health.alive()
 		n, warnings, err := d.readConfig(ctx)
 		if err == nil {
@@ -421,17 +423,21 @@ func (d *daemon) waitConfig(ctx context.Context) (*config.Network, bool) {
 			var se *storeError
 			switch {
 			case errors.As(err, &se):
-				d.log.Warn("cannot read the network config: the store does not answer; retrying", "source", d.configSource(), "err", se.err, "retry_every", d.o.ConfigRetry)
+				d.log.Warn("cannot read the network config: the store does not answer; retrying", "source", d.configSource(), "err", se.err, "retry_within", time.Second)
 			case errors.Is(err, lease.ErrNoConfig) || errors.Is(err, os.ErrNotExist):
 				d.log.Warn("no network config yet; waiting for one", "source", d.configSource(), "err", err, "retry_every", d.o.ConfigRetry)
 			default:
 				d.log.Error("network config unusable; waiting for a corrected one", "source", d.configSource(), "err", err, "retry_every", d.o.ConfigRetry)
 			}
 		}
+		wait := d.o.ConfigRetry
+		if se := (*storeError)(nil); errors.As(err, &se) {
+			wait = min(wait, backoff.Jittered(attempt, 250*time.Millisecond, time.Second))
+		}
 		select {
 		case <-ctx.Done():
 			return nil, false
-		case <-time.After(d.o.ConfigRetry):
+		case <-time.After(wait):
 		}
 	}
 }
@@ -638,7 +644,7 @@ func (d *daemon) acquire(ctx context.Context, hint lease.Hint, attempt int) (tim
 		}
 		// Short: a node that starts while the store is away is to be
 		// routed within a second or two of the store's return.
-		wait := backoff.Jittered(attempt, 250*time.Millisecond, 2*time.Second)
+		wait := backoff.Jittered(attempt, 250*time.Millisecond, time.Second)
 		d.log.Warn("cannot acquire a lease; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
 		d.notReadyUnlessHeld("acquiring a lease: " + err.Error())
 		return wait, err
