@@ -10,7 +10,9 @@ import (
 type leaseSet map[string]lease.Lease
 
 // apply folds events into s. It reports whether own was lost: its key
-// removed, or now held by another node.
+// removed, or now held by another node, and not ours again by the end of
+// evs (a batch that expired our key and then holds our re-acquisition of
+// it, after an outage longer than the TTL, loses nothing).
 func (s leaseSet) apply(evs []lease.Event, own lease.Lease) (lost bool) {
 	ownKey := ""
 	if own.Subnet.IsValid() || own.IPv6Subnet.IsValid() {
@@ -31,6 +33,9 @@ func (s leaseSet) apply(evs []lease.Event, own lease.Lease) (lost bool) {
 				lost = true
 			}
 		}
+	}
+	if cur, ok := s[ownKey]; lost && ok && lease.SameNode(cur.Attrs, own.Attrs) {
+		return false
 	}
 	return lost
 }

@@ -79,6 +79,12 @@ func TestLeaseSetApply(t *testing.T) {
 	if lost := s.apply([]lease.Event{{Type: lease.Removed, Lease: mkLease("10.244.1.0/24", "192.0.2.77")}}, own); lost {
 		t.Error("removal of the subnet's previous holder reported as our loss")
 	}
+	// Our key expired in an outage and we took it again before the watch
+	// caught up: one batch with both, and nothing lost.
+	s[own.Key()] = own
+	if lost := s.apply([]lease.Event{{Type: lease.Removed, Lease: own}, {Type: lease.Added, Lease: own}}, own); lost {
+		t.Error("own reported lost though the batch ends with it held again")
+	}
 	if lost := s.apply([]lease.Event{{Type: lease.Added, Lease: own}}, lease.Lease{}); lost {
 		t.Error("lost reported before any lease is held")
 	}
