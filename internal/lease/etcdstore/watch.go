@@ -56,14 +56,20 @@ func (w *watcher) run(ctx context.Context) error {
 	// Without a leader a member serves stale data and never sends events;
 	// this makes it cancel our watch instead, so we reconnect elsewhere.
 	ctx = clientv3.WithRequireLeader(ctx)
-	attempt := 0
+	attempt, warned := 0, false
 	for {
 		var err error
 		if w.rev == 0 || w.relist {
 			err = w.list(ctx)
 		}
 		if err == nil {
-			err = w.follow(ctx, func() { attempt = 0 })
+			err = w.follow(ctx, func() {
+				if warned {
+					w.s.log.Info("lease watch resumed", "revision", w.rev)
+					warned = false
+				}
+				attempt = 0
+			})
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -71,10 +77,14 @@ func (w *watcher) run(ctx context.Context) error {
 		d := backoff.Jittered(attempt, minBackoff, maxBackoff)
 		// One interruption is routine in a cluster (a member or the
 		// leader went away) and costs nothing: the watch resumes from its
-		// revision. Warn when resuming keeps failing.
+		// revision. Warn once when resuming keeps failing (a quorum lost
+		// cancels every retry within a second), and say when it works.
 		lvl := slog.LevelInfo
-		if attempt > 0 {
-			lvl = slog.LevelWarn
+		switch {
+		case warned:
+			lvl = slog.LevelDebug
+		case attempt > 0:
+			lvl, warned = slog.LevelWarn, true
 		}
 		attempt++
 		w.s.log.Log(ctx, lvl, "lease watch interrupted; resuming", "err", err, "revision", w.rev, "retry_in", d.Round(time.Millisecond))
