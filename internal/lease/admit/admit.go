@@ -130,10 +130,12 @@ func (s *Set) Reset(n *config.Network, own lease.Lease, leases map[string]lease.
 func (s *Set) Update(evs []lease.Event) (out []lease.Event, verdicts []Refusal) {
 	// The leases touched, and every lease contesting a subnet with them.
 	touched := map[string]bool{}
+	last := map[string]lease.Lease{} // the last lease evs name under each key
 	fresh := make([]*entry, len(evs))
 	for i, ev := range evs {
 		key := ev.Lease.Key()
 		touched[key] = true
+		last[key] = ev.Lease
 		var claims []string
 		if e := s.leases[key]; e != nil {
 			claims = e.claims
@@ -188,7 +190,7 @@ func (s *Set) Update(evs []lease.Event) (out []lease.Event, verdicts []Refusal) 
 		}
 		switch {
 		case e == nil:
-			verdicts = append(verdicts, Refusal{Key: k, Subnet: subnetOf(evLease(evs, k))})
+			verdicts = append(verdicts, Refusal{Key: k, Subnet: subnetOf(last[k])})
 		case now:
 			verdicts = append(verdicts, Refusal{Key: k, Subnet: subnetOf(e.l)})
 		default:
@@ -284,17 +286,24 @@ func (s *Set) admits(e *entry) bool {
 	return o == nil
 }
 
-// rival is the older lease that holds something e claims, and what.
+// rival is the oldest lease older than e that holds something e claims,
+// and what: always the same one, whatever order the claims were made in,
+// so that a refusal reads the same on every pass (one warning, one count).
 func (s *Set) rival(e *entry) (*entry, string) {
+	var best *entry
+	var what string
 	for _, c := range e.claims {
 		for _, o := range s.claims[c] {
-			if o != e && (o.seq < e.seq || o.seq == e.seq && o.key < e.key) {
-				return o, c
+			if o != e && older(o, e) && (best == nil || older(o, best)) {
+				best, what = o, c
 			}
 		}
 	}
-	return nil, ""
+	return best, what
 }
+
+// older reports whether a wins a contest with b.
+func older(a, b *entry) bool { return a.seq < b.seq || a.seq == b.seq && a.key < b.key }
 
 func (s *Set) refusal(e *entry) Refusal {
 	r := Refusal{Key: e.key, Subnet: subnetOf(e.l), Reason: e.reason}
@@ -350,15 +359,4 @@ func publicIP(l lease.Lease) string {
 		return l.Attrs.PublicIPv6.String()
 	}
 	return "no PublicIP"
-}
-
-// evLease is the last lease evs name under key.
-func evLease(evs []lease.Event, key string) lease.Lease {
-	var l lease.Lease
-	for _, ev := range evs {
-		if ev.Lease.Key() == key {
-			l = ev.Lease
-		}
-	}
-	return l
 }

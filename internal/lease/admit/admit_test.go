@@ -267,3 +267,35 @@ func TestIdentityOlderWins(t *testing.T) {
 		t.Errorf("after Reset admitted %s", keys(got))
 	}
 }
+
+// A refusal names the oldest rival, on the incremental path as on a full
+// one, so that it reads the same every time (one warning, one count): a
+// changed lease moved to the end of its claim's list, and Update then
+// named the next one.
+func TestRefusalNamesOldestRival(t *testing.T) {
+	n := network(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`)
+	mac := func(l lease.Lease) lease.Lease {
+		l.Attrs.BackendData = []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:00:aa"}`)
+		return l
+	}
+	id := func(l lease.Lease) []string {
+		if len(l.Attrs.BackendData) < 37 {
+			return nil
+		}
+		return []string{"VtepMAC " + string(l.Attrs.BackendData[20:37])}
+	}
+	own := mk("10.244.5.0/24", "192.0.2.1")
+	a, b, c := mac(mk("10.244.20.0/24", "192.0.2.20")), mac(mk("10.244.30.0/24", "192.0.2.30")), mac(mk("10.244.40.0/24", "192.0.2.40"))
+	s := Set{Identity: id}
+	s.Reset(n, own, byKey(own, a))
+	s.Update([]lease.Event{{Type: lease.Added, Lease: b}})
+	s.Update([]lease.Event{{Type: lease.Added, Lease: c}})
+	a2 := a
+	v6 := netip.MustParseAddr("2001:db8::20")
+	a2.Attrs.PublicIPv6 = &v6 // a changed in place
+	_, verdicts := s.Update([]lease.Event{{Type: lease.Added, Lease: a2}})
+	_, refused := s.Reset(n, own, byKey(own, a2, b, c))
+	if u, r := find(verdicts, c.Key()).Reason, find(refused, c.Key()).Reason; u == "" || u != r || !strings.Contains(u, a.Key()) {
+		t.Errorf("refusal of %s: Update says %q, Reset %q; want both to name %s", c.Key(), u, r, a.Key())
+	}
+}
