@@ -32,6 +32,13 @@ type Lease struct {
 	// Expiration is when the store drops the lease unless renewed. Zero for
 	// a reservation, which never expires.
 	Expiration time.Time
+	// Created orders leases by age, as their store made them: etcd's
+	// CreateRevision of the key, the Node's creation time (Unix
+	// nanoseconds) in Kubernetes; smaller is older, 0 unknown. Every node,
+	// and a node after a restart, judges a contest for a subnet or a
+	// VtepMAC by it alike. Equal and Identical leave it out: a renewal
+	// keeps it.
+	Created int64
 }
 
 // Reservation reports whether the lease is a key without TTL.

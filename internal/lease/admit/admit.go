@@ -27,7 +27,9 @@ type Refusal struct {
 
 // Set is the lease set with the verdict on each lease, kept across events
 // so that a change costs time proportional to it. Of two leases that claim
-// one subnet, the one seen first keeps it: the newcomer is the suspect.
+// one subnet, the older keeps it: the newcomer is the suspect. Age is the
+// store's (lease.Lease.Created), so that every node, a restarted one too,
+// picks the same; where the store gives none, the one seen first.
 // The zero value is not usable; call Reset. Not safe for concurrent use.
 type Set struct {
 	n      *config.Network
@@ -50,7 +52,7 @@ type Set struct {
 type entry struct {
 	l      lease.Lease
 	key    string   // l.Key(), rendered once
-	seq    uint64   // when first seen: the older lease wins a contest
+	seq    uint64   // when first seen: the older lease wins a contest when the store gives no age
 	reason string   // why inadmissible on its own; "" if admissible
 	claims []string // its subnets and identities
 }
@@ -302,8 +304,17 @@ func (s *Set) rival(e *entry) (*entry, string) {
 	return best, what
 }
 
-// older reports whether a wins a contest with b.
-func older(a, b *entry) bool { return a.seq < b.seq || a.seq == b.seq && a.key < b.key }
+// older reports whether a wins a contest with b: the store's older lease,
+// else the one seen first, else the lower key.
+func older(a, b *entry) bool {
+	if ca, cb := a.l.Created, b.l.Created; ca != 0 && cb != 0 && ca != cb {
+		return ca < cb
+	}
+	if a.seq != b.seq {
+		return a.seq < b.seq
+	}
+	return a.key < b.key
+}
 
 func (s *Set) refusal(e *entry) Refusal {
 	r := Refusal{Key: e.key, Subnet: subnetOf(e.l), Reason: e.reason}

@@ -268,6 +268,45 @@ func TestIdentityOlderWins(t *testing.T) {
 	}
 }
 
+// Ages come from the store: a node that restarts (or that met the leases
+// in another order) admits what a node that watched them arrive admits.
+// Without them the restarted node aged by key, and a copy of a real
+// node's VtepMAC under a lower key ("10.244.10.0-24" < "10.244.9.0-24")
+// took that node's route.
+func TestStoreAgeDecidesAfterRestart(t *testing.T) {
+	n := network(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`)
+	mac := func(l lease.Lease, m string, created int64) lease.Lease {
+		l.Attrs.BackendData = []byte(`{"VNI":1,"VtepMAC":"` + m + `"}`)
+		l.Created = created
+		return l
+	}
+	id := func(l lease.Lease) []string { return []string{"VtepMAC " + string(l.Attrs.BackendData[20:37])} }
+	own := mac(mk("10.244.5.0/24", "192.0.2.1"), "02:00:00:00:00:01", 10)
+	real := mac(mk("10.244.9.0/24", "192.0.2.2"), "02:00:00:00:00:02", 20)
+	copied := mac(mk("10.244.10.0/24", "192.0.2.66"), "02:00:00:00:00:02", 30)
+
+	running := Set{Identity: id}
+	running.Reset(n, own, byKey(own, real))
+	running.Update([]lease.Event{{Type: lease.Added, Lease: copied}})
+	restarted := Set{Identity: id}
+	got, refused := restarted.Reset(n, own, byKey(own, real, copied))
+	if keys(got) != keys(running.Admitted()) || keys(got) != "10.244.5.0-24 10.244.9.0-24" {
+		t.Errorf("restarted node admits %s, running node %s; want own and the real lease", keys(got), keys(running.Admitted()))
+	}
+	if len(refused) != 1 || refused[0].Key != copied.Key() {
+		t.Errorf("refusals: %+v", refused)
+	}
+	// The store's age wins over the order of arrival: a node that saw the
+	// copy first (its watch listed it before the real lease appeared to
+	// it) still gives the MAC to the older lease.
+	late := Set{Identity: id}
+	late.Reset(n, own, byKey(own, copied))
+	late.Update([]lease.Event{{Type: lease.Added, Lease: real}})
+	if keys(late.Admitted()) != "10.244.5.0-24 10.244.9.0-24" {
+		t.Errorf("node that met the copy first admits %s", keys(late.Admitted()))
+	}
+}
+
 // A refusal names the oldest rival, on the incremental path as on a full
 // one, so that it reads the same every time (one warning, one count): a
 // changed lease moved to the end of its claim's list, and Update then

@@ -133,15 +133,22 @@ func (s *Store) Renew(ctx context.Context, l lease.Lease) (lease.Lease, error) {
 
 // parse turns a subnet key-value into a Lease with no Expiration.
 func (s *Store) parse(kv *mvccpb.KeyValue) (lease.Lease, error) {
-	v4, v6, err := lease.ParseKey(strings.TrimPrefix(string(kv.Key), s.subnets))
+	name := strings.TrimPrefix(string(kv.Key), s.subnets)
+	v4, v6, err := lease.ParseKey(name)
 	if err != nil {
 		return lease.Lease{}, err
+	}
+	// One subnet, one key: a second spelling of a key ("FD00::-64" beside
+	// "fd00::-64") would overwrite its lease here, and its deletion
+	// delete it. flannel and weft write the canonical one.
+	if canon := lease.Key(v4, v6); name != canon {
+		return lease.Lease{}, fmt.Errorf("subnet key %q is not in canonical form (%q)", lease.Clip(name), canon)
 	}
 	attrs, err := lease.UnmarshalAttrs(kv.Value)
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	return lease.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs}, nil
+	return lease.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs, Created: kv.CreateRevision}, nil
 }
 
 // expiration is when the etcd lease id runs out: zero for a reservation

@@ -108,7 +108,7 @@ func (w *watcher) list(ctx context.Context) error {
 			return
 		}
 		key := string(kv.Key)
-		if old, ok := w.known[key]; ok && old.Equal(l) {
+		if old, ok := w.known[key]; ok && old.Equal(l) && old.Created == l.Created {
 			fresh[key] = old
 			return
 		}

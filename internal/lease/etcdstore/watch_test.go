@@ -106,6 +106,36 @@ func TestWatchIgnoresGarbage(t *testing.T) {
 	noBatch(t, ch, 300*time.Millisecond)
 }
 
+// Each lease carries its key's CreateRevision, which a renewal keeps (the
+// age admission judges contests by), and a key in another spelling than
+// the canonical one is refused: it would overwrite that lease's entry.
+func TestWatchLeaseAgeAndCanonicalKeys(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	s, logs := newStore(t, cli, time.Hour)
+	ctx := ctxT(t)
+	r, err := cli.Put(ctx, subnets+"10.244.4.0-24", `{"PublicIP":"192.0.2.4","PublicIPv6":null}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := watch(t, s)
+	evs := nextBatch(t, ch, 10*time.Second)
+	if len(evs) != 1 || evs[0].Lease.Created != r.Header.Revision {
+		t.Fatalf("snapshot %+v: want Created %d", evs, r.Header.Revision)
+	}
+	put(t, cli, subnets+"10.244.4.0-24", `{"PublicIP":"192.0.2.44","PublicIPv6":null}`)
+	if evs := nextBatch(t, ch, 5*time.Second); len(evs) != 1 || evs[0].Lease.Created != r.Header.Revision {
+		t.Fatalf("after an in-place change %+v: want Created %d", evs, r.Header.Revision)
+	}
+	put(t, cli, subnets+"10.244.5.0-24&FD00:0:0:5::-64", `{"PublicIP":"192.0.2.5","PublicIPv6":"fd00::5"}`)
+	put(t, cli, subnets+"10.244.6.0-24", `{"PublicIP":"192.0.2.6","PublicIPv6":null}`)
+	if got := describe(nextBatch(t, ch, 5*time.Second)); got != "added 10.244.6.0-24 192.0.2.6" {
+		t.Fatalf("after a non-canonical key and a good lease: %s", got)
+	}
+	if logs.find("level=WARN", "not in canonical form") == "" {
+		t.Errorf("non-canonical key not logged")
+	}
+}
+
 func TestWatchReportsExpiry(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	s, _ := newStore(t, cli, 2*time.Second)

@@ -68,7 +68,7 @@ func nodeLease(k kubeannot.Keys, n *corev1.Node, fam families) (lease.Lease, err
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	l := lease.Lease{Attrs: attrs}
+	l := lease.Lease{Attrs: attrs, Created: n.CreationTimestamp.UnixNano()}
 	if fam.v4 {
 		if !v4.IsValid() {
 			return lease.Lease{}, fmt.Errorf("no IPv4 podCIDR (podCIDRs %v)", cidrList(n.Spec))
