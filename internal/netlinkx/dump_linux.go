@@ -40,15 +40,6 @@ func eachAttr(b []byte, f func(typ uint16, v []byte)) {
 	}
 }
 
-// addrOf is a 4- or 16-byte address attribute; invalid for any other.
-func addrOf(v []byte) netip.Addr {
-	a, ok := netip.AddrFromSlice(v)
-	if !ok {
-		return netip.Addr{}
-	}
-	return a.Unmap()
-}
-
 // decodeRoute decodes one RTM_NEWROUTE of a dump (struct rtmsg and its
 // attributes) as RouteList lists it, with the library's filtering: ok is
 // false for a route of another family or link, a cloned one, one outside
@@ -75,7 +66,7 @@ func decodeRoute(m []byte, f RouteFilter) (r Route, ok bool) {
 		case unix.RTA_DST:
 			dst = v
 		case unix.RTA_GATEWAY:
-			r.Gw = addrOf(v)
+			r.Gw = fromIP(v)
 		case unix.RTA_OIF:
 			if len(v) >= 4 {
 				r.LinkIndex = int(nl.NativeEndian().Uint32(v))
@@ -98,7 +89,7 @@ func decodeRoute(m []byte, f RouteFilter) (r Route, ok bool) {
 	}
 	switch {
 	case dst != nil:
-		a := addrOf(dst)
+		a := fromIP(dst)
 		if !a.IsValid() {
 			return Route{}, false
 		}
@@ -153,7 +144,7 @@ func decodeNeigh(m []byte) (e neighEntry, ok bool) {
 	eachAttr(m[unix.SizeofNdMsg:], func(t uint16, v []byte) {
 		switch t {
 		case unix.NDA_DST:
-			e.ip = addrOf(v)
+			e.ip = fromIP(v)
 		case unix.NDA_LLADDR:
 			e.lladdr = v
 		}
@@ -161,22 +152,25 @@ func decodeNeigh(m []byte) (e neighEntry, ok bool) {
 	return e, true
 }
 
-// dumpEach sends a dump request of type typ whose header is hdr (struct
-// rtmsg, ndmsg, …) on the batch socket, and calls f on each answer of
-// type answer, its payload in place in the receive buffer (valid only
-// during the call). An interrupted dump (the table changed while it was
-// read) is read to its end and then netlink.ErrDumpInterrupted, as from
-// the library, for retry to repeat. The caller holds h.bmu.
-func (bs *batchSocket) dumpEach(typ, answer uint16, hdr []byte, f func(m []byte)) error {
+// dumpEach sends a dump request of type typ for family, whose header
+// (struct rtmsg, ndmsg, …) is hdrLen bytes, on the batch socket, and calls
+// f on each answer of type answer, its payload in place in the receive
+// buffer (valid only during the call). An interrupted dump (the table
+// changed while it was read) is read to its end and then
+// netlink.ErrDumpInterrupted, as from the library, for retry to repeat.
+func (h *Handle) dumpEach(typ, answer uint16, family uint8, hdrLen int, f func(m []byte)) error {
+	h.bmu.Lock()
+	defer h.bmu.Unlock()
+	bs := h.bs
 	ne := nl.NativeEndian()
 	bs.seq++
 	seq := bs.seq
-	req := make([]byte, unix.NLMSG_HDRLEN+len(hdr))
+	req := make([]byte, unix.NLMSG_HDRLEN+hdrLen)
 	ne.PutUint32(req[0:4], uint32(len(req)))
 	ne.PutUint16(req[4:6], typ)
 	ne.PutUint16(req[6:8], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	ne.PutUint32(req[8:12], seq)
-	copy(req[unix.NLMSG_HDRLEN:], hdr)
+	req[unix.NLMSG_HDRLEN] = family // the first byte of either header
 	fd := bs.s.GetFd()
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("netlink write: %w", err)
@@ -212,10 +206,7 @@ func (bs *batchSocket) dumpEach(typ, answer uint16, hdr []byte, f func(m []byte)
 			}
 			switch mtype {
 			case unix.NLMSG_ERROR: // the request refused
-				if err := ackError(syscall.NetlinkMessage{Header: syscall.NlMsghdr{Flags: mflags}, Data: m}); err != nil {
-					return err
-				}
-				return nil
+				return ackError(syscall.NetlinkMessage{Header: syscall.NlMsghdr{Flags: mflags}, Data: m})
 			case unix.NLMSG_DONE: // its payload, if any: the dump's errno
 				if len(m) >= 4 {
 					if errno := int32(ne.Uint32(m[:4])); errno < 0 {

@@ -464,13 +464,9 @@ const ip6DefaultMetric = 1024
 // The dump runs on the batch socket, decoded in place (dump_linux.go).
 func (h *Handle) RouteList(f RouteFilter) ([]Route, error) {
 	var out []Route
-	hdr := make([]byte, unix.SizeofRtMsg)
-	hdr[0] = uint8(f.Family)
 	return dump(h, "list routes", func() ([]Route, error) {
 		out = out[:0]
-		h.bmu.Lock()
-		defer h.bmu.Unlock()
-		return out, h.bs.dumpEach(unix.RTM_GETROUTE, unix.RTM_NEWROUTE, hdr, func(m []byte) {
+		return out, h.dumpEach(unix.RTM_GETROUTE, unix.RTM_NEWROUTE, uint8(f.Family), unix.SizeofRtMsg, func(m []byte) {
 			if r, ok := decodeRoute(m, f); ok {
 				out = append(out, r)
 			}
@@ -625,11 +621,7 @@ func (h *Handle) NeighList(linkIndex int, f Family) ([]Neigh, error) {
 // calls f on each entry of link linkIndex (0: of every link) as its
 // message is decoded, on the batch socket (dump_linux.go).
 func (h *Handle) neighEach(family, linkIndex int, f func(neighEntry)) error {
-	h.bmu.Lock()
-	defer h.bmu.Unlock()
-	hdr := make([]byte, unix.SizeofNdMsg)
-	hdr[0] = uint8(family)
-	return h.bs.dumpEach(unix.RTM_GETNEIGH, unix.RTM_NEWNEIGH, hdr, func(m []byte) {
+	return h.dumpEach(unix.RTM_GETNEIGH, unix.RTM_NEWNEIGH, uint8(family), unix.SizeofNdMsg, func(m []byte) {
 		if e, ok := decodeNeigh(m); ok && int(e.family) == family && (linkIndex == 0 || e.linkIndex == linkIndex) {
 			f(e)
 		}
