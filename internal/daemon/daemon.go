@@ -418,11 +418,12 @@ func (d *daemon) waitConfig(ctx context.Context) (*config.Network, bool) {
 		}
 		d.metrics.configErrs.Inc()
 		d.health.notReady("waiting for a valid network config: " + err.Error())
+		var se *storeError
+		storeDown := errors.As(err, &se)
 		if msg := err.Error(); msg != lastErr {
 			lastErr = msg
-			var se *storeError
 			switch {
-			case errors.As(err, &se):
+			case storeDown:
 				d.log.Warn("cannot read the network config: the store does not answer; retrying", "source", d.configSource(), "err", se.err, "retry_within", time.Second)
 			case errors.Is(err, lease.ErrNoConfig) || errors.Is(err, os.ErrNotExist):
 				d.log.Warn("no network config yet; waiting for one", "source", d.configSource(), "err", err, "retry_every", d.o.ConfigRetry)
@@ -431,7 +432,7 @@ func (d *daemon) waitConfig(ctx context.Context) (*config.Network, bool) {
 			}
 		}
 		wait := d.o.ConfigRetry
-		if se := (*storeError)(nil); errors.As(err, &se) {
+		if storeDown {
 			wait = min(wait, backoff.Jittered(attempt, 250*time.Millisecond, time.Second))
 		}
 		select {
