@@ -52,6 +52,11 @@ func (l Lease) Equal(o Lease) bool {
 	return l.Subnet == o.Subnet && l.IPv6Subnet == o.IPv6Subnet && l.Attrs.Equal(o.Attrs)
 }
 
+// Unchanged reports whether o, read again from the store, is l as a
+// watch last told it: the same publication (Equal) and the same age. A key
+// deleted and written again with the same value is a younger lease.
+func (l Lease) Unchanged(o Lease) bool { return l.Equal(o) && l.Created == o.Created }
+
 // Identical reports whether l and o are the same lease byte for byte
 // (expiration aside): a cheap test for "unchanged", where Equal's
 // semantic comparison of BackendData would cost a JSON pass per lease.

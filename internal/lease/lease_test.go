@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weft-net/weft/internal/config"
 )
@@ -225,5 +226,21 @@ func TestUnmarshalAttrsClipsValue(t *testing.T) {
 	_, err := UnmarshalAttrs([]byte(big))
 	if err == nil || len(err.Error()) > 400 || !strings.Contains(err.Error(), "bytes") {
 		t.Fatalf("error of %d bytes: %.300v", len(err.Error()), err)
+	}
+}
+
+// A lease read again is unchanged only with the same publication and age:
+// a key deleted and rewritten with the same value is a younger lease.
+func TestUnchanged(t *testing.T) {
+	l := Lease{Subnet: netip.MustParsePrefix("10.244.1.0/24"), Attrs: Attrs{PublicIP: netip.MustParseAddr("192.0.2.1"), BackendType: "vxlan"}, Created: 7}
+	renewed := l
+	renewed.Expiration = time.Now()
+	recreated := l
+	recreated.Created = 9
+	moved := l
+	moved.Attrs.PublicIP = netip.MustParseAddr("192.0.2.2")
+	if !l.Unchanged(renewed) || l.Unchanged(recreated) || l.Unchanged(moved) {
+		t.Errorf("Unchanged: renewed %v, recreated %v, moved %v; want true, false, false",
+			l.Unchanged(renewed), l.Unchanged(recreated), l.Unchanged(moved))
 	}
 }

@@ -108,7 +108,7 @@ func (w *watcher) list(ctx context.Context) error {
 			return
 		}
 		key := string(kv.Key)
-		if old, ok := w.known[key]; ok && old.Equal(l) && old.Created == l.Created {
+		if old, ok := w.known[key]; ok && old.Unchanged(l) {
 			fresh[key] = old
 			return
 		}
@@ -232,7 +232,7 @@ func (w *watcher) apply(ctx context.Context, ev *clientv3.Event) ([]lease.Event,
 		delete(w.known, key)
 		return []lease.Event{{Type: lease.Removed, Lease: old}}, true
 	}
-	if had && old.Equal(l) {
+	if had && old.Unchanged(l) {
 		// A renewal that rewrote the same value (flannel renews this way).
 		return nil, false
 	}

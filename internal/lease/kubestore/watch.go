@@ -141,7 +141,7 @@ func (w *watcher) update(names []string) []lease.Event {
 			removed = append(removed, lease.Event{Type: lease.Removed, Lease: old})
 			w.s.log.Debug("lease removed", "node", name, "subnet", old.Key())
 		case !ok:
-		case had && old.Equal(l):
+		case had && old.Unchanged(l):
 		default:
 			if had && old.Key() != l.Key() {
 				removed = append(removed, lease.Event{Type: lease.Removed, Lease: old})
